@@ -1,0 +1,407 @@
+"""Parse model formulas written in lme4 syntax.
+
+The parser is a small recursive-descent parser over a fixed grammar, so a
+formula string taken from a pipeline parameter is never evaluated as Python.
+
+Supported::
+
+    ~ a + b            continuous or categorical fixed effects
+    ~ a:b, a*b, a/b    interactions, crossing (a + b + a:b), nesting (a + a:b)
+    ~ (a + b):c        distribution of ':' and '*' over parenthesised sums
+    ~ a*b - a:b        removal of terms
+    ~ 0 + a, ~ a - 1   no intercept (rejected later for variance partition)
+    ~ (1|g)            random intercept per level of g
+    ~ (1|a:b)          random intercept per observed combination of a and b
+    ~ (1|a/b)          nested: (1|a) + (1|a:b)
+
+Random slopes such as ``(x|g)``, ``(1 + x|g)`` or ``(x||g)`` are recognised and
+rejected with a clear "not supported yet" error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Formula", "FormulaError", "RandomTerm", "parse_formula"]
+
+
+class FormulaError(ValueError):
+    """A model formula that cannot be parsed or is not supported."""
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """A random intercept ``(1|g1:g2:...)``.
+
+    Attributes
+    ----------
+    factors
+        The obs columns whose combinations define the groups.
+    """
+
+    factors: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The term as written in the formula, e.g. ``"batch:cask"``."""
+        return ":".join(self.factors)
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed mixed-model formula.
+
+    Attributes
+    ----------
+    text
+        The formula as given.
+    response
+        The left-hand side variable, or ``None`` (``"~ ..."``).
+    intercept
+        Whether the fixed part has an intercept.
+    fixed
+        Fixed-effect terms other than the intercept, each a tuple of variable
+        names (one name for a main effect, several for an interaction), ordered
+        as R orders them: by degree, then by first appearance.
+    random
+        Random-intercept terms, in order of appearance.
+    """
+
+    text: str
+    response: str | None
+    intercept: bool
+    fixed: tuple[tuple[str, ...], ...]
+    random: tuple[RandomTerm, ...] = field(default_factory=tuple)
+
+    @property
+    def fixed_names(self) -> list[str]:
+        """Names of the fixed terms (``"a"``, ``"a:b"``)."""
+        return [":".join(t) for t in self.fixed]
+
+    @property
+    def random_names(self) -> list[str]:
+        """Names of the random terms (``"patient"``, ``"batch:cask"``)."""
+        return [t.name for t in self.random]
+
+    @property
+    def variables(self) -> list[str]:
+        """Every obs column the right-hand side uses, in order of first use."""
+        out: list[str] = []
+        for term in (*self.fixed, *(r.factors for r in self.random)):
+            for v in term:
+                if v not in out:
+                    out.append(v)
+        return out
+
+
+# --- tokenizer --------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<name>[A-Za-z_.][A-Za-z0-9_.]*)   # R-style name
+      | `(?P<quoted>[^`]+)`                   # back-quoted name
+      | (?P<number>\d+(?:\.\d*)?)
+      | (?P<op>\|\||[~+\-*/:()|^,\[\]{}=<>!&$@%'"]|\S)
+    )""",
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # "name", "number", "op", "end"
+    value: str
+    pos: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        assert m is not None  # the last alternative matches any non-space
+        start = m.start(m.lastgroup)
+        if m.lastgroup == "quoted":
+            toks.append(_Tok("name", m.group("quoted"), start))
+        else:
+            toks.append(_Tok(m.lastgroup, m.group(m.lastgroup), start))
+        pos = m.end()
+    toks.append(_Tok("end", "", len(text)))
+    return toks
+
+
+# --- parser -----------------------------------------------------------------
+# A parsed right-hand side is a list of items. Fixed terms are frozensets of
+# variable names (the empty set is the intercept), kept with their order of
+# appearance; random intercepts are RandomTerm objects. Removal ("- term") is
+# tracked separately.
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = _tokenize(text)
+        self.i = 0
+
+    # helpers
+    def peek(self) -> _Tok:
+        return self.toks[self.i]
+
+    def take(self) -> _Tok:
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def error(self, msg: str, tok: _Tok | None = None) -> FormulaError:
+        tok = tok or self.peek()
+        pointer = " " * tok.pos + "^"
+        return FormulaError(f"{msg}\n  {self.text}\n  {pointer}")
+
+    def expect(self, value: str) -> _Tok:
+        tok = self.peek()
+        if tok.kind != "op" or tok.value != value:
+            found = "end of formula" if tok.kind == "end" else repr(tok.value)
+            raise self.error(f"Expected {value!r} but found {found}.", tok)
+        return self.take()
+
+    def at(self, *values: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "op" and tok.value in values
+
+    # grammar
+    def formula(self):
+        response = None
+        if not self.at("~"):
+            tok = self.peek()
+            if tok.kind != "name":
+                raise self.error("A formula starts with '~' (or 'response ~').", tok)
+            response = self.take().value
+            if not self.at("~"):
+                raise self.error(
+                    "Expected '~' after the response. Only a single column name may "
+                    "stand left of '~'."
+                )
+        self.expect("~")
+        added, removed = self.sum_()
+        if self.peek().kind != "end":
+            raise self.error(f"Unexpected {self.peek().value!r}.")
+        return response, added, removed
+
+    def sum_(self):
+        """terms separated by + and -; returns (added, removed) item lists."""
+        added: list = []
+        removed: list = []
+        sign = "+"
+        if self.at("+", "-"):
+            sign = self.take().value
+        while True:
+            items = self.product()
+            (added if sign == "+" else removed).extend(items)
+            if self.at("+", "-"):
+                sign = self.take().value
+                continue
+            break
+        return added, removed
+
+    def product(self):
+        left = self.interaction()
+        while self.at("*", "/"):
+            op = self.take()
+            right = self.interaction()
+            _no_random(self, left, op)
+            _no_random(self, right, op)
+            if op.value == "*":
+                left = _unique(left + right + _cross(left, right))
+            else:  # a/b = a + a:b where a:b uses every variable of a
+                outer = frozenset().union(*left) if left else frozenset()
+                left = _unique(left + [outer | t for t in right])
+        return left
+
+    def interaction(self):
+        left = self.atom()
+        while self.at(":"):
+            op = self.take()
+            right = self.atom()
+            _no_random(self, left, op)
+            _no_random(self, right, op)
+            left = _unique(_cross(left, right))
+        return left
+
+    def atom(self):
+        tok = self.peek()
+        if tok.kind == "name":
+            self.take()
+            if self.at("("):
+                raise self.error(
+                    f"Function calls such as {tok.value}(...) are not supported: "
+                    "formulas are never evaluated. Add the transformed variable as a "
+                    "column of obs and use its name.",
+                    tok,
+                )
+            return [frozenset([tok.value])]
+        if tok.kind == "number":
+            self.take()
+            if tok.value in ("0", "1"):
+                return [_Intercept(tok.value == "1")]
+            raise self.error(f"Unexpected number {tok.value}: only 0 and 1 may appear.", tok)
+        if self.at("("):
+            self.take()
+            start = self.i
+            # a bar term (... | ...) or a parenthesised sum
+            depth, j = 0, self.i
+            bar = None
+            while self.toks[j].kind != "end":
+                t = self.toks[j]
+                if t.kind == "op" and t.value == "(":
+                    depth += 1
+                elif t.kind == "op" and t.value == ")":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                elif t.kind == "op" and t.value in ("|", "||") and depth == 0:
+                    bar = t
+                    break
+                j += 1
+            if bar is not None:
+                return self.bar_term(start, bar)
+            added, removed = self.sum_()
+            if removed:
+                raise self.error("'-' is not supported inside parentheses.")
+            self.expect(")")
+            return added
+        if tok.kind == "end":
+            raise self.error("The formula ends where a term was expected.", tok)
+        raise self.error(f"Unexpected {tok.value!r}.", tok)
+
+    def bar_term(self, start: int, bar: _Tok):
+        lhs_toks = self.toks[start : self.toks.index(bar)]
+        lhs_text = self.text[lhs_toks[0].pos : bar.pos].strip() if lhs_toks else ""
+        if bar.value == "||" or [t.value for t in lhs_toks] != ["1"]:
+            raise self.error(
+                f"Random term ({lhs_text}{bar.value}...) is not supported yet: scvarpart "
+                "fits random intercepts only, written (1|group). Random slopes and "
+                "uncorrelated terms (x||g) are planned.",
+                bar,
+            )
+        self.i = self.toks.index(bar) + 1
+        groups = self.grouping()
+        self.expect(")")
+        return groups
+
+    def grouping(self):
+        """g, a:b, a/b (= a + a:b), a/b/c."""
+        levels: list[tuple[str, ...]] = []
+        current: tuple[str, ...] = ()
+        while True:
+            tok = self.peek()
+            if tok.kind != "name":
+                raise self.error(
+                    "A grouping factor after '|' must be a column name, an "
+                    "interaction a:b or a nesting a/b.",
+                    tok,
+                )
+            part = [self.take().value]
+            while self.at(":"):
+                self.take()
+                nxt = self.peek()
+                if nxt.kind != "name":
+                    raise self.error("Expected a column name after ':'.", nxt)
+                part.append(self.take().value)
+            current = current + tuple(part)
+            levels.append(current)
+            if self.at("/"):
+                self.take()
+                continue
+            break
+        return [RandomTerm(g) for g in levels]
+
+
+@dataclass(frozen=True)
+class _Intercept:
+    present: bool
+
+
+def _no_random(parser: _Parser, items: list, op: _Tok) -> None:
+    if any(isinstance(t, (RandomTerm, _Intercept)) for t in items):
+        raise parser.error(
+            f"'{op.value}' cannot combine a random term or an intercept with other terms.",
+            op,
+        )
+
+
+def _cross(left: list, right: list) -> list:
+    return [a | b for a in left for b in right]
+
+
+def _unique(items: list) -> list:
+    out: list = []
+    for t in items:
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def parse_formula(text: str) -> Formula:
+    """Parse a formula in lme4 syntax.
+
+    Parameters
+    ----------
+    text
+        For example ``"~ log_umi + (1|patient) + (1|chemistry)"``.
+
+    Returns
+    -------
+    The parsed :class:`Formula`.
+
+    Raises
+    ------
+    FormulaError
+        If the text does not parse, repeats a random term, or uses a random
+        slope.
+    """
+    if not isinstance(text, str):
+        raise FormulaError(f"The formula must be a string, got {type(text).__name__}.")
+    parser = _Parser(text)
+    response, added, removed = parser.formula()
+
+    intercept = True
+    fixed: list[frozenset] = []
+    order: dict[str, int] = {}
+    random: list[RandomTerm] = []
+    for item in added:
+        if isinstance(item, _Intercept):
+            intercept = item.present
+        elif isinstance(item, RandomTerm):
+            if item in random:
+                raise FormulaError(f"The random term (1|{item.name}) appears twice in {text!r}.")
+            random.append(item)
+        elif item not in fixed:
+            fixed.append(item)
+    for item in removed:
+        if isinstance(item, _Intercept):
+            if item.present:  # "- 1"
+                intercept = False
+        elif isinstance(item, RandomTerm):
+            raise FormulaError(f"Random terms cannot be removed with '-' in {text!r}.")
+        elif item in fixed:
+            fixed.remove(item)
+    # variable order = first appearance in the formula text (R keeps this order
+    # within interaction labels)
+    for tok in parser.toks:
+        if tok.kind == "name" and tok.value not in order:
+            order[tok.value] = len(order)
+    terms = [tuple(sorted(t, key=order.__getitem__)) for t in fixed]
+    # R orders terms by degree, keeping the order of appearance within a degree
+    terms = sorted(terms, key=len)
+    if response is not None and any(response in t for t in terms):
+        raise FormulaError(f"The response {response!r} also appears on the right-hand side.")
+    return Formula(
+        text=text,
+        response=response,
+        intercept=intercept,
+        fixed=tuple(terms),
+        random=tuple(random),
+    )

@@ -1,0 +1,345 @@
+"""Build the fixed-effect model matrix and the grouping factors of a formula.
+
+Everything here is about the experimental design (the obs table), not about
+expression values: it runs once per analysis, checks the design for problems
+that would make the fit meaningless, and reports them naming the column, term
+or level at fault.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+
+from .formula import Formula, parse_formula
+
+__all__ = ["Design", "DesignError", "GroupingFactor", "build_design"]
+
+# A float grouping column with more distinct values than this (and than half
+# the observations' worth of levels) is probably a covariate typed by mistake.
+_MANY_FLOAT_LEVELS = 50
+
+
+class DesignError(ValueError):
+    """The experimental design cannot be fitted as specified."""
+
+
+@dataclass(frozen=True)
+class GroupingFactor:
+    """The groups of one random-intercept term.
+
+    Attributes
+    ----------
+    name
+        The term as written, e.g. ``"patient"`` or ``"batch:cask"``.
+    codes
+        Level index of every observation, ``0 .. n_levels - 1``.
+    levels
+        Level labels (combinations are joined with ``":"``).
+    """
+
+    name: str
+    codes: np.ndarray
+    levels: pd.Index
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Observations per level."""
+        return np.bincount(self.codes, minlength=self.n_levels)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Model matrices of a mixed model, shared by every response (gene).
+
+    Attributes
+    ----------
+    formula
+        The parsed formula.
+    X
+        Fixed-effect model matrix, ``n_obs x p``, intercept first. Categorical
+        variables use treatment contrasts (first level is the reference) where
+        R would, full indicators otherwise (R's ``model.matrix`` rules).
+    columns
+        Names of the columns of ``X``, as R names them (``"recipeB"``, ``"temp"``).
+    fixed_terms
+        Fixed term name -> indices of its columns in ``X``.
+    factors
+        One grouping factor per random term, in formula order.
+    keep
+        Mask over the input rows: the observations used (rows with a missing
+        value in a model column are dropped).
+    """
+
+    formula: Formula
+    X: np.ndarray
+    columns: list[str]
+    fixed_terms: dict[str, np.ndarray]
+    factors: list[GroupingFactor]
+    keep: np.ndarray
+
+    @property
+    def n_obs(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_fixed(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def n_random(self) -> int:
+        return len(self.factors)
+
+    @property
+    def n_levels(self) -> int:
+        """Total number of random effects (sum of levels over factors)."""
+        return sum(f.n_levels for f in self.factors)
+
+    @property
+    def components(self) -> list[str]:
+        """Variance components: random terms, fixed terms, then ``"Residual"``."""
+        return [f.name for f in self.factors] + list(self.fixed_terms) + ["Residual"]
+
+
+def _is_categorical(s: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s))
+
+
+def _levels_of(s: pd.Series) -> pd.Index:
+    """Levels in R's order: the categories' order if categorical, else sorted."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        used = set(s.dropna().unique())
+        return pd.Index([c for c in s.cat.categories if c in used])
+    return pd.Index(np.sort(s.dropna().unique()))
+
+
+def _drop_missing(data: pd.DataFrame, variables: list[str]) -> np.ndarray:
+    """Mask of complete rows; warns with counts per column when rows are dropped."""
+    keep = np.ones(len(data), dtype=bool)
+    counts = {}
+    for v in variables:
+        miss = data[v].isna().to_numpy()
+        if miss.any():
+            counts[v] = int(miss.sum())
+            keep &= ~miss
+    if counts:
+        n_drop = int((~keep).sum())
+        if n_drop == len(data):
+            raise DesignError(
+                "Every observation has a missing value in a model column ("
+                + ", ".join(f"{k!r}: {c}" for k, c in counts.items())
+                + "). Fill them in or remove these terms from the formula."
+            )
+        warnings.warn(
+            f"Dropping {n_drop} of {len(data)} observations with missing values in "
+            + ", ".join(f"{k!r} ({c})" for k, c in counts.items())
+            + ", as variancePartition does. Fill them in to use every observation.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return keep
+
+
+def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> GroupingFactor:
+    parts = []
+    for c in cols:
+        s = data[c]
+        if pd.api.types.is_float_dtype(s):
+            n_distinct = s.nunique()
+            non_integer = not np.all(np.mod(s.to_numpy(), 1) == 0)
+            if n_distinct > _MANY_FLOAT_LEVELS and non_integer:
+                warnings.warn(
+                    f"Grouping column {c!r} is a float column with {n_distinct} distinct "
+                    f"values; it is treated as a categorical grouping factor in (1|{name}). "
+                    f"If it is a continuous covariate, write it as a fixed effect "
+                    f"('+ {c}') instead.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        levels = _levels_of(s)
+        parts.append((pd.Index(levels).get_indexer(s.to_numpy()), levels))
+    if len(parts) == 1:
+        codes, levels = parts[0]
+        # np.unique keeps level order and drops unused levels
+        used, codes = np.unique(codes, return_inverse=True)
+        labels = pd.Index([str(x) for x in levels[used]])
+    else:
+        combo = np.stack([p[0] for p in parts], axis=1)
+        used, codes = np.unique(combo, axis=0, return_inverse=True)
+        labels = pd.Index(
+            [":".join(str(p[1][i]) for p, i in zip(parts, row)) for row in used]
+        )
+    return GroupingFactor(name=name, codes=codes.astype(np.intp).ravel(), levels=labels)
+
+
+def _term_columns(
+    term: tuple[str, ...], present: set[frozenset], data: pd.DataFrame
+) -> tuple[np.ndarray, list[str]]:
+    """Columns of one fixed term, following R's model.matrix coding rules."""
+    block = np.ones((len(data), 1))
+    names = [""]
+    for var in term:
+        s = data[var]
+        if _is_categorical(s):
+            levels = _levels_of(s)
+            # contrasts if the term without this variable is in the model
+            # (the empty term is the intercept), full indicators otherwise
+            if frozenset(term) - {var} in present:
+                levels = levels[1:]
+            values = s.to_numpy()
+            cols = np.stack([(values == lev) for lev in levels], axis=1).astype(float)
+            col_names = [f"{var}{lev}" for lev in levels]
+        else:
+            cols = s.to_numpy(dtype=float)[:, None]
+            col_names = [var]
+        # R's order: the first variable varies fastest
+        block = (cols[:, :, None] * block[:, None, :]).reshape(len(data), -1)
+        names = [f"{b}:{c}" if b else c for c in col_names for b in names]
+    return block, names
+
+
+def _check_rank(X: np.ndarray, columns: list[str]) -> None:
+    norms = np.linalg.norm(X, axis=0)
+    zero = [columns[j] for j in np.flatnonzero(norms == 0)]
+    if zero:
+        raise DesignError(
+            f"The fixed-effect design is rank deficient: column(s) {zero} are all zero. "
+            "Remove these terms or the levels they code."
+        )
+    _, R, piv = scipy.linalg.qr(X / norms, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    tol = max(X.shape) * np.finfo(float).eps * diag[0] * 1e3
+    rank = int(np.sum(diag > tol))
+    if rank < X.shape[1]:
+        bad = [columns[j] for j in piv[rank:]]
+        raise DesignError(
+            f"The fixed-effect design is rank deficient (rank {rank} < {X.shape[1]} "
+            f"columns): {bad} can be written as combinations of the other columns, e.g. a "
+            "covariate that is constant, two covariates that are proportional, or a level "
+            "that always coincides with another term. Remove or merge these terms."
+        )
+
+
+def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]) -> None:
+    for f in factors:
+        if f.n_levels < 2:
+            only = f.levels[0] if f.n_levels else "none"
+            raise DesignError(
+                f"Grouping factor {f.name!r} has a single level ({only!r}); a variance "
+                f"cannot be estimated from one group. Remove (1|{f.name}) from the formula."
+            )
+        if f.n_levels >= n:
+            raise DesignError(
+                f"Grouping factor {f.name!r} has a different level for every observation "
+                f"({f.n_levels} levels for {n} observations), so its variance cannot be "
+                f"separated from the residual. Remove (1|{f.name}) from the formula."
+            )
+        if f.name in fixed_names:
+            raise DesignError(
+                f"{f.name!r} is both a fixed effect and the grouping factor of "
+                f"(1|{f.name}). Use it as one or the other."
+            )
+    for i, a in enumerate(factors):
+        for b in factors[i + 1 :]:
+            if a.n_levels == b.n_levels:
+                pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
+                if len(pairs) == a.n_levels:
+                    raise DesignError(
+                        f"Grouping factors {a.name!r} and {b.name!r} define the same groups "
+                        "(every level of one matches one level of the other), so their "
+                        "variances cannot be told apart. Keep only one of them."
+                    )
+
+
+def build_design(formula: str | Formula, data: pd.DataFrame) -> Design:
+    """Build the model matrices of ``formula`` from a table of covariates.
+
+    Parameters
+    ----------
+    formula
+        A formula in lme4 syntax (see :func:`~scvarpart.design.parse_formula`),
+        with an intercept and at least one random term. A left-hand side is
+        ignored here: the responses are supplied separately.
+    data
+        One row per observation (cell); must contain every variable of the formula.
+
+    Returns
+    -------
+    The :class:`Design`.
+
+    Raises
+    ------
+    DesignError
+        For a missing column, a model without intercept or random term, a grouping
+        factor with one level or one level per observation, two grouping factors
+        that define the same groups, a variable used as both fixed and random, a
+        rank-deficient fixed design, infinite covariates, or fewer observations
+        than parameters.
+
+    Warns
+    -----
+    UserWarning
+        When observations with missing covariates are dropped, or a float column
+        with many distinct values is used as a grouping factor.
+    """
+    f = formula if isinstance(formula, Formula) else parse_formula(formula)
+    if not f.intercept:
+        raise DesignError(
+            f"The formula {f.text!r} has no intercept ('0 +' or '- 1'). Variance "
+            "fractions are variances around the mean, so the model needs an intercept: "
+            "remove '0 +' / '- 1'."
+        )
+    if not f.random:
+        raise DesignError(
+            f"The formula {f.text!r} has no random term. Add at least one random "
+            "intercept such as (1|batch)."
+        )
+    missing = [v for v in f.variables if v not in data.columns]
+    if missing:
+        avail = ", ".join(map(repr, list(data.columns)[:30]))
+        raise DesignError(
+            f"Column(s) {missing} used in the formula are not in the table of "
+            f"observations. Available columns: {avail}."
+        )
+    keep = _drop_missing(data, f.variables)
+    data = data.loc[keep] if not keep.all() else data
+    n = len(data)
+
+    for v in {v for t in f.fixed for v in t}:
+        s = data[v]
+        if not _is_categorical(s) and not np.all(np.isfinite(s.to_numpy(dtype=float))):
+            raise DesignError(f"Column {v!r} has infinite values. Fix or drop those observations.")
+
+    present = {frozenset(t) for t in f.fixed} | {frozenset()}
+    blocks = [np.ones((n, 1))]
+    columns = ["(Intercept)"]
+    fixed_terms: dict[str, np.ndarray] = {}
+    for term in f.fixed:
+        block, names = _term_columns(term, present, data)
+        start = len(columns)
+        blocks.append(block)
+        columns.extend(names)
+        fixed_terms[":".join(term)] = np.arange(start, start + len(names))
+    X = np.concatenate(blocks, axis=1)
+
+    factors = [_grouping_factor(r.name, r.factors, data) for r in f.random]
+    _check_factors(factors, n, list(fixed_terms))
+
+    n_params = X.shape[1] + len(factors) + 1
+    if n <= n_params:
+        raise DesignError(
+            f"{n} observations are too few for {n_params} parameters ({X.shape[1]} fixed "
+            f"effects, {len(factors)} random variances and the residual variance)."
+        )
+    _check_rank(X, columns)
+    return Design(
+        formula=f, X=X, columns=columns, fixed_terms=fixed_terms, factors=factors, keep=keep
+    )

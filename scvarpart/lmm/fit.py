@@ -1,0 +1,271 @@
+"""Fit the same random-intercept LMM to every gene.
+
+Genes are split into batches; each batch is optimised together (vectorised
+Newton iterations over a stack of small matrices), batches run in parallel
+with joblib. A gene's result does not depend on its batch or on ``n_jobs``.
+Genes that cannot be fitted (constant, exactly explained by the fixed effects,
+variance ratio without a finite optimum) get NaN estimates and a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+from joblib import Parallel, delayed
+
+from ..suffstats import DesignGram, ResponseStats
+from .blocked import BlockedDeviance
+from .dense import DenseDeviance
+from .newton import projected_newton
+
+__all__ = ["LMMFit", "fit_lmm", "choose_engine"]
+
+# Above this many random effects + fixed effects, eliminating the largest
+# factor's diagonal block beats dense factorisation of the whole system.
+_DENSE_MAX_SIZE = 200
+# A variance ratio this large means the residual variance is vanishing.
+_GAMMA_DIVERGED = 1e10
+
+
+@dataclass
+class LMMFit:
+    """Per-gene estimates of a random-intercept LMM.
+
+    Attributes
+    ----------
+    gamma
+        Variance ratios ``sigma_j^2 / sigma^2``, ``(G, k)``.
+    sigma2
+        Residual variance, ``(G,)``.
+    beta
+        Fixed effects for the columns of the (uncentred) design, ``(G, p)``.
+    deviance
+        Minimised ML deviance, or REML criterion, as lme4 reports them.
+    converged
+        The optimiser met its convergence criterion.
+    n_iter
+        Optimiser iterations.
+    error
+        Empty where the fit succeeded, otherwise why the gene has no estimates.
+    reml
+        Whether the REML criterion was optimised.
+    """
+
+    gamma: np.ndarray
+    sigma2: np.ndarray
+    beta: np.ndarray
+    deviance: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    error: np.ndarray
+    reml: bool
+
+    @property
+    def variances(self) -> np.ndarray:
+        """Random-effect variances ``sigma_j^2``, ``(G, k)``."""
+        return self.gamma * self.sigma2[:, None]
+
+    @property
+    def singular(self) -> np.ndarray:
+        """Some variance is on the boundary (exactly 0)."""
+        return (self.gamma == 0).any(axis=1)
+
+    @property
+    def loglik(self) -> np.ndarray:
+        """Maximised log-likelihood (ML) or REML log-likelihood, as lme4's logLik."""
+        return -0.5 * self.deviance
+
+
+def choose_engine(gram: DesignGram) -> str:
+    """``"dense"`` for designs with few levels, ``"blocked"`` for many."""
+    return "dense" if gram.n_levels + gram.n_fixed <= _DENSE_MAX_SIZE else "blocked"
+
+
+def _make_engine(gram: DesignGram, reml: bool, engine: str):
+    if engine == "dense":
+        return DenseDeviance(gram, reml)
+    if engine == "blocked":
+        return BlockedDeviance(gram, reml)
+    raise ValueError(f"engine must be 'auto', 'dense' or 'blocked', got {engine!r}")
+
+
+def _moment_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+    """One-way ANOVA estimate of each variance ratio, each factor on its own."""
+    n = gram.n_obs
+    counts = gram.ZtZ.diagonal()
+    starts = []
+    offset = 0
+    for size in gram.factor_sizes:
+        sl = slice(offset, offset + size)
+        nl = counts[sl]
+        between = (stats.ZtY[:, sl] ** 2 / nl).sum(axis=1)
+        within = np.maximum(stats.ss - between, 0.0) / (n - size)
+        n0 = (n - (nl**2).sum() / n) / (size - 1)
+        sigma_a = np.maximum((between / (size - 1) - within) / n0, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            starts.append(np.where(within > 0, sigma_a / within, 1.0))
+        offset += size
+    return np.clip(np.stack(starts, axis=1), 1e-3, 1e3)
+
+
+def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+    """The best of a few candidate starts, by deviance, for each gene."""
+    G, k = len(stats), engine.n_params
+    candidates = [np.ones((G, k)), _moment_start(gram, stats), np.full((G, k), 0.1)]
+    best = candidates[0]
+    best_f = engine.deviance(best, stats)
+    for cand in candidates[1:]:
+        f = engine.deviance(cand, stats)
+        better = np.isfinite(f) & ~(f >= best_f)
+        best = np.where(better[:, None], cand, best)
+        best_f = np.where(better, f, best_f)
+    return best
+
+
+def _optimise_dense(engine: DenseDeviance, x0: np.ndarray, stats: ResponseStats):
+    res = projected_newton(
+        lambda x, i: engine.deviance(x, stats.subset(i)),
+        lambda x, i: engine.derivatives(x, stats.subset(i)),
+        x0,
+    )
+    return res.x, res.converged, res.n_iter
+
+
+def _optimise_blocked(engine: BlockedDeviance, x0: np.ndarray, stats: ResponseStats):
+    G, k = x0.shape
+    x = np.full((G, k), np.nan)
+    converged = np.zeros(G, dtype=bool)
+    n_iter = np.zeros(G, dtype=int)
+    for i in range(G):
+        one = stats.subset([i])
+        f0 = engine.deviance(x0[i : i + 1], one)[0]
+        if not np.isfinite(f0):
+            continue
+
+        def objective(t, one=one, f0=f0):
+            f = engine.deviance(t[None], one)[0]
+            # a finite penalty keeps the line search inside the domain
+            return f if np.isfinite(f) else abs(f0) * 10 + 1e6
+
+        res = scipy.optimize.minimize(
+            objective,
+            x0[i],
+            method="L-BFGS-B",
+            bounds=[(0.0, None)] * k,
+            options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000, "maxls": 50},
+        )
+        x[i] = res.x
+        converged[i] = bool(res.success) or res.status == 2  # 2: no further progress
+        n_iter[i] = res.nit
+    return x, converged, n_iter
+
+
+def _fit_batch(gram: DesignGram, stats: ResponseStats, reml: bool, engine: str):
+    eng = _make_engine(gram, reml, engine)
+    x0 = _starting_values(eng, gram, stats)
+    if engine == "dense":
+        x, converged, n_iter = _optimise_dense(eng, x0, stats)
+    else:
+        x, converged, n_iter = _optimise_blocked(eng, x0, stats)
+    x = np.where(np.isfinite(x), x, np.nan)
+    dev, sigma2, beta = eng.estimates(np.nan_to_num(x, nan=1.0), stats)
+    bad = ~np.isfinite(x).all(axis=1)
+    dev[bad] = np.nan
+    return x, sigma2, beta, dev, converged, n_iter
+
+
+def fit_lmm(
+    gram: DesignGram,
+    stats: ResponseStats,
+    *,
+    reml: bool = False,
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+    engine: str = "auto",
+    factor_names: list[str] | None = None,
+) -> LMMFit:
+    """Fit a random-intercept LMM to every gene by ML or REML.
+
+    Parameters
+    ----------
+    gram
+        Cross-products of the design.
+    stats
+        Sufficient statistics of the genes.
+    reml
+        Optimise the REML criterion instead of the ML deviance.
+    n_jobs
+        Parallel workers (joblib); ``None`` or 1 runs in this process, -1 uses
+        every core.
+    batch_size
+        Genes optimised together in one vectorised batch.
+    engine
+        ``"dense"``, ``"blocked"`` (many levels) or ``"auto"``.
+    factor_names
+        Names of the grouping factors, for error messages.
+
+    Returns
+    -------
+    An :class:`LMMFit`.
+    """
+    if engine == "auto":
+        engine = choose_engine(gram)
+    G, k, p = len(stats), len(gram.factor_sizes), gram.n_fixed
+    names = factor_names or [f"factor {j}" for j in range(k)]
+
+    error = np.full(G, "", dtype=object)
+    scale = np.maximum(np.abs(stats.mean), np.finfo(float).tiny)
+    constant = stats.ss <= stats.n_obs * (1e-12 * scale) ** 2
+    error[constant] = np.where(
+        stats.mean[constant] == 0, "all values are zero", "constant expression (no variance)"
+    )
+    todo = np.flatnonzero(~constant)
+
+    batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
+    args = [(gram, stats.subset(b), reml, engine) for b in batches]
+    if n_jobs in (None, 1) or len(batches) <= 1:
+        results = [_fit_batch(*a) for a in args]
+    else:
+        results = Parallel(n_jobs=n_jobs)(delayed(_fit_batch)(*a) for a in args)
+
+    gamma = np.full((G, k), np.nan)
+    sigma2 = np.full(G, np.nan)
+    beta = np.full((G, p), np.nan)
+    deviance = np.full(G, np.nan)
+    converged = np.zeros(G, dtype=bool)
+    n_iter = np.zeros(G, dtype=int)
+    for b, (x, s2, bt, dev, conv, it) in zip(batches, results):
+        gamma[b], sigma2[b], beta[b], deviance[b], converged[b], n_iter[b] = (
+            x, s2, bt, dev, conv, it
+        )
+
+    failed = np.isin(np.arange(G), todo) & ~np.isfinite(deviance)
+    error[failed] = (
+        "the likelihood cannot be evaluated: the residual sum of squares is zero "
+        "(the gene is exactly explained by the fixed effects)"
+    )
+    diverged = np.isfinite(deviance) & (gamma >= _GAMMA_DIVERGED).any(axis=1)
+    for g in np.flatnonzero(diverged):
+        j = int(np.argmax(gamma[g]))
+        error[g] = (
+            f"no finite optimum: the residual variance vanishes because the gene is "
+            f"(nearly) constant within the levels of {names[j]!r}"
+        )
+    bad = error != ""
+    gamma[bad], sigma2[bad], beta[bad], deviance[bad] = np.nan, np.nan, np.nan, np.nan
+    converged[bad] = False
+
+    # back to the uncentred parametrisation: the intercept absorbs the means
+    beta[:, 0] += stats.mean - beta[:, 1:] @ gram.x_mean[1:]
+    return LMMFit(
+        gamma=gamma,
+        sigma2=sigma2,
+        beta=beta,
+        deviance=deviance,
+        converged=converged,
+        n_iter=n_iter,
+        error=error,
+        reml=reml,
+    )

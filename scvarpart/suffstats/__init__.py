@@ -1,0 +1,11 @@
+"""Sufficient statistics: everything the likelihood needs, from one pass over the data.
+
+The design's cross-products (Z'Z, Z'X, X'X) are computed once; one pass over the
+expression matrix gives Z'y, X'y and the centred sum of squares of every gene.
+After that no per-gene computation depends on the number of observations.
+"""
+
+from .gram import DesignGram, design_gram
+from .response import ResponseStats, nonfinite_columns, response_stats
+
+__all__ = ["DesignGram", "ResponseStats", "design_gram", "nonfinite_columns", "response_stats"]

@@ -1,0 +1,325 @@
+"""``svp.tl.variance_partition``: per-gene variance partition of an AnnData object."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scanpy import logging as logg
+
+from ..design import build_design, parse_formula
+from ..lmm import choose_engine, fit_lmm
+from ..suffstats import design_gram, nonfinite_columns, response_stats
+from ..suffstats.gram import centred_fixed, indicator_matrix
+from ..varpart import RESIDUAL, component_variances, fractions, rho
+
+__all__ = ["variance_partition"]
+
+_VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
+# Rows inspected to recognise raw counts.
+_COUNT_CHECK_ROWS = 2000
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    if not all(isinstance(v, str) for v in out):
+        raise TypeError(f"{what} must be a component name or a list of names, got {value!r}.")
+    return out
+
+
+def _check_components(batch, signal, components: list[str]) -> None:
+    terms = [c for c in components if c != RESIDUAL]
+    for what, names in (("batch", batch), ("signal", signal)):
+        if names is None:
+            continue
+        if not names:
+            raise ValueError(f"{what}= is empty; give at least one model term or leave it out.")
+        unknown = [n for n in names if n not in terms]
+        if unknown:
+            raise ValueError(
+                f"{what}={names!r}: {unknown} are not terms of the model. The model's terms "
+                f"are {terms}."
+            )
+    if batch and signal and set(batch) & set(signal):
+        raise ValueError(
+            f"{sorted(set(batch) & set(signal))} are listed in both batch= and signal=."
+        )
+
+
+def _expression(adata: AnnData, layer: str | None, use_raw: bool):
+    """The observations x genes matrix to fit, aligned with ``adata.var_names``."""
+    if layer is not None and use_raw:
+        raise ValueError("Pass either layer= or use_raw=True, not both.")
+    if adata.isbacked:
+        raise NotImplementedError(
+            "variance_partition needs the expression matrix in memory; backed AnnData "
+            "objects are not supported yet. Load it with anndata.read_h5ad(path)."
+        )
+    if layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(
+                f"Layer {layer!r} is not in adata.layers; available: {list(adata.layers)}."
+            )
+        return adata.layers[layer], f"adata.layers[{layer!r}]"
+    if use_raw:
+        if adata.raw is None:
+            raise ValueError("use_raw=True but adata.raw is not set.")
+        missing = adata.var_names.difference(adata.raw.var_names)
+        if len(missing):
+            raise ValueError(
+                f"use_raw=True: {len(missing)} genes of adata.var_names are not in "
+                f"adata.raw (e.g. {list(missing[:5])})."
+            )
+        idx = adata.raw.var_names.get_indexer(adata.var_names)
+        X = adata.raw.X
+        if not (len(idx) == X.shape[1] and np.array_equal(idx, np.arange(len(idx)))):
+            X = X[:, idx]
+        return X, "adata.raw.X"
+    if adata.X is None:
+        raise ValueError("adata.X is empty; pass layer= to choose the expression values.")
+    return adata.X, "adata.X"
+
+
+def _check_values(Y, source: str, var_names: pd.Index) -> None:
+    bad = nonfinite_columns(Y)
+    if len(bad):
+        shown = ", ".join(map(repr, var_names[bad[:10]]))
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{source} has NaN or infinite values in {len(bad)} gene(s): {shown}{more}. "
+            "Fix the values, or drop these genes (adata[:, ~mask])."
+        )
+    sample = Y[:_COUNT_CHECK_ROWS]
+    values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+    if values.size and values.max() > 1 and (values >= 0).all() and (values % 1 == 0).all():
+        warnings.warn(
+            f"{source} looks like raw counts (non-negative integers). variance_partition "
+            "models log-normalised expression: run sc.pp.normalize_total and "
+            "sc.pp.log1p first, or pass layer= with log-normalised values.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def variance_partition(
+    adata: AnnData,
+    formula: str,
+    *,
+    batch: str | Sequence[str] | None = None,
+    signal: str | Sequence[str] | None = None,
+    method: Literal["ML", "REML"] = "ML",
+    layer: str | None = None,
+    use_raw: bool = False,
+    key_added: str = "varpart",
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+    copy: bool = False,
+    inplace: bool = True,
+) -> AnnData | dict | None:
+    """Partition each gene's variance into biological, technical and residual parts.
+
+    Fits, for every gene, the linear mixed model of ``formula`` (lme4 syntax,
+    without a left-hand side: the response is each gene in turn) and reports the
+    fraction of variance explained by each term, as variancePartition's
+    ``fitExtractVarPartModel`` does, and the batch-to-signal ratio ``rho``.
+    The fit is exact (an optimum at least as good as lme4's); the data are read
+    once, so the cost per gene does not grow with the number of cells.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix, cells x genes, with log-normalised expression.
+    formula
+        Model in lme4 syntax, e.g. ``"~ log_umi + (1|patient) + (1|chemistry)"``.
+        Random intercepts ``(1|g)``, interactions ``(1|a:b)`` and nesting
+        ``(1|a/b)`` of ``adata.obs`` columns; fixed effects may be continuous or
+        categorical columns, with ``a:b`` and ``a*b`` interactions. An intercept
+        is required.
+    batch
+        Components that are technical (e.g. ``["chemistry", "day"]``).
+    signal
+        Components that are biological (e.g. ``["patient"]``). ``rho`` is
+        computed when both ``batch`` and ``signal`` are given.
+    method
+        ``"ML"`` (maximum likelihood, variancePartition's default) or ``"REML"``.
+    layer
+        Use ``adata.layers[layer]`` instead of ``adata.X``.
+    use_raw
+        Use ``adata.raw.X`` (the genes of ``adata.var_names``).
+    key_added
+        Prefix of the result keys.
+    n_jobs
+        Parallel workers for the fits (joblib); -1 for every core.
+    batch_size
+        Genes optimised together in one vectorised step.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+    inplace
+        Write the results into ``adata``; with ``False``, return them instead.
+
+    Returns
+    -------
+    With ``inplace=True``: ``None`` (or the modified copy when ``copy=True``), and
+    these fields are set:
+
+    ``adata.varm[key_added]``
+        DataFrame of variance fractions, genes x components (random terms as
+        written, fixed terms by name, ``"Residual"``); rows sum to 1.
+    ``adata.varm[f"{key_added}_variance"]``
+        The same table with variances.
+    ``adata.var[f"{key_added}_rho"]``
+        Batch-to-signal ratio (when ``batch`` and ``signal`` are given).
+    ``adata.var[f"{key_added}_singular"]``, ``..._converged``, ``..._loglik``
+        Some variance exactly 0; the optimiser converged; the maximised ML or REML
+        log-likelihood (lme4's ``logLik``).
+    ``adata.uns[key_added]``
+        ``params``, ``components``, ``summary`` and ``errors`` (a DataFrame of the
+        genes without estimates and why).
+
+    With ``inplace=False``: a dict with keys ``"fractions"``, ``"variance"`` (the
+    two DataFrames), ``"var"`` (DataFrame of the per-gene columns) and ``"uns"``.
+
+    Notes
+    -----
+    Observations with a missing value in a model column are dropped with a
+    warning (as variancePartition does). Genes that are constant, or cannot be
+    fitted, get NaN results and a reason in ``uns[key_added]["errors"]``; the
+    other genes are not affected.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=1000, n_genes=50)
+    >>> svp.tl.variance_partition(
+    ...     adata,
+    ...     "~ log_umi + (1|patient) + (1|chemistry) + (1|day) + (1|operator)",
+    ...     batch=["chemistry", "day", "operator"],
+    ...     signal="patient",
+    ... )
+    >>> adata.varm["varpart"].columns.tolist()
+    ['patient', 'chemistry', 'day', 'operator', 'log_umi', 'Residual']
+    """
+    if copy and not inplace:
+        raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
+    method_u = str(method).upper()
+    if method_u not in ("ML", "REML"):
+        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
+    batch_l = _as_list(batch, "batch")
+    signal_l = _as_list(signal, "signal")
+
+    parsed = parse_formula(formula)
+    if parsed.response is not None:
+        raise ValueError(
+            f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
+            "response is each gene in turn. Write it as '~ ...'."
+        )
+    design = build_design(parsed, adata.obs)
+    components = design.components
+    _check_components(batch_l, signal_l, components)
+    Y, source = _expression(adata, layer, use_raw)
+    if Y.shape[0] != adata.n_obs:
+        raise ValueError(f"{source} has {Y.shape[0]} rows for {adata.n_obs} observations.")
+    _check_values(Y, source, adata.var_names)
+
+    gram = design_gram(design)
+    engine = choose_engine(gram)
+    start = logg.info(
+        f"fitting {formula!r} ({method_u}) to {adata.n_vars} genes x {design.n_obs} cells"
+    )
+    Xc, _ = centred_fixed(design)
+    keep = None if design.keep.all() else design.keep
+    stats = response_stats(Y, indicator_matrix(design), Xc, rows=keep)
+    logg.debug("    sufficient statistics computed", time=start)
+    fit = fit_lmm(
+        gram,
+        stats,
+        reml=method_u == "REML",
+        n_jobs=n_jobs,
+        batch_size=batch_size,
+        engine=engine,
+        factor_names=[f.name for f in design.factors],
+    )
+
+    variances = component_variances(
+        fit.variances, fit.sigma2, fit.beta, gram.x_cov, design.fixed_terms
+    )
+    genes = adata.var_names
+    var_df = pd.DataFrame(variances, index=genes, columns=components)
+    frac_df = pd.DataFrame(fractions(variances), index=genes, columns=components)
+    ok = fit.error == ""
+    per_gene = pd.DataFrame(index=genes)
+    if batch_l and signal_l:
+        per_gene[f"{key_added}_rho"] = rho(variances, components, batch_l, signal_l)
+    per_gene[f"{key_added}_singular"] = fit.singular & ok
+    per_gene[f"{key_added}_converged"] = fit.converged
+    per_gene[f"{key_added}_loglik"] = fit.loglik
+
+    errors = pd.DataFrame(
+        {"reason": pd.Series(fit.error[~ok], index=genes[~ok], dtype=str)}
+    )
+    errors.index.name = "gene"
+    uns = {
+        "params": {
+            "formula": formula,
+            "method": method_u,
+            "batch": batch_l,
+            "signal": signal_l,
+            "layer": layer,
+            "use_raw": use_raw,
+            "n_obs": design.n_obs,
+            "n_obs_dropped": int((~design.keep).sum()),
+            "engine": engine,
+            "versions": _versions(),
+        },
+        "components": components,
+        "summary": {
+            "median_fraction": {c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan
+                                for c in components},
+            "n_genes": int(len(genes)),
+            "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
+            "n_not_converged": int((~fit.converged & ok).sum()),
+            "n_failed": int((~ok).sum()),
+        },
+        "errors": errors,
+    }
+    logg.info(
+        f"    finished: {int(ok.sum())} genes fitted, {uns['summary']['n_singular']} singular, "
+        f"{uns['summary']['n_failed']} without estimates",
+        time=start,
+    )
+    if uns["summary"]["n_not_converged"]:
+        logg.warning(
+            f"{uns['summary']['n_not_converged']} genes did not meet the convergence "
+            f"criterion; see adata.var['{key_added}_converged']."
+        )
+
+    if not inplace:
+        return {"fractions": frac_df, "variance": var_df, "var": per_gene, "uns": uns}
+    if copy:
+        adata = adata.copy()
+    adata.varm[key_added] = frac_df
+    adata.varm[f"{key_added}_variance"] = var_df
+    for col in per_gene:
+        adata.var[col] = per_gene[col]
+    adata.uns[key_added] = uns
+    return adata if copy else None

@@ -1,0 +1,94 @@
+"""Variance components and fractions, as variancePartition's ``calcVarPart`` defines them.
+
+For each gene the components are
+
+- each random term's variance ``sigma_j^2``;
+- each fixed term's variance of its prediction ``X_t beta_t`` over the
+  observations (population variance, divisor ``n``). The terms' variances are
+  then scaled by a common factor so that they sum to the variance of the whole
+  fixed-effect prediction ``X beta``: correlated covariates share, rather than
+  double count, what they explain together. Unlike variancePartition, which
+  does this per column of ``X``, a categorical term is one component;
+- the residual variance ``sigma^2``.
+
+Fractions are the components divided by their sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["RESIDUAL", "component_variances", "fractions", "rho"]
+
+RESIDUAL = "Residual"
+
+
+def component_variances(
+    random_variances: np.ndarray,
+    residual_variance: np.ndarray,
+    beta: np.ndarray,
+    x_cov: np.ndarray,
+    fixed_terms: Mapping[str, np.ndarray],
+) -> np.ndarray:
+    """Variance of every component, ``(G, k + n_fixed_terms + 1)``.
+
+    Parameters
+    ----------
+    random_variances
+        ``(G, k)`` random-effect variances.
+    residual_variance
+        ``(G,)`` residual variances.
+    beta
+        ``(G, p)`` fixed effects.
+    x_cov
+        ``(p, p)`` population covariance of the fixed-effect columns (zero row
+        and column for the intercept).
+    fixed_terms
+        Term name -> column indices; the order gives the output's column order.
+
+    Returns
+    -------
+    Columns: random terms, fixed terms, residual.
+    """
+    G = len(residual_variance)
+    terms = list(fixed_terms.values())
+    fixed = np.zeros((G, len(terms)))
+    for t, cols in enumerate(terms):
+        b = beta[:, cols]
+        fixed[:, t] = np.einsum("gi,ij,gj->g", b, x_cov[np.ix_(cols, cols)], b)
+    if terms:
+        total = np.einsum("gi,ij,gj->g", beta, x_cov, beta)
+        parts = fixed.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = np.where(parts > 0, total / parts, 0.0)
+        fixed *= factor[:, None]
+    return np.concatenate([random_variances, fixed, residual_variance[:, None]], axis=1)
+
+
+def fractions(variances: np.ndarray) -> np.ndarray:
+    """Components divided by their sum (rows of NaN stay NaN)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return variances / variances.sum(axis=1, keepdims=True)
+
+
+def rho(
+    variances: np.ndarray,
+    components: Sequence[str],
+    batch: Sequence[str],
+    signal: Sequence[str],
+) -> np.ndarray:
+    """Batch-to-signal ratio ``sum(batch variances) / sum(signal variances)``.
+
+    ``inf`` where the signal variance is 0 and the batch variance is not, NaN
+    where both are 0 (and for genes without estimates).
+    """
+    pos = {c: i for i, c in enumerate(components)}
+    num = variances[:, [pos[c] for c in batch]].sum(axis=1)
+    den = variances[:, [pos[c] for c in signal]].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[(den == 0) & (num > 0)] = np.inf
+    out[(den == 0) & (num == 0)] = np.nan
+    return out
