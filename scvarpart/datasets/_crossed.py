@@ -24,8 +24,7 @@ def _design(n_cells: int, rng: np.random.Generator) -> pd.DataFrame:
     lib_patient = np.repeat(np.arange(n_pat), _LIBRARIES_PER_PATIENT)
     # every technical level is used by several libraries
     lib = {
-        f: rng.permutation(np.arange(n_lib) % _FACTORS[f])
-        for f in ("chemistry", "day", "operator")
+        f: rng.permutation(np.arange(n_lib) % _FACTORS[f]) for f in ("chemistry", "day", "operator")
     }
     weights = rng.dirichlet(np.full(n_lib, 4.0))
     cell_lib = rng.choice(n_lib, size=n_cells, p=weights)
@@ -89,8 +88,8 @@ def crossed_example(n_cells: int = 2000, n_genes: int = 200, *, seed: int = 0) -
     AnnData with dense float32 ``X`` (cells x genes); ``obs`` columns
     ``patient``, ``chemistry``, ``day``, ``operator`` (categorical) and
     ``log_umi``; ``varm["true_variance"]`` (the simulated variance of each
-    component, named as in the fitted results); ``var["true_beta_log_umi"]``; ``uns["example"]`` with the
-    formula and the batch / signal factors.
+    component, named as in the fitted results); ``var["true_beta_log_umi"]``;
+    ``uns["example"]`` with the formula and the batch / signal factors.
 
     Examples
     --------

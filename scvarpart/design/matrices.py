@@ -8,13 +8,13 @@ or level at fault.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.linalg
 
+from .._warn import warn
 from .formula import Formula, parse_formula
 
 __all__ = ["Design", "DesignError", "GroupingFactor", "build_design"]
@@ -138,12 +138,10 @@ def _drop_missing(data: pd.DataFrame, variables: list[str]) -> np.ndarray:
                 + ", ".join(f"{k!r}: {c}" for k, c in counts.items())
                 + "). Fill them in or remove these terms from the formula."
             )
-        warnings.warn(
+        warn(
             f"Dropping {n_drop} of {len(data)} observations with missing values in "
             + ", ".join(f"{k!r} ({c})" for k, c in counts.items())
-            + ", as variancePartition does. Fill them in to use every observation.",
-            UserWarning,
-            stacklevel=3,
+            + ", as variancePartition does. Fill them in to use every observation."
         )
     return keep
 
@@ -156,13 +154,11 @@ def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> Gr
             n_distinct = s.nunique()
             non_integer = not np.all(np.mod(s.to_numpy(), 1) == 0)
             if n_distinct > _MANY_FLOAT_LEVELS and non_integer:
-                warnings.warn(
+                warn(
                     f"Grouping column {c!r} is a float column with {n_distinct} distinct "
                     f"values; it is treated as a categorical grouping factor in (1|{name}). "
                     f"If it is a continuous covariate, write it as a fixed effect "
-                    f"('+ {c}') instead.",
-                    UserWarning,
-                    stacklevel=4,
+                    f"('+ {c}') instead."
                 )
         levels = _levels_of(s)
         parts.append((pd.Index(levels).get_indexer(s.to_numpy()), levels))
@@ -175,7 +171,7 @@ def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> Gr
         combo = np.stack([p[0] for p in parts], axis=1)
         used, codes = np.unique(combo, axis=0, return_inverse=True)
         labels = pd.Index(
-            [":".join(str(p[1][i]) for p, i in zip(parts, row)) for row in used]
+            [":".join(str(p[1][i]) for p, i in zip(parts, row, strict=False)) for row in used]
         )
     return GroupingFactor(name=name, codes=codes.astype(np.intp).ravel(), levels=labels)
 
@@ -214,17 +210,19 @@ def _check_rank(X: np.ndarray, columns: list[str]) -> None:
             f"The fixed-effect design is rank deficient: column(s) {zero} are all zero. "
             "Remove these terms or the levels they code."
         )
-    _, R, piv = scipy.linalg.qr(X / norms, mode="economic", pivoting=True)
+    # Unpivoted QR in model order: a tiny |R_jj| means column j is a combination of
+    # the columns before it, so the later (usually the offending) column is named.
+    R = scipy.linalg.qr(X / norms, mode="r")[0]
     diag = np.abs(np.diag(R))
-    tol = max(X.shape) * np.finfo(float).eps * diag[0] * 1e3
-    rank = int(np.sum(diag > tol))
-    if rank < X.shape[1]:
-        bad = [columns[j] for j in piv[rank:]]
+    tol = max(X.shape) * np.finfo(float).eps * 1e3
+    bad = [columns[j] for j in np.flatnonzero(diag <= tol)]
+    if bad:
+        rank = X.shape[1] - len(bad)
         raise DesignError(
             f"The fixed-effect design is rank deficient (rank {rank} < {X.shape[1]} "
-            f"columns): {bad} can be written as combinations of the other columns, e.g. a "
-            "covariate that is constant, two covariates that are proportional, or a level "
-            "that always coincides with another term. Remove or merge these terms."
+            f"columns): {bad} can be written as combinations of the columns before them, "
+            "e.g. a covariate that is constant, two covariates that are proportional, or a "
+            "level that always coincides with another term. Remove or merge these terms."
         )
 
 

@@ -20,13 +20,16 @@ from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .newton import projected_newton
 
-__all__ = ["LMMFit", "fit_lmm", "choose_engine"]
+__all__ = ["LMMFit", "choose_engine", "fit_lmm"]
 
 # Above this many random effects + fixed effects, eliminating the largest
 # factor's diagonal block beats dense factorisation of the whole system.
 _DENSE_MAX_SIZE = 200
-# A variance ratio this large means the residual variance is vanishing.
+# A variance ratio this large, or a residual variance this small a fraction of
+# the gene's variance, means the residual variance is vanishing: r2 = y'y - |c|^2
+# has then lost most of its digits to cancellation and no optimum can be trusted.
 _GAMMA_DIVERGED = 1e10
+_RESIDUAL_VANISHED = 1e-8
 
 
 @dataclass
@@ -221,7 +224,15 @@ def fit_lmm(
     error[constant] = np.where(
         stats.mean[constant] == 0, "all values are zero", "constant expression (no variance)"
     )
-    todo = np.flatnonzero(~constant)
+    # Fixed effects alone leave no residual (an OLS fit, gamma = 0): no model can
+    # be fitted, whatever the random effects.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ols_rss = stats.ss - np.einsum(
+            "gi,gi->g", stats.XtY, np.linalg.solve(gram.XtX, stats.XtY.T).T
+        )
+        explained = ~constant & (ols_rss <= _RESIDUAL_VANISHED * stats.ss)
+    error[explained] = "the fixed effects explain the gene exactly (zero residual sum of squares)"
+    todo = np.flatnonzero(~constant & ~explained)
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
     args = [(gram, stats.subset(b), reml, engine) for b in batches]
@@ -236,17 +247,21 @@ def fit_lmm(
     deviance = np.full(G, np.nan)
     converged = np.zeros(G, dtype=bool)
     n_iter = np.zeros(G, dtype=int)
-    for b, (x, s2, bt, dev, conv, it) in zip(batches, results):
+    for b, (x, s2, bt, dev, conv, it) in zip(batches, results, strict=False):
         gamma[b], sigma2[b], beta[b], deviance[b], converged[b], n_iter[b] = (
-            x, s2, bt, dev, conv, it
+            x,
+            s2,
+            bt,
+            dev,
+            conv,
+            it,
         )
 
     failed = np.isin(np.arange(G), todo) & ~np.isfinite(deviance)
-    error[failed] = (
-        "the likelihood cannot be evaluated: the residual sum of squares is zero "
-        "(the gene is exactly explained by the fixed effects)"
-    )
-    diverged = np.isfinite(deviance) & (gamma >= _GAMMA_DIVERGED).any(axis=1)
+    error[failed] = "the likelihood cannot be evaluated at any tried variance ratios"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vanished = sigma2 <= _RESIDUAL_VANISHED * stats.ss / stats.n_obs
+    diverged = np.isfinite(deviance) & ((gamma >= _GAMMA_DIVERGED).any(axis=1) | vanished)
     for g in np.flatnonzero(diverged):
         j = int(np.argmax(gamma[g]))
         error[g] = (

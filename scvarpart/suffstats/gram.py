@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from ..design import Design
 
-__all__ = ["DesignGram", "design_gram", "indicator_matrix", "centred_fixed"]
+__all__ = ["DesignGram", "centred_fixed", "design_gram", "indicator_matrix"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def indicator_matrix(design: Design) -> sp.csr_matrix:
     n = design.n_obs
     offsets = np.cumsum([0] + [f.n_levels for f in design.factors])
     rows = np.tile(np.arange(n), design.n_random)
-    cols = np.concatenate([f.codes + o for f, o in zip(design.factors, offsets)])
+    cols = np.concatenate([f.codes + o for f, o in zip(design.factors, offsets, strict=False)])
     data = np.ones(len(rows))
     return sp.csr_matrix((data, (rows, cols)), shape=(n, int(offsets[-1])))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ResponseStats", "response_stats", "nonfinite_columns", "default_chunk_rows"]
+__all__ = ["ResponseStats", "default_chunk_rows", "nonfinite_columns", "response_stats"]
 
 # Values (rows x genes) materialised as float64 per chunk: 2**23 ~ 64 MB.
 _CHUNK_VALUES = 2**23
@@ -108,9 +108,10 @@ def _centred_ss(block, mean: np.ndarray) -> np.ndarray:
         cols = block.indices
         dev = block.data - mean[cols]
         nnz = np.bincount(cols, minlength=block.shape[1])
-        return np.bincount(cols, dev * dev, minlength=block.shape[1]) + (
-            block.shape[0] - nnz
-        ) * mean**2
+        return (
+            np.bincount(cols, dev * dev, minlength=block.shape[1])
+            + (block.shape[0] - nnz) * mean**2
+        )
     dev = block - mean
     return np.einsum("ij,ij->j", dev, dev)
 

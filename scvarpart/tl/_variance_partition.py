@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -13,6 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._warn import warn
 from ..design import build_design, parse_formula
 from ..lmm import choose_engine, fit_lmm
 from ..suffstats import design_gram, nonfinite_columns, response_stats
@@ -112,12 +112,10 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
     sample = Y[:_COUNT_CHECK_ROWS]
     values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
     if values.size and values.max() > 1 and (values >= 0).all() and (values % 1 == 0).all():
-        warnings.warn(
+        warn(
             f"{source} looks like raw counts (non-negative integers). variance_partition "
             "models log-normalised expression: run sc.pp.normalize_total and "
-            "sc.pp.log1p first, or pass layer= with log-normalised values.",
-            UserWarning,
-            stacklevel=3,
+            "sc.pp.log1p first, or pass layer= with log-normalised values."
         )
 
 
@@ -274,9 +272,7 @@ def variance_partition(
     per_gene[f"{key_added}_converged"] = fit.converged
     per_gene[f"{key_added}_loglik"] = fit.loglik
 
-    errors = pd.DataFrame(
-        {"reason": pd.Series(fit.error[~ok], index=genes[~ok], dtype=str)}
-    )
+    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=genes[~ok], dtype=str)})
     errors.index.name = "gene"
     uns = {
         "params": {
@@ -293,9 +289,10 @@ def variance_partition(
         },
         "components": components,
         "summary": {
-            "median_fraction": {c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan
-                                for c in components},
-            "n_genes": int(len(genes)),
+            "median_fraction": {
+                c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan for c in components
+            },
+            "n_genes": len(genes),
             "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
             "n_not_converged": int((~fit.converged & ok).sum()),
             "n_failed": int((~ok).sum()),

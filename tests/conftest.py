@@ -1,0 +1,43 @@
+"""Shared test fixtures. Reference data in tests/data/ come from ../shared/reference/
+(lme4 1.1-31 fits of lme4's bundled datasets, and a simulated crossed design fitted
+by lme4 and variancePartition 1.28.9); see tests/data/README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+def read_reference_csv(name: str):
+    """A dataset of tests/data as lme4 saw it: grouping codes as categorical."""
+    import pandas as pd
+
+    path = DATA / (f"{name}.csv.gz" if name == "InstEval" else f"{name}.csv")
+    frame = pd.read_csv(path)
+    for col in frame.columns:
+        if frame[col].dtype == object or col in {"s", "d", "dept", "replicate", "service"}:
+            frame[col] = frame[col].astype(str).astype("category")
+    return frame
+
+
+def fit_frame(formula: str, frame, *, reml: bool, engine: str = "auto"):
+    """Fit ``response ~ ...`` on a DataFrame with the package's layers (no AnnData)."""
+    from scvarpart.design import build_design, parse_formula
+    from scvarpart.lmm import fit_lmm
+    from scvarpart.suffstats import design_gram, response_stats
+    from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+
+    parsed = parse_formula(formula)
+    design = build_design(parsed, frame)
+    y = frame.loc[design.keep, parsed.response].to_numpy(float)[:, None]
+    stats = response_stats(y, indicator_matrix(design), centred_fixed(design)[0])
+    fit = fit_lmm(design_gram(design), stats, reml=reml, engine=engine)
+    return design, fit

@@ -1,0 +1,112 @@
+"""Invariances a correct fit must have, on the example dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scvarpart as svp
+
+FORMULA = svp.datasets.EXAMPLE_FORMULA
+N_GENES = 40
+
+
+@pytest.fixture(scope="module")
+def base():
+    adata = svp.datasets.crossed_example(n_cells=800, n_genes=N_GENES, seed=3)
+    res = svp.tl.variance_partition(adata, FORMULA, inplace=False)
+    return adata, res
+
+
+def _fit(adata, **kw):
+    return svp.tl.variance_partition(adata, FORMULA, inplace=False, **kw)
+
+
+def _same(a, b, rtol=1e-10, atol=1e-12):
+    for key in ("fractions", "variance"):
+        pd.testing.assert_frame_equal(a[key], b[key], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(a["var"]["varpart_loglik"], b["var"]["varpart_loglik"], rtol=rtol)
+    np.testing.assert_array_equal(a["var"]["varpart_singular"], b["var"]["varpart_singular"])
+
+
+def test_gene_order_does_not_matter(base):
+    adata, res = base
+    perm = np.random.default_rng(0).permutation(adata.n_vars)
+    shuffled = _fit(adata[:, perm].copy())
+    _same(
+        {k: shuffled[k].loc[adata.var_names] for k in ("fractions", "variance", "var")},
+        res,
+    )
+
+
+def test_cell_order_does_not_matter(base):
+    adata, res = base
+    perm = np.random.default_rng(1).permutation(adata.n_obs)
+    _same(_fit(adata[perm].copy()), res, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("c", [1e-3, 7.5, -2.0])
+def test_scaling_scales_variances_by_c_squared(base, c):
+    adata, _res = base
+    scaled = _as64(adata)
+    scaled.X = scaled.X * c
+    ref = _fit(_as64(adata))
+    out = _fit(scaled)
+    pd.testing.assert_frame_equal(out["variance"], ref["variance"] * c**2, rtol=1e-7, atol=1e-14)
+    pd.testing.assert_frame_equal(out["fractions"], ref["fractions"], rtol=1e-7, atol=1e-10)
+    # the log-likelihood shifts by -n log|c| (ML)
+    np.testing.assert_allclose(
+        out["var"]["varpart_loglik"],
+        ref["var"]["varpart_loglik"] - adata.n_obs * np.log(abs(c)),
+        rtol=1e-9,
+    )
+
+
+def _as64(adata):
+    out = adata.copy()
+    out.X = out.X.astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("shift", [5.0, -1e4])
+def test_adding_a_constant_changes_nothing(base, shift):
+    adata, _ = base
+    ref = _fit(_as64(adata))
+    shifted = _as64(adata)
+    shifted.X = shifted.X + shift
+    out = _fit(shifted)
+    # a shift of 1e4 costs ~4 digits of the float64 input: compare accordingly
+    tol = 1e-9 if abs(shift) < 100 else 1e-6
+    pd.testing.assert_frame_equal(out["variance"], ref["variance"], rtol=tol, atol=1e-10)
+    np.testing.assert_allclose(out["var"]["varpart_loglik"], ref["var"]["varpart_loglik"], rtol=tol)
+
+
+def test_relabelling_levels_changes_nothing(base):
+    adata, res = base
+    relabelled = adata.copy()
+    for col in ("patient", "chemistry", "day", "operator"):
+        cats = list(relabelled.obs[col].cat.categories)
+        new = {c: f"L{len(cats) - i}_{col}" for i, c in enumerate(cats)}
+        relabelled.obs[col] = relabelled.obs[col].cat.rename_categories(new)
+        relabelled.obs[col] = relabelled.obs[col].cat.reorder_categories(sorted(new.values()))
+    _same(_fit(relabelled), res, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("kw", [{"n_jobs": 2}, {"batch_size": 7}, {"batch_size": 1, "n_jobs": 2}])
+def test_parallelism_and_batching_give_identical_results(base, kw):
+    adata, res = base
+    _same(_fit(adata, **kw), res)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_sparse_input_equals_dense(base, fmt):
+    adata, _res = base
+    sparse = adata.copy()
+    dense = sparse.X.copy()
+    dense[np.abs(dense) < 0.5] = 0  # make it genuinely sparse
+    sparse.X = sp.csr_matrix(dense) if fmt == "csr" else sp.csc_matrix(dense)
+    ref = adata.copy()
+    ref.X = dense
+    _same(_fit(sparse), _fit(ref))
