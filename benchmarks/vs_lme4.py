@@ -40,17 +40,22 @@ def main() -> None:
 
     adata = svp.datasets.crossed_example(n_cells=args.n_cells, n_genes=args.n_genes, seed=0)
     formula = svp.datasets.EXAMPLE_FORMULA
-    print(f"scvarpart {svp.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; {args.n_cells} cells x {args.n_genes} genes, {args.method}")
+    print(
+        f"scvarpart {svp.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; {args.n_cells} cells x {args.n_genes} genes, {args.method}"
+    )
     print(f"model {formula}")
 
     start = time.perf_counter()
-    res = svp.tl.variance_partition(adata, formula, method=args.method, n_jobs=args.n_jobs,
-                                    inplace=False)
+    res = svp.tl.variance_partition(
+        adata, formula, method=args.method, n_jobs=args.n_jobs, inplace=False
+    )
     ours = time.perf_counter() - start
     per_gene = ours / args.n_genes
-    print(f"scvarpart: {ours:.2f} s for {args.n_genes} genes = {per_gene * 1e3:.3f} ms/gene "
-          f"({args.n_genes / ours:,.0f} genes/s), n_jobs={args.n_jobs}")
+    print(
+        f"scvarpart: {ours:.2f} s for {args.n_genes} genes = {per_gene * 1e3:.3f} ms/gene "
+        f"({args.n_genes / ours:,.0f} genes/s), n_jobs={args.n_jobs}"
+    )
 
     if shutil.which("Rscript") is None or args.lme4_genes <= 0:
         print("lme4: Rscript not found, skipped")
@@ -64,8 +69,15 @@ def main() -> None:
         )
         adata.obs.to_csv(f"{tmp}/obs.csv", float_format="%.17g")
         rhs = formula.strip()
-        cmd = ["Rscript", str(HERE / "lmer_genes.R"), f"{tmp}/expr.csv", f"{tmp}/obs.csv", rhs,
-               str(args.method == "REML").upper(), f"{tmp}/out.csv"]
+        cmd = [
+            "Rscript",
+            str(HERE / "lmer_genes.R"),
+            f"{tmp}/expr.csv",
+            f"{tmp}/obs.csv",
+            rhs,
+            str(args.method == "REML").upper(),
+            f"{tmp}/out.csv",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"lme4: failed ({proc.stderr.strip().splitlines()[-1:]})")
@@ -77,8 +89,10 @@ def main() -> None:
 
     objective = -2 * res["var"].loc[genes, "varpart_loglik"]
     diff = objective - ref["objective"]
-    print(f"objective (ours - lme4): max {diff.max():+.2e}, min {diff.min():+.2e} "
-          "(negative: scvarpart found a better optimum)")
+    print(
+        f"objective (ours - lme4): max {diff.max():+.2e}, min {diff.min():+.2e} "
+        "(negative: scvarpart found a better optimum)"
+    )
     comps = [c for c in res["variance"].columns if f"var_{c}" in ref.columns]
     comps.append("Residual")
     rel = []
@@ -87,8 +101,10 @@ def main() -> None:
         big = theirs > 1e-4 * ref.filter(like="var_").sum(axis=1)
         ours_c = res["variance"].loc[genes, c]
         rel.append((np.abs(ours_c - theirs) / theirs)[big].max())
-    print(f"variance components: max relative difference {np.nanmax(rel):.1e} "
-          "(components above 1e-4 of the total)")
+    print(
+        f"variance components: max relative difference {np.nanmax(rel):.1e} "
+        "(components above 1e-4 of the total)"
+    )
 
 
 if __name__ == "__main__":
