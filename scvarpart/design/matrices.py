@@ -118,7 +118,11 @@ def _levels_of(s: pd.Series) -> pd.Index:
     if isinstance(s.dtype, pd.CategoricalDtype):
         used = set(s.dropna().unique())
         return pd.Index([c for c in s.cat.categories if c in used])
-    return pd.Index(np.sort(s.dropna().unique()))
+    values = s.dropna().unique()
+    try:
+        return pd.Index(np.sort(values))
+    except TypeError:  # mixed types (e.g. numbers and strings): order as text, as R would
+        return pd.Index(sorted(values, key=str))
 
 
 def _drop_missing(data: pd.DataFrame, variables: list[str]) -> np.ndarray:

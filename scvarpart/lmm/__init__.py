@@ -4,12 +4,14 @@ from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fit import LMMFit, choose_engine, fit_lmm
 from .newton import NewtonResult, projected_newton
+from .profiled import ProfiledDeviance
 
 __all__ = [
     "BlockedDeviance",
     "DenseDeviance",
     "LMMFit",
     "NewtonResult",
+    "ProfiledDeviance",
     "choose_engine",
     "fit_lmm",
     "projected_newton",

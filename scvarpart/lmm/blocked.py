@@ -17,13 +17,12 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
+from .profiled import ProfiledDeviance
 
 __all__ = ["BlockedDeviance"]
 
-_LOG_2PI = np.log(2 * np.pi)
 
-
-class BlockedDeviance:
+class BlockedDeviance(ProfiledDeviance):
     """Profiled deviance of one gene at a time, with the largest factor eliminated.
 
     Parameters
@@ -35,11 +34,7 @@ class BlockedDeviance:
     """
 
     def __init__(self, gram: DesignGram, reml: bool):
-        self.n = gram.n_obs
-        self.p = gram.n_fixed
-        self.k = len(gram.factor_sizes)
-        self.reml = reml
-        self.nu = self.n - self.p if reml else self.n
+        super().__init__(gram, reml)
         sizes = np.asarray(gram.factor_sizes)
         self.big = int(np.argmax(sizes))
         level_factor = gram.level_factor
@@ -55,10 +50,6 @@ class BlockedDeviance:
         C22 = C[self.idx2][:, self.idx2].toarray()
         Z2X = gram.ZtX[self.idx2]
         self.G22 = np.block([[C22, Z2X], [Z2X.T, gram.XtX]])
-
-    @property
-    def n_params(self) -> int:
-        return self.k
 
     def _solve(self, gamma: np.ndarray, ZtY: np.ndarray, XtY: np.ndarray, ss: float):
         theta = np.sqrt(gamma)
@@ -80,13 +71,10 @@ class BlockedDeviance:
         c = scipy.linalg.solve_triangular(L, rhs, lower=True, check_finite=False)
         r2 = yy - c @ c
         logdiag = np.log(np.diagonal(L))
-        logdet = -np.log(w).sum() + 2 * logdiag[: self.q2].sum()
-        if self.reml:
-            logdet += 2 * logdiag[self.q2 :].sum()
-        if not r2 > 0:
-            return None
-        dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu))
-        return dev, r2, L, c
+        dev = self.criterion(
+            -np.log(w).sum() + 2 * logdiag[: self.q2].sum(), 2 * logdiag[self.q2 :].sum(), r2
+        )
+        return (dev, r2, L, c) if np.isfinite(dev) else None
 
     def deviance(self, gamma: np.ndarray, stats: ResponseStats) -> np.ndarray:
         """Deviance (ML) or REML criterion of each gene at ``gamma`` (``G x k``)."""

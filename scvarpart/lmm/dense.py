@@ -11,10 +11,8 @@ of Bates et al. (2015, lme4)::
              [X'Z L,       X'X  ]]
 
 whose Cholesky factor gives ``log|V|``, ``log|X'V^-1 X|`` and the penalised
-residual sum of squares ``r2 = y'Py``. With ``nu = n`` (ML) or ``n - p`` (REML)::
-
-    ML   deviance = log|V|                 + n  (1 + log(2 pi r2 / n))
-    REML criterion = log|V| + log|X'V^-1X| + nu (1 + log(2 pi r2 / nu))
+residual sum of squares ``r2 = y'Py``, from which :mod:`.profiled` forms the ML
+deviance or REML criterion (``nu = n`` or ``n - p`` below).
 
 The model is parametrised by ``gamma >= 0`` rather than lme4's ``theta =
 sqrt(gamma)``: the gradient in ``gamma`` does not vanish at 0, so a variance that
@@ -40,10 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..suffstats import DesignGram, ResponseStats
+from .profiled import ProfiledDeviance
 
 __all__ = ["DenseDeviance"]
-
-_LOG_2PI = np.log(2 * np.pi)
 
 
 @dataclass
@@ -55,7 +52,7 @@ class _Factorisation:
     deviance: np.ndarray  # (G,)
 
 
-class DenseDeviance:
+class DenseDeviance(ProfiledDeviance):
     """Batched profiled deviance for designs with a moderate number of levels.
 
     Parameters
@@ -67,22 +64,14 @@ class DenseDeviance:
     """
 
     def __init__(self, gram: DesignGram, reml: bool):
-        self.n = gram.n_obs
+        super().__init__(gram, reml)
         self.q = gram.n_levels
-        self.p = gram.n_fixed
-        self.k = len(gram.factor_sizes)
-        self.reml = reml
-        self.nu = self.n - self.p if reml else self.n
         self.C = gram.ZtZ.toarray()
         self.ZX = gram.ZtX
         self.XX = gram.XtX
         self.level_factor = gram.level_factor
         # (k, q) indicator of which factor each random effect belongs to
         self.E = (self.level_factor[None, :] == np.arange(self.k)[:, None]).astype(float)
-
-    @property
-    def n_params(self) -> int:
-        return self.k
 
     # -- factorisation ------------------------------------------------------
 
@@ -106,12 +95,9 @@ class DenseDeviance:
         c = np.einsum("gij,gj->gi", Linv, rhs)
         r2 = stats.ss - np.einsum("gi,gi->g", c, c)
         logdiag = np.log(np.diagonal(L, axis1=1, axis2=2))
-        logdet = 2 * logdiag[:, :q].sum(axis=1)
-        if self.reml:
-            logdet = logdet + 2 * logdiag[:, q:].sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu))
-        dev = np.where(ok & (r2 > 0), dev, np.nan)
+        dev = self.criterion(
+            2 * logdiag[:, :q].sum(axis=1), 2 * logdiag[:, q:].sum(axis=1), np.where(ok, r2, 0.0)
+        )
         return _Factorisation(lam=lam, Linv=Linv, c=c, r2=r2, deviance=dev)
 
     # -- public interface ---------------------------------------------------

@@ -1,0 +1,54 @@
+"""What every deviance engine shares: the profiled ML deviance and REML criterion.
+
+With the residual variance profiled out, both objectives depend on the variance
+ratios only through ``log|V|``, ``log|X'V^-1 X|`` and the penalised residual sum
+of squares ``r2 = y'Py`` (Bates et al. 2015, lme4)::
+
+    ML deviance    = log|V|                 + n      (1 + log(2 pi r2 / n))
+    REML criterion = log|V| + log|X'V^-1X|  + (n - p)(1 + log(2 pi r2 / (n - p)))
+
+The engines differ only in how they factorise the penalised system to get these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..suffstats import DesignGram
+
+__all__ = ["ProfiledDeviance"]
+
+_LOG_2PI = np.log(2 * np.pi)
+
+
+class ProfiledDeviance:
+    """Base of the deviance engines.
+
+    Parameters
+    ----------
+    gram
+        Cross-products of the design.
+    reml
+        REML criterion instead of the ML deviance.
+    """
+
+    def __init__(self, gram: DesignGram, reml: bool):
+        self.n = gram.n_obs
+        self.p = gram.n_fixed
+        self.k = len(gram.factor_sizes)
+        self.reml = reml
+        # degrees of freedom of the residual variance estimate sigma^2 = r2 / nu
+        self.nu = self.n - self.p if reml else self.n
+
+    @property
+    def n_params(self) -> int:
+        """Number of variance ratios (one per grouping factor)."""
+        return self.k
+
+    def criterion(self, logdet_v, logdet_x, r2):
+        """The objective from its parts; ``logdet_x`` is ignored for ML. NaN where
+        ``r2 <= 0`` (no residual left to model)."""
+        logdet = logdet_v + logdet_x if self.reml else logdet_v
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu))
+        return np.where(r2 > 0, dev, np.nan)
