@@ -160,7 +160,7 @@ def _optimise_blocked(engine: BlockedDeviance, x0: np.ndarray, stats: ResponseSt
             options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000, "maxls": 50},
         )
         x[i] = res.x
-        converged[i] = bool(res.success) or res.status == 2  # 2: no further progress
+        converged[i] = bool(res.success)
         n_iter[i] = res.nit
     return x, converged, n_iter
 
