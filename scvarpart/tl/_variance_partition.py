@@ -167,7 +167,9 @@ def variance_partition(
     key_added
         Prefix of the result keys.
     n_jobs
-        Parallel workers for the fits (joblib); -1 for every core.
+        Parallel workers for the fits (joblib; processes by default, threads inside
+        ``with joblib.parallel_config(backend="threading"):``); -1 for every core.
+        Results do not depend on it.
     batch_size
         Genes optimised together in one vectorised step.
     copy
