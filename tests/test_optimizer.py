@@ -10,7 +10,7 @@ from conftest import DATA
 
 import scvarpart as svp
 from scvarpart.design import build_design
-from scvarpart.lmm import DenseDeviance, fit_lmm, projected_newton
+from scvarpart.lmm import DenseDeviance, fit_lmm
 from scvarpart.suffstats import design_gram, response_stats
 from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
 
@@ -35,58 +35,76 @@ def test_same_optimum_from_any_start(synth, reml):
     G = len(stats)
     results = []
     for start in (1e-10, 1e-4, 1.0, 50.0):
-        res = projected_newton(
-            lambda x, i: engine.deviance(x, stats.subset(i)),
-            lambda x, i: engine.derivatives(x, stats.subset(i)),
-            np.full((G, 4), start),
-        )
-        assert res.converged.all(), start
-        results.append(res)
-    for res in results[1:]:
-        np.testing.assert_allclose(res.fun, results[0].fun, rtol=1e-12)
-        np.testing.assert_allclose(res.x, results[0].x, rtol=1e-4, atol=1e-7)
-        np.testing.assert_array_equal(res.x == 0, results[0].x == 0)
+        gamma, dev, _, _, converged, _ = engine.minimise(np.full((G, 4), start), stats)
+        assert converged.all(), start
+        results.append((gamma, dev))
+    for gamma, dev in results[1:]:
+        np.testing.assert_allclose(dev, results[0][1], rtol=1e-12)
+        np.testing.assert_allclose(gamma, results[0][0], rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(gamma == 0, results[0][0] == 0)
 
 
-def test_analytic_derivatives_match_finite_differences(synth):
-    gram, stats = synth
+def _middle_factor_largest():
+    """Three crossed factors, the largest (eliminated) one neither first nor last."""
+    rng = np.random.default_rng(7)
+    n = 400
+    obs = pd.DataFrame(
+        {
+            "a": pd.Categorical(rng.integers(0, 5, n)),
+            "b": pd.Categorical(rng.integers(0, 14, n)),
+            "c": pd.Categorical(rng.integers(0, 3, n)),
+            "x": rng.normal(size=n),
+        }
+    )
+    design = build_design("~ x + (1|a) + (1|b) + (1|c)", obs)
+    Y = rng.normal(size=(n, 6)) + rng.normal(size=(14, 6))[obs["b"].cat.codes]
+    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    return design_gram(design), stats
+
+
+@pytest.mark.parametrize("case", ["synth", "middle"])
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+def test_analytic_derivatives_match_finite_differences(synth, case, reml):
+    gram, stats = synth if case == "synth" else _middle_factor_largest()
+    k = len(gram.factor_sizes)
     rng = np.random.default_rng(0)
+    engine = DenseDeviance(gram, reml)
+    x = rng.uniform(0.05, 2.0, (len(stats), k))
+    _, grad, hess = engine.derivatives(x, stats)
+    h = 1e-6
+    for j in range(k):
+        e = np.zeros(k)
+        e[j] = h
+        fp = engine.deviance(x + e, stats)
+        fm = engine.deviance(x - e, stats)
+        np.testing.assert_allclose(grad[:, j], (fp - fm) / (2 * h), rtol=1e-5, atol=1e-4)
+        _, gp, _ = engine.derivatives(x + e, stats)
+        _, gm, _ = engine.derivatives(x - e, stats)
+        np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-4, atol=1e-2)
+    # one-sided at the boundary: the gradient in gamma does not vanish at 0
+    x[:, 0] = 0.0
+    f0, grad0, _ = engine.derivatives(x, stats)
+    e = np.zeros(k)
+    e[0] = h
+    np.testing.assert_allclose(grad0[:, 0], (engine.deviance(x + e, stats) - f0) / h, rtol=1e-3)
+
+
+def test_boundary_optimum_satisfies_first_order_conditions(synth):
+    """At a converged fit a variance is exactly 0 only where the derivative there is
+    non-negative, and the free variances have a vanishing gradient."""
+    gram, stats = synth
     for reml in (False, True):
         engine = DenseDeviance(gram, reml)
-        x = rng.uniform(0.05, 2.0, (len(stats), 4))
-        _, grad, hess = engine.derivatives(x, stats)
-        h = 1e-6
-        for j in range(4):
-            e = np.zeros(4)
-            e[j] = h
-            fp = engine.deviance(x + e, stats)
-            fm = engine.deviance(x - e, stats)
-            np.testing.assert_allclose(grad[:, j], (fp - fm) / (2 * h), rtol=1e-5, atol=1e-4)
-            _, gp, _ = engine.derivatives(x + e, stats)
-            _, gm, _ = engine.derivatives(x - e, stats)
-            np.testing.assert_allclose(hess[:, :, j], (gp - gm) / (2 * h), rtol=1e-4, atol=1e-2)
-
-
-def test_projected_newton_on_a_bound_constrained_quadratic():
-    # min (x - a)' A (x - a) over x >= 0, with the optimum of one coordinate on the bound
-    A = np.array([[2.0, 0.5], [0.5, 1.0]])
-    a = np.array([[1.0, -2.0], [3.0, 4.0]])
-
-    def value(x, i):
-        d = x - a[i]
-        return np.einsum("gi,ij,gj->g", d, A, d)
-
-    def derivs(x, i):
-        d = x - a[i]
-        return value(x, i), 2 * d @ A, np.broadcast_to(2 * A, (len(i), 2, 2))
-
-    res = projected_newton(value, derivs, np.ones((2, 2)))
-    assert res.converged.all()
-    # first problem: x2 = 0 on the bound, x1 minimises the quadratic given x2 = 0
-    assert res.x[0, 1] == 0.0
-    # d/dx1 [2 (x1 - 1)^2 + 2 (x1 - 1) + 4] = 0  ->  x1 = 0.5
-    assert res.x[0, 0] == pytest.approx(0.5, rel=1e-12)
-    np.testing.assert_allclose(res.x[1], [3.0, 4.0])
+        gamma, _, _, _, converged, _ = engine.minimise(np.ones((len(stats), 4)), stats)
+        assert converged.all()
+        _, grad, hess = engine.derivatives(gamma, stats)
+        at_zero = gamma == 0
+        assert at_zero.any() and (~at_zero).any()
+        assert (grad[at_zero] >= 0).all()
+        # free gradient relative to the curvature: the Newton step left is tiny
+        free = ~at_zero
+        scaled = np.abs(grad) / np.sqrt(np.abs(np.einsum("gii->gi", hess)))
+        assert (scaled[free] < 1e-4).all()
 
 
 def test_unfittable_genes_get_reasons_and_the_rest_go_on():

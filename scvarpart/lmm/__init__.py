@@ -3,16 +3,15 @@
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fit import LMMFit, choose_engine, fit_lmm
-from .newton import NewtonResult, projected_newton
+from .newton import minimise_batch
 from .profiled import ProfiledDeviance
 
 __all__ = [
     "BlockedDeviance",
     "DenseDeviance",
     "LMMFit",
-    "NewtonResult",
     "ProfiledDeviance",
     "choose_engine",
     "fit_lmm",
-    "projected_newton",
+    "minimise_batch",
 ]

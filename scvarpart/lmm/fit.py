@@ -18,7 +18,6 @@ from joblib import Parallel, delayed
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
-from .newton import projected_newton
 
 __all__ = ["LMMFit", "choose_engine", "fit_lmm"]
 
@@ -113,10 +112,40 @@ def _moment_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
     return np.clip(np.stack(starts, axis=1), 1e-3, 1e3)
 
 
+def _minque_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+    """MINQUE(0) estimates of the variance ratios (Rao 1971), clipped at 0.
+
+    The quadratic forms |Z_j'P_0 y|^2 of the fixed-effects-only projection P_0
+    are equated to their expectations; the coefficients do not depend on the
+    gene, so this is one (k + 1) x (k + 1) solve for all genes.
+    """
+    n, p, k = gram.n_obs, gram.n_fixed, len(gram.factor_sizes)
+    C = gram.ZtZ.toarray()
+    XXinv_XZ = np.linalg.solve(gram.XtX, gram.ZtX.T)
+    Q0 = C - gram.ZtX @ XXinv_XZ
+    B = (gram.level_factor[None, :] == np.arange(k)[:, None]).astype(float)
+    A = np.empty((k + 1, k + 1))
+    A[:k, :k] = B @ (Q0 * Q0) @ B.T
+    A[:k, k] = A[k, :k] = B @ np.diag(Q0)
+    A[k, k] = n - p
+    u0 = stats.ZtY - stats.XtY @ XXinv_XZ
+    rss0 = stats.ss - np.einsum("gi,gi->g", stats.XtY, np.linalg.solve(gram.XtX, stats.XtY.T).T)
+    rhs = np.concatenate([(u0 * u0) @ B.T, rss0[:, None]], axis=1)
+    sol = np.linalg.solve(A, rhs.T).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gamma = np.maximum(sol[:, :k], 0.0) / sol[:, k : k + 1]
+    return np.where(np.isfinite(gamma) & (sol[:, k : k + 1] > 0), gamma, 1.0)
+
+
 def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
     """The best of a few candidate starts, by deviance, for each gene."""
     G, k = len(stats), engine.n_params
-    candidates = [np.ones((G, k)), _moment_start(gram, stats), np.full((G, k), 0.1)]
+    candidates = [
+        _minque_start(gram, stats),
+        np.ones((G, k)),
+        _moment_start(gram, stats),
+        np.full((G, k), 0.1),
+    ]
     best = candidates[0]
     best_f = engine.deviance(best, stats)
     for cand in candidates[1:]:
@@ -125,15 +154,6 @@ def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarr
         best = np.where(better[:, None], cand, best)
         best_f = np.where(better, f, best_f)
     return best
-
-
-def _optimise_dense(engine: DenseDeviance, x0: np.ndarray, stats: ResponseStats):
-    res = projected_newton(
-        lambda x, i: engine.deviance(x, stats.subset(i)),
-        lambda x, i: engine.derivatives(x, stats.subset(i)),
-        x0,
-    )
-    return res.x, res.converged, res.n_iter
 
 
 def _optimise_blocked(engine: BlockedDeviance, x0: np.ndarray, stats: ResponseStats):
@@ -169,13 +189,12 @@ def _fit_batch(gram: DesignGram, stats: ResponseStats, reml: bool, engine: str):
     eng = _make_engine(gram, reml, engine)
     x0 = _starting_values(eng, gram, stats)
     if engine == "dense":
-        x, converged, n_iter = _optimise_dense(eng, x0, stats)
+        x, dev, sigma2, beta, converged, n_iter = eng.minimise(x0, stats)
     else:
         x, converged, n_iter = _optimise_blocked(eng, x0, stats)
-    x = np.where(np.isfinite(x), x, np.nan)
-    dev, sigma2, beta = eng.estimates(np.nan_to_num(x, nan=1.0), stats)
-    bad = ~np.isfinite(x).all(axis=1)
-    dev[bad] = np.nan
+        dev, sigma2, beta = eng.estimates(np.nan_to_num(x, nan=1.0), stats)
+    bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
+    x[bad], dev[bad] = np.nan, np.nan
     return x, sigma2, beta, dev, converged, n_iter
 
 
@@ -239,7 +258,8 @@ def fit_lmm(
     if n_jobs in (None, 1) or len(batches) <= 1:
         results = [_fit_batch(*a) for a in args]
     else:
-        results = Parallel(n_jobs=n_jobs)(delayed(_fit_batch)(*a) for a in args)
+        # the kernels release the GIL: threads share the data without copies
+        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_fit_batch)(*a) for a in args)
 
     gamma = np.full((G, k), np.nan)
     sigma2 = np.full(G, np.nan)

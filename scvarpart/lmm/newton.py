@@ -1,164 +1,202 @@
-"""Projected Newton minimisation over ``x >= 0`` for a batch of independent problems.
+"""Projected Newton minimisation of each gene's deviance over ``gamma >= 0``.
 
-Each problem (gene) has its own few parameters (variance ratios). All problems
-advance together, one vectorised derivative evaluation per iteration, and drop
-out of the batch once converged. The method is Bertsekas' projected Newton
-(1982): variables sitting on the bound with a positive gradient are held there,
-a Newton step is taken in the others (the Hessian made positive definite by
-taking absolute eigenvalues where it is not), and an Armijo backtracking search
-runs along the projection arc. Converged iterates satisfy the bound
-constraints' first-order conditions exactly: a variance on the boundary is 0.
+Bertsekas' projected Newton method (1982), compiled and run gene by gene
+(the loop over a batch releases the GIL, so threads fit batches in parallel):
+
+- variables near the bound with a positive gradient (the epsilon-active set)
+  step straight onto the bound; a Newton step is taken in the others, with the
+  Hessian made positive definite by taking absolute eigenvalues where it is not;
+- the step is taken in ``log gamma`` where ``gamma`` exceeds a threshold and in
+  ``gamma`` below it. Variance ratios enter the likelihood through terms like
+  ``log(1 + gamma n)``, close to quadratic in ``log gamma`` for ``gamma n >> 1``
+  but linear in ``gamma`` near 0, where the bound must be reachable;
+- an Armijo backtracking search runs along the projection arc, with each step
+  multiplying a parameter by at most ``max_growth``.
+
+Convergence: the Newton decrement ``g' H^-1 g`` (twice the predicted remaining
+decrease) of the free variables is below ``tol`` with a positive definite
+reduced Hessian; or a full, unprojected Newton step was taken from a point whose
+decrement was below ``sqrt(tol)`` (quadratic convergence leaves a decrement of
+order ``tol``). A converged variance on the boundary is exactly 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
 
+import numba as nb
 import numpy as np
 
-__all__ = ["NewtonResult", "projected_newton"]
+from ._dense_kernel import derivatives, factorise, fixed_effects, workspace
 
-# Callables take (x, idx) where idx indexes the problems whose rows x holds.
-ValueFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-DerivFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+__all__ = ["minimise_batch"]
 
 
-@dataclass
-class NewtonResult:
-    """Outcome per problem.
+@nb.njit(cache=True, nogil=True)
+def _newton_step(x, g, H, logc, bound):
+    """Newton step in mixed coordinates; returns step, decrement, positive."""
+    k = x.shape[0]
+    Ht = np.empty((k, k))
+    gt = np.empty(k)
+    for i in range(k):
+        ji = x[i] if logc[i] else 1.0
+        gt[i] = 0.0 if bound[i] else ji * g[i]
+        for j in range(k):
+            jj = x[j] if logc[j] else 1.0
+            Ht[i, j] = 0.0 if (bound[i] or bound[j]) else ji * H[i, j] * jj
+        if bound[i]:
+            Ht[i, i] = 1.0
+        elif logc[i]:
+            Ht[i, i] += x[i] * g[i]
+    w, V = np.linalg.eigh(Ht)
+    scale = np.max(np.abs(w))
+    positive = True
+    for i in range(k):
+        if not w[i] > 1e-12 * scale:
+            positive = False
+        w[i] = max(abs(w[i]), 1e-12 * scale + 1e-300)
+    step = np.zeros(k)
+    for m in range(k):  # step = -V diag(1/w) V' gt
+        coef = 0.0
+        for i in range(k):
+            coef += V[i, m] * gt[i]
+        coef /= w[m]
+        for i in range(k):
+            step[i] -= V[i, m] * coef
+    decrement = 0.0
+    for i in range(k):
+        decrement -= gt[i] * step[i]
+    return step, decrement, positive
 
-    Attributes
-    ----------
-    x
-        Minimisers, ``(G, k)``.
-    fun
-        Objective at ``x``.
-    converged
-        The Newton decrement fell below tolerance with a positive definite
-        reduced Hessian.
-    n_iter
-        Newton iterations taken.
-    """
 
-    x: np.ndarray
-    fun: np.ndarray
-    converged: np.ndarray
-    n_iter: np.ndarray
+@nb.njit(cache=True, nogil=True)
+def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
+    """Objective with gradient and Hessian; NaN if any of them is not finite."""
+    f, r2 = factorise(x, zy, xy, ss, dz, w)
+    if not np.isfinite(f):
+        return f
+    derivatives(x, zy, dz, w, r2, grad, hess)
+    if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
+        return np.nan
+    return f
 
 
-def projected_newton(
-    value: ValueFn,
-    derivatives: DerivFn,
-    x0: np.ndarray,
-    *,
-    tol: float = 1e-10,
-    max_iter: int = 100,
-    max_growth: float = 10.0,
-    x_max: float = 1e12,
-    eps_active: float = 1e-3,
-) -> NewtonResult:
-    """Minimise a batch of bound-constrained problems ``min f_g(x)``, ``x >= 0``.
+@nb.njit(cache=True, nogil=True)
+def _minimise_gene(
+    x, zy, xy, ss, dz, w, threshold, tol, max_iter, max_growth, x_max, eps_active, grad, hess
+):
+    """Minimise one gene's deviance from ``x`` (updated in place).
 
-    Parameters
-    ----------
-    value
-        ``value(x, idx)`` -> objective of problems ``idx`` at rows ``x``;
-        NaN where the objective cannot be evaluated.
-    derivatives
-        ``derivatives(x, idx)`` -> objective, gradient ``(n, k)`` and Hessian
-        ``(n, k, k)``.
-    x0
-        Starting points, ``(G, k)``, non-negative.
-    tol
-        Convergence when the Newton decrement ``g' H^-1 g`` (twice the predicted
-        decrease of the objective) in the free variables is below ``tol``.
-    max_iter
-        Iteration limit per problem.
-    max_growth
-        A step may multiply a parameter by at most this factor (plus 1): the
-        objective is far from quadratic for large variance ratios.
-    x_max
-        Upper limit on every parameter; reaching it means the objective has no
-        finite minimiser.
-    eps_active
-        Largest distance from the bound at which a variable with a positive
-        gradient is moved onto the bound (Bertsekas' epsilon-active set; the
-        distance shrinks with the projected gradient).
-
-    Returns
-    -------
-    A :class:`NewtonResult`.
-    """
-    x = np.array(x0, dtype=float)
-    G, k = x.shape
-    fun = np.full(G, np.nan)
-    converged = np.zeros(G, dtype=bool)
-    n_iter = np.zeros(G, dtype=int)
-
-    idx = np.arange(G)
-    f, g, H = derivatives(x, idx)
-    fun[:] = f
-    alive = np.isfinite(f) & np.isfinite(g).all(axis=1) & np.isfinite(H).all(axis=(1, 2))
-    idx, f, g, H = idx[alive], f[alive], g[alive], H[alive]
-    eye = np.eye(k)
-
-    for _ in range(max_iter):
-        if idx.size == 0:
-            break
-        xa = x[idx]
-        # epsilon-active set: near the bound with a positive gradient. These
-        # variables step straight to the bound; the others take a Newton step.
-        eps = np.minimum(eps_active, np.linalg.norm(xa - np.maximum(xa - g, 0.0), axis=1))
-        bound = (xa <= eps[:, None]) & (g > 0.0)
-        free = ~bound
-        Hf = H * (free[:, :, None] & free[:, None, :]) + eye * bound[:, :, None]
-        gf = np.where(free, g, 0.0)
-        w, V = np.linalg.eigh(Hf)
-        scale = np.abs(w).max(axis=1, keepdims=True)
-        positive = (w > 1e-12 * scale).all(axis=1)
-        w = np.maximum(np.abs(w), 1e-12 * scale + 1e-300)
-        step = -np.einsum("gij,gj->gi", V, np.einsum("gji,gj->gi", V, gf) / w)
-        decrement = -(gf * step).sum(axis=1)
-        step = np.where(bound, -xa, step)
-
-        done = positive & (decrement < tol) & ~(bound & (xa > 0)).any(axis=1)
-        converged[idx[done]] = True
-
-        # Cap growth of each parameter, keeping the direction.
-        limit = np.where(step > 0, max_growth * xa + 1.0, np.inf) / np.where(step > 0, step, 1.0)
-        t = np.minimum(1.0, limit.min(axis=1))
-        todo = ~done
-        accepted = np.zeros(idx.size, dtype=bool)
-        x_new = xa.copy()
-        f_new = f.copy()
-        for _ls in range(40):
-            pending = todo & ~accepted
-            if not pending.any():
+    Returns (deviance, converged, iterations)."""
+    k = x.shape[0]
+    f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
+    if not np.isfinite(f):
+        return f, False, 0
+    logc = np.empty(k, dtype=np.bool_)
+    bound = np.empty(k, dtype=np.bool_)
+    trial = np.empty(k)
+    log_growth = math.log(max_growth)
+    for it in range(max_iter):
+        eps = 0.0
+        for j in range(k):
+            eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
+        eps = min(eps_active, math.sqrt(eps))
+        pending_bound = False
+        for j in range(k):
+            logc[j] = x[j] > threshold[j]
+            bound[j] = (not logc[j]) and x[j] <= eps and grad[j] > 0.0
+            pending_bound = pending_bound or (bound[j] and x[j] > 0.0)
+        step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
+        if positive and decrement < tol and not pending_bound:
+            return f, True, it
+        # cap the change of each parameter, keeping the direction
+        t = 1.0
+        for j in range(k):
+            if bound[j]:
+                step[j] = -x[j]
+            if logc[j]:
+                t = min(t, log_growth / max(abs(step[j]), 1e-300))
+            elif step[j] > 0.0:
+                t = min(t, (max_growth * x[j] + 1.0) / step[j])
+        accepted = False
+        ft = np.nan
+        for _ in range(40):
+            predicted = 0.0
+            for j in range(k):
+                if logc[j]:
+                    trial[j] = x[j] * math.exp(t * step[j])
+                else:
+                    trial[j] = min(max(x[j] + t * step[j], 0.0), x_max)
+                predicted += grad[j] * (trial[j] - x[j])
+            ft, _ = factorise(trial, zy, xy, ss, dz, w)
+            if np.isfinite(ft) and ft <= f + 1e-4 * predicted:
+                accepted = True
                 break
-            trial = np.clip(xa[pending] + t[pending, None] * step[pending], 0.0, x_max)
-            ft = value(trial, idx[pending])
-            predicted = (g[pending] * (trial - xa[pending])).sum(axis=1)
-            ok = np.isfinite(ft) & (ft <= f[pending] + 1e-4 * predicted)
-            where = np.flatnonzero(pending)
-            x_new[where[ok]] = trial[ok]
-            f_new[where[ok]] = ft[ok]
-            accepted[where[ok]] = True
-            t[where[~ok]] *= 0.5
-        # A search that finds no decrease ends the problem: at a minimum the
-        # remaining decrease is below what rounding lets the objective show.
-        stalled = todo & ~accepted
-        converged[idx[stalled]] = positive[stalled] & (decrement[stalled] < 1e3 * tol)
+            t *= 0.5
+        if not accepted:
+            # no decrease left that rounding lets the objective show
+            return f, positive and decrement < 1e3 * tol, it + 1
+        final = t == 1.0 and positive and decrement < math.sqrt(tol)
+        for j in range(k):
+            if trial[j] == 0.0 and x[j] > 0.0:
+                final = False  # the step was projected onto the bound
+            x[j] = trial[j]
+        f = ft
+        if final:
+            return f, True, it + 1
+        f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
+        if not np.isfinite(f):
+            return f, False, it + 1
+    return f, False, max_iter
 
-        moved = np.flatnonzero(accepted)
-        n_iter[idx] += 1
-        x[idx[moved]] = x_new[moved]
-        fun[idx[moved]] = f_new[moved]
 
-        idx = idx[moved]
-        if idx.size:
-            f, g, H = derivatives(x[idx], idx)
-            fun[idx] = f
-            ok = np.isfinite(f) & np.isfinite(g).all(axis=1) & np.isfinite(H).all(axis=(1, 2))
-            idx, f, g, H = idx[ok], f[ok], g[ok], H[ok]
-    return NewtonResult(x=x, fun=fun, converged=converged, n_iter=n_iter)
+@nb.njit(cache=True, nogil=True)
+def minimise_batch(
+    X0,
+    ZtY,
+    XtY,
+    ss,
+    dz,
+    threshold,
+    tol=1e-10,
+    max_iter=100,
+    max_growth=10.0,
+    x_max=1e12,
+    eps_active=1e-3,
+):
+    """Minimise the deviance of every gene of a batch from its row of ``X0``.
+
+    Returns the minimisers ``(G, k)``, deviance, residual sum of squares ``r2``
+    and fixed effects at them, convergence flags and iteration counts.
+    """
+    G, k = X0.shape
+    w = workspace(dz, k)
+    X = X0.copy()
+    dev = np.full(G, np.nan)
+    r2 = np.full(G, np.nan)
+    beta = np.full((G, dz.p), np.nan)
+    converged = np.zeros(G, dtype=np.bool_)
+    n_iter = np.zeros(G, dtype=np.int64)
+    grad = np.empty(k)
+    hess = np.empty((k, k))
+    for g in range(G):
+        _, converged[g], n_iter[g] = _minimise_gene(
+            X[g],
+            ZtY[g],
+            XtY[g],
+            ss[g],
+            dz,
+            w,
+            threshold,
+            tol,
+            max_iter,
+            max_growth,
+            x_max,
+            eps_active,
+            grad,
+            hess,
+        )
+        dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
+        if np.isfinite(dev[g]):
+            fixed_effects(dz, w, beta[g])
+    return X, dev, r2, beta, converged, n_iter

@@ -39,6 +39,9 @@ class ProfiledDeviance:
         self.reml = reml
         # degrees of freedom of the residual variance estimate sigma^2 = r2 / nu
         self.nu = self.n - self.p if reml else self.n
+        # variance ratio at which a factor's level means start to inform its
+        # variance: 1 / (observations per level)
+        self.gamma_scale = np.asarray(gram.factor_sizes, dtype=float) / self.n
 
     @property
     def n_params(self) -> int:
