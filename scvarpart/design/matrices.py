@@ -175,7 +175,7 @@ def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> Gr
         combo = np.stack([p[0] for p in parts], axis=1)
         used, codes = np.unique(combo, axis=0, return_inverse=True)
         labels = pd.Index(
-            [":".join(str(p[1][i]) for p, i in zip(parts, row, strict=False)) for row in used]
+            [":".join(str(p[1][i]) for p, i in zip(parts, row, strict=True)) for row in used]
         )
     return GroupingFactor(name=name, codes=codes.astype(np.intp).ravel(), levels=labels)
 

@@ -9,6 +9,7 @@ variance ratio without a finite optimum) get NaN estimates and a reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +208,7 @@ def fit_lmm(
     batch_size: int = 256,
     engine: str = "auto",
     factor_names: list[str] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> LMMFit:
     """Fit a random-intercept LMM to every gene by ML or REML.
 
@@ -227,6 +229,8 @@ def fit_lmm(
         ``"dense"``, ``"blocked"`` (many levels) or ``"auto"``.
     factor_names
         Names of the grouping factors, for error messages.
+    progress
+        Called after each batch with its number of genes and the total.
 
     Returns
     -------
@@ -254,12 +258,19 @@ def fit_lmm(
     todo = np.flatnonzero(~constant & ~explained)
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
-    args = [(gram, stats.subset(b), reml, engine) for b in batches]
+    jobs = ((gram, stats.subset(b), reml, engine) for b in batches)
     if n_jobs in (None, 1) or len(batches) <= 1:
-        results = [_fit_batch(*a) for a in args]
+        outputs = (_fit_batch(*job) for job in jobs)
     else:
-        # the kernels release the GIL: threads share the data without copies
-        results = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_fit_batch)(*a) for a in args)
+        # threads by default: the kernels release the GIL and share the data
+        outputs = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+            delayed(_fit_batch)(*job) for job in jobs
+        )
+    results = []
+    for b, out in zip(batches, outputs, strict=True):
+        results.append(out)
+        if progress is not None:
+            progress(len(b), len(todo))
 
     gamma = np.full((G, k), np.nan)
     sigma2 = np.full(G, np.nan)
@@ -267,7 +278,7 @@ def fit_lmm(
     deviance = np.full(G, np.nan)
     converged = np.zeros(G, dtype=bool)
     n_iter = np.zeros(G, dtype=int)
-    for b, (x, s2, bt, dev, conv, it) in zip(batches, results, strict=False):
+    for b, (x, s2, bt, dev, conv, it) in zip(batches, results, strict=True):
         gamma[b], sigma2[b], beta[b], deviance[b], converged[b], n_iter[b] = (
             x,
             s2,

@@ -6,6 +6,13 @@ After that no per-gene computation depends on the number of observations.
 """
 
 from .gram import DesignGram, design_gram
-from .response import ResponseStats, nonfinite_columns, response_stats
+from .response import ResponseStats, is_dask_array, nonfinite_columns, response_stats
 
-__all__ = ["DesignGram", "ResponseStats", "design_gram", "nonfinite_columns", "response_stats"]
+__all__ = [
+    "DesignGram",
+    "ResponseStats",
+    "design_gram",
+    "is_dask_array",
+    "nonfinite_columns",
+    "response_stats",
+]

@@ -2,26 +2,36 @@
 
 For every gene ``y`` (a column of the observations x genes matrix) the
 likelihood of any random-intercept model with design ``Z``, ``X`` needs only
-``Z'y``, ``X'y`` and ``y'y``. They are accumulated here in float64 over row
-chunks (or gene chunks for CSC input) without ever densifying a sparse matrix.
+``Z'y``, ``X'y`` and ``y'y``. They are sums over observations, so the pass is a
+sum of partial statistics of row blocks: computed here block by block in
+float64 without ever densifying a sparse matrix, from memory, from a file
+opened in backed mode (only one block is read at a time), or as a Dask graph
+(one task per block, merged by a tree reduction, locally or on a cluster).
 
 Numerical care: the response is centred analytically. The centred sum of
-squares is merged across chunks with Chan et al.'s pairwise update, never as
-``sum(y^2) - n * mean^2``, which loses every digit when the mean is large
-relative to the spread.
+squares of each block is computed around the block's own mean and blocks are
+merged with Chan et al.'s pairwise update, never as ``sum(y^2) - n * mean^2``,
+which loses every digit when the mean is large relative to the spread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ResponseStats", "default_chunk_rows", "nonfinite_columns", "response_stats"]
+__all__ = [
+    "ResponseStats",
+    "default_chunk_rows",
+    "is_dask_array",
+    "nonfinite_columns",
+    "response_stats",
+]
 
-# Values (rows x genes) materialised as float64 per chunk: 2**23 ~ 64 MB.
+# Values (rows x genes) materialised as float64 per block: 2**23 ~ 64 MB; for
+# sparse blocks, stored values.
 _CHUNK_VALUES = 2**23
 
 
@@ -62,35 +72,71 @@ class ResponseStats:
             XtY=self.XtY[idx],
         )
 
+    def nonfinite(self) -> np.ndarray:
+        """Genes whose statistics are not finite: their data hold NaN or inf."""
+        return ~(
+            np.isfinite(self.ss)
+            & np.isfinite(self.mean)
+            & np.isfinite(self.ZtY).all(axis=1)
+            & np.isfinite(self.XtY).all(axis=1)
+        )
 
-def default_chunk_rows(n_genes: int) -> int:
-    """Rows per chunk so that a float64 chunk stays near 64 MB."""
-    return max(1, _CHUNK_VALUES // max(n_genes, 1))
+
+@dataclass
+class _Partial:
+    """Raw statistics of a block of rows: count, sums, centred sum of squares
+    around the block mean, and the uncentred products Z'y, X'y (gene-major)."""
+
+    n: int
+    total: np.ndarray
+    m2: np.ndarray
+    ZtY: np.ndarray
+    XtY: np.ndarray
+
+    def merge(self, other: _Partial) -> _Partial:
+        """Chan et al. (1979): combine the statistics of two disjoint blocks."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        with np.errstate(invalid="ignore"):
+            delta = other.total / other.n - self.total / self.n
+            m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+        return _Partial(n, self.total + other.total, m2, self.ZtY + other.ZtY, self.XtY + other.XtY)
 
 
-def _as_matrix(Y):
+def default_chunk_rows(n_genes: int, density: float = 1.0) -> int:
+    """Rows per block so that its float64 values stay near 64 MB."""
+    return max(1, int(_CHUNK_VALUES / (max(n_genes, 1) * max(density, 1e-3))))
+
+
+def is_dask_array(Y) -> bool:
+    """Whether ``Y`` is a Dask array (without importing Dask)."""
+    return type(Y).__module__.split(".")[0] == "dask" and hasattr(Y, "chunks")
+
+
+def _is_backed_sparse(Y) -> bool:
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(Y, CSRDataset | CSCDataset)
+
+
+def _format(Y) -> str:
+    """ "csr", "csc" or "dense": how blocks of ``Y`` are best read."""
     if sp.issparse(Y):
-        return Y if Y.format in ("csr", "csc") else Y.tocsr()
-    return np.asarray(Y)
+        return Y.format if Y.format in ("csr", "csc") else "csr"
+    if _is_backed_sparse(Y):
+        return Y.format
+    return "dense"
 
 
-def _row_chunks(Y, rows: np.ndarray | None, chunk: int) -> Iterator[tuple[int, object]]:
-    """Yield (first kept index, float64 chunk of kept rows) over row blocks."""
-    n_in = Y.shape[0]
-    kept_before = 0
-    for a in range(0, n_in, chunk):
-        b = min(a + chunk, n_in)
-        block = Y[a:b]
-        if rows is not None:
-            mask = rows[a:b]
-            if not mask.all():
-                block = block[mask]
-            n_kept = int(mask.sum())
-        else:
-            n_kept = b - a
-        if n_kept:
-            yield kept_before, _float64(block)
-        kept_before += n_kept
+def _density(Y) -> float:
+    if sp.issparse(Y):
+        return Y.nnz / max(Y.shape[0] * Y.shape[1], 1)
+    if _is_backed_sparse(Y):
+        return Y.group["indices"].shape[0] / max(Y.shape[0] * Y.shape[1], 1)
+    return 1.0
 
 
 def _float64(block):
@@ -103,7 +149,7 @@ def _float64(block):
 
 
 def _centred_ss(block, mean: np.ndarray) -> np.ndarray:
-    """sum((y - mean)^2) per column of a chunk, without cancellation."""
+    """sum((y - mean)^2) per column of a block, without cancellation."""
     if sp.issparse(block):
         cols = block.indices
         dev = block.data - mean[cols]
@@ -116,15 +162,51 @@ def _centred_ss(block, mean: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->j", dev, dev)
 
 
-def _products(block, Zc: sp.csr_matrix, Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Z'y and X'y of a chunk, gene-major: shapes (G, q) and (G, p)."""
+def _partial(block, Zc: sp.csr_matrix, Xc: np.ndarray) -> _Partial:
+    """Statistics of one block of kept rows (``Zc``, ``Xc``: the same rows)."""
+    block = _float64(block)
+    n = block.shape[0]
+    if n == 0:
+        G = block.shape[1]
+        return _Partial(
+            0, np.zeros(G), np.zeros(G), np.zeros((G, Zc.shape[1])), np.zeros((G, Xc.shape[1]))
+        )
+    total = np.asarray(block.sum(axis=0)).ravel()
+    m2 = _centred_ss(block, total / n)
     if sp.issparse(block):
         ZtY = (block.T @ Zc).toarray()
         XtY = np.asarray(block.T @ Xc)
     else:
         ZtY = np.asarray((Zc.T @ block).T)
         XtY = block.T @ Xc
-    return ZtY, XtY
+    return _Partial(n, total, m2, ZtY, XtY)
+
+
+def _block_partial(Y, a: int, b: int, rows, Z, Xc, start: int, by_genes: bool) -> _Partial:
+    """Read rows (or, for CSC, genes) ``a:b`` of ``Y`` and compute their statistics."""
+    if by_genes:
+        block = Y[:, a:b]
+        if rows is not None:
+            block = block[rows]
+        return _partial(block, Z, Xc)
+    block = Y[a:b]
+    n_kept = b - a
+    if rows is not None:
+        mask = rows[a:b]
+        n_kept = int(mask.sum())
+        if n_kept < b - a:
+            block = block[mask]
+    return _partial(block, Z[start : start + n_kept], Xc[start : start + n_kept])
+
+
+def _finish(part: _Partial, Z: sp.csr_matrix, Xc: np.ndarray) -> ResponseStats:
+    n = part.n
+    with np.errstate(invalid="ignore"):
+        mean = part.total / n
+        counts = np.asarray(Z.sum(axis=0)).ravel()
+        ZtY = part.ZtY - mean[:, None] * counts[None, :]
+        XtY = part.XtY - mean[:, None] * Xc.sum(axis=0)[None, :]
+    return ResponseStats(n_obs=n, mean=mean, ss=np.maximum(part.m2, 0.0), ZtY=ZtY, XtY=XtY)
 
 
 def response_stats(
@@ -134,15 +216,19 @@ def response_stats(
     *,
     rows: np.ndarray | None = None,
     chunk_rows: int | None = None,
+    n_jobs: int | None = 1,
+    progress: Callable[[int, int], object] | None = None,
 ) -> ResponseStats:
     """Accumulate per-gene sufficient statistics in one pass over ``Y``.
 
     Parameters
     ----------
     Y
-        Observations x genes: a NumPy array or a SciPy sparse matrix (CSR, CSC or
-        any format convertible to CSR), any float or integer dtype. Never
-        densified; chunks are converted to float64.
+        Observations x genes: a NumPy array, a SciPy sparse matrix (CSR, CSC or
+        any format convertible to CSR), a dataset of a file opened in backed mode
+        (anndata's sparse datasets, h5py or zarr arrays: read block by block), or
+        a Dask array (its blocks become tasks of the active Dask scheduler). Any
+        float or integer dtype; never densified, blocks are converted to float64.
     Z
         Random-effect indicator matrix of the kept observations (``n x q``).
     Xc
@@ -151,80 +237,131 @@ def response_stats(
         Boolean mask over the rows of ``Y`` selecting the observations of the
         model (``n`` of them); all rows when ``None``.
     chunk_rows
-        Rows per chunk; by default about 64 MB of float64 values.
+        Rows per block; by default about 64 MB of float64 values.
+    n_jobs
+        Threads reading and reducing blocks in parallel.
+    progress
+        Called after each block with the number of its rows (for CSC input, its
+        genes) and the total, e.g. to advance a progress bar.
 
     Returns
     -------
     The :class:`ResponseStats` of every column of ``Y``.
     """
-    Y = _as_matrix(Y)
     n = Z.shape[0]
-    if (Y.shape[0] if rows is None else int(rows.sum())) != n:
+    n_in = Y.shape[0]
+    if rows is not None:
+        rows = np.asarray(rows, dtype=bool)
+        if rows.all():
+            rows = None
+    if (n_in if rows is None else int(rows.sum())) != n:
         raise ValueError("Y, rows and the design have different numbers of observations.")
-    G = Y.shape[1]
     Z = Z.tocsr()
-    q, p = Z.shape[1], Xc.shape[1]
+    if is_dask_array(Y):
+        return _finish(_dask_pass(Y, Z, Xc, rows, chunk_rows), Z, Xc)
+    if sp.issparse(Y) and Y.format not in ("csr", "csc"):
+        Y = Y.tocsr()
+    elif not (sp.issparse(Y) or _is_backed_sparse(Y) or hasattr(Y, "shape")):
+        Y = np.asarray(Y)
 
-    if sp.issparse(Y) and Y.format == "csc":
-        # column slices of CSC are cheap: each chunk holds whole genes
-        gchunk = default_chunk_rows(n) if chunk_rows is None else max(1, chunk_rows)
-        total = np.empty(G)
-        ss = np.empty(G)
-        ZtY = np.empty((G, q))
-        XtY = np.empty((G, p))
-        for a in range(0, G, gchunk):
-            b = min(a + gchunk, G)
-            block = Y[:, a:b]
-            block = _float64(block[rows] if rows is not None else block)
-            s = np.asarray(block.sum(axis=0)).ravel()
-            total[a:b] = s
-            ss[a:b] = _centred_ss(block, s / n)
-            ZtY[a:b], XtY[a:b] = _products(block, Z, Xc)
+    fmt = _format(Y)
+    G = Y.shape[1]
+    by_genes = fmt == "csc"  # column slices of CSC are cheap: blocks of whole genes
+    if by_genes:
+        size = chunk_rows or max(1, int(_CHUNK_VALUES / max(n * _density(Y), 1)))
+        bounds = [(a, min(a + size, G)) for a in range(0, G, size)]
     else:
-        chunk = default_chunk_rows(G) if chunk_rows is None else max(1, chunk_rows)
-        total = np.zeros(G)
-        ss = np.zeros(G)
-        ZtY = np.zeros((G, q))
-        XtY = np.zeros((G, p))
-        n_seen = 0
-        for start, block in _row_chunks(Y, rows, chunk):
-            m = block.shape[0]
-            s = np.asarray(block.sum(axis=0)).ravel()
-            m2 = _centred_ss(block, s / m)
-            # Chan et al. (1979): merge centred sums of squares of two parts
-            if n_seen:
-                delta = s / m - total / n_seen
-                ss += m2 + delta**2 * (n_seen * m / (n_seen + m))
-            else:
-                ss = m2
-            total += s
-            n_seen += m
-            z, x = _products(block, Z[start : start + m], Xc[start : start + m])
-            ZtY += z
-            XtY += x
+        size = chunk_rows or default_chunk_rows(G, _density(Y) if fmt != "dense" else 1.0)
+        bounds = [(a, min(a + size, n_in)) for a in range(0, n_in, size)]
+    starts = np.zeros(len(bounds), dtype=int)
+    if not by_genes:  # first kept observation of each block
+        kept = np.ones(n_in, dtype=bool) if rows is None else rows
+        starts = np.concatenate([[0], np.cumsum([kept[a:b].sum() for a, b in bounds])[:-1]])
 
-    mean = total / n
-    counts = np.asarray(Z.sum(axis=0)).ravel()
-    ZtY -= mean[:, None] * counts[None, :]
-    XtY -= mean[:, None] * Xc.sum(axis=0)[None, :]
-    return ResponseStats(n_obs=n, mean=mean, ss=np.maximum(ss, 0.0), ZtY=ZtY, XtY=XtY)
+    jobs = (
+        (Y, a, b, rows, Z, Xc, start, by_genes)
+        for (a, b), start in zip(bounds, starts, strict=True)
+    )
+    if n_jobs in (None, 1) or len(bounds) == 1:
+        outputs = (_block_partial(*job) for job in jobs)
+    else:
+        from joblib import Parallel, delayed
+
+        # threads: blocks of a backed file are read through the same open handle
+        outputs = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(
+            delayed(_block_partial)(*job) for job in jobs
+        )
+    parts = []
+    for (a, b), part in zip(bounds, outputs, strict=True):
+        parts.append(part)
+        if progress is not None:
+            progress(b - a, G if by_genes else n_in)
+    if by_genes:
+        return _finish(_concat_genes(parts), Z, Xc)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return _finish(total, Z, Xc)
+
+
+def _concat_genes(parts: list[_Partial]) -> _Partial:
+    return _Partial(
+        parts[0].n,
+        np.concatenate([p.total for p in parts]),
+        np.concatenate([p.m2 for p in parts]),
+        np.concatenate([p.ZtY for p in parts]),
+        np.concatenate([p.XtY for p in parts]),
+    )
+
+
+def _dask_pass(Y, Z, Xc, rows, chunk_rows) -> _Partial:
+    """The pass as a Dask graph: one task per row block, merged pairwise."""
+    import dask
+
+    if chunk_rows is not None:
+        Y = Y.rechunk({0: chunk_rows, 1: -1})
+    elif len(Y.chunks[1]) > 1:
+        Y = Y.rechunk({1: -1})
+    kept = np.ones(Y.shape[0], dtype=bool) if rows is None else rows
+    tasks = []
+    a = start = 0
+    for block, size in zip(Y.to_delayed().ravel(), Y.chunks[0], strict=True):
+        b = a + size
+        mask = None if rows is None else kept[a:b]
+        m = size if mask is None else int(mask.sum())
+        tasks.append(
+            dask.delayed(_dask_block)(block, mask, Z[start : start + m], Xc[start : start + m])
+        )
+        a, start = b, start + m
+    while len(tasks) > 1:  # pairwise tree: the graph's depth grows with log(blocks)
+        pairs = zip(tasks[::2], tasks[1::2], strict=False)
+        merged = [dask.delayed(_Partial.merge)(x, y) for x, y in pairs]
+        tasks = merged + ([tasks[-1]] if len(tasks) % 2 else [])
+    return tasks[0].compute()
+
+
+def _dask_block(block, mask, Zc, Xc):
+    if mask is not None and not mask.all():
+        block = block[mask]
+    return _partial(block, Zc, Xc)
 
 
 def nonfinite_columns(Y, chunk_rows: int | None = None) -> np.ndarray:
-    """Indices of the columns of ``Y`` that hold NaN or infinite values."""
-    Y = _as_matrix(Y)
-    G = Y.shape[1]
+    """Indices of the columns of ``Y`` (in memory) that hold NaN or infinite values."""
     if sp.issparse(Y):
+        if Y.format not in ("csr", "csc"):
+            Y = Y.tocsr()
         bad = ~np.isfinite(Y.data)
         if not bad.any():
             return np.array([], dtype=np.intp)
         if Y.format == "csr":
             cols = Y.indices[bad]
         else:
-            cols = np.repeat(np.arange(G), np.diff(Y.indptr))[bad]
+            cols = np.repeat(np.arange(Y.shape[1]), np.diff(Y.indptr))[bad]
         return np.unique(cols)
-    chunk = default_chunk_rows(G) if chunk_rows is None else chunk_rows
-    bad = np.zeros(G, dtype=bool)
+    Y = np.asarray(Y)
+    chunk = chunk_rows or default_chunk_rows(Y.shape[1])
+    bad = np.zeros(Y.shape[1], dtype=bool)
     for a in range(0, Y.shape[0], chunk):
         bad |= ~np.isfinite(Y[a : a + chunk]).all(axis=0)
     return np.flatnonzero(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -13,13 +13,14 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._warn import warn
-from ..design import build_design, parse_formula
+from ..design import Design, build_design, parse_formula
 from ..lmm import choose_engine, fit_lmm
-from ..suffstats import design_gram, nonfinite_columns, response_stats
+from ..suffstats import design_gram, is_dask_array, nonfinite_columns, response_stats
 from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import RESIDUAL, component_variances, fractions, rho
+from ._progress import progress_bar
 
-__all__ = ["variance_partition"]
+__all__ = ["variance_partition", "write_results"]
 
 _VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
 # Rows inspected to recognise raw counts.
@@ -70,11 +71,6 @@ def _expression(adata: AnnData, layer: str | None, use_raw: bool):
     """The observations x genes matrix to fit, aligned with ``adata.var_names``."""
     if layer is not None and use_raw:
         raise ValueError("Pass either layer= or use_raw=True, not both.")
-    if adata.isbacked:
-        raise NotImplementedError(
-            "variance_partition needs the expression matrix in memory; backed AnnData "
-            "objects are not supported yet. Load it with anndata.read_h5ad(path)."
-        )
     if layer is not None:
         if layer not in adata.layers:
             raise KeyError(
@@ -93,6 +89,11 @@ def _expression(adata: AnnData, layer: str | None, use_raw: bool):
         idx = adata.raw.var_names.get_indexer(adata.var_names)
         X = adata.raw.X
         if not (len(idx) == X.shape[1] and np.array_equal(idx, np.arange(len(idx)))):
+            if adata.isbacked:
+                raise ValueError(
+                    "use_raw=True on a backed object needs adata.raw to hold exactly the "
+                    "genes of adata.var_names; load the object into memory or subset raw."
+                )
             X = X[:, idx]
         return X, "adata.raw.X"
     if adata.X is None:
@@ -100,16 +101,18 @@ def _expression(adata: AnnData, layer: str | None, use_raw: bool):
     return adata.X, "adata.X"
 
 
+def _in_memory(Y) -> bool:
+    return sp.issparse(Y) or isinstance(Y, np.ndarray)
+
+
 def _check_values(Y, source: str, var_names: pd.Index) -> None:
-    bad = nonfinite_columns(Y)
-    if len(bad):
-        shown = ", ".join(map(repr, var_names[bad[:10]]))
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ValueError(
-            f"{source} has NaN or infinite values in {len(bad)} gene(s): {shown}{more}. "
-            "Fix the values, or drop these genes (adata[:, ~mask])."
-        )
+    """NaN/inf (in memory: checked here, cheaply; on disk or in Dask: from the
+    statistics, after the pass), and raw counts (from the first rows)."""
+    if _in_memory(Y):
+        _raise_nonfinite(nonfinite_columns(Y), source, var_names)
     sample = Y[:_COUNT_CHECK_ROWS]
+    if is_dask_array(sample):
+        sample = sample.compute()
     values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
     if values.size and values.max() > 1 and (values >= 0).all() and (values % 1 == 0).all():
         warn(
@@ -117,6 +120,156 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
             "models log-normalised expression: run sc.pp.normalize_total and "
             "sc.pp.log1p first, or pass layer= with log-normalised values."
         )
+
+
+def _raise_nonfinite(bad: np.ndarray, source: str, var_names: pd.Index) -> None:
+    if len(bad):
+        shown = ", ".join(map(repr, var_names[bad[:10]]))
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{source} has NaN or infinite values in {len(bad)} gene(s): {shown}{more}. "
+            "Fix the values, or drop these genes (adata[:, ~mask])."
+        )
+
+
+class _Prepared(NamedTuple):
+    design: Design
+    method: str
+    batch: list[str] | None
+    signal: list[str] | None
+
+
+def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal) -> _Prepared:
+    """Every check that needs only the design, before any data are touched."""
+    method_u = str(method).upper()
+    if method_u not in ("ML", "REML"):
+        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
+    batch_l = _as_list(batch, "batch")
+    signal_l = _as_list(signal, "signal")
+    parsed = parse_formula(formula)
+    if parsed.response is not None:
+        raise ValueError(
+            f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
+            "response is each gene in turn. Write it as '~ ...'."
+        )
+    design = build_design(parsed, obs)
+    _check_components(batch_l, signal_l, design.components)
+    return _Prepared(design, method_u, batch_l, signal_l)
+
+
+def _partition(
+    prep: _Prepared,
+    Y,
+    source: str,
+    var_names: pd.Index,
+    *,
+    params: dict,
+    key_added: str,
+    n_jobs: int | None,
+    batch_size: int,
+    chunk_size: int | None,
+    progress: bool | None,
+) -> dict:
+    """The pass over the data, the fits and the result tables."""
+    design = prep.design
+    components = design.components
+    if Y.shape != (len(design.keep), len(var_names)):
+        raise ValueError(
+            f"{source} has shape {Y.shape}; expected {len(design.keep)} observations x "
+            f"{len(var_names)} genes."
+        )
+    _check_values(Y, source, var_names)
+
+    gram = design_gram(design)
+    engine = choose_engine(gram)
+    start = logg.info(
+        f"fitting {design.formula.text!r} ({prep.method}) to {len(var_names)} genes x "
+        f"{design.n_obs} cells"
+    )
+    Xc, _ = centred_fixed(design)
+    with progress_bar("reading data", progress) as bar:
+        stats = response_stats(
+            Y,
+            indicator_matrix(design),
+            Xc,
+            rows=design.keep,
+            chunk_rows=chunk_size,
+            n_jobs=n_jobs,
+            progress=bar,
+        )
+    _raise_nonfinite(np.flatnonzero(stats.nonfinite()), source, var_names)
+    logg.debug("    sufficient statistics computed", time=start)
+    with progress_bar("fitting genes", progress) as bar:
+        fit = fit_lmm(
+            gram,
+            stats,
+            reml=prep.method == "REML",
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+            engine=engine,
+            factor_names=[f.name for f in design.factors],
+            progress=bar,
+        )
+
+    variances = component_variances(
+        fit.variances, fit.sigma2, fit.beta, gram.x_cov, design.fixed_terms
+    )
+    var_df = pd.DataFrame(variances, index=var_names, columns=components)
+    frac_df = pd.DataFrame(fractions(variances), index=var_names, columns=components)
+    ok = fit.error == ""
+    per_gene = pd.DataFrame(index=var_names)
+    if prep.batch and prep.signal:
+        per_gene[f"{key_added}_rho"] = rho(variances, components, prep.batch, prep.signal)
+    per_gene[f"{key_added}_singular"] = fit.singular & ok
+    per_gene[f"{key_added}_converged"] = fit.converged
+    per_gene[f"{key_added}_loglik"] = fit.loglik
+
+    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=var_names[~ok], dtype=str)})
+    errors.index.name = "gene"
+    uns = {
+        "params": {
+            "formula": design.formula.text,
+            "method": prep.method,
+            "batch": prep.batch,
+            "signal": prep.signal,
+            **params,
+            "n_obs": design.n_obs,
+            "n_obs_dropped": int((~design.keep).sum()),
+            "engine": engine,
+            "versions": _versions(),
+        },
+        "components": components,
+        "summary": {
+            "median_fraction": {
+                c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan for c in components
+            },
+            "n_genes": len(var_names),
+            "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
+            "n_not_converged": int((~fit.converged & ok).sum()),
+            "n_failed": int((~ok).sum()),
+        },
+        "errors": errors,
+    }
+    logg.info(
+        f"    finished: {int(ok.sum())} genes fitted, {uns['summary']['n_singular']} singular, "
+        f"{uns['summary']['n_failed']} without estimates",
+        time=start,
+    )
+    if uns["summary"]["n_not_converged"]:
+        logg.warning(
+            f"{uns['summary']['n_not_converged']} genes did not meet the convergence "
+            f"criterion; see adata.var['{key_added}_converged']."
+        )
+    return {"fractions": frac_df, "variance": var_df, "var": per_gene, "uns": uns}
+
+
+def write_results(adata: AnnData, results: dict, key_added: str) -> None:
+    """Store the tables of :func:`variance_partition` in ``adata``."""
+    adata.varm[key_added] = results["fractions"]
+    adata.varm[f"{key_added}_variance"] = results["variance"]
+    for col in results["var"]:
+        adata.var[col] = results["var"][col]
+    adata.uns[key_added] = results["uns"]
 
 
 def variance_partition(
@@ -131,6 +284,8 @@ def variance_partition(
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
     copy: bool = False,
     inplace: bool = True,
 ) -> AnnData | dict | None:
@@ -146,7 +301,11 @@ def variance_partition(
     Parameters
     ----------
     adata
-        Annotated data matrix, cells x genes, with log-normalised expression.
+        Annotated data matrix, cells x genes, with log-normalised expression: in
+        memory (dense or sparse), opened in backed mode (``read_h5ad(path,
+        backed="r")``: read one block of cells at a time), or with a Dask array
+        as ``X`` or layer (the pass over the data runs on the active Dask
+        scheduler, e.g. a ``dask.distributed`` cluster).
     formula
         Model in lme4 syntax, e.g. ``"~ log_umi + (1|patient) + (1|chemistry)"``.
         Random intercepts ``(1|g)``, interactions ``(1|a:b)`` and nesting
@@ -167,11 +326,18 @@ def variance_partition(
     key_added
         Prefix of the result keys.
     n_jobs
-        Parallel workers for the fits (joblib; processes by default, threads inside
-        ``with joblib.parallel_config(backend="threading"):``); -1 for every core.
-        Results do not depend on it.
+        Parallel workers (joblib, threads by default: the compiled fits release
+        the GIL) for the pass over the data and for the fits; -1 for every core.
+        Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
+        ``"loky"`` or ``"dask"``. Results do not depend on it.
     batch_size
-        Genes optimised together in one vectorised step.
+        Genes optimised together in one compiled call.
+    chunk_size
+        Cells read per block in the pass over the data (by default about 64 MB
+        of float64 values); bounds the memory used for a backed object.
+    progress
+        Show progress bars (after two seconds) for the pass and the fits. By
+        default they follow scanpy's verbosity: shown unless it is 0 (errors).
     copy
         Return a modified copy instead of writing into ``adata``.
     inplace
@@ -221,104 +387,23 @@ def variance_partition(
     """
     if copy and not inplace:
         raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
-    method_u = str(method).upper()
-    if method_u not in ("ML", "REML"):
-        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
-    batch_l = _as_list(batch, "batch")
-    signal_l = _as_list(signal, "signal")
-
-    parsed = parse_formula(formula)
-    if parsed.response is not None:
-        raise ValueError(
-            f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
-            "response is each gene in turn. Write it as '~ ...'."
-        )
-    design = build_design(parsed, adata.obs)
-    components = design.components
-    _check_components(batch_l, signal_l, components)
+    prep = _prepare(adata.obs, formula, method, batch, signal)
     Y, source = _expression(adata, layer, use_raw)
-    if Y.shape[0] != adata.n_obs:
-        raise ValueError(f"{source} has {Y.shape[0]} rows for {adata.n_obs} observations.")
-    _check_values(Y, source, adata.var_names)
-
-    gram = design_gram(design)
-    engine = choose_engine(gram)
-    start = logg.info(
-        f"fitting {formula!r} ({method_u}) to {adata.n_vars} genes x {design.n_obs} cells"
-    )
-    Xc, _ = centred_fixed(design)
-    keep = None if design.keep.all() else design.keep
-    stats = response_stats(Y, indicator_matrix(design), Xc, rows=keep)
-    logg.debug("    sufficient statistics computed", time=start)
-    fit = fit_lmm(
-        gram,
-        stats,
-        reml=method_u == "REML",
+    results = _partition(
+        prep,
+        Y,
+        source,
+        adata.var_names,
+        params={"layer": layer, "use_raw": use_raw},
+        key_added=key_added,
         n_jobs=n_jobs,
         batch_size=batch_size,
-        engine=engine,
-        factor_names=[f.name for f in design.factors],
+        chunk_size=chunk_size,
+        progress=progress,
     )
-
-    variances = component_variances(
-        fit.variances, fit.sigma2, fit.beta, gram.x_cov, design.fixed_terms
-    )
-    genes = adata.var_names
-    var_df = pd.DataFrame(variances, index=genes, columns=components)
-    frac_df = pd.DataFrame(fractions(variances), index=genes, columns=components)
-    ok = fit.error == ""
-    per_gene = pd.DataFrame(index=genes)
-    if batch_l and signal_l:
-        per_gene[f"{key_added}_rho"] = rho(variances, components, batch_l, signal_l)
-    per_gene[f"{key_added}_singular"] = fit.singular & ok
-    per_gene[f"{key_added}_converged"] = fit.converged
-    per_gene[f"{key_added}_loglik"] = fit.loglik
-
-    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=genes[~ok], dtype=str)})
-    errors.index.name = "gene"
-    uns = {
-        "params": {
-            "formula": formula,
-            "method": method_u,
-            "batch": batch_l,
-            "signal": signal_l,
-            "layer": layer,
-            "use_raw": use_raw,
-            "n_obs": design.n_obs,
-            "n_obs_dropped": int((~design.keep).sum()),
-            "engine": engine,
-            "versions": _versions(),
-        },
-        "components": components,
-        "summary": {
-            "median_fraction": {
-                c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan for c in components
-            },
-            "n_genes": len(genes),
-            "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
-            "n_not_converged": int((~fit.converged & ok).sum()),
-            "n_failed": int((~ok).sum()),
-        },
-        "errors": errors,
-    }
-    logg.info(
-        f"    finished: {int(ok.sum())} genes fitted, {uns['summary']['n_singular']} singular, "
-        f"{uns['summary']['n_failed']} without estimates",
-        time=start,
-    )
-    if uns["summary"]["n_not_converged"]:
-        logg.warning(
-            f"{uns['summary']['n_not_converged']} genes did not meet the convergence "
-            f"criterion; see adata.var['{key_added}_converged']."
-        )
-
     if not inplace:
-        return {"fractions": frac_df, "variance": var_df, "var": per_gene, "uns": uns}
+        return results
     if copy:
         adata = adata.copy()
-    adata.varm[key_added] = frac_df
-    adata.varm[f"{key_added}_variance"] = var_df
-    for col in per_gene:
-        adata.var[col] = per_gene[col]
-    adata.uns[key_added] = uns
+    write_results(adata, results, key_added)
     return adata if copy else None

@@ -1,0 +1,150 @@
+"""``svp.tl.variance_partition_file``: variance partition of a file larger than memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import h5py
+from anndata import AnnData
+
+from .._io import write_h5ad_atomic
+from ..suffstats.response import default_chunk_rows
+from ._variance_partition import _partition, _prepare, write_results
+
+__all__ = ["variance_partition_file"]
+
+
+@contextmanager
+def _open(path: Path):
+    """The root group of an ``.h5ad`` file or ``.zarr`` store, read-only."""
+    if path.suffix == ".zarr" or path.is_dir():
+        import zarr
+
+        yield zarr.open_group(str(path), mode="r")
+    else:
+        with h5py.File(path, "r") as f:
+            yield f
+
+
+def _lazy_matrix(elem, n_genes: int, chunk_size: int | None, dask: bool):
+    """An on-disk matrix that is read block by block (or a Dask array of blocks)."""
+    encoding = elem.attrs.get("encoding-type", "array")
+    if dask:
+        sparse = encoding in ("csr_matrix", "csc_matrix")
+        rows = chunk_size or default_chunk_rows(n_genes, 0.1 if sparse else 1.0)
+        return ad.experimental.read_elem_lazy(elem, chunks=(rows, n_genes))
+    if encoding in ("csr_matrix", "csc_matrix"):
+        return ad.io.sparse_dataset(elem)
+    return elem  # an h5py or zarr array: slicing reads only the requested rows
+
+
+def variance_partition_file(
+    path: str | os.PathLike,
+    formula: str,
+    *,
+    batch: str | Sequence[str] | None = None,
+    signal: str | Sequence[str] | None = None,
+    method: Literal["ML", "REML"] = "ML",
+    layer: str | None = None,
+    use_raw: bool = False,
+    key_added: str = "varpart",
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+    chunk_size: int | None = None,
+    dask: bool = False,
+    progress: bool | None = None,
+    output: str | os.PathLike | None = None,
+    force: bool = False,
+) -> AnnData:
+    """Variance partition of an ``.h5ad`` file or ``.zarr`` store, out of core.
+
+    The same computation as :func:`variance_partition`, reading the expression
+    matrix one block of ``chunk_size`` cells at a time, so memory is bounded by
+    one block plus what grows with genes x levels, however many cells the file
+    holds. The file is opened read-only and never modified.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file or a ``.zarr`` store written by anndata.
+    formula, batch, signal, method, layer, use_raw, key_added, n_jobs, batch_size
+        As for :func:`variance_partition`.
+    chunk_size
+        Cells per block (by default about 64 MB of float64 values).
+    dask
+        Run the pass over the cells as a Dask graph (one task per block) on the
+        active scheduler: with a ``dask.distributed.Client`` open, on its
+        workers, which read their blocks from ``path`` themselves.
+    progress
+        Progress bars, as for :func:`variance_partition`.
+    output
+        Also write the result to this ``.h5ad`` file, atomically (a temporary
+        file renamed into place).
+    force
+        Replace an existing ``output``.
+
+    Returns
+    -------
+    An AnnData with the file's ``obs`` and ``var`` and no ``X``, holding the
+    results in ``varm``, ``var`` and ``uns`` as :func:`variance_partition` stores
+    them (``uns[key_added]["params"]["path"]`` records the input).
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> result = svp.tl.variance_partition_file(  # doctest: +SKIP
+    ...     "atlas.h5ad", "~ (1|donor) + (1|batch)", batch="batch", signal="donor",
+    ...     chunk_size=50_000, output="atlas_varpart.h5ad",
+    ... )
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if output is not None and Path(output).exists() and not force:
+        raise FileExistsError(f"{output} exists; pass force=True to replace it.")
+    if layer is not None and use_raw:
+        raise ValueError("Pass either layer= or use_raw=True, not both.")
+    with _open(path) as root:
+        obs = ad.io.read_elem(root["obs"])
+        var = ad.io.read_elem(root["var"])
+        prep = _prepare(obs, formula, method, batch, signal)
+        if layer is not None:
+            layers = list(root["layers"]) if "layers" in root else []
+            if layer not in layers:
+                raise KeyError(f"Layer {layer!r} is not in {path}; available: {layers}.")
+            elem, source = root["layers"][layer], f"layers[{layer!r}] of {path}"
+        elif use_raw:
+            if "raw" not in root:
+                raise ValueError(f"use_raw=True but {path} has no raw.")
+            raw_var = ad.io.read_elem(root["raw"]["var"])
+            if not raw_var.index.equals(var.index):
+                raise ValueError(
+                    "use_raw=True reading from a file needs raw to hold exactly the genes "
+                    "of var; subset raw or load the object into memory."
+                )
+            elem, source = root["raw"]["X"], f"raw.X of {path}"
+        else:
+            elem, source = root["X"], f"X of {path}"
+        Y = _lazy_matrix(elem, len(var), chunk_size, dask)
+        results = _partition(
+            prep,
+            Y,
+            source,
+            var.index,
+            params={"layer": layer, "use_raw": use_raw, "path": str(path)},
+            key_added=key_added,
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+            chunk_size=None if dask else chunk_size,
+            progress=progress,
+        )
+    result = AnnData(obs=obs, var=var)
+    write_results(result, results, key_added)
+    if output is not None:
+        write_h5ad_atomic(result, output, force=force)
+    return result
