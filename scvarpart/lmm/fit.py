@@ -139,22 +139,17 @@ def _minque_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
 
 
 def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
-    """The best of a few candidate starts, by deviance, for each gene."""
-    G, k = len(stats), engine.n_params
-    candidates = [
-        _minque_start(gram, stats),
-        np.ones((G, k)),
-        _moment_start(gram, stats),
-        np.full((G, k), 0.1),
-    ]
-    best = candidates[0]
-    best_f = engine.deviance(best, stats)
-    for cand in candidates[1:]:
-        f = engine.deviance(cand, stats)
-        better = np.isfinite(f) & ~(f >= best_f)
-        best = np.where(better[:, None], cand, best)
-        best_f = np.where(better, f, best_f)
-    return best
+    """The better, by deviance, of two moment estimates for each gene; lme4's
+    start (all ratios 1) where neither can be evaluated."""
+    minque = _minque_start(gram, stats)
+    moment = _moment_start(gram, stats)
+    f_minque = engine.deviance(minque, stats)
+    f_moment = engine.deviance(moment, stats)
+    use_moment = np.isfinite(f_moment) & ~(f_minque <= f_moment)
+    start = np.where(use_moment[:, None], moment, minque)
+    neither = ~np.isfinite(f_minque) & ~np.isfinite(f_moment)
+    start[neither] = 1.0
+    return start
 
 
 def _optimise_blocked(engine: BlockedDeviance, x0: np.ndarray, stats: ResponseStats):

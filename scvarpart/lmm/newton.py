@@ -3,9 +3,11 @@
 Bertsekas' projected Newton method (1982), compiled and run gene by gene
 (the loop over a batch releases the GIL, so threads fit batches in parallel):
 
-- variables near the bound with a positive gradient (the epsilon-active set)
-  step straight onto the bound; a Newton step is taken in the others, with the
-  Hessian made positive definite by taking absolute eigenvalues where it is not;
+- variables near the bound with a positive gradient (the epsilon-active set:
+  within the projected gradient's norm, and ``eps_active`` times their log
+  threshold, of 0) take a diagonally scaled gradient step, cut at the bound; a
+  Newton step is taken in the others, with the Hessian made positive definite by
+  taking absolute eigenvalues where it is not;
 - the step is taken in ``log gamma`` where ``gamma`` exceeds a threshold and in
   ``gamma`` below it. Variance ratios enter the likelihood through terms like
   ``log(1 + gamma n)``, close to quadratic in ``log gamma`` for ``gamma n >> 1``
@@ -120,11 +122,13 @@ def _minimise_gene(
         eps = 0.0
         for j in range(k):
             eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
-        eps = min(eps_active, math.sqrt(eps))
+        eps = math.sqrt(eps)
         pending_bound = False
         for j in range(k):
             logc[j] = x[j] > threshold[j]
-            bound[j] = (not logc[j]) and x[j] <= eps and grad[j] > 0.0
+            bound[j] = (
+                (not logc[j]) and x[j] <= min(eps, eps_active * threshold[j]) and grad[j] > 0.0
+            )
             pending_bound = pending_bound or (bound[j] and x[j] > 0.0)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < tol and not pending_bound:
@@ -132,8 +136,8 @@ def _minimise_gene(
         # cap the change of each parameter, keeping the direction
         t = 1.0
         for j in range(k):
-            if bound[j]:
-                step[j] = -x[j]
+            if bound[j]:  # a diagonally scaled gradient step, cut at the bound
+                step[j] = -grad[j] / hess[j, j] if hess[j, j] > 0.0 else -x[j]
             if logc[j]:
                 t = min(t, log_growth / max(abs(step[j]), 1e-300))
             elif step[j] > 0.0:
@@ -159,7 +163,7 @@ def _minimise_gene(
             # observations the deviance carries ~n * eps of noise): converged if
             # what the Newton model still promises is below that noise too.
             return f, positive and decrement < stall_tol, it + 1
-        final = t == 1.0 and positive and decrement < math.sqrt(tol)
+        final = t == 1.0 and positive and decrement < math.sqrt(tol) and not pending_bound
         for j in range(k):
             if trial[j] == 0.0 and x[j] > 0.0:
                 final = False  # the step was projected onto the bound
@@ -186,7 +190,7 @@ def minimise_batch(
     max_iter=100,
     max_growth=10.0,
     x_max=1e12,
-    eps_active=1e-3,
+    eps_active=1e-2,
 ):
     """Minimise the deviance of every gene of a batch from its row of ``X0``.
 
