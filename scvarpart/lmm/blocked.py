@@ -50,16 +50,26 @@ class BlockedDeviance(ProfiledDeviance):
         C22 = C[self.idx2][:, self.idx2].toarray()
         Z2X = gram.ZtX[self.idx2]
         self.G22 = np.block([[C22, Z2X], [Z2X.T, gram.XtX]])
+        self.outer = _outer_products(self.E)
+
+    def _schur(self, t1sq: float, w: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        """S = s2 s2' * (G22 - gamma_1 E' diag(w) E) + I over the levels."""
+        m = len(s2)
+        S = (self.outer @ w).reshape(m, m)  # E' diag(w) E
+        S *= -t1sq
+        S += self.G22
+        S *= s2[:, None]
+        S *= s2[None, :]
+        diag = np.arange(self.q2)
+        S[diag, diag] += 1.0
+        return S
 
     def _solve(self, gamma: np.ndarray, ZtY: np.ndarray, XtY: np.ndarray, ss: float):
         theta = np.sqrt(gamma)
         t1sq = gamma[self.big]
         w = 1.0 / (t1sq * self.d + 1.0)
-        K = (self.E.T @ sp.diags(w) @ self.E).toarray()
         s2 = np.concatenate([theta[self.rest_factor], np.ones(self.p)])
-        S = s2[:, None] * (self.G22 - t1sq * K) * s2[None, :]
-        diag = np.arange(self.q2)
-        S[diag, diag] += 1.0
+        S = self._schur(t1sq, w, s2)
         b1 = ZtY[self.idx1]
         b2 = np.concatenate([ZtY[self.idx2], XtY])
         rhs = s2 * (b2 - t1sq * (self.E.T @ (w * b1)))
@@ -102,3 +112,23 @@ class BlockedDeviance(ProfiledDeviance):
             sigma2[i] = r2 / self.nu
             beta[i] = sol[self.q2 :]
         return dev, sigma2, beta
+
+
+def _outer_products(E: sp.csr_matrix) -> sp.csr_matrix:
+    """The map ``w -> vec(E' diag(w) E)`` as a sparse matrix (``m^2 x q1``).
+
+    Each row ``l`` of ``E`` contributes the outer product of its few non-zeros;
+    precomputing them turns the weighted product, needed at every evaluation,
+    into one sparse matrix-vector product.
+    """
+    m = E.shape[1]
+    per_row = np.diff(E.indptr)
+    row_of = np.repeat(np.arange(E.shape[0]), per_row)  # row of each non-zero
+    partners = per_row[row_of]  # each non-zero pairs with every one of its row
+    left = np.repeat(np.arange(E.nnz), partners)
+    first = np.repeat(np.cumsum(partners) - partners, partners)
+    right = E.indptr[row_of[left]] + (np.arange(len(left)) - first)
+    return sp.csr_matrix(
+        (E.data[left] * E.data[right], (E.indices[left] * m + E.indices[right], row_of[left])),
+        shape=(m * m, E.shape[0]),
+    )
