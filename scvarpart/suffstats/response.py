@@ -30,9 +30,9 @@ __all__ = [
     "response_stats",
 ]
 
-# Values (rows x genes) materialised as float64 per block: 2**23 ~ 64 MB; for
+# Values (rows x genes) materialised as float64 per block: 2**22 ~ 32 MB; for
 # sparse blocks, stored values.
-_CHUNK_VALUES = 2**23
+_CHUNK_VALUES = 2**22
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class _Partial:
 
 
 def default_chunk_rows(n_genes: int, density: float = 1.0) -> int:
-    """Rows per block so that its float64 values stay near 64 MB."""
+    """Rows per block so that its float64 values stay near 32 MB."""
     return max(1, int(_CHUNK_VALUES / (max(n_genes, 1) * max(density, 1e-3))))
 
 
@@ -237,7 +237,7 @@ def response_stats(
         Boolean mask over the rows of ``Y`` selecting the observations of the
         model (``n`` of them); all rows when ``None``.
     chunk_rows
-        Rows per block; by default about 64 MB of float64 values.
+        Rows per block; by default about 32 MB of float64 values.
     n_jobs
         Threads reading and reducing blocks in parallel.
     progress

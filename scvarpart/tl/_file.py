@@ -75,7 +75,7 @@ def variance_partition_file(
     formula, batch, signal, method, layer, use_raw, key_added, n_jobs, batch_size
         As for :func:`variance_partition`.
     chunk_size
-        Cells per block (by default about 64 MB of float64 values).
+        Cells per block (by default about 32 MB of float64 values).
     dask
         Run the pass over the cells as a Dask graph (one task per block) on the
         active scheduler: with a ``dask.distributed.Client`` open, on its

@@ -333,7 +333,7 @@ def variance_partition(
     batch_size
         Genes optimised together in one compiled call.
     chunk_size
-        Cells read per block in the pass over the data (by default about 64 MB
+        Cells read per block in the pass over the data (by default about 32 MB
         of float64 values); bounds the memory used for a backed object.
     progress
         Show progress bars (after two seconds) for the pass and the fits. By
