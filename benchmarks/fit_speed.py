@@ -51,8 +51,9 @@ def main() -> None:
                 fit = fit_lmm(gram, stats, reml=reml, n_jobs=n_jobs)
                 times.append(time.perf_counter() - start)
             ok = fit.error == ""
+            label = "REML" if reml else "ML  "
             print(
-                f"  {'REML' if reml else 'ML  '} n_jobs={n_jobs}: {args.n_genes / min(times):8,.0f} "
+                f"  {label} n_jobs={n_jobs}: {args.n_genes / min(times):8,.0f} "
                 f"genes/s (best of {args.repeats}; median {args.n_genes / np.median(times):,.0f}); "
                 f"converged {fit.converged[ok].mean():.2%}, mean iterations "
                 f"{fit.n_iter[ok].mean():.1f}"
