@@ -94,10 +94,21 @@ def test_relabelling_levels_changes_nothing(base):
     _same(_fit(relabelled), res, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("kw", [{"n_jobs": 2}, {"batch_size": 7}, {"batch_size": 1, "n_jobs": 2}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"n_jobs": 2}, {"batch_size": 7}, {"batch_size": 1, "n_jobs": 2}, {"chunk_size": 97}],
+)
 def test_parallelism_and_batching_give_identical_results(base, kw):
     adata, res = base
     _same(_fit(adata, **kw), res)
+
+
+def test_process_backend_gives_identical_results(base):
+    from joblib import parallel_config
+
+    adata, res = base
+    with parallel_config(backend="loky"):
+        _same(_fit(adata, n_jobs=2, batch_size=8), res)
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
