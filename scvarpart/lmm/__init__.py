@@ -3,13 +3,14 @@
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fit import LMMFit, choose_engine, fit_lmm
-from .newton import minimise_batch
+from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
 
 __all__ = [
     "BlockedDeviance",
     "DenseDeviance",
     "LMMFit",
+    "NewtonOptions",
     "ProfiledDeviance",
     "choose_engine",
     "fit_lmm",

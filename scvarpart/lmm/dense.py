@@ -56,7 +56,7 @@ import numpy as np
 
 from ..suffstats import DesignGram, ResponseStats
 from ._dense_kernel import DERIVATIVES, DEVIANCE, ESTIMATES, DenseDesign, evaluate_batch
-from .newton import minimise_batch
+from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
 
 __all__ = ["DenseDeviance"]
@@ -140,6 +140,6 @@ class DenseDeviance(ProfiledDeviance):
             np.ascontiguousarray(stats.XtY),
             np.ascontiguousarray(stats.ss),
             self.design,
-            np.ascontiguousarray(self.gamma_scale),
+            NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale)),
         )
         return gamma, dev, r2 / self.nu, beta, converged, n_iter

@@ -28,16 +28,47 @@ boundary is exactly 0.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
 from ._dense_kernel import derivatives, factorise, fixed_effects, workspace
 
-__all__ = ["minimise_batch"]
+__all__ = ["NewtonOptions", "minimise_batch"]
 
 # Shortest step fraction tried by the line search.
 _MIN_STEP = 1e-10
+
+
+class NewtonOptions(NamedTuple):
+    """Settings of the projected Newton method.
+
+    Attributes
+    ----------
+    threshold
+        Per variance ratio: above it the step is taken in ``log gamma``.
+    tol
+        Convergence on the Newton decrement.
+    stall_tol
+        Convergence when no step decreases the objective any more.
+    max_iter
+        Iteration limit per gene.
+    max_growth
+        Largest factor by which a step may multiply a parameter (plus 1 from 0).
+    x_max
+        Upper limit of every variance ratio.
+    eps_active
+        Epsilon-active set width, as a fraction of ``threshold``.
+    """
+
+    threshold: np.ndarray
+    tol: float = 1e-10
+    stall_tol: float = 1e-6
+    max_iter: int = 100
+    max_growth: float = 10.0
+    x_max: float = 1e12
+    eps_active: float = 1e-2
 
 
 @nb.njit(cache=True, nogil=True)
@@ -90,23 +121,7 @@ def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
 
 
 @nb.njit(cache=True, nogil=True)
-def _minimise_gene(
-    x,
-    zy,
-    xy,
-    ss,
-    dz,
-    w,
-    threshold,
-    tol,
-    stall_tol,
-    max_iter,
-    max_growth,
-    x_max,
-    eps_active,
-    grad,
-    hess,
-):
+def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess):
     """Minimise one gene's deviance from ``x`` (updated in place).
 
     Returns (deviance, converged, iterations)."""
@@ -117,8 +132,9 @@ def _minimise_gene(
     logc = np.empty(k, dtype=np.bool_)
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
+    threshold, tol, max_growth, x_max = opt.threshold, opt.tol, opt.max_growth, opt.x_max
     log_growth = math.log(max_growth)
-    for it in range(max_iter):
+    for it in range(opt.max_iter):
         eps = 0.0
         for j in range(k):
             eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
@@ -127,7 +143,7 @@ def _minimise_gene(
         for j in range(k):
             logc[j] = x[j] > threshold[j]
             bound[j] = (
-                (not logc[j]) and x[j] <= min(eps, eps_active * threshold[j]) and grad[j] > 0.0
+                (not logc[j]) and x[j] <= min(eps, opt.eps_active * threshold[j]) and grad[j] > 0.0
             )
             pending_bound = pending_bound or (bound[j] and x[j] > 0.0)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
@@ -162,7 +178,7 @@ def _minimise_gene(
             # No decrease left that rounding lets the objective show (with n
             # observations the deviance carries ~n * eps of noise): converged if
             # what the Newton model still promises is below that noise too.
-            return f, positive and decrement < stall_tol, it + 1
+            return f, positive and decrement < opt.stall_tol, it + 1
         final = t == 1.0 and positive and decrement < math.sqrt(tol) and not pending_bound
         for j in range(k):
             if trial[j] == 0.0 and x[j] > 0.0:
@@ -174,25 +190,13 @@ def _minimise_gene(
         f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
         if not np.isfinite(f):
             return f, False, it + 1
-    return f, False, max_iter
+    return f, False, opt.max_iter
 
 
 @nb.njit(cache=True, nogil=True)
-def minimise_batch(
-    X0,
-    ZtY,
-    XtY,
-    ss,
-    dz,
-    threshold,
-    tol=1e-10,
-    stall_tol=1e-6,
-    max_iter=100,
-    max_growth=10.0,
-    x_max=1e12,
-    eps_active=1e-2,
-):
-    """Minimise the deviance of every gene of a batch from its row of ``X0``.
+def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
+    """Minimise the deviance of every gene of a batch from its row of ``X0``,
+    with the settings ``opt`` (a :class:`NewtonOptions`).
 
     Returns the minimisers ``(G, k)``, deviance, residual sum of squares ``r2``
     and fixed effects at them, convergence flags and iteration counts.
@@ -209,21 +213,7 @@ def minimise_batch(
     hess = np.empty((k, k))
     for g in range(G):
         _, converged[g], n_iter[g] = _minimise_gene(
-            X[g],
-            ZtY[g],
-            XtY[g],
-            ss[g],
-            dz,
-            w,
-            threshold,
-            tol,
-            stall_tol,
-            max_iter,
-            max_growth,
-            x_max,
-            eps_active,
-            grad,
-            hess,
+            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess
         )
         dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
         if np.isfinite(dev[g]):
