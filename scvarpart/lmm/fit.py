@@ -1,8 +1,9 @@
 """Fit the same random-intercept LMM to every gene.
 
-Genes are split into batches; each batch is optimised together (vectorised
-Newton iterations over a stack of small matrices), batches run in parallel
-with joblib. A gene's result does not depend on its batch or on ``n_jobs``.
+Genes are split into batches; each batch is one compiled call that fits its
+genes one after the other, and batches run in parallel with joblib (threads by
+default: the compiled code releases the GIL). A gene's result does not depend
+on its batch or on ``n_jobs``.
 Genes that cannot be fitted (constant, exactly explained by the fixed effects,
 variance ratio without a finite optimum) get NaN estimates and a reason.
 """
@@ -219,7 +220,7 @@ def fit_lmm(
         Parallel workers (joblib); ``None`` or 1 runs in this process, -1 uses
         every core.
     batch_size
-        Genes optimised together in one vectorised batch.
+        Genes fitted in one compiled call (the unit of parallel work).
     engine
         ``"dense"``, ``"blocked"`` (many levels) or ``"auto"``.
     factor_names
@@ -273,15 +274,9 @@ def fit_lmm(
     deviance = np.full(G, np.nan)
     converged = np.zeros(G, dtype=bool)
     n_iter = np.zeros(G, dtype=int)
-    for b, (x, s2, bt, dev, conv, it) in zip(batches, results, strict=True):
-        gamma[b], sigma2[b], beta[b], deviance[b], converged[b], n_iter[b] = (
-            x,
-            s2,
-            bt,
-            dev,
-            conv,
-            it,
-        )
+    if results:  # batches are consecutive pieces of `todo`
+        parts = [np.concatenate(column) for column in zip(*results, strict=True)]
+        gamma[todo], sigma2[todo], beta[todo], deviance[todo], converged[todo], n_iter[todo] = parts
 
     failed = np.isin(np.arange(G), todo) & ~np.isfinite(deviance)
     error[failed] = "the likelihood cannot be evaluated at any tried variance ratios"

@@ -6,7 +6,13 @@ After that no per-gene computation depends on the number of observations.
 """
 
 from .gram import DesignGram, design_gram
-from .response import ResponseStats, is_dask_array, nonfinite_columns, response_stats
+from .response import (
+    ResponseStats,
+    is_dask_array,
+    nonfinite_columns,
+    response_stats,
+    storage_format,
+)
 
 __all__ = [
     "DesignGram",
@@ -15,4 +21,5 @@ __all__ = [
     "is_dask_array",
     "nonfinite_columns",
     "response_stats",
+    "storage_format",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "is_dask_array",
     "nonfinite_columns",
     "response_stats",
+    "storage_format",
 ]
 
 # Values (rows x genes) materialised as float64 per block: 2**22 ~ 32 MB; for
@@ -122,7 +123,7 @@ def _is_backed_sparse(Y) -> bool:
     return isinstance(Y, CSRDataset | CSCDataset)
 
 
-def _format(Y) -> str:
+def storage_format(Y) -> str:
     """ "csr", "csc" or "dense": how blocks of ``Y`` are best read."""
     if sp.issparse(Y):
         return Y.format if Y.format in ("csr", "csc") else "csr"
@@ -264,7 +265,7 @@ def response_stats(
     elif not (sp.issparse(Y) or _is_backed_sparse(Y) or hasattr(Y, "shape")):
         Y = np.asarray(Y)
 
-    fmt = _format(Y)
+    fmt = storage_format(Y)
     G = Y.shape[1]
     by_genes = fmt == "csc"  # column slices of CSC are cheap: blocks of whole genes
     if by_genes:

@@ -15,7 +15,13 @@ from scanpy import logging as logg
 from .._warn import warn
 from ..design import Design, build_design, parse_formula
 from ..lmm import choose_engine, fit_lmm
-from ..suffstats import design_gram, is_dask_array, nonfinite_columns, response_stats
+from ..suffstats import (
+    design_gram,
+    is_dask_array,
+    nonfinite_columns,
+    response_stats,
+    storage_format,
+)
 from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import RESIDUAL, component_variances, fractions, rho
 from ._progress import progress_bar
@@ -23,8 +29,9 @@ from ._progress import progress_bar
 __all__ = ["variance_partition", "write_results"]
 
 _VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
-# Rows inspected to recognise raw counts.
+# Rows (or, for a column-compressed matrix, genes) inspected to recognise raw counts.
 _COUNT_CHECK_ROWS = 2000
+_COUNT_CHECK_GENES = 100
 
 
 def _versions() -> dict[str, str]:
@@ -110,7 +117,8 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
     statistics, after the pass), and raw counts (from the first rows)."""
     if _in_memory(Y):
         _raise_nonfinite(nonfinite_columns(Y), source, var_names)
-    sample = Y[:_COUNT_CHECK_ROWS]
+    # a cheap slice: first rows, or first genes of a column-compressed matrix
+    sample = Y[:, :_COUNT_CHECK_GENES] if storage_format(Y) == "csc" else Y[:_COUNT_CHECK_ROWS]
     if is_dask_array(sample):
         sample = sample.compute()
     values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
@@ -331,7 +339,7 @@ def variance_partition(
         Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
         ``"loky"`` or ``"dask"``. Results do not depend on it.
     batch_size
-        Genes optimised together in one compiled call.
+        Genes fitted in one compiled call (the unit of parallel work).
     chunk_size
         Cells read per block in the pass over the data (by default about 32 MB
         of float64 values); bounds the memory used for a backed object.
