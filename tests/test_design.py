@@ -150,3 +150,17 @@ def test_infinite_covariate(obs):
     obs.loc[3, "x"] = np.inf
     with pytest.raises(DesignError, match="'x' has infinite values"):
         build_design("~ x + (1|g)", obs)
+
+
+def test_rows_restrict_the_observations(obs):
+    rows = np.arange(len(obs)) % 3 != 0
+    d = build_design("~ x + (1|g)", obs, rows=rows)
+    np.testing.assert_array_equal(d.keep, rows)
+    assert d.n_obs == rows.sum()
+    np.testing.assert_array_equal(d.X[:, 1], obs.loc[rows, "x"])
+    obs.loc[1, "x"] = np.nan  # missing values inside the selection are dropped too
+    with pytest.warns(UserWarning, match="Dropping 1 of 40"):
+        d = build_design("~ x + (1|g)", obs, rows=rows)
+    assert not d.keep[1] and d.keep.sum() == rows.sum() - 1
+    with pytest.raises(DesignError, match="selects no observation"):
+        build_design("~ x + (1|g)", obs, rows=np.zeros(len(obs), dtype=bool))

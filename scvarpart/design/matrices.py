@@ -261,7 +261,9 @@ def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]
                     )
 
 
-def build_design(formula: str | Formula, data: pd.DataFrame) -> Design:
+def build_design(
+    formula: str | Formula, data: pd.DataFrame, *, rows: np.ndarray | None = None
+) -> Design:
     """Build the model matrices of ``formula`` from a table of covariates.
 
     Parameters
@@ -272,6 +274,9 @@ def build_design(formula: str | Formula, data: pd.DataFrame) -> Design:
         ignored here: the responses are supplied separately.
     data
         One row per observation (cell); must contain every variable of the formula.
+    rows
+        Boolean mask of the observations to model; the others are left out (as
+        are observations with missing values).
 
     Returns
     -------
@@ -311,7 +316,16 @@ def build_design(formula: str | Formula, data: pd.DataFrame) -> Design:
             f"Column(s) {missing} used in the formula are not in the table of "
             f"observations. Available columns: {avail}."
         )
-    keep = _drop_missing(data, f.variables)
+    if rows is None:
+        keep = _drop_missing(data, f.variables)
+    else:
+        rows = np.asarray(rows, dtype=bool)
+        if rows.shape != (len(data),):
+            raise DesignError(f"rows= has {rows.shape[0]} entries for {len(data)} observations.")
+        if not rows.any():
+            raise DesignError("rows= selects no observation.")
+        keep = np.zeros(len(data), dtype=bool)
+        keep[rows] = _drop_missing(data.loc[rows], f.variables)
     data = data.loc[keep] if not keep.all() else data
     n = len(data)
 

@@ -204,6 +204,7 @@ def fit_lmm(
     batch_size: int = 256,
     engine: str = "auto",
     factor_names: list[str] | None = None,
+    exclude: np.ndarray | None = None,
     progress: Callable[[int, int], object] | None = None,
 ) -> LMMFit:
     """Fit a random-intercept LMM to every gene by ML or REML.
@@ -225,6 +226,9 @@ def fit_lmm(
         ``"dense"``, ``"blocked"`` (many levels) or ``"auto"``.
     factor_names
         Names of the grouping factors, for error messages.
+    exclude
+        Per gene, why it is not to be fitted ('' to fit it): such genes get NaN
+        estimates with that reason.
     progress
         Called after each batch with its number of genes and the total.
 
@@ -237,9 +241,10 @@ def fit_lmm(
     G, k, p = len(stats), len(gram.factor_sizes), gram.n_fixed
     names = factor_names or [f"factor {j}" for j in range(k)]
 
-    error = np.full(G, "", dtype=object)
+    error = np.full(G, "", dtype=object) if exclude is None else np.array(exclude, dtype=object)
+    excluded = error != ""
     scale = np.maximum(np.abs(stats.mean), np.finfo(float).tiny)
-    constant = stats.ss <= stats.n_obs * (1e-12 * scale) ** 2
+    constant = ~excluded & (stats.ss <= stats.n_obs * (1e-12 * scale) ** 2)
     error[constant] = np.where(
         stats.mean[constant] == 0, "all values are zero", "constant expression (no variance)"
     )
@@ -249,9 +254,9 @@ def fit_lmm(
         ols_rss = stats.ss - np.einsum(
             "gi,gi->g", stats.XtY, np.linalg.solve(gram.XtX, stats.XtY.T).T
         )
-        explained = ~constant & (ols_rss <= _RESIDUAL_VANISHED * stats.ss)
+        explained = ~excluded & ~constant & (ols_rss <= _RESIDUAL_VANISHED * stats.ss)
     error[explained] = "the fixed effects explain the gene exactly (zero residual sum of squares)"
-    todo = np.flatnonzero(~constant & ~explained)
+    todo = np.flatnonzero(~excluded & ~constant & ~explained)
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
     jobs = ((gram, stats.subset(b), reml, engine) for b in batches)

@@ -52,6 +52,8 @@ class ResponseStats:
         ``Z'(y - mean)``, shape ``(G, q)``.
     XtY
         ``X_c'(y - mean)`` with the centred fixed design, shape ``(G, p)``.
+    n_nonzero
+        Observations with a non-zero value, shape ``(G,)``.
     """
 
     n_obs: int
@@ -59,6 +61,7 @@ class ResponseStats:
     ss: np.ndarray
     ZtY: np.ndarray
     XtY: np.ndarray
+    n_nonzero: np.ndarray
 
     def __len__(self) -> int:
         return len(self.mean)
@@ -71,6 +74,7 @@ class ResponseStats:
             ss=self.ss[idx],
             ZtY=self.ZtY[idx],
             XtY=self.XtY[idx],
+            n_nonzero=self.n_nonzero[idx],
         )
 
     def nonfinite(self) -> np.ndarray:
@@ -86,13 +90,15 @@ class ResponseStats:
 @dataclass
 class _Partial:
     """Raw statistics of a block of rows: count, sums, centred sum of squares
-    around the block mean, and the uncentred products Z'y, X'y (gene-major)."""
+    around the block mean, the uncentred products Z'y, X'y (gene-major) and the
+    non-zero counts."""
 
     n: int
     total: np.ndarray
     m2: np.ndarray
     ZtY: np.ndarray
     XtY: np.ndarray
+    nnz: np.ndarray
 
     def merge(self, other: _Partial) -> _Partial:
         """Chan et al. (1979): combine the statistics of two disjoint blocks."""
@@ -104,7 +110,14 @@ class _Partial:
         with np.errstate(invalid="ignore"):
             delta = other.total / other.n - self.total / self.n
             m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
-        return _Partial(n, self.total + other.total, m2, self.ZtY + other.ZtY, self.XtY + other.XtY)
+        return _Partial(
+            n,
+            self.total + other.total,
+            m2,
+            self.ZtY + other.ZtY,
+            self.XtY + other.XtY,
+            self.nnz + other.nnz,
+        )
 
 
 def default_chunk_rows(n_genes: int, density: float = 1.0) -> int:
@@ -146,51 +159,70 @@ def _float64(block):
         if not block.has_canonical_format:
             block.sum_duplicates()
         return block
-    return np.asarray(block, dtype=np.float64)
+    # column-major: every column is reduced on its own, in the same order whichever
+    # other columns the block holds (a chunk of genes matches the whole run exactly)
+    return np.asfortranarray(block, dtype=np.float64)
 
 
-def _centred_ss(block, mean: np.ndarray) -> np.ndarray:
-    """sum((y - mean)^2) per column of a block, without cancellation."""
+def _centred_ss(block, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum((y - mean)^2) per column of a block, without cancellation, and the
+    number of non-zero values per column."""
     if sp.issparse(block):
         cols = block.indices
         dev = block.data - mean[cols]
         nnz = np.bincount(cols, minlength=block.shape[1])
-        return (
+        ss = (
             np.bincount(cols, dev * dev, minlength=block.shape[1])
             + (block.shape[0] - nnz) * mean**2
         )
+        # explicitly stored zeros are values, but not non-zero ones
+        stored_zeros = np.bincount(cols, block.data == 0, minlength=block.shape[1])
+        return ss, nnz - stored_zeros.astype(nnz.dtype)
     dev = block - mean
-    return np.einsum("ij,ij->j", dev, dev)
+    return np.einsum("ij,ij->j", dev, dev), np.count_nonzero(block, axis=0)
 
 
 def _partial(block, Zc: sp.csr_matrix, Xc: np.ndarray) -> _Partial:
     """Statistics of one block of kept rows (``Zc``, ``Xc``: the same rows)."""
     block = _float64(block)
-    n = block.shape[0]
+    n, G = block.shape
     if n == 0:
-        G = block.shape[1]
         return _Partial(
-            0, np.zeros(G), np.zeros(G), np.zeros((G, Zc.shape[1])), np.zeros((G, Xc.shape[1]))
+            0,
+            np.zeros(G),
+            np.zeros(G),
+            np.zeros((G, Zc.shape[1])),
+            np.zeros((G, Xc.shape[1])),
+            np.zeros(G, dtype=np.int64),
         )
     total = np.asarray(block.sum(axis=0)).ravel()
-    m2 = _centred_ss(block, total / n)
+    m2, nnz = _centred_ss(block, total / n)
     if sp.issparse(block):
         ZtY = (block.T @ Zc).toarray()
         XtY = np.asarray(block.T @ Xc)
     else:
         ZtY = np.asarray((Zc.T @ block).T)
         XtY = block.T @ Xc
-    return _Partial(n, total, m2, ZtY, XtY)
+    return _Partial(n, total, m2, ZtY, XtY, nnz.astype(np.int64))
 
 
-def _block_partial(Y, a: int, b: int, rows, Z, Xc, start: int, by_genes: bool) -> _Partial:
-    """Read rows (or, for CSC, genes) ``a:b`` of ``Y`` and compute their statistics."""
+def _block_partial(Y, a: int, b: int, rows, Z, Xc, start: int, by_genes: bool, genes) -> _Partial:
+    """Read rows (or, for CSC, genes) ``a:b`` of ``Y`` and compute their statistics.
+
+    ``genes`` selects columns: a slice, an index array, or ``None`` for all.
+    """
     if by_genes:
-        block = Y[:, a:b]
+        cols = np.arange(Y.shape[1]) if genes is None else np.arange(Y.shape[1])[genes]
+        lo, hi = cols[a], cols[b - 1] + 1
+        block = Y[:, lo:hi]
+        if hi - lo != b - a:
+            block = block[:, cols[a:b] - lo]
         if rows is not None:
             block = block[rows]
         return _partial(block, Z, Xc)
     block = Y[a:b]
+    if genes is not None:
+        block = block[:, genes]
     n_kept = b - a
     if rows is not None:
         mask = rows[a:b]
@@ -207,7 +239,9 @@ def _finish(part: _Partial, Z: sp.csr_matrix, Xc: np.ndarray) -> ResponseStats:
         counts = np.asarray(Z.sum(axis=0)).ravel()
         ZtY = part.ZtY - mean[:, None] * counts[None, :]
         XtY = part.XtY - mean[:, None] * Xc.sum(axis=0)[None, :]
-    return ResponseStats(n_obs=n, mean=mean, ss=np.maximum(part.m2, 0.0), ZtY=ZtY, XtY=XtY)
+    return ResponseStats(
+        n_obs=n, mean=mean, ss=np.maximum(part.m2, 0.0), ZtY=ZtY, XtY=XtY, n_nonzero=part.nnz
+    )
 
 
 def response_stats(
@@ -216,6 +250,7 @@ def response_stats(
     Xc: np.ndarray,
     *,
     rows: np.ndarray | None = None,
+    genes: slice | np.ndarray | None = None,
     chunk_rows: int | None = None,
     n_jobs: int | None = 1,
     progress: Callable[[int, int], object] | None = None,
@@ -237,6 +272,10 @@ def response_stats(
     rows
         Boolean mask over the rows of ``Y`` selecting the observations of the
         model (``n`` of them); all rows when ``None``.
+    genes
+        The columns to compute (a slice or index array); all when ``None``. Blocks
+        are cut as for the whole matrix, so each gene's statistics are the same
+        whichever other genes are computed with it.
     chunk_rows
         Rows per block; by default about 32 MB of float64 values.
     n_jobs
@@ -247,7 +286,7 @@ def response_stats(
 
     Returns
     -------
-    The :class:`ResponseStats` of every column of ``Y``.
+    The :class:`ResponseStats` of the columns of ``Y`` (of ``genes``).
     """
     n = Z.shape[0]
     n_in = Y.shape[0]
@@ -259,20 +298,20 @@ def response_stats(
         raise ValueError("Y, rows and the design have different numbers of observations.")
     Z = Z.tocsr()
     if is_dask_array(Y):
-        return _finish(_dask_pass(Y, Z, Xc, rows, chunk_rows), Z, Xc)
+        return _finish(_dask_pass(Y, Z, Xc, rows, chunk_rows, genes), Z, Xc)
     if sp.issparse(Y) and Y.format not in ("csr", "csc"):
         Y = Y.tocsr()
     elif not (sp.issparse(Y) or _is_backed_sparse(Y) or hasattr(Y, "shape")):
         Y = np.asarray(Y)
 
     fmt = storage_format(Y)
-    G = Y.shape[1]
+    G = Y.shape[1] if genes is None else len(np.arange(Y.shape[1])[genes])
     by_genes = fmt == "csc"  # column slices of CSC are cheap: blocks of whole genes
     if by_genes:
         size = chunk_rows or max(1, int(_CHUNK_VALUES / max(n * _density(Y), 1)))
         bounds = [(a, min(a + size, G)) for a in range(0, G, size)]
     else:
-        size = chunk_rows or default_chunk_rows(G, _density(Y) if fmt != "dense" else 1.0)
+        size = chunk_rows or default_chunk_rows(Y.shape[1], _density(Y) if fmt != "dense" else 1.0)
         bounds = [(a, min(a + size, n_in)) for a in range(0, n_in, size)]
     starts = np.zeros(len(bounds), dtype=int)
     if not by_genes:  # first kept observation of each block
@@ -280,7 +319,7 @@ def response_stats(
         starts = np.concatenate([[0], np.cumsum([kept[a:b].sum() for a, b in bounds])[:-1]])
 
     jobs = (
-        (Y, a, b, rows, Z, Xc, start, by_genes)
+        (Y, a, b, rows, Z, Xc, start, by_genes, genes)
         for (a, b), start in zip(bounds, starts, strict=True)
     )
     if n_jobs in (None, 1) or len(bounds) == 1:
@@ -312,13 +351,16 @@ def _concat_genes(parts: list[_Partial]) -> _Partial:
         np.concatenate([p.m2 for p in parts]),
         np.concatenate([p.ZtY for p in parts]),
         np.concatenate([p.XtY for p in parts]),
+        np.concatenate([p.nnz for p in parts]),
     )
 
 
-def _dask_pass(Y, Z, Xc, rows, chunk_rows) -> _Partial:
+def _dask_pass(Y, Z, Xc, rows, chunk_rows, genes) -> _Partial:
     """The pass as a Dask graph: one task per row block, merged pairwise."""
     import dask
 
+    if genes is not None:
+        Y = Y[:, genes]
     if chunk_rows is not None:
         Y = Y.rechunk({0: chunk_rows, 1: -1})
     elif len(Y.chunks[1]) > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -14,7 +14,7 @@ from anndata import AnnData
 
 from .._io import write_h5ad_atomic
 from ..suffstats.response import default_chunk_rows
-from ._variance_partition import _partition, _prepare, write_results
+from ._variance_partition import _partition, _plain, _prepare, write_results
 
 __all__ = ["variance_partition_file"]
 
@@ -52,6 +52,8 @@ def variance_partition_file(
     method: Literal["ML", "REML"] = "ML",
     layer: str | None = None,
     use_raw: bool = False,
+    cells: Mapping[str, Sequence] | None = None,
+    min_cells: int = 0,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -72,7 +74,7 @@ def variance_partition_file(
     ----------
     path
         An ``.h5ad`` file or a ``.zarr`` store written by anndata.
-    formula, batch, signal, method, layer, use_raw, key_added, n_jobs, batch_size
+    formula, batch, signal, method, layer, use_raw, cells, min_cells, key_added, n_jobs, batch_size
         As for :func:`variance_partition`.
     chunk_size
         Cells per block (by default about 32 MB of float64 values).
@@ -112,7 +114,7 @@ def variance_partition_file(
     with _open(path) as root:
         obs = ad.io.read_elem(root["obs"])
         var = ad.io.read_elem(root["var"])
-        prep = _prepare(obs, formula, method, batch, signal)
+        prep = _prepare(obs, formula, method, batch, signal, cells)
         if layer is not None:
             layers = list(root["layers"]) if "layers" in root else []
             if layer not in layers:
@@ -136,7 +138,8 @@ def variance_partition_file(
             Y,
             source,
             var.index,
-            params={"layer": layer, "use_raw": use_raw, "path": str(path)},
+            params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells), "path": str(path)},
+            min_cells=min_cells,
             key_added=key_added,
             n_jobs=n_jobs,
             batch_size=batch_size,

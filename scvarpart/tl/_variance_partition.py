@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal, NamedTuple
 
@@ -26,7 +26,7 @@ from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import RESIDUAL, component_variances, fractions, rho
 from ._progress import progress_bar
 
-__all__ = ["variance_partition", "write_results"]
+__all__ = ["summarize", "variance_partition", "write_results"]
 
 _VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
 # Rows (or, for a column-compressed matrix, genes) inspected to recognise raw counts.
@@ -140,6 +140,16 @@ def _raise_nonfinite(bad: np.ndarray, source: str, var_names: pd.Index) -> None:
         )
 
 
+def _plain(cells: Mapping[str, Sequence] | None) -> dict | None:
+    """``cells`` as a plain dict of lists, to record in ``uns`` (h5ad-writable)."""
+    if not cells:
+        return None
+    return {
+        str(k): [v] if isinstance(v, str | int | float | bool) else list(v)
+        for k, v in cells.items()
+    }
+
+
 class _Prepared(NamedTuple):
     design: Design
     method: str
@@ -147,7 +157,28 @@ class _Prepared(NamedTuple):
     signal: list[str] | None
 
 
-def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal) -> _Prepared:
+def _cell_filter(obs: pd.DataFrame, cells: Mapping[str, Sequence] | None) -> np.ndarray | None:
+    """Mask of the cells whose obs values are among the allowed ones, per column."""
+    if not cells:
+        return None
+    rows = np.ones(len(obs), dtype=bool)
+    for column, allowed in _plain(cells).items():
+        if column not in obs.columns:
+            raise KeyError(
+                f"cells= filters on {column!r}, which is not a column of obs; available: "
+                f"{list(obs.columns)[:30]}."
+            )
+        values = obs[column]
+        absent = [v for v in allowed if not (values == v).any()]
+        if absent:
+            warn(f"cells= keeps {column!r} values {absent}, which no cell has.")
+        rows &= values.isin(allowed).to_numpy()
+    if not rows.any():
+        raise ValueError(f"cells={dict(cells)!r} keeps no cell.")
+    return rows
+
+
+def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None) -> _Prepared:
     """Every check that needs only the design, before any data are touched."""
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
@@ -160,7 +191,7 @@ def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal) -> _Prepare
             f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
             "response is each gene in turn. Write it as '~ ...'."
         )
-    design = build_design(parsed, obs)
+    design = build_design(parsed, obs, rows=_cell_filter(obs, cells))
     _check_components(batch_l, signal_l, design.components)
     return _Prepared(design, method_u, batch_l, signal_l)
 
@@ -177,8 +208,10 @@ def _partition(
     batch_size: int,
     chunk_size: int | None,
     progress: bool | None,
+    genes: slice | None = None,
+    min_cells: int = 0,
 ) -> dict:
-    """The pass over the data, the fits and the result tables."""
+    """The pass over the data, the fits and the result tables (of ``genes``)."""
     design = prep.design
     components = design.components
     if Y.shape != (len(design.keep), len(var_names)):
@@ -186,12 +219,14 @@ def _partition(
             f"{source} has shape {Y.shape}; expected {len(design.keep)} observations x "
             f"{len(var_names)} genes."
         )
-    _check_values(Y, source, var_names)
+    if genes is None:
+        _check_values(Y, source, var_names)
+    out_names = var_names if genes is None else var_names[genes]
 
     gram = design_gram(design)
     engine = choose_engine(gram)
     start = logg.info(
-        f"fitting {design.formula.text!r} ({prep.method}) to {len(var_names)} genes x "
+        f"fitting {design.formula.text!r} ({prep.method}) to {len(out_names)} genes x "
         f"{design.n_obs} cells"
     )
     Xc, _ = centred_fixed(design)
@@ -201,12 +236,22 @@ def _partition(
             indicator_matrix(design),
             Xc,
             rows=design.keep,
+            genes=genes,
             chunk_rows=chunk_size,
             n_jobs=n_jobs,
             progress=bar,
         )
-    _raise_nonfinite(np.flatnonzero(stats.nonfinite()), source, var_names)
+    _raise_nonfinite(np.flatnonzero(stats.nonfinite()), source, out_names)
     logg.debug("    sufficient statistics computed", time=start)
+    rare = stats.n_nonzero < min_cells
+    exclude = np.where(
+        rare,
+        [
+            f"filtered: non-zero in {c} cells, fewer than min_cells={min_cells}"
+            for c in stats.n_nonzero
+        ],
+        "",
+    )
     with progress_bar("fitting genes", progress) as bar:
         fit = fit_lmm(
             gram,
@@ -216,59 +261,77 @@ def _partition(
             batch_size=batch_size,
             engine=engine,
             factor_names=[f.name for f in design.factors],
+            exclude=exclude,
             progress=bar,
         )
 
     variances = component_variances(
         fit.variances, fit.sigma2, fit.beta, gram.x_cov, design.fixed_terms
     )
-    var_df = pd.DataFrame(variances, index=var_names, columns=components)
-    frac_df = pd.DataFrame(fractions(variances), index=var_names, columns=components)
+    var_df = pd.DataFrame(variances, index=out_names, columns=components)
+    frac_df = pd.DataFrame(fractions(variances), index=out_names, columns=components)
     ok = fit.error == ""
-    per_gene = pd.DataFrame(index=var_names)
+    per_gene = pd.DataFrame(index=out_names)
     if prep.batch and prep.signal:
         per_gene[f"{key_added}_rho"] = rho(variances, components, prep.batch, prep.signal)
     per_gene[f"{key_added}_singular"] = fit.singular & ok
     per_gene[f"{key_added}_converged"] = fit.converged
     per_gene[f"{key_added}_loglik"] = fit.loglik
 
-    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=var_names[~ok], dtype=str)})
+    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=out_names[~ok], dtype=str)})
     errors.index.name = "gene"
-    uns = {
-        "params": {
-            "formula": design.formula.text,
-            "method": prep.method,
-            "batch": prep.batch,
-            "signal": prep.signal,
-            **params,
-            "n_obs": design.n_obs,
-            "n_obs_dropped": int((~design.keep).sum()),
-            "engine": engine,
-            "versions": _versions(),
-        },
-        "components": components,
-        "summary": {
-            "median_fraction": {
-                c: float(np.nanmedian(frac_df[c])) if ok.any() else np.nan for c in components
+    results = {
+        "fractions": frac_df,
+        "variance": var_df,
+        "var": per_gene,
+        "uns": {
+            "params": {
+                "formula": design.formula.text,
+                "method": prep.method,
+                "batch": prep.batch,
+                "signal": prep.signal,
+                **params,
+                "min_cells": min_cells,
+                "n_obs": design.n_obs,
+                "n_obs_dropped": int((~design.keep).sum()),
+                "engine": engine,
+                "versions": _versions(),
             },
-            "n_genes": len(var_names),
-            "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
-            "n_not_converged": int((~fit.converged & ok).sum()),
-            "n_failed": int((~ok).sum()),
+            "components": components,
+            "errors": errors,
         },
-        "errors": errors,
     }
+    results["uns"]["summary"] = summarize(results, key_added)
+    summary = results["uns"]["summary"]
     logg.info(
-        f"    finished: {int(ok.sum())} genes fitted, {uns['summary']['n_singular']} singular, "
-        f"{uns['summary']['n_failed']} without estimates",
+        f"    finished: {summary['n_genes'] - summary['n_failed']} genes fitted, "
+        f"{summary['n_singular']} singular, {summary['n_failed']} without estimates",
         time=start,
     )
-    if uns["summary"]["n_not_converged"]:
+    if summary["n_not_converged"]:
         logg.warning(
-            f"{uns['summary']['n_not_converged']} genes did not meet the convergence "
+            f"{summary['n_not_converged']} genes did not meet the convergence "
             f"criterion; see adata.var['{key_added}_converged']."
         )
-    return {"fractions": frac_df, "variance": var_df, "var": per_gene, "uns": uns}
+    return results
+
+
+def summarize(results: dict, key_added: str) -> dict:
+    """The ``summary`` of a result: median fraction per component over the fitted
+    genes, and counts of genes, singular fits, non-converged fits and failures."""
+    fractions_ = results["fractions"]
+    per_gene = results["var"]
+    failed = fractions_.index.isin(results["uns"]["errors"].index)
+    fitted = fractions_[~failed]
+    return {
+        "median_fraction": {
+            c: float(np.median(fitted[c])) if len(fitted) else np.nan for c in fractions_.columns
+        },
+        "n_genes": len(fractions_),
+        "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
+        "n_not_converged": int((~per_gene[f"{key_added}_converged"] & ~failed).sum()),
+        "n_failed": int(failed.sum()),
+    }
 
 
 def write_results(adata: AnnData, results: dict, key_added: str) -> None:
@@ -289,6 +352,8 @@ def variance_partition(
     method: Literal["ML", "REML"] = "ML",
     layer: str | None = None,
     use_raw: bool = False,
+    cells: Mapping[str, Sequence] | None = None,
+    min_cells: int = 0,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -331,6 +396,12 @@ def variance_partition(
         Use ``adata.layers[layer]`` instead of ``adata.X``.
     use_raw
         Use ``adata.raw.X`` (the genes of ``adata.var_names``).
+    cells
+        Model only the cells whose ``obs`` values are among these, per column,
+        e.g. ``{"qc": ["pass"], "tissue": ["blood", "marrow"]}``.
+    min_cells
+        Genes non-zero in fewer cells are not fitted (NaN results, with the
+        reason in ``uns[key_added]["errors"]``).
     key_added
         Prefix of the result keys.
     n_jobs
@@ -395,14 +466,15 @@ def variance_partition(
     """
     if copy and not inplace:
         raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
-    prep = _prepare(adata.obs, formula, method, batch, signal)
+    prep = _prepare(adata.obs, formula, method, batch, signal, cells)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
         prep,
         Y,
         source,
         adata.var_names,
-        params={"layer": layer, "use_raw": use_raw},
+        params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells)},
+        min_cells=min_cells,
         key_added=key_added,
         n_jobs=n_jobs,
         batch_size=batch_size,
