@@ -70,7 +70,7 @@ def test_cli_example_runs_and_writes_atomically(tmp_path):
     # an existing output is not replaced without --force
     before = out.read_bytes()
     proc = _cli("example", "--n-cells", "400", "--n-genes", "5", "--output", str(out))
-    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert proc.returncode == 4 and "--force" in proc.stderr
     assert out.read_bytes() == before
     proc = _cli("example", "--n-cells", "400", "--n-genes", "5", "-o", str(out), "--force")
     assert proc.returncode == 0, proc.stderr
@@ -79,6 +79,6 @@ def test_cli_example_runs_and_writes_atomically(tmp_path):
 
 def test_cli_help_and_version():
     proc = _cli("example", "--help")
-    assert proc.returncode == 0 and "--n-genes" in proc.stdout and "Example:" in proc.stdout
+    assert proc.returncode == 0 and "--n-genes" in proc.stdout and "example:" in proc.stdout
     proc = _cli("--version")
     assert proc.stdout.strip() == f"scvarpart {svp.__version__}"

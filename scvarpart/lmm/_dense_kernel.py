@@ -31,7 +31,7 @@ __all__ = [
 DEVIANCE, DERIVATIVES, ESTIMATES = 0, 1, 2
 
 # Reassociation lets loops vectorise; NaN and infinity semantics are kept.
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+_FASTMATH = {"contract"}
 _LOG_2PI = math.log(2 * math.pi)
 
 

@@ -130,13 +130,20 @@ def _minque_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
     A[:k, :k] = B @ (Q0 * Q0) @ B.T
     A[:k, k] = A[k, :k] = B @ np.diag(Q0)
     A[k, k] = n - p
-    u0 = stats.ZtY - stats.XtY @ XXinv_XZ
-    rss0 = stats.ss - np.einsum("gi,gi->g", stats.XtY, np.linalg.solve(gram.XtX, stats.XtY.T).T)
-    rhs = np.concatenate([(u0 * u0) @ B.T, rss0[:, None]], axis=1)
-    sol = np.linalg.solve(A, rhs.T).T
+    # per-gene products with einsum, not BLAS: a gene's start must not depend on
+    # which other genes share its batch (BLAS may block differently by size)
+    u0 = stats.ZtY - np.einsum("gp,pq->gq", stats.XtY, XXinv_XZ)
+    rss0 = stats.ss - _quadratic(stats.XtY, np.linalg.inv(gram.XtX))
+    rhs = np.concatenate([np.einsum("gq,kq->gk", u0 * u0, B), rss0[:, None]], axis=1)
+    sol = np.einsum("gj,ij->gi", rhs, np.linalg.inv(A))
     with np.errstate(divide="ignore", invalid="ignore"):
         gamma = np.maximum(sol[:, :k], 0.0) / sol[:, k : k + 1]
     return np.where(np.isfinite(gamma) & (sol[:, k : k + 1] > 0), gamma, 1.0)
+
+
+def _quadratic(V: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """``v' M v`` for every row ``v`` of ``V``, row by row."""
+    return np.einsum("gi,ij,gj->g", V, M, V)
 
 
 def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
@@ -251,9 +258,7 @@ def fit_lmm(
     # Fixed effects alone leave no residual (an OLS fit, gamma = 0): no model can
     # be fitted, whatever the random effects.
     with np.errstate(invalid="ignore", divide="ignore"):
-        ols_rss = stats.ss - np.einsum(
-            "gi,gi->g", stats.XtY, np.linalg.solve(gram.XtX, stats.XtY.T).T
-        )
+        ols_rss = stats.ss - _quadratic(stats.XtY, np.linalg.inv(gram.XtX))
         explained = ~excluded & ~constant & (ols_rss <= _RESIDUAL_VANISHED * stats.ss)
     error[explained] = "the fixed effects explain the gene exactly (zero residual sum of squares)"
     todo = np.flatnonzero(~excluded & ~constant & ~explained)
@@ -299,7 +304,7 @@ def fit_lmm(
     converged[bad] = False
 
     # back to the uncentred parametrisation: the intercept absorbs the means
-    beta[:, 0] += stats.mean - beta[:, 1:] @ gram.x_mean[1:]
+    beta[:, 0] += stats.mean - np.einsum("gp,p->g", beta[:, 1:], gram.x_mean[1:])
     return LMMFit(
         gamma=gamma,
         sigma2=sigma2,

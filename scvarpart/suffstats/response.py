@@ -202,7 +202,10 @@ def _partial(block, Zc: sp.csr_matrix, Xc: np.ndarray) -> _Partial:
         XtY = np.asarray(block.T @ Xc)
     else:
         ZtY = np.asarray((Zc.T @ block).T)
-        XtY = block.T @ Xc
+        # a sparse-times-dense product, not BLAS: every gene is accumulated over the
+        # observations in order, whichever other genes the block holds (BLAS would
+        # switch kernels with the number of columns)
+        XtY = np.asarray((sp.csr_matrix(Xc.T) @ block).T)
     return _Partial(n, total, m2, ZtY, XtY, nnz.astype(np.int64))
 
 

@@ -10,13 +10,14 @@ from typing import Literal
 
 import anndata as ad
 import h5py
+import pandas as pd
 from anndata import AnnData
 
-from .._io import write_h5ad_atomic
+from .._io import OutputExistsError, write_results_file
 from ..suffstats.response import default_chunk_rows
 from ._variance_partition import _partition, _plain, _prepare, write_results
 
-__all__ = ["variance_partition_file"]
+__all__ = ["partition_file", "variance_partition_file"]
 
 
 @contextmanager
@@ -41,6 +42,72 @@ def _lazy_matrix(elem, n_genes: int, chunk_size: int | None, dask: bool):
     if encoding in ("csr_matrix", "csc_matrix"):
         return ad.io.sparse_dataset(elem)
     return elem  # an h5py or zarr array: slicing reads only the requested rows
+
+
+def partition_file(
+    path: Path,
+    formula: str,
+    *,
+    batch,
+    signal,
+    method,
+    layer,
+    use_raw,
+    cells,
+    min_cells,
+    key_added,
+    n_jobs,
+    batch_size,
+    chunk_size,
+    dask,
+    progress,
+    genes: slice | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The file's ``obs`` and ``var`` (of ``genes``) and the result tables, as
+    :func:`variance_partition_file` computes them; ``genes`` restricts the fits to
+    a slice of the genes (each gene's result does not depend on the others)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if layer is not None and use_raw:
+        raise ValueError("Pass either layer= or use_raw=True, not both.")
+    with _open(path) as root:
+        obs = ad.io.read_elem(root["obs"])
+        var = ad.io.read_elem(root["var"])
+        prep = _prepare(obs, formula, method, batch, signal, cells)
+        if layer is not None:
+            layers = list(root["layers"]) if "layers" in root else []
+            if layer not in layers:
+                raise KeyError(f"Layer {layer!r} is not in {path}; available: {layers}.")
+            elem, source = root["layers"][layer], f"layers[{layer!r}] of {path}"
+        elif use_raw:
+            if "raw" not in root:
+                raise ValueError(f"use_raw=True but {path} has no raw.")
+            raw_var = ad.io.read_elem(root["raw"]["var"])
+            if not raw_var.index.equals(var.index):
+                raise ValueError(
+                    "use_raw=True reading from a file needs raw to hold exactly the genes "
+                    "of var; subset raw or load the object into memory."
+                )
+            elem, source = root["raw"]["X"], f"raw.X of {path}"
+        else:
+            elem, source = root["X"], f"X of {path}"
+        Y = _lazy_matrix(elem, len(var), chunk_size, dask)
+        results = _partition(
+            prep,
+            Y,
+            source,
+            var.index,
+            params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells), "path": path.name},
+            min_cells=min_cells,
+            key_added=key_added,
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+            chunk_size=None if dask else chunk_size,
+            progress=progress,
+            genes=genes,
+        )
+    return obs, (var if genes is None else var.iloc[genes]), results
 
 
 def variance_partition_file(
@@ -85,8 +152,10 @@ def variance_partition_file(
     progress
         Progress bars, as for :func:`variance_partition`.
     output
-        Also write the result to this ``.h5ad`` file, atomically (a temporary
-        file renamed into place).
+        Also write a copy of the input with the results added to this path (of
+        the input's kind, ``.h5ad`` or ``.zarr``): the matrices are copied byte
+        for byte, the file is written under a temporary name and renamed into
+        place. The input itself is never modified.
     force
         Replace an existing ``output``.
 
@@ -94,7 +163,7 @@ def variance_partition_file(
     -------
     An AnnData with the file's ``obs`` and ``var`` and no ``X``, holding the
     results in ``varm``, ``var`` and ``uns`` as :func:`variance_partition` stores
-    them (``uns[key_added]["params"]["path"]`` records the input).
+    them (``uns[key_added]["params"]["path"]`` records the input's file name).
 
     Examples
     --------
@@ -105,49 +174,29 @@ def variance_partition_file(
     ... )
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
     if output is not None and Path(output).exists() and not force:
-        raise FileExistsError(f"{output} exists; pass force=True to replace it.")
-    if layer is not None and use_raw:
-        raise ValueError("Pass either layer= or use_raw=True, not both.")
-    with _open(path) as root:
-        obs = ad.io.read_elem(root["obs"])
-        var = ad.io.read_elem(root["var"])
-        prep = _prepare(obs, formula, method, batch, signal, cells)
-        if layer is not None:
-            layers = list(root["layers"]) if "layers" in root else []
-            if layer not in layers:
-                raise KeyError(f"Layer {layer!r} is not in {path}; available: {layers}.")
-            elem, source = root["layers"][layer], f"layers[{layer!r}] of {path}"
-        elif use_raw:
-            if "raw" not in root:
-                raise ValueError(f"use_raw=True but {path} has no raw.")
-            raw_var = ad.io.read_elem(root["raw"]["var"])
-            if not raw_var.index.equals(var.index):
-                raise ValueError(
-                    "use_raw=True reading from a file needs raw to hold exactly the genes "
-                    "of var; subset raw or load the object into memory."
-                )
-            elem, source = root["raw"]["X"], f"raw.X of {path}"
-        else:
-            elem, source = root["X"], f"X of {path}"
-        Y = _lazy_matrix(elem, len(var), chunk_size, dask)
-        results = _partition(
-            prep,
-            Y,
-            source,
-            var.index,
-            params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells), "path": str(path)},
-            min_cells=min_cells,
-            key_added=key_added,
-            n_jobs=n_jobs,
-            batch_size=batch_size,
-            chunk_size=None if dask else chunk_size,
-            progress=progress,
-        )
+        raise OutputExistsError(f"{output} exists; pass force=True to replace it.")
+    obs, var, results = partition_file(
+        path,
+        formula,
+        batch=batch,
+        signal=signal,
+        method=method,
+        layer=layer,
+        use_raw=use_raw,
+        cells=cells,
+        min_cells=min_cells,
+        key_added=key_added,
+        n_jobs=n_jobs,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        dask=dask,
+        progress=progress,
+    )
     result = AnnData(obs=obs, var=var)
     write_results(result, results, key_added)
     if output is not None:
-        write_h5ad_atomic(result, output, force=force)
+        write_results_file(
+            path, output, lambda holder: write_results(holder, results, key_added), force=force
+        )
     return result

@@ -1,0 +1,130 @@
+"""``scvarpart merge``: combine chunk results into the result of the whole file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._io import read_var, write_results_file
+from ..provenance import file_fingerprint
+from ..tl._variance_partition import summarize, write_results
+from ._common import EXIT_CODES, MergeError, add_output
+from ._fit import CHUNK_KEY, chunk_bounds
+
+__all__ = ["add_parsers", "merge_chunks"]
+
+_EXAMPLES = """example:
+  scvarpart merge chunk*.h5ad --into cells.h5ad -o cells.varpart.h5ad
+
+"""
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="combine chunk results of 'fit --genes I/N' into one result",
+        description=(
+            "Gather the chunk files of 'scvarpart fit --genes I/N' into a copy of the input "
+            "with the results of every gene: exactly what one 'scvarpart fit' of the whole "
+            "file writes. Refuses chunks computed from another input, with other parameters "
+            "or another scvarpart version (each chunk carries fingerprints of both), and "
+            "reports missing or duplicated chunks."
+        ),
+        epilog=_EXAMPLES + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("chunks", nargs="+", metavar="CHUNK", help="chunk files, in any order")
+    p.add_argument(
+        "--into", required=True, metavar="INPUT", help="the input the chunks were computed from"
+    )
+    add_output(p, "output: a copy of INPUT with the merged results")
+    p.set_defaults(func=run)
+
+
+def _check_consistent(names: list[str], infos: list[dict]) -> dict:
+    """The chunks' common provenance; MergeError naming the files that differ."""
+    for field, what in (
+        ("input_fingerprint", "inputs"),
+        ("params_fingerprint", "analysis parameters"),
+        ("version", "scvarpart versions"),
+        ("n_chunks", "numbers of chunks"),
+        ("key", "result keys"),
+    ):
+        groups: dict[str, list[str]] = {}
+        for name, info in zip(names, infos, strict=True):
+            groups.setdefault(str(info[field]), []).append(name)
+        if len(groups) > 1:
+            listing = "; ".join(f"{v}: {', '.join(files)}" for v, files in groups.items())
+            raise MergeError(f"the chunks come from different {what} ({listing}).")
+    n = int(infos[0]["n_chunks"])
+    files: dict[int, list[str]] = {}
+    for name, info in zip(names, infos, strict=True):
+        files.setdefault(int(info["index"]), []).append(name)
+    problems = []
+    duplicated = {i: f for i, f in sorted(files.items()) if len(f) > 1}
+    if duplicated:
+        listing = "; ".join(f"{i}/{n}: {', '.join(f)}" for i, f in duplicated.items())
+        problems.append(f"duplicated chunks {listing}")
+    missing = sorted(set(range(1, n + 1)) - set(files))
+    if missing:
+        problems.append(f"missing chunks {', '.join(f'{i}/{n}' for i in missing)}")
+    if problems:
+        raise MergeError("; ".join(problems) + ".")
+    return infos[0]
+
+
+def merge_chunks(chunks: list[ad.AnnData], key: str) -> dict:
+    """The result tables of the whole file from its chunks (in chunk order)."""
+    result_columns = list(chunks[0].uns[CHUNK_KEY]["result_columns"])
+    results = {
+        "fractions": pd.concat([c.varm[key] for c in chunks]),
+        "variance": pd.concat([c.varm[f"{key}_variance"] for c in chunks]),
+        "var": pd.concat([c.var[result_columns] for c in chunks]),
+        "uns": {
+            "params": chunks[0].uns[key]["params"],
+            "components": list(chunks[0].uns[key]["components"]),
+            "errors": pd.concat([c.uns[key]["errors"] for c in chunks]),
+        },
+    }
+    results["uns"]["errors"].index.name = "gene"
+    results["uns"]["summary"] = summarize(results, key)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.into)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist.")
+    chunks, infos = [], []
+    for name in args.chunks:
+        if not Path(name).exists():
+            raise FileNotFoundError(f"chunk {name} does not exist.")
+        chunk = ad.read_h5ad(name)
+        if CHUNK_KEY not in chunk.uns:
+            raise MergeError(f"{name} is not a chunk of 'scvarpart fit --genes I/N'.")
+        chunks.append(chunk)
+        infos.append(dict(chunk.uns[CHUNK_KEY]))
+    common = _check_consistent(args.chunks, infos)
+    if file_fingerprint(source) != common["input_fingerprint"]:
+        raise MergeError(
+            f"the chunks were computed from another input than {source} (its content "
+            "fingerprint differs)."
+        )
+    var_names = read_var(source).index
+    bounds = chunk_bounds(len(var_names), int(common["n_chunks"]))
+    order = sorted(range(len(chunks)), key=lambda j: int(infos[j]["index"]))
+    for j in order:
+        i = int(infos[j]["index"])
+        if not np.array_equal(chunks[j].var_names, var_names[bounds[i - 1] : bounds[i]]):
+            raise MergeError(f"{args.chunks[j]} (chunk {i}) does not hold chunk {i}'s genes.")
+    key = str(common["key"])
+    results = merge_chunks([chunks[j] for j in order], key)
+    write_results_file(
+        source, args.output, lambda holder: write_results(holder, results, key), force=args.force
+    )
+    print(f"scvarpart merge: {len(order)} chunks, {len(var_names)} genes -> {args.output}")
+    return 0

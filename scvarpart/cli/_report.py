@@ -1,0 +1,116 @@
+"""``scvarpart report``: a summary table of a result, and a TSV of per-gene results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._io import atomic_output, read_results
+from ._common import EXIT_CODES, CLIError
+
+__all__ = ["add_parsers", "gene_table"]
+
+_EXAMPLES = """example:
+  scvarpart report cells.varpart.h5ad --tsv cells.varpart.tsv --top 20
+
+"""
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="summarise a result and write its per-gene table as TSV",
+        description=(
+            "Print a summary of the variance partition stored in an .h5ad file or .zarr store "
+            "(the model, the median fraction of each component, singular, non-converged and "
+            "failed fits, the most batch-dominated genes) and write the per-gene results "
+            "(fractions, variances, rho, flags, errors) as a TSV file."
+        ),
+        epilog=_EXAMPLES + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("result", help="output of 'scvarpart fit' or 'merge' (.h5ad or .zarr)")
+    p.add_argument("--key", default="varpart", help="result key (default varpart)")
+    p.add_argument(
+        "--tsv", metavar="PATH", help="per-gene table (default: RESULT name + .KEY.tsv, here)"
+    )
+    p.add_argument("--top", type=int, default=10, metavar="N", help="genes listed (default 10)")
+    p.add_argument("--force", action="store_true", help="replace the TSV if it exists")
+    p.set_defaults(func=run)
+
+
+def gene_table(adata, key: str) -> pd.DataFrame:
+    """Per-gene results: fractions, variances, rho, flags and the error, one row a gene."""
+    frac = adata.varm[key].add_prefix("fraction_")
+    var = adata.varm[f"{key}_variance"].add_prefix("variance_")
+    flags = adata.var[[c for c in adata.var.columns if c.startswith(f"{key}_")]]
+    flags = flags.rename(columns=lambda c: c[len(key) + 1 :])
+    errors = adata.uns[key]["errors"]["reason"]
+    table = pd.concat([frac, var, flags], axis=1)
+    table["error"] = errors.reindex(table.index).fillna("")
+    table.index.name = "gene"
+    return table
+
+
+def _names(value) -> list[str]:
+    """A list of names as stored in uns (None, a list or an array after reading)."""
+    return [] if value is None else [str(v) for v in np.atleast_1d(value)]
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.result)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    adata = read_results(path)
+    key = args.key
+    if key not in adata.uns or key not in adata.varm:
+        found = [k for k in adata.uns if f"{k}_variance" in adata.varm]
+        raise CLIError(f"{path} holds no result with key {key!r}; results found: {found}.")
+    uns = adata.uns[key]
+    params, summary = uns["params"], uns["summary"]
+    table = gene_table(adata, key)
+    batch = _names(params.get("batch"))
+    signal = _names(params.get("signal"))
+
+    print(f"scvarpart report: {path.name} (key {key!r})")
+    print(
+        f"model {params['formula']} ({params['method']}), {params['n_obs']:,} cells, "
+        f"{summary['n_genes']:,} genes"
+    )
+    print(
+        f"fitted {summary['n_genes'] - summary['n_failed']:,}; singular "
+        f"{summary['n_singular']:,}; not converged {summary['n_not_converged']:,}; "
+        f"failed {summary['n_failed']:,}"
+    )
+    print(f"\n{'component':<24}{'median fraction':>16}  role")
+    for comp in uns["components"]:
+        role = "batch" if comp in batch else "signal" if comp in signal else ""
+        print(f"{comp:<24}{summary['median_fraction'][comp]:>16.4f}  {role}")
+
+    if "rho" in table:
+        rho = table["rho"].replace(np.inf, np.nan).dropna().sort_values(ascending=False)
+        n_inf = int(np.isinf(table["rho"]).sum())
+        print(
+            f"\nmost batch-dominated genes (rho = batch / signal variance; {n_inf} genes with "
+            "no signal variance have rho = inf):"
+        )
+        top = table.loc[rho.index[: args.top], ["rho", *(f"fraction_{c}" for c in batch + signal)]]
+    else:
+        print("\ngenes with the largest residual fraction (no batch/signal given, so no rho):")
+        top = table.sort_values("fraction_Residual", ascending=False).head(args.top)
+        top = top[["fraction_Residual"]]
+    if len(top):
+        print(top.to_string(float_format=lambda v: f"{v:.4g}"))
+    failed = table[table["error"] != ""]
+    if len(failed):
+        print(f"\ngenes without estimates ({len(failed)}), e.g.:")
+        print(failed["error"].head(args.top).to_string())
+
+    tsv = Path(args.tsv) if args.tsv else Path(f"{path.name.split('.')[0]}.{key}.tsv")
+    with atomic_output(tsv, force=args.force, inputs=(path,)) as tmp:
+        table.to_csv(tmp, sep="\t", float_format="%.10g")
+    print(f"\nwrote {tsv} ({len(table)} genes)")
+    return 0

@@ -1,0 +1,140 @@
+"""A pre-registered analysis plan: the model and filters, fixed in a TOML or YAML file.
+
+Example (``plan.toml``)::
+
+    formula = "~ log_umi + (1|patient) + (1|chemistry) + (1|day) + (1|operator)"
+    method = "ML"
+    batch = ["chemistry", "day", "operator"]
+    signal = ["patient"]
+
+    [filters]
+    min_cells = 10            # genes non-zero in fewer cells are not fitted
+    cells = { qc = ["pass"] } # model only these cells
+
+The same keys in YAML work too. Unknown keys are an error: a plan says exactly
+what will be done. The SHA-256 of the file is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["AnalysisPlan", "PlanError", "read_plan"]
+
+
+class PlanError(ValueError):
+    """An analysis plan that cannot be read or is not valid."""
+
+
+_TOP = {"formula", "method", "batch", "signal", "layer", "use_raw", "key_added", "filters"}
+_FILTERS = {"min_cells", "cells"}
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """The parameters a plan fixes (see the module's documentation)."""
+
+    formula: str
+    method: str = "ML"
+    batch: list[str] | None = None
+    signal: list[str] | None = None
+    layer: str | None = None
+    use_raw: bool = False
+    key_added: str = "varpart"
+    min_cells: int = 0
+    cells: dict[str, list] | None = None
+    path: str = ""
+    sha256: str = field(default="", compare=False)
+
+    def as_kwargs(self) -> dict:
+        """Keyword arguments of :func:`scvarpart.tl.variance_partition`."""
+        return {
+            "formula": self.formula,
+            "method": self.method,
+            "batch": self.batch,
+            "signal": self.signal,
+            "layer": self.layer,
+            "use_raw": self.use_raw,
+            "key_added": self.key_added,
+            "min_cells": self.min_cells,
+            "cells": self.cells,
+        }
+
+
+def _names(value, key: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise PlanError(f"Plan key {key!r} must be a name or a list of names, got {value!r}.")
+
+
+def read_plan(path: str | os.PathLike) -> AnalysisPlan:
+    """Read and validate a plan (``.toml``, ``.yaml`` or ``.yml``)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PlanError(f"Cannot read the plan {path}: {err.strerror}.") from err
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(raw.decode())
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw.decode())
+        else:
+            raise PlanError(f"The plan {path} must be a .toml, .yaml or .yml file.")
+    except (tomllib.TOMLDecodeError, ValueError) as err:
+        if isinstance(err, PlanError):
+            raise
+        raise PlanError(f"The plan {path} does not parse: {err}") from err
+    except Exception as err:  # yaml.YAMLError without importing yaml eagerly
+        raise PlanError(f"The plan {path} does not parse: {err}") from err
+    if not isinstance(data, dict):
+        raise PlanError(f"The plan {path} must be a table of keys (formula, method, ...).")
+    unknown = set(data) - _TOP
+    if unknown:
+        raise PlanError(
+            f"Unknown keys {sorted(unknown)} in the plan {path}; allowed: {sorted(_TOP)}."
+        )
+    if "formula" not in data or not isinstance(data["formula"], str):
+        raise PlanError(f"The plan {path} must give the formula as a string.")
+    filters = data.get("filters") or {}
+    if not isinstance(filters, dict) or set(filters) - _FILTERS:
+        raise PlanError(
+            f"The plan's [filters] may hold {sorted(_FILTERS)}; got {filters!r} in {path}."
+        )
+    cells = filters.get("cells")
+    if cells is not None and not (
+        isinstance(cells, dict) and all(isinstance(k, str) for k in cells)
+    ):
+        raise PlanError(f"filters.cells must map obs columns to allowed values, got {cells!r}.")
+    min_cells = filters.get("min_cells", 0)
+    if not isinstance(min_cells, int) or isinstance(min_cells, bool) or min_cells < 0:
+        raise PlanError(f"filters.min_cells must be a non-negative integer, got {min_cells!r}.")
+    method = str(data.get("method", "ML")).upper()
+    if method not in ("ML", "REML"):
+        raise PlanError(f"Plan method must be 'ML' or 'REML', got {data['method']!r}.")
+    layer = data.get("layer")
+    if layer is not None and not isinstance(layer, str):
+        raise PlanError(f"Plan layer must be a string, got {layer!r}.")
+    return AnalysisPlan(
+        formula=data["formula"],
+        method=method,
+        batch=_names(data.get("batch"), "batch"),
+        signal=_names(data.get("signal"), "signal"),
+        layer=layer,
+        use_raw=bool(data.get("use_raw", False)),
+        key_added=str(data.get("key_added", "varpart")),
+        min_cells=min_cells,
+        cells={k: v if isinstance(v, list) else [v] for k, v in cells.items()} if cells else None,
+        path=str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
