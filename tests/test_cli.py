@@ -1,0 +1,278 @@
+"""The command line: fit, chunks and merge, report, plans, provenance, exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import scvarpart as svp
+from scvarpart.cli import main
+from scvarpart.provenance import file_fingerprint
+
+FORMULA = svp.datasets.EXAMPLE_FORMULA
+MODEL = [
+    "--formula",
+    FORMULA,
+    "--batch",
+    "chemistry,day,operator",
+    "--signal",
+    "patient",
+]
+PLAN = f"""formula = "{FORMULA}"
+method = "ML"
+batch = ["chemistry", "day", "operator"]
+signal = ["patient"]
+
+[filters]
+min_cells = 0
+"""
+
+
+class Run(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, cwd=None) -> Run:
+    """Run ``scvarpart ARGS`` in this process (fast: no new interpreter); the entry
+    point itself is tested in a subprocess below."""
+    import scanpy as sc
+
+    out, err = io.StringIO(), io.StringIO()
+    verbosity, here = sc.settings.verbosity, os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+    finally:
+        os.chdir(here)
+        sc.settings.verbosity = verbosity
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def ok(proc: Run) -> Run:
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    ok(cli("simulate", "--n-cells", 600, "--n-genes", 23, "-o", folder / "in.h5ad"))
+    ok(cli("fit", folder / "in.h5ad", *MODEL, "--quiet", "-o", folder / "full.h5ad"))
+    return folder
+
+
+def test_fit_writes_a_copy_with_the_api_results(work):
+    source = ad.read_h5ad(work / "in.h5ad")
+    out = ad.read_h5ad(work / "full.h5ad")
+    np.testing.assert_array_equal(out.X, source.X)  # the input's data, untouched
+    expected = svp.tl.variance_partition(
+        source, FORMULA, batch=["chemistry", "day", "operator"], signal="patient", inplace=False
+    )
+    pd.testing.assert_frame_equal(out.varm["varpart"], expected["fractions"], check_exact=True)
+    params = out.uns["varpart"]["params"]
+    assert params["input"] == "in.h5ad"
+    assert params["input_fingerprint"] == file_fingerprint(work / "in.h5ad")
+    assert params["params_fingerprint"].startswith("blake2b:")
+    assert params["plan"] is None and params["versions"]["scvarpart"] == svp.__version__
+
+
+@pytest.mark.parametrize("n_chunks", [1, 3, 7])
+def test_chunks_merge_into_exactly_the_single_run(work, tmp_path, n_chunks):
+    before = _md5(work / "in.h5ad")
+    chunks = []
+    for i in range(1, n_chunks + 1):
+        path = tmp_path / f"chunk{i}.h5ad"
+        ok(
+            cli(
+                "fit", work / "in.h5ad", *MODEL, "--genes", f"{i}/{n_chunks}", "--quiet", "-o", path
+            )
+        )
+        chunks.append(path)
+    merged = tmp_path / "merged.h5ad"
+    ok(cli("merge", *reversed(chunks), "--into", work / "in.h5ad", "-o", merged))
+    assert _md5(work / "in.h5ad") == before  # the input is never modified
+    single, combined = ad.read_h5ad(work / "full.h5ad"), ad.read_h5ad(merged)
+    for key in ("varpart", "varpart_variance"):
+        pd.testing.assert_frame_equal(combined.varm[key], single.varm[key], check_exact=True)
+    pd.testing.assert_frame_equal(combined.var, single.var, check_exact=True)
+    assert repr(combined.uns["varpart"]["summary"]) == repr(single.uns["varpart"]["summary"])
+    assert repr(combined.uns["varpart"]["params"]) == repr(single.uns["varpart"]["params"])
+
+
+def test_merge_refuses_inconsistent_or_incomplete_chunks(work, tmp_path):
+    def chunk(i, n, *extra, source=work / "in.h5ad"):
+        path = tmp_path / f"c{i}of{n}{len(extra)}{source.stem}.h5ad"
+        ok(cli("fit", source, *MODEL, "--genes", f"{i}/{n}", "--quiet", *extra, "-o", path))
+        return path
+
+    c1, c2, c3 = chunk(1, 3), chunk(2, 3), chunk(3, 3)
+    into = ["--into", work / "in.h5ad", "-o", tmp_path / "m.h5ad"]
+    proc = cli("merge", c1, c3, *into)
+    assert proc.returncode == 5 and "missing chunks 2/3" in proc.stderr
+    proc = cli("merge", c1, c2, c2, c3, *into)
+    assert proc.returncode == 5 and "duplicated chunks 2/3" in proc.stderr
+    reml = chunk(2, 3, "--method", "REML")
+    proc = cli("merge", c1, reml, c3, *into)
+    assert proc.returncode == 5 and "different analysis parameters" in proc.stderr
+    assert str(reml) in proc.stderr
+    proc = cli("merge", c1, c2, chunk(3, 4), *into)
+    assert proc.returncode == 5 and "different numbers of chunks" in proc.stderr
+    # chunks of another input, and chunks merged into another input
+    ok(cli("simulate", "--n-cells", 600, "--n-genes", 23, "--seed", 9, "-o", tmp_path / "o.h5ad"))
+    other = chunk(2, 3, source=tmp_path / "o.h5ad")
+    proc = cli("merge", c1, other, c3, *into)
+    assert proc.returncode == 5 and "different inputs" in proc.stderr
+    proc = cli("merge", c1, c2, c3, "--into", tmp_path / "o.h5ad", "-o", tmp_path / "m.h5ad")
+    assert proc.returncode == 5 and "another input" in proc.stderr
+    proc = cli("merge", work / "full.h5ad", *into)
+    assert proc.returncode == 5 and "is not a chunk" in proc.stderr
+    assert not (tmp_path / "m.h5ad").exists()
+
+
+def test_plan_fixes_the_analysis_and_is_recorded(work, tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN)
+    out = tmp_path / "planned.h5ad"
+    ok(cli("fit", work / "in.h5ad", "--plan", plan, "--quiet", "-o", out))
+    result = ad.read_h5ad(out)
+    params = result.uns["varpart"]["params"]
+    assert params["plan"] == "plan.toml"
+    assert params["plan_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    single = ad.read_h5ad(work / "full.h5ad")
+    pd.testing.assert_frame_equal(result.varm["varpart"], single.varm["varpart"], check_exact=True)
+    # the same plan in YAML
+    yaml_plan = tmp_path / "plan.yaml"
+    yaml_plan.write_text(
+        f'formula: "{FORMULA}"\nbatch: [chemistry, day, operator]\nsignal: patient\n'
+    )
+    ok(cli("fit", work / "in.h5ad", "--plan", yaml_plan, "--quiet", "-o", tmp_path / "y.h5ad"))
+    pd.testing.assert_frame_equal(
+        ad.read_h5ad(tmp_path / "y.h5ad").varm["varpart"], single.varm["varpart"]
+    )
+    # options that the plan fixes are refused
+    proc = cli("fit", work / "in.h5ad", "--plan", plan, "--method", "REML", "-o", tmp_path / "x")
+    assert proc.returncode == 2 and "--method: fixed by the plan" in proc.stderr
+
+
+def test_plan_filters(work, tmp_path):
+    plan = tmp_path / "filters.toml"
+    plan.write_text(
+        PLAN.replace("min_cells = 0", 'min_cells = 601\ncells = { chemistry = ["3p_v2", "3p_v3"] }')
+    )
+    out = tmp_path / "filtered.h5ad"
+    ok(cli("fit", work / "in.h5ad", "--plan", plan, "--quiet", "-o", out))
+    result = ad.read_h5ad(out)
+    source = ad.read_h5ad(work / "in.h5ad")
+    kept = source.obs["chemistry"].isin(["3p_v2", "3p_v3"]).sum()
+    assert result.uns["varpart"]["params"]["n_obs"] == kept
+    # dense Gaussian data: every gene is non-zero in every kept cell, fewer than 601
+    reasons = result.uns["varpart"]["errors"]["reason"]
+    assert len(reasons) == 23 and reasons.str.startswith("filtered: non-zero in").all()
+
+
+@pytest.mark.parametrize(
+    ("plan_text", "match"),
+    [
+        ('formula = "~ (1|patient)"\nbogus = 1\n', "Unknown keys \\['bogus'\\]"),
+        ("method = 'ML'\n", "must give the formula"),
+        ('formula = "~ (1|patient)"\nmethod = "MAP"\n', "'ML' or 'REML'"),
+        ('formula = "~ (1|patient)"\n[filters]\nmin_cells = -1\n', "non-negative"),
+        ("formula = [unclosed\n", "does not parse"),
+    ],
+)
+def test_invalid_plans_exit_3(work, tmp_path, plan_text, match):
+    plan = tmp_path / "bad.toml"
+    plan.write_text(plan_text)
+    proc = cli("fit", work / "in.h5ad", "--plan", plan, "-o", tmp_path / "out.h5ad")
+    assert proc.returncode == 3
+    assert pytest.importorskip("re").search(match, proc.stderr), proc.stderr
+
+
+def test_exit_codes_and_messages(work, tmp_path):
+    out = tmp_path / "o.h5ad"
+    proc = cli("fit", work / "in.h5ad", "-o", out)
+    assert proc.returncode == 2 and "give the model" in proc.stderr
+    proc = cli("fit", work / "in.h5ad", "--formula", "~ (1|nope)", "-o", out)
+    assert proc.returncode == 3 and "'nope'" in proc.stderr
+    proc = cli("fit", work / "missing.h5ad", *MODEL, "-o", out)
+    assert proc.returncode == 3 and "does not exist" in proc.stderr
+    proc = cli("fit", work / "in.h5ad", *MODEL, "--genes", "4/3", "-o", out)
+    assert proc.returncode == 2 and "1 <= I <= N" in proc.stderr
+    proc = cli("fit", work / "in.h5ad", *MODEL, "--genes", "1/24", "-o", out)
+    assert proc.returncode == 3 and "more chunks than the 23 genes" in proc.stderr
+    before = _md5(work / "full.h5ad")
+    proc = cli("fit", work / "in.h5ad", *MODEL, "-o", work / "full.h5ad")
+    assert proc.returncode == 4 and "--force" in proc.stderr
+    assert _md5(work / "full.h5ad") == before
+    before = _md5(work / "in.h5ad")
+    proc = cli("fit", work / "in.h5ad", *MODEL, "--force", "-o", work / "in.h5ad")
+    assert proc.returncode == 4 and "is an input" in proc.stderr
+    assert _md5(work / "in.h5ad") == before
+    proc = cli("fit", work / "in.h5ad", "--bogus")
+    assert proc.returncode == 2
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_report_prints_a_summary_and_writes_a_tsv(work, tmp_path):
+    proc = ok(cli("report", work / "full.h5ad", "--top", 3, cwd=tmp_path))
+    assert "median fraction" in proc.stdout and "patient" in proc.stdout
+    assert "most batch-dominated genes" in proc.stdout
+    table = pd.read_csv(tmp_path / "full.varpart.tsv", sep="\t", index_col="gene")
+    result = ad.read_h5ad(work / "full.h5ad")
+    assert list(table.index) == list(result.var_names)
+    np.testing.assert_allclose(table["fraction_patient"], result.varm["varpart"]["patient"])
+    np.testing.assert_allclose(table["rho"], result.var["varpart_rho"])
+    assert {"variance_Residual", "singular", "converged", "loglik", "error"} <= set(table)
+    proc = cli("report", work / "full.h5ad", cwd=tmp_path)
+    assert proc.returncode == 4  # the TSV exists
+    proc = cli("report", work / "full.h5ad", "--key", "other", cwd=tmp_path)
+    assert proc.returncode == 3 and "results found: ['varpart']" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["fit", "merge", "report", "simulate", "example"])
+def test_help_documents_every_option_with_an_example(command):
+    proc = ok(cli(command, "--help"))
+    assert "example" in proc.stdout.lower() and "exit codes" in proc.stdout
+    proc = ok(cli("--help"))
+    for name in ("fit", "merge", "report"):
+        assert name in proc.stdout
+
+
+def test_entry_points_and_exit_code_in_a_real_process(work, tmp_path):
+    """``scvarpart`` and ``python -m scvarpart`` run the same program."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scvarpart", "fit", str(work / "in.h5ad"), "-o", "x.h5ad"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "give the model" in proc.stderr
+    import shutil
+
+    exe = shutil.which("scvarpart")
+    if exe is None:
+        pytest.skip("the scvarpart console script is not on PATH (package not installed)")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert proc.stdout.strip() == f"scvarpart {svp.__version__}"
