@@ -276,3 +276,18 @@ def test_entry_points_and_exit_code_in_a_real_process(work, tmp_path):
         pytest.skip("the scvarpart console script is not on PATH (package not installed)")
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert proc.stdout.strip() == f"scvarpart {svp.__version__}"
+
+
+def test_results_do_not_depend_on_threads_or_blocks(work, tmp_path):
+    single = ad.read_h5ad(work / "full.h5ad")
+    threads = tmp_path / "threads.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, "--n-jobs", 2, "--quiet", "-o", threads))
+    other = ad.read_h5ad(threads)
+    pd.testing.assert_frame_equal(other.varm["varpart"], single.varm["varpart"], check_exact=True)
+    assert repr(other.uns["varpart"]) == repr(single.uns["varpart"])
+    # other blocks of cells sum the same numbers in another order: equal to rounding
+    blocks = tmp_path / "blocks.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, "--chunk-size", 97, "--quiet", "-o", blocks))
+    pd.testing.assert_frame_equal(
+        ad.read_h5ad(blocks).varm["varpart"], single.varm["varpart"], rtol=1e-10, atol=1e-12
+    )
