@@ -7,7 +7,7 @@ Use it like scanpy::
                               signal="patient")
 """
 
-from . import datasets, tl
+from . import datasets, pl, tl
 from ._version import __version__
 
-__all__ = ["__version__", "datasets", "tl"]
+__all__ = ["__version__", "datasets", "pl", "tl"]

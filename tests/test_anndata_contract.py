@@ -19,7 +19,13 @@ SIGNAL = ["patient"]
 COMPONENTS = ["patient", "chemistry", "day", "operator", "log_umi", "Residual"]
 RANDOM = ["patient", "chemistry", "day", "operator"]
 N_CELLS, N_GENES = 600, 30
-PER_GENE = ["varpart_rho", "varpart_singular", "varpart_converged", "varpart_loglik"]
+PER_GENE = [
+    "varpart_rho",
+    "varpart_mean",
+    "varpart_singular",
+    "varpart_converged",
+    "varpart_loglik",
+]
 
 
 # --- helpers ------------------------------------------------------------------
@@ -612,3 +618,11 @@ def test_categorical_fixed_effect_is_one_component(base):
         np.testing.assert_allclose(
             var.loc[gene, ["log_umi", "chemistry_fixed"]], scaled, rtol=1e-6, atol=1e-12
         )
+
+
+def test_mean_expression_is_stored():
+    adata = svp.datasets.crossed_example(n_cells=300, n_genes=6, seed=1)
+    svp.tl.variance_partition(adata, FORMULA, progress=False)
+    np.testing.assert_allclose(
+        adata.var["varpart_mean"], np.asarray(adata.X, dtype=np.float64).mean(axis=0), rtol=1e-12
+    )

@@ -1,5 +1,6 @@
 """Formulas and design matrices: what the model is, independent of the data values."""
 
+from .association import association, canonical_association, design_variables
 from .formula import Formula, FormulaError, RandomTerm, parse_formula
 from .matrices import Design, DesignError, GroupingFactor, build_design
 
@@ -10,6 +11,9 @@ __all__ = [
     "FormulaError",
     "GroupingFactor",
     "RandomTerm",
+    "association",
     "build_design",
+    "canonical_association",
+    "design_variables",
     "parse_formula",
 ]

@@ -262,7 +262,11 @@ def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]
 
 
 def build_design(
-    formula: str | Formula, data: pd.DataFrame, *, rows: np.ndarray | None = None
+    formula: str | Formula,
+    data: pd.DataFrame,
+    *,
+    rows: np.ndarray | None = None,
+    check: bool = True,
 ) -> Design:
     """Build the model matrices of ``formula`` from a table of covariates.
 
@@ -277,6 +281,10 @@ def build_design(
     rows
         Boolean mask of the observations to model; the others are left out (as
         are observations with missing values).
+    check
+        Refuse designs that cannot be fitted (confounded grouping factors,
+        rank-deficient fixed effects, too few observations). ``False`` builds them
+        anyway, to inspect them (see :func:`association`).
 
     Returns
     -------
@@ -347,6 +355,11 @@ def build_design(
     X = np.concatenate(blocks, axis=1)
 
     factors = [_grouping_factor(r.name, r.factors, data) for r in f.random]
+    design = Design(
+        formula=f, X=X, columns=columns, fixed_terms=fixed_terms, factors=factors, keep=keep
+    )
+    if not check:
+        return design
     _check_factors(factors, n, list(fixed_terms))
 
     n_params = X.shape[1] + len(factors) + 1
@@ -356,6 +369,4 @@ def build_design(
             f"effects, {len(factors)} random variances and the residual variance)."
         )
     _check_rank(X, columns)
-    return Design(
-        formula=f, X=X, columns=columns, fixed_terms=fixed_terms, factors=factors, keep=keep
-    )
+    return design

@@ -274,6 +274,7 @@ def _partition(
     per_gene = pd.DataFrame(index=out_names)
     if prep.batch and prep.signal:
         per_gene[f"{key_added}_rho"] = rho(variances, components, prep.batch, prep.signal)
+    per_gene[f"{key_added}_mean"] = stats.mean
     per_gene[f"{key_added}_singular"] = fit.singular & ok
     per_gene[f"{key_added}_converged"] = fit.converged
     per_gene[f"{key_added}_loglik"] = fit.loglik
@@ -434,6 +435,8 @@ def variance_partition(
         The same table with variances.
     ``adata.var[f"{key_added}_rho"]``
         Batch-to-signal ratio (when ``batch`` and ``signal`` are given).
+    ``adata.var[f"{key_added}_mean"]``
+        Mean of the modelled values of each gene.
     ``adata.var[f"{key_added}_singular"]``, ``..._converged``, ``..._loglik``
         Some variance exactly 0; the optimiser converged; the maximised ML or REML
         log-likelihood (lme4's ``logLik``).

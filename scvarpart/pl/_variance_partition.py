@@ -1,0 +1,100 @@
+"""``svp.pl.variance_partition``: the distribution of each component's fraction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from ._common import component_colors, components_of, finish, get_results
+
+__all__ = ["variance_partition"]
+
+
+def variance_partition(
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    components: Sequence[str] | None = None,
+    genes: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Axes | None:
+    """Violin and box plot of each component's variance fraction across genes.
+
+    As variancePartition's ``plotVarPart``: components sorted by their median
+    fraction, the residual last, on a percent scale, each in the colour it has in
+    every scvarpart plot.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    key
+        The results' ``key_added``.
+    components
+        Components to show (default: all).
+    genes
+        Genes to include (default: all with estimates).
+    ax
+        Axes to draw into; a new figure sized to the components otherwise.
+    show
+        Show the figure (scanpy's ``settings.autoshow`` by default); with
+        ``False`` the Axes are returned.
+
+    Returns
+    -------
+    The Axes, when ``show`` is false.
+    """
+    res = get_results(adata, key)
+    colors = component_colors(components_of(res))
+    fractions = res.fractions if genes is None else res.fractions.loc[list(genes)]
+    fractions = fractions.dropna() * 100
+    comps = list(fractions.columns if components is None else components)
+    unknown = [c for c in comps if c not in fractions.columns]
+    if unknown:
+        raise KeyError(f"{unknown} are not components; they are {list(fractions.columns)}.")
+    order = sorted((c for c in comps if c != "Residual"), key=lambda c: -fractions[c].median())
+    order += [c for c in comps if c == "Residual"]
+    if ax is None:
+        longest = max((len(c) for c in order), default=1)
+        _, ax = plt.subplots(
+            figsize=(max(4.0, 0.55 * len(order) + 1.5), 4.0 + 0.07 * min(longest, 40)),
+            layout="constrained",
+        )
+    data = [fractions[c].to_numpy() for c in order]
+    positions = np.arange(len(order))
+    if len(fractions):
+        parts = ax.violinplot(data, positions, widths=0.8, showextrema=False)
+        for body, comp in zip(parts["bodies"], order, strict=True):
+            body.set_facecolor(colors[comp])
+            body.set_edgecolor("#333333")
+            body.set_linewidth(0.6)
+            body.set_alpha(0.85)
+            body.set_gid(f"violin:{comp}")
+        ax.boxplot(
+            data,
+            positions=positions,
+            widths=0.14,
+            showfliers=False,
+            patch_artist=True,
+            boxprops={"facecolor": "white", "linewidth": 0.8},
+            medianprops={"color": "black", "linewidth": 1.2},
+            whiskerprops={"linewidth": 0.8},
+            capprops={"linewidth": 0},
+        )
+    ax.set_xticks(positions, order)
+    longest = max((len(c) for c in order), default=0)
+    if longest > 12 or len(order) > 12:  # vertical: neighbours cannot collide
+        plt.setp(ax.get_xticklabels(), rotation=90)
+    elif longest > 6 or len(order) > 6:
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("variance explained (%)")
+    ax.set_title(f"variance partition of {len(fractions):,} genes")
+    ax.spines[["top", "right"]].set_visible(False)
+    return finish(ax, show)
