@@ -162,7 +162,7 @@ def test_design_flags_confounded_pairs(fitted, tmp_path):
     heatmap = fig.axes[4]
     values = [t for t in heatmap.texts if t.get_gid() == "association-value"]
     assert len(values) == n_terms**2
-    assert "no confounded pair" in heatmap.get_title()
+    assert heatmap.get_title() == "confounded (>= 0.95): none"
     assert [ax.get_title(loc="left") for ax in fig.axes[:4]] == [
         "patient: 12 levels",
         "chemistry: 3 levels",
@@ -178,6 +178,19 @@ def test_design_flags_confounded_pairs(fitted, tmp_path):
     frames = [p for p in heatmap.patches if p.get_gid() == "confounded"]
     assert len(frames) == 2
     assert "confounded (>= 0.95): chemistry & kit" in heatmap.get_title()
+
+
+def test_design_tells_nesting_from_confounding():
+    adata = svp.datasets.simulate_counts(800, 5, seed=3)
+    formula = "~ (1|patient/library) + (1|chemistry) + (1|day)"
+    heatmap = svp.pl.design(adata, formula, show=False).axes[-2]
+    title = heatmap.get_title().replace("\n", " ")
+    assert "confounded (>= 0.95): none" in title
+    # every library lies within one patient, chemistry and day
+    for outer in ("patient", "chemistry", "day"):
+        assert f"patient:library in {outer}" in title
+    assert len([p for p in heatmap.patches if p.get_gid() == "nested"]) == 6
+    assert not [p for p in heatmap.patches if p.get_gid() == "confounded"]
 
 
 def test_gene_panels(fitted, tmp_path):

@@ -1,6 +1,6 @@
 """Formulas and design matrices: what the model is, independent of the data values."""
 
-from .association import association, canonical_association, design_variables
+from .association import association, canonical_association, design_variables, nesting
 from .formula import Formula, FormulaError, RandomTerm, parse_formula
 from .matrices import Design, DesignError, GroupingFactor, build_design
 
@@ -15,5 +15,6 @@ __all__ = [
     "build_design",
     "canonical_association",
     "design_variables",
+    "nesting",
     "parse_formula",
 ]

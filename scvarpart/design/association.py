@@ -4,8 +4,11 @@ For two variables, each coded as the columns of its model matrix (a categorical
 one as indicators of its levels, a continuous one as itself), the association
 is ``sqrt(mean(rho^2))`` over their canonical correlations ``rho``: the measure
 of variancePartition's ``canCorPairs``. For two categorical variables it equals
-Cramér's V. A value near 1 means the two are confounded: their variances cannot
-be told apart.
+Cramér's V. A value near 1 means the two are confounded, and their variances
+cannot be told apart, unless one factor is nested in the other (each of its
+levels within one level of the other, like libraries within patients): nested
+factors are associated by construction and a mixed model separates them through
+the several inner levels of each outer level.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pandas as pd
 
 from .matrices import Design
 
-__all__ = ["association", "canonical_association", "design_variables"]
+__all__ = ["association", "canonical_association", "design_variables", "nesting"]
 
 
 def design_variables(design: Design) -> dict[str, np.ndarray]:
@@ -64,4 +67,19 @@ def association(design: Design) -> pd.DataFrame:
         for b in names[i + 1 :]:
             value = canonical_association(variables[a], variables[b])
             table.loc[a, b] = table.loc[b, a] = value
+    return table
+
+
+def nesting(design: Design) -> pd.DataFrame:
+    """``table.loc[a, b]`` is true where grouping factor ``a`` is nested in ``b``:
+    every level of ``a`` lies within a single level of ``b`` (and ``a`` has more
+    levels, so the two are not the same grouping)."""
+    names = [f.name for f in design.factors]
+    table = pd.DataFrame(False, index=names, columns=names)
+    for a in design.factors:
+        for b in design.factors:
+            if a is b or a.n_levels <= b.n_levels:
+                continue
+            pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
+            table.loc[a.name, b.name] = len(pairs) == a.n_levels
     return table

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..design import association, build_design
+from ..design import association, build_design, nesting
 from ._common import component_colors, finish
 
 __all__ = ["design"]
+
+
+def _nested(table, a: str, b: str) -> tuple[str, str] | None:
+    """(inner, outer) where one grouping factor is nested in the other."""
+    if a in table.index and b in table.columns:
+        if table.loc[a, b]:
+            return a, b
+        if table.loc[b, a]:
+            return b, a
+    return None
+
 
 _MAX_BARS = 30
 
@@ -29,9 +42,10 @@ def design(
     Left: the number of cells in each level of each random term (for more than 30
     levels, the distribution of those numbers). Right: the association of every
     pair of terms (canonical correlation of their model matrices, as
-    variancePartition's ``canCorPairs``; Cramér's V for two factors), pairs at or
-    above ``threshold`` framed and named in the title as confounded: their
-    variances cannot be told apart.
+    variancePartition's ``canCorPairs``; Cramér's V for two factors). Pairs at or
+    above ``threshold`` are framed and named in the title: as *nested* (dashed)
+    where one grouping factor lies within the other, which a mixed model handles,
+    and as *confounded* (bold) otherwise: their variances cannot be told apart.
 
     Parameters
     ----------
@@ -89,49 +103,48 @@ def design(
     hm.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor")
     hm.set_yticks(range(n), names)
     size = "small" if n <= 12 else "x-small"
-    confounded = []
-    for i in range(n):
-        for j in range(n):
-            value = table.iloc[i, j]
-            if n <= 15:
-                hm.text(
-                    j,
-                    i,
-                    f"{value:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=size,
-                    color="white" if value > 0.6 else "black",
-                    gid="association-value",
-                )
-            if i < j and value >= threshold:
-                confounded.append(f"{names[i]} & {names[j]}")
-            if i != j and value >= threshold:
-                hm.add_patch(
-                    Rectangle(
-                        (j - 0.5, i - 0.5),
-                        1,
-                        1,
-                        fill=False,
-                        edgecolor="#1f4e79",
-                        linewidth=2.5,
-                        gid="confounded",
-                    )
-                )
+    nested_in = nesting(dz)
+    confounded, nested = [], []
+    for i, j in ((i, j) for i in range(n) for j in range(n)):
+        value = table.iloc[i, j]
+        if n <= 15:
+            hm.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="white" if value > 0.6 else "black",
+                gid="association-value",
+            )
+        if i == j or not value >= threshold:
+            continue
+        a, b = names[i], names[j]
+        inner = _nested(nested_in, a, b)
+        if inner is None:
+            kind, style = "confounded", {"edgecolor": "#1f4e79", "linewidth": 2.5}
+            if i < j:
+                confounded.append(f"{a} & {b}")
+        else:
+            kind, style = "nested", {"edgecolor": "#555555", "linewidth": 1.2, "linestyle": "--"}
+            if i < j:
+                nested.append(f"{inner[0]} in {inner[1]}")
+        hm.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, gid=kind, **style))
     fig.colorbar(
         image,
         ax=hm,
-        shrink=0.7,
+        shrink=0.5,
+        aspect=30,
         label="association (canonical correlation; Cramér's V for two factors)",
     )
-    if confounded:
-        hm.set_title(
-            f"confounded (>= {threshold:g}): {'; '.join(confounded)}",
-            fontsize="small",
-            color="#1f4e79",
-            wrap=True,
-        )
-    else:
-        hm.set_title(f"no confounded pair (all < {threshold:g})", fontsize="small")
+    lines = [f"confounded (>= {threshold:g}): " + ("; ".join(confounded) or "none")]
+    if nested:
+        lines.append("nested, fine for a mixed model: " + "; ".join(nested))
+    hm.set_title(
+        "\n".join(textwrap.fill(line, 70) for line in lines),
+        fontsize="small",
+        color="#1f4e79" if confounded else "black",
+    )
     fig.suptitle(f"design of {dz.n_obs:,} cells: {formula}", fontsize="medium")
     return finish(fig, show)

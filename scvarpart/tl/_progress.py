@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from scanpy import settings
-from tqdm.auto import tqdm
+
+with warnings.catch_warnings():
+    # tqdm.auto falls back to the text bar, with a warning, where ipywidgets is missing
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
 
 __all__ = ["progress_bar"]
 
