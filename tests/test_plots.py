@@ -215,3 +215,19 @@ def test_show_true_returns_nothing_and_missing_results_are_explained(fitted):
         svp.pl.variance_partition(fitted, key="other", show=False)
     _, ax = plt.subplots()
     assert svp.pl.variance_partition(fitted, ax=ax, show=False) is ax
+
+
+def test_long_level_names_stay_apart(fitted):
+    long_names = fitted.copy()
+    for col in ("patient", "day"):
+        long_names.obs[col] = long_names.obs[col].cat.rename_categories(
+            lambda c, col=col: f"{col} with a long descriptive label {c}"
+        )
+    axes = svp.pl.gene(long_names, long_names.var_names[0], show=False)
+    axes[0].figure.canvas.draw()
+    for ax in axes[:4]:
+        _no_overlap(ax.get_xticklabels())
+    fig = svp.pl.design(long_names, show=False)
+    fig.canvas.draw()
+    for ax in fig.axes[:4]:
+        _no_overlap(ax.get_yticklabels())

@@ -129,13 +129,7 @@ def gene(
                 codes + 1 + jitter, y[sample], s=2, color="#333333", alpha=0.25, linewidths=0
             )
             ax.set_xticks(np.arange(1, len(order) + 1), [str(v) for v in order])
-            plt.setp(
-                ax.get_xticklabels(),
-                rotation=60,
-                ha="right",
-                rotation_mode="anchor",
-                fontsize="x-small",
-            )
+            plt.setp(ax.get_xticklabels(), rotation=90, fontsize="x-small")
         else:
             means = by_level.mean().loc[order]
             ax.plot(np.arange(len(means)), means.to_numpy(), ".", color=colors.get(term, "#555"))
