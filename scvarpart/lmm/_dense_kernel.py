@@ -30,7 +30,8 @@ __all__ = [
 
 DEVIANCE, DERIVATIVES, ESTIMATES = 0, 1, 2
 
-# Reassociation lets loops vectorise; NaN and infinity semantics are kept.
+# Fused multiply-adds only: no reassociation, so a gene's result does not depend
+# on how its arrays happen to be aligned in memory (bitwise reproducible fits).
 _FASTMATH = {"contract"}
 _LOG_2PI = math.log(2 * math.pi)
 
