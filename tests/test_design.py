@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import read_reference_csv
 
-from scvarpart.design import DesignError, build_design
+from scvarpart.design import DesignError, association, build_design, nesting, within
 
 
 @pytest.fixture
@@ -146,6 +148,29 @@ def test_float_grouping_column_warns(obs):
         build_design("~ (1|depth)", obs)
 
 
+@pytest.mark.parametrize(
+    ("values", "warns"),
+    [
+        (np.arange(60) % 20 * 0.25 + 0.5, True),  # a float measurement with 20 values
+        (np.array([0.1, 0.2]).repeat(30), True),  # even with few values
+        (200 + 3 * np.arange(60), True),  # a count: 60 values from 200 to 377
+        (np.arange(60) % 55, False),  # codes 0..54
+        (np.arange(60) % 55 + 1, False),  # codes 1..55
+        (np.arange(60) % 20 * 7, False),  # few whole numbers
+    ],
+    ids=["float-many", "float-few", "count", "codes-0", "codes-1", "few-whole"],
+)
+def test_numeric_grouping_columns(obs, values, warns):
+    obs["v"] = values
+    if warns:
+        with pytest.warns(UserWarning, match=r"'v' is a .*\(1\|v\) makes each value a level"):
+            build_design("~ (1|v)", obs, check=False)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            build_design("~ (1|v)", obs, check=False)
+
+
 def test_infinite_covariate(obs):
     obs.loc[3, "x"] = np.inf
     with pytest.raises(DesignError, match="'x' has infinite values"):
@@ -164,3 +189,63 @@ def test_rows_restrict_the_observations(obs):
     assert not d.keep[1] and d.keep.sum() == rows.sum() - 1
     with pytest.raises(DesignError, match="selects no observation"):
         build_design("~ x + (1|g)", obs, rows=np.zeros(len(obs), dtype=bool))
+
+
+def test_single_level_categorical_fixed_effect(obs):
+    obs["tissue"] = "blood"
+    with pytest.raises(DesignError, match=r"'tissue' has a single level \('blood'\)"):
+        build_design("~ tissue + (1|g)", obs)
+    with pytest.raises(DesignError, match=r"'b' has a single level \('u'\).*cell selection"):
+        build_design("~ b + (1|g)", obs, rows=(obs["b"] == "u").to_numpy())
+
+
+def test_no_observations(obs):
+    with pytest.raises(DesignError, match=r"no observations \(0 cells\)"):
+        build_design("~ x + (1|g)", obs.iloc[:0])
+
+
+@pytest.fixture
+def donors():
+    """12 subjects with an age and a gender; cells under two conditions at 5 times."""
+    rng = np.random.default_rng(2)
+    subject = np.repeat(np.arange(12), 20)
+    return pd.DataFrame(
+        {
+            "subject": pd.Categorical(subject),
+            "age": rng.uniform(20, 80, 12)[subject],
+            "gender": np.array(["F", "M"])[np.arange(12) % 2][subject],
+            "condition": np.tile(["ctrl", "stim"], 120),
+            "hours": np.tile(["0", "2", "4", "8", "24"], 48),
+            "library": pd.Categorical(subject * 2 + np.tile([0, 1], 120)),
+        }
+    )
+
+
+def test_within_tells_subject_level_covariates(donors):
+    d = build_design("~ age + gender + condition + (1|subject) + (1|hours)", donors)
+    table = within(d)
+    assert table.columns.tolist() == ["subject", "hours"]
+    assert table.index.tolist() == ["subject", "hours", "age", "gender", "condition"]
+    assert table.loc["age", "subject"] and table.loc["gender", "subject"]
+    assert not table.loc["condition"].any() and not table["hours"].any()
+    # strongly associated, as canCorPairs says, but within subject: not confounded
+    assert association(d).loc["age", "subject"] > 0.99
+
+
+def test_within_is_not_sameness(donors):
+    """A covariate with as much information as the grouping (the same groups) is not
+    within it, and a 2-level factor's covariate fills it."""
+    donors["code"] = donors["subject"].astype(str)
+    d = build_design("~ code + (1|subject) + (1|hours)", donors, check=False)
+    assert not within(d).loc["code", "subject"]
+    donors["sex_group"] = donors["gender"]
+    donors["sex_score"] = np.where(donors["gender"] == "F", 0.3, 1.7)
+    d = build_design("~ sex_score + (1|sex_group) + (1|hours)", donors, check=False)
+    assert not within(d).loc["sex_score", "sex_group"]
+
+
+def test_nesting_of_grouping_factors(donors):
+    d = build_design("~ (1|subject) + (1|library) + (1|hours)", donors)
+    table = nesting(d)
+    assert table.loc["library", "subject"]
+    assert not table.loc["subject", "library"] and not table["hours"].any()

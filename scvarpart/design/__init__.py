@@ -1,6 +1,12 @@
 """Formulas and design matrices: what the model is, independent of the data values."""
 
-from .association import association, canonical_association, design_variables, nesting
+from .association import (
+    association,
+    canonical_association,
+    design_variables,
+    nesting,
+    within,
+)
 from .formula import Formula, FormulaError, RandomTerm, parse_formula
 from .matrices import Design, DesignError, GroupingFactor, build_design
 
@@ -17,4 +23,5 @@ __all__ = [
     "design_variables",
     "nesting",
     "parse_formula",
+    "within",
 ]

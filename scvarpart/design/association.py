@@ -8,7 +8,11 @@ Cramér's V. A value near 1 means the two are confounded, and their variances
 cannot be told apart, unless one factor is nested in the other (each of its
 levels within one level of the other, like libraries within patients): nested
 factors are associated by construction and a mixed model separates them through
-the several inner levels of each outer level.
+the several inner levels of each outer level. The same holds for a covariate that
+is constant within the levels of a grouping factor (a donor's age or sex beside
+``(1|donor)``): its fixed effect is estimated from the differences between donors
+and the donor variance from what remains, so the two are told apart as long as the
+grouping factor carries more information than the covariate (:func:`within`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pandas as pd
 
 from .matrices import Design
 
-__all__ = ["association", "canonical_association", "design_variables", "nesting"]
+__all__ = ["association", "canonical_association", "design_variables", "nesting", "within"]
 
 
 def design_variables(design: Design) -> dict[str, np.ndarray]:
@@ -70,16 +74,40 @@ def association(design: Design) -> pd.DataFrame:
     return table
 
 
+def _constant_within(A: np.ndarray, codes: np.ndarray, n_levels: int) -> bool:
+    """Whether every column of ``A`` takes a single value within each level."""
+    counts = np.bincount(codes, minlength=n_levels).astype(float)
+    sums = np.zeros((n_levels, A.shape[1]))
+    np.add.at(sums, codes, A)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    scale = max(float(np.abs(A).max(initial=0.0)), 1.0)
+    return bool(np.abs(A - means[codes]).max(initial=0.0) <= 1e-9 * scale)
+
+
+def within(design: Design) -> pd.DataFrame:
+    """``table.loc[t, g]`` is true where term ``t`` is constant within each level of
+    grouping factor ``g`` and carries less information (fewer dimensions once
+    centred): a ``g``-level covariate such as a donor's age beside ``(1|donor)``, or
+    an outer factor such as the patient of ``(1|patient:library)``.
+
+    Rows: every term (grouping factors, then fixed terms); columns: the grouping
+    factors. A term constant within ``g`` with as much information as ``g`` (the same
+    groups under another name) is not within it: the two are confounded.
+    """
+    variables = design_variables(design)
+    ranks = {name: _basis(cols).shape[1] for name, cols in variables.items()}
+    factors = {f.name: f for f in design.factors}
+    table = pd.DataFrame(False, index=list(variables), columns=list(factors))
+    for t, cols in variables.items():
+        for g, f in factors.items():
+            if t != g and ranks[t] < ranks[g]:
+                table.loc[t, g] = _constant_within(cols, f.codes, f.n_levels)
+    return table
+
+
 def nesting(design: Design) -> pd.DataFrame:
     """``table.loc[a, b]`` is true where grouping factor ``a`` is nested in ``b``:
     every level of ``a`` lies within a single level of ``b`` (and ``a`` has more
     levels, so the two are not the same grouping)."""
     names = [f.name for f in design.factors]
-    table = pd.DataFrame(False, index=names, columns=names)
-    for a in design.factors:
-        for b in design.factors:
-            if a is b or a.n_levels <= b.n_levels:
-                continue
-            pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
-            table.loc[a.name, b.name] = len(pairs) == a.n_levels
-    return table
+    return within(design).loc[names, names].T.rename_axis(index=None, columns=None)

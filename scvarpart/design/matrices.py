@@ -19,9 +19,9 @@ from .formula import Formula, parse_formula
 
 __all__ = ["Design", "DesignError", "GroupingFactor", "build_design"]
 
-# A float grouping column with more distinct values than this (and than half
-# the observations' worth of levels) is probably a covariate typed by mistake.
-_MANY_FLOAT_LEVELS = 50
+# A whole-number grouping column with more distinct values than this, other than the
+# codes 0..k-1 or 1..k, is probably a count (n_genes, total_counts) used by mistake.
+_MANY_LEVELS = 50
 
 
 class DesignError(ValueError):
@@ -150,20 +150,42 @@ def _drop_missing(data: pd.DataFrame, variables: list[str]) -> np.ndarray:
     return keep
 
 
+def _warn_numeric_grouping(column: str, term: str, s: pd.Series) -> None:
+    """Warn where a numeric grouping column looks like a measurement, not a label.
+
+    Each distinct value becomes a level: a count such as ``n_genes`` gives hundreds of
+    levels (slow fits, many failed genes), and a float such as a dose or a fraction is
+    usually meant as a covariate. Integer codes 0..k-1 or 1..k (plates, lanes numbered in
+    order), and few whole numbers, are taken for labels.
+    """
+    if _is_categorical(s):
+        return
+    values = np.unique(s.dropna().to_numpy(dtype=float))
+    k = len(values)
+    if k == 0:
+        return
+    span = f"from {values[0]:g} to {values[-1]:g}"
+    if np.all(values % 1 == 0):
+        codes = values[0] in (0, 1) and values[-1] - values[0] + 1 == k
+        if k <= _MANY_LEVELS or codes:
+            return
+        what = f"a whole-number column with {k} distinct values ({span})"
+    else:
+        what = f"a float column with {k} distinct values ({span}), not all whole numbers"
+    warn(
+        f"Grouping column {column!r} is {what}; (1|{term}) makes each value a level of a "
+        f"categorical factor ({k} levels). If it is a measurement (a count, a fraction, a "
+        f"dose), it is a continuous covariate: write it as a fixed effect ('+ {column}') "
+        f"instead. If it is a label, make it categorical (adata.obs[{column!r}] = "
+        f"adata.obs[{column!r}].astype('category')) to silence this warning."
+    )
+
+
 def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> GroupingFactor:
     parts = []
     for c in cols:
         s = data[c]
-        if pd.api.types.is_float_dtype(s):
-            n_distinct = s.nunique()
-            non_integer = not np.all(np.mod(s.to_numpy(), 1) == 0)
-            if n_distinct > _MANY_FLOAT_LEVELS and non_integer:
-                warn(
-                    f"Grouping column {c!r} is a float column with {n_distinct} distinct "
-                    f"values; it is treated as a categorical grouping factor in (1|{name}). "
-                    f"If it is a continuous covariate, write it as a fixed effect "
-                    f"('+ {c}') instead."
-                )
+        _warn_numeric_grouping(c, name, s)
         levels = _levels_of(s)
         parts.append((pd.Index(levels).get_indexer(s.to_numpy()), levels))
     if len(parts) == 1:
@@ -204,6 +226,27 @@ def _term_columns(
         block = (cols[:, :, None] * block[:, None, :]).reshape(len(data), -1)
         names = [f"{b}:{c}" if b else c for c in col_names for b in names]
     return block, names
+
+
+def _check_fixed_variables(f: Formula, data: pd.DataFrame, selected: bool) -> None:
+    """Covariates that cannot be coded: infinite values, a category with one level."""
+    for v in dict.fromkeys(v for t in f.fixed for v in t):
+        s = data[v]
+        if not _is_categorical(s):
+            if not np.all(np.isfinite(s.to_numpy(dtype=float))):
+                raise DesignError(
+                    f"Column {v!r} has infinite values. Fix or drop those observations."
+                )
+            continue
+        levels = _levels_of(s)
+        if len(levels) < 2:
+            where = " (after the cell selection)" if selected else ""
+            raise DesignError(
+                f"Fixed effect {v!r} has a single level ({levels[0]!r}) in the {len(data)} "
+                f"modelled observations{where}, so it explains nothing and cannot be coded. "
+                f"Remove {v!r} from the formula"
+                + (", or select cells from more than one level." if selected else ".")
+            )
 
 
 def _check_rank(X: np.ndarray, columns: list[str]) -> None:
@@ -293,17 +336,18 @@ def build_design(
     Raises
     ------
     DesignError
-        For a missing column, a model without intercept or random term, a grouping
-        factor with one level or one level per observation, two grouping factors
-        that define the same groups, a variable used as both fixed and random, a
-        rank-deficient fixed design, infinite covariates, or fewer observations
-        than parameters.
+        For no observations, a missing column, a model without intercept or random
+        term, a grouping factor with one level or one level per observation, two
+        grouping factors that define the same groups, a variable used as both fixed
+        and random, a categorical fixed effect with one level, a rank-deficient fixed
+        design, infinite covariates, or fewer observations than parameters.
 
     Warns
     -----
     UserWarning
-        When observations with missing covariates are dropped, or a float column
-        with many distinct values is used as a grouping factor.
+        When observations with missing covariates are dropped, or a numeric column
+        that looks like a measurement (non-integer values, or a count with many
+        values) is used as a grouping factor.
     """
     f = formula if isinstance(formula, Formula) else parse_formula(formula)
     if not f.intercept:
@@ -324,6 +368,11 @@ def build_design(
             f"Column(s) {missing} used in the formula are not in the table of "
             f"observations. Available columns: {avail}."
         )
+    if len(data) == 0:
+        raise DesignError(
+            "There are no observations (0 cells) to model: nothing to fit. Check the "
+            "subsetting or filtering that produced the data."
+        )
     if rows is None:
         keep = _drop_missing(data, f.variables)
     else:
@@ -337,10 +386,7 @@ def build_design(
     data = data.loc[keep] if not keep.all() else data
     n = len(data)
 
-    for v in {v for t in f.fixed for v in t}:
-        s = data[v]
-        if not _is_categorical(s) and not np.all(np.isfinite(s.to_numpy(dtype=float))):
-            raise DesignError(f"Column {v!r} has infinite values. Fix or drop those observations.")
+    _check_fixed_variables(f, data, selected=rows is not None)
 
     present = {frozenset(t) for t in f.fixed} | {frozenset()}
     blocks = [np.ones((n, 1))]
