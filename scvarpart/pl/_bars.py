@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from ..get import batch_dominated
 from ._common import component_colors, components_of, finish, get_results
 
 __all__ = ["percent_bars"]
@@ -22,8 +22,10 @@ def percent_bars(
     key: str = "varpart",
     sort_by: str | None = None,
     n_top: int = 20,
+    min_rho: float = 1.0,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
 ) -> Axes | None:
     """Stacked horizontal bars of the variance fractions of genes, in percent.
 
@@ -35,20 +37,28 @@ def percent_bars(
     adata
         Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
     genes
-        Genes to show, in this order (top to bottom). By default the ``n_top``
-        genes with the largest ``sort_by``.
+        Genes to show, in this order (top to bottom). By default the first ``n_top``
+        genes by ``sort_by``.
     key
         The results' ``key_added``.
     sort_by
-        ``"rho"`` or a component name (default: ``"rho"`` when stored, else the
-        first component).
+        ``"batch_dominated"`` (the default when ``rho`` is stored): the most
+        batch-dominated genes, as :func:`scvarpart.get.batch_dominated` ranks them
+        (``rho >= min_rho``, by batch fraction); ``"rho"`` is accepted for it too.
+        Or a component name: the genes with the largest fraction of it (the default,
+        with the first component, when no ``rho`` is stored).
     n_top
         Number of genes shown when ``genes`` is not given.
+    min_rho
+        Smallest ``rho`` of a batch-dominated gene.
     ax
         Axes to draw into; a new figure sized to the genes otherwise.
     show
         Show the figure (scanpy's ``settings.autoshow`` by default); with
         ``False`` the Axes are returned.
+    save
+        Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
+        ``"_batchy.png"``), into ``sc.settings.figdir`` as ``percent_bars{save}``.
 
     Returns
     -------
@@ -57,22 +67,20 @@ def percent_bars(
     res = get_results(adata, key)
     comps = components_of(res)
     colors = component_colors(comps)
+    title = None
     if genes is None:
         if sort_by is None:
-            sort_by = "rho" if "rho" in res.per_gene else comps[0]
-        if sort_by == "rho":
-            if "rho" not in res.per_gene:
-                raise KeyError("No rho stored: give batch= and signal= to variance_partition.")
-            # ties (rho = inf: no signal variance) broken by the batch fraction
-            batch = [str(b) for b in np.atleast_1d(res.uns["params"]["batch"])]
-            table = pd.DataFrame(
-                {"rho": res.per_gene["rho"], "batch": res.fractions[batch].sum(axis=1)}
-            ).dropna()
-            ranked = table.sort_values(["rho", "batch"], ascending=False).index
+            sort_by = "batch_dominated" if "rho" in res.per_gene else comps[0]
+        if sort_by in ("batch_dominated", "rho"):
+            ranked = batch_dominated(adata, key=key, n_top=n_top, min_rho=min_rho).index
+            title = f"top {len(ranked)} batch-dominated genes (rho >= {min_rho:g}, by batch %)"
         elif sort_by in comps:
             ranked = res.fractions[sort_by].dropna().sort_values(ascending=False).index
+            title = f"top {min(n_top, len(ranked))} genes by {sort_by}"
         else:
-            raise KeyError(f"sort_by={sort_by!r}: use 'rho' or one of the components {comps}.")
+            raise KeyError(
+                f"sort_by={sort_by!r}: use 'batch_dominated' or one of the components {comps}."
+            )
         genes = list(ranked[:n_top])
     genes = list(genes)
     missing = [g for g in genes if g not in res.fractions.index]
@@ -105,6 +113,6 @@ def percent_bars(
     ax.set_xlabel("variance explained (%)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
     ax.spines[["top", "right"]].set_visible(False)
-    if sort_by is not None:
-        ax.set_title(f"top {len(genes)} genes by {sort_by}")
-    return finish(ax, show)
+    if title is not None:
+        ax.set_title(title)
+    return finish(ax, show, save, "percent_bars")

@@ -1,16 +1,34 @@
-"""Shared pieces of the plots: reading results, colours, showing."""
+"""Shared pieces of the plots: reading results, colours, Axes given by the user,
+saving and showing as scanpy does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-__all__ = ["RESIDUAL_COLOR", "Results", "component_colors", "finish", "get_results"]
+from ..get._results import check_var_names, result_keys
+
+__all__ = [
+    "RESIDUAL_COLOR",
+    "Results",
+    "axes_or_none",
+    "component_colors",
+    "finish",
+    "get_results",
+]
 
 RESIDUAL_COLOR = "#c8c8c8"
+
+# scanpy's save=: a suffix ending in one of these sets the file format
+_EXTENSIONS = (".svg", ".pdf", ".png")
 
 
 class Results(NamedTuple):
@@ -28,7 +46,9 @@ def get_results(adata: AnnData, key: str) -> Results:
             f"No variance partition under key {key!r}: run svp.tl.variance_partition(adata, "
             f"..., key_added={key!r}) first."
         )
-    per_gene = adata.var[[c for c in adata.var.columns if c.startswith(f"{key}_")]]
+    check_var_names(adata.var_names)
+    # only the columns the fit wrote: a user's "varpart_notes" is not a result
+    per_gene = adata.var[result_keys(adata, key)["var"]]
     per_gene = per_gene.rename(columns=lambda c: c[len(key) + 1 :])
     return Results(
         fractions=adata.varm[key],
@@ -55,14 +75,68 @@ def components_of(results: Results) -> list[str]:
     return [str(c) for c in results.uns["components"]]
 
 
-def finish(artist, show: bool | None):
-    """scanpy's convention: show the figure (settings.autoshow by default) and
-    return nothing, or return the Axes (or Figure) with ``show=False``."""
-    if show is None:
-        from scanpy import settings
+def axes_or_none(ax, n: int, what: str, panels: str) -> list[Axes] | None:
+    """The ``n`` Axes a multi-panel plot draws into, from ``ax=`` (None: a new figure).
 
-        show = settings.autoshow
+    Raises a ValueError naming how many Axes are needed, and for what, when ``ax`` is
+    not a sequence of exactly ``n`` Axes.
+    """
+    if ax is None:
+        return None
+    if isinstance(ax, Axes):
+        axes = [ax]
+    elif isinstance(ax, np.ndarray):  # the array of plt.subplots
+        axes = list(ax.ravel())
+    elif isinstance(ax, Sequence):
+        axes = list(ax)
+    else:
+        axes = None
+    if axes is None or len(axes) != n or not all(isinstance(a, Axes) for a in axes):
+        got = "one Axes" if isinstance(ax, Axes) else f"{type(ax).__name__} {ax!r}"[:80]
+        raise ValueError(
+            f"{what} draws {n} panel(s) ({panels}), so ax= must be a sequence of {n} Axes, "
+            f"e.g. plt.subplots(1, {n})[1]; got {got}. Leave ax= out to get a new figure."
+        )
+    return axes
+
+
+def _save(figure: Figure, name: str, save: bool | str) -> Path:
+    """Write ``figure`` as scanpy does: ``sc.settings.figdir / f"{name}{suffix}
+    {plot_suffix}.{ext}"``, the format from ``save``'s extension or
+    ``sc.settings.file_format_figs``."""
+    from scanpy import logging as logg
+    from scanpy import settings
+
+    suffix, ext = ("", None) if save is True else (str(save), None)
+    for candidate in _EXTENSIONS:
+        if suffix.endswith(candidate):
+            suffix, ext = suffix[: -len(candidate)], candidate[1:]
+            break
+    folder = Path(settings.figdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{suffix}{settings.plot_suffix}.{ext or settings.file_format_figs}"
+    logg.warning(f"saving figure to file {path}")  # scanpy's level for this message
+    figure.savefig(path, bbox_inches="tight")
+    return path
+
+
+def finish(artist, show: bool | None, save: bool | str | None = None, name: str = ""):
+    """scanpy's convention: save the figure (``save=True`` or a file name suffix,
+    into ``sc.settings.figdir``; ``sc.settings.autosave`` by default), show it
+    (``sc.settings.autoshow`` by default) and return nothing, or return the Axes
+    (or list of Axes) with ``show=False``."""
+    from scanpy import settings
+
+    save = settings.autosave if save is None else save
+    show = settings.autoshow if show is None else show
+    first = artist[0] if isinstance(artist, list) else artist
+    figure = first.figure
+    while not isinstance(figure, Figure):  # an Axes, or a SubFigure, up to the Figure
+        figure = figure.figure
+    if save:
+        _save(figure, name, save)
     if show:
         plt.show()
-        return None
-    return artist
+    if save:
+        plt.close(figure)  # as scanpy: a saved figure is done
+    return None if show else artist

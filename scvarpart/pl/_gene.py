@@ -2,30 +2,98 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from ..design import build_design
-from ._common import component_colors, components_of, finish, get_results
+from ..design import Design
+from ._common import Results, axes_or_none, component_colors, components_of, finish, get_results
+from ._fitted import fitted_design, gene_values
+from ._partial import partial_residuals
 
 __all__ = ["gene"]
 
 _MAX_POINTS = 3000  # cells drawn per panel, sampled evenly
+_VIEWS = {
+    True: "adjusted: each panel shows the expression minus the other terms' fitted effects",
+    False: "marginal: raw expression, which also shows the effects of associated terms",
+}
 
 
-def _expression(adata: AnnData, name: str, layer: str | None, use_raw: bool) -> np.ndarray:
-    if use_raw:
-        values = adata.raw[:, name].X
-    elif layer is not None:
-        values = adata[:, name].layers[layer]
+def _panel_values(
+    res: Results, dz: Design, y: np.ndarray, gene: str, adjusted: bool
+) -> dict[str, np.ndarray]:
+    """The values drawn in each term's panel: partial residuals, or ``y`` itself."""
+    terms = [f.name for f in dz.factors] + list(dz.fixed_terms)
+    if not adjusted:
+        return dict.fromkeys(terms, y)
+    variances = res.variance.loc[gene]
+    if variances.isna().any():
+        reason = res.uns["errors"]["reason"].get(gene, "no estimates")
+        raise ValueError(
+            f"{gene!r} has no variance estimates ({reason}), so its other terms' effects "
+            "cannot be removed; draw the raw expression with adjusted=False."
+        )
+    return partial_residuals(dz, y, variances)
+
+
+def _draw_levels(ax, values, groups, color, max_levels, sample, rng) -> None:
+    """A box and a sample of the cells per level, sorted by median (the level means
+    past ``max_levels`` levels)."""
+    by_level = pd.Series(values).groupby(groups, observed=True)
+    order = by_level.median().sort_values().index
+    if len(order) > max_levels:
+        means = by_level.mean().loc[order]
+        ax.plot(np.arange(len(means)), means.to_numpy(), ".", color=color)
+        ax.set_xlabel(f"{len(order)} levels, sorted", fontsize="small")
+        return
+    data = [by_level.get_group(level).to_numpy() for level in order]
+    boxes = ax.boxplot(
+        data,
+        showfliers=False,
+        patch_artist=True,
+        widths=0.6,
+        showmeans=True,  # the level means: what the model's effects describe
+        meanprops={
+            "marker": "D",
+            "markersize": 3,
+            "markerfacecolor": "black",
+            "markeredgewidth": 0,
+        },
+    )
+    for patch in boxes["boxes"]:
+        patch.set_facecolor(color)
+        patch.set_alpha(0.5)
+    for mean in boxes["means"]:
+        mean.set_gid("level-mean")
+    codes = pd.Index(order).get_indexer(groups[sample])
+    jitter = rng.uniform(-0.18, 0.18, len(sample))
+    ax.scatter(codes + 1 + jitter, values[sample], s=2, color="#333333", alpha=0.25, linewidths=0)
+    ax.set_xticks(np.arange(1, len(order) + 1), [str(v) for v in order])
+    plt.setp(ax.get_xticklabels(), rotation=90, fontsize="x-small")
+
+
+def _draw_term(ax, term, dz, obs, values, color, max_levels, sample, rng) -> bool:
+    """One term's panel; False where nothing can be drawn (an interaction)."""
+    factor = next((f for f in dz.factors if f.name == term), None)
+    if factor is not None:
+        groups = np.asarray(factor.levels[factor.codes])
+    elif term in obs and not pd.api.types.is_numeric_dtype(obs[term]):
+        groups = obs[term].astype(str).to_numpy()
+    elif term in obs:
+        x = obs[term].to_numpy()
+        ax.scatter(x[sample], values[sample], s=4, alpha=0.4, color=color, linewidths=0)
+        ax.set_xlabel(term, fontsize="small")
+        return True
     else:
-        values = adata[:, name].X
-    values = values.toarray() if sp.issparse(values) else np.asarray(values)
-    return values.ravel().astype(float)
+        return False
+    _draw_levels(ax, values, groups, color, max_levels, sample, rng)
+    return True
 
 
 def gene(
@@ -33,18 +101,29 @@ def gene(
     gene: str,
     *,
     key: str = "varpart",
+    adjusted: bool = True,
     layer: str | None = None,
-    use_raw: bool = False,
+    use_raw: bool | None = None,
     max_levels: int = 40,
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
 ) -> list[Axes] | None:
-    """A gene's expression stratified by each term of the model, with its fractions.
+    """A gene's expression by each term of the model, with its fractions.
 
     One panel per term: a box (and a sample of the cells) per level of a grouping
     factor or categorical covariate, sorted by median; for more than
     ``max_levels`` levels, the level means, sorted; a scatter for a continuous
     covariate. Panel titles give the term's share of the gene's variance, the
-    figure's title the gene's main components.
+    figure's title the gene's main components and which view is drawn.
+
+    By default (``adjusted=True``) each panel shows the gene's *partial residuals*
+    for its term: the expression minus the fitted effects of all the other terms (the
+    other grouping factors' conditional modes, or BLUPs, and the other fixed effects,
+    at the gene's estimated variances). That is what the fractions describe: a
+    factor with 0% of the variance has flat boxes even when it is associated with
+    another factor. ``adjusted=False`` draws the raw expression (the marginal view),
+    in which a factor also shows the effects of any factor confounded with it.
 
     Parameters
     ----------
@@ -54,13 +133,21 @@ def gene(
         A name of ``adata.var_names``.
     key
         The results' ``key_added``.
+    adjusted
+        Partial residuals (default) or raw expression.
     layer, use_raw
-        Where the expression values are (as given to the fit).
+        Where the expression values are; by default where the fit read them.
     max_levels
         Largest number of levels drawn as boxes.
+    ax
+        One Axes per term of the model (random terms, then fixed terms, in formula
+        order); a new figure otherwise.
     show
         Show the figure (scanpy's ``settings.autoshow`` by default); with
         ``False`` the Axes are returned.
+    save
+        Save the figure as scanpy does: ``True`` or a file name suffix, into
+        ``sc.settings.figdir`` as ``gene{save}``.
 
     Returns
     -------
@@ -69,76 +156,54 @@ def gene(
     res = get_results(adata, key)
     if gene not in adata.var_names:
         raise KeyError(f"{gene!r} is not in adata.var_names.")
-    dz = build_design(str(res.uns["params"]["formula"]), adata.obs, check=False)
-    y = _expression(adata, gene, layer, use_raw)[dz.keep]
-    obs = adata.obs.loc[dz.keep]
+    params = res.uns["params"]
+    if layer is None and use_raw is None:
+        layer, use_raw = params.get("layer"), bool(params.get("use_raw", False))
+    with warnings.catch_warnings():  # the fit warned about the design already
+        warnings.simplefilter("ignore", UserWarning)
+        dz = fitted_design(adata, key)
+    y = gene_values(adata, gene, layer, bool(use_raw))[dz.keep]
+    panels = _panel_values(res, dz, y, gene, adjusted)
+    terms = list(panels)
+    axes = axes_or_none(ax, len(terms), "svp.pl.gene", "one per term: " + ", ".join(terms))
+    if axes is None:
+        ncols = min(len(terms), 3)
+        nrows = -(-len(terms) // ncols)
+        _, grid = plt.subplots(
+            nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained", squeeze=False
+        )
+        for extra in grid.ravel()[len(terms) :]:
+            extra.set_visible(False)
+        axes = list(grid.ravel()[: len(terms)])
     frac = res.fractions.loc[gene]
     colors = component_colors(components_of(res))
-    terms = [f.name for f in dz.factors] + list(dz.fixed_terms)
-    ncols = min(len(terms), 3)
-    nrows = -(-len(terms) // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained", squeeze=False
-    )
+    obs = adata.obs.loc[dz.keep]
     sample = np.linspace(0, len(y) - 1, min(len(y), _MAX_POINTS)).astype(int)
     rng = np.random.default_rng(0)
-    for ax, term in zip(axes.ravel(), terms, strict=False):
-        share = frac.get(term, np.nan)
-        ax.set_title(f"{term}: {share:.1%} of variance", fontsize="small")
-        ax.spines[["top", "right"]].set_visible(False)
-        factor = next((f for f in dz.factors if f.name == term), None)
-        if factor is not None:
-            groups = pd.Series(factor.levels[factor.codes], index=obs.index)
-        elif term in obs and not pd.api.types.is_numeric_dtype(obs[term]):
-            groups = obs[term].astype(str)
-        elif term in obs:
-            ax.scatter(
-                obs[term].to_numpy()[sample],
-                y[sample],
-                s=4,
-                alpha=0.4,
-                color=colors.get(term, "#555555"),
-                linewidths=0,
-            )
-            ax.set_xlabel(term, fontsize="small")
-            ax.set_ylabel(f"{gene} expression", fontsize="small")
-            continue
+    ylabel = f"{gene}, adjusted" if adjusted else f"{gene} expression"
+    for a, term in zip(axes, terms, strict=True):
+        a.set_title(f"{term}: {frac.get(term, np.nan):.1%} of variance", fontsize="small")
+        a.spines[["top", "right"]].set_visible(False)
+        color = colors.get(term, "#555555")
+        if _draw_term(a, term, dz, obs, panels[term], color, max_levels, sample, rng):
+            a.set_ylabel(ylabel, fontsize="small")
         else:
-            ax.text(
+            a.text(
                 0.5,
                 0.5,
                 "interaction term: not drawn",
                 ha="center",
                 va="center",
-                transform=ax.transAxes,
+                transform=a.transAxes,
                 fontsize="small",
             )
-            ax.set_axis_off()
-            continue
-        by_level = pd.Series(y, index=groups.index).groupby(groups.to_numpy(), observed=True)
-        order = by_level.median().sort_values().index
-        if len(order) <= max_levels:
-            data = [by_level.get_group(level).to_numpy() for level in order]
-            boxes = ax.boxplot(data, showfliers=False, patch_artist=True, widths=0.6)
-            for patch in boxes["boxes"]:
-                patch.set_facecolor(colors.get(term, "#cccccc"))
-                patch.set_alpha(0.5)
-            codes = pd.Index(order).get_indexer(groups.to_numpy()[sample])
-            jitter = rng.uniform(-0.18, 0.18, len(sample))
-            ax.scatter(
-                codes + 1 + jitter, y[sample], s=2, color="#333333", alpha=0.25, linewidths=0
-            )
-            ax.set_xticks(np.arange(1, len(order) + 1), [str(v) for v in order])
-            plt.setp(ax.get_xticklabels(), rotation=90, fontsize="x-small")
-        else:
-            means = by_level.mean().loc[order]
-            ax.plot(np.arange(len(means)), means.to_numpy(), ".", color=colors.get(term, "#555"))
-            ax.set_xlabel(f"{len(order)} levels, sorted", fontsize="small")
-        ax.set_ylabel(f"{gene} expression", fontsize="small")
-    for ax in axes.ravel()[len(terms) :]:
-        ax.set_visible(False)
-    main = frac.dropna().sort_values(ascending=False).head(3)
-    fig.suptitle(
-        f"{gene}: " + ", ".join(f"{c} {v:.0%}" for c, v in main.items()), fontsize="medium"
-    )
-    return finish(list(axes.ravel()[: len(terms)]), show)
+            a.set_axis_off()
+    if ax is None:
+        main = frac.dropna().sort_values(ascending=False).head(3)
+        axes[0].figure.suptitle(
+            f"{gene}: "
+            + ", ".join(f"{c} {v:.0%}" for c, v in main.items())
+            + f"\n{_VIEWS[bool(adjusted)]}",
+            fontsize="medium",
+        )
+    return finish(axes, show, save, "gene")

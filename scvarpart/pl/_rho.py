@@ -10,7 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from ._common import finish, get_results
+from ..get import batch_dominated
+from ._common import axes_or_none, finish, get_results
 
 __all__ = ["rho"]
 
@@ -42,14 +43,16 @@ def rho(
     n_labels: int = 10,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
 ) -> list[Axes] | None:
     """The batch-to-signal ratio ``rho`` across genes, and against mean expression.
 
     Left: the distribution of ``log10 rho`` with the threshold marked. Right:
     ``log10 rho`` against each gene's mean expression, genes past the threshold
-    in red and the ``n_labels`` largest finite ratios labelled. Genes with ``rho = inf`` (no
-    signal variance) are drawn at the top edge, those with ``rho = 0`` at the
-    bottom edge; both are counted in the titles.
+    in red and the ``n_labels`` most batch-dominated genes labelled (those past the
+    threshold with the largest batch fraction, as :func:`scvarpart.get.batch_dominated`
+    ranks them). Genes with ``rho = inf`` (no signal variance) are drawn at the top
+    edge, those with ``rho = 0`` at the bottom edge; both are counted in the titles.
 
     Parameters
     ----------
@@ -62,12 +65,15 @@ def rho(
         The ``rho`` past which a gene is batch-dominated (1: as much technical as
         biological variance).
     n_labels
-        Genes labelled (the largest finite ``rho`` past the threshold).
+        Genes labelled: the most batch-dominated ones.
     ax
-        Two Axes to draw into; a new figure otherwise.
+        Two Axes to draw into (histogram, scatter); a new figure otherwise.
     show
         Show the figure (scanpy's ``settings.autoshow`` by default); with
         ``False`` the two Axes are returned.
+    save
+        Save the figure as scanpy does: ``True`` or a file name suffix, into
+        ``sc.settings.figdir`` as ``rho{save}``.
 
     Returns
     -------
@@ -82,10 +88,10 @@ def rho(
     mean = res.per_gene["mean"]
     finite = r[np.isfinite(r) & (r > 0)]
     n_inf, n_zero = int(np.isinf(r).sum()), int((r == 0).sum())
-    if ax is None:
-        _, (ax_hist, ax_scatter) = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
-    else:
-        ax_hist, ax_scatter = ax
+    axes = axes_or_none(ax, 2, "svp.pl.rho", "histogram, scatter")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
+    ax_hist, ax_scatter = axes
     log_r = np.log10(finite)
     cut = np.log10(threshold)
 
@@ -122,13 +128,14 @@ def rho(
     ax_scatter.set_ylabel("log10 rho  (inf at the top, 0 at the bottom)")
     ax_scatter.set_title(
         f"{int(above.sum()):,} genes with rho >= {threshold:g} (red); "
-        f"the {n_labels} largest finite labelled",
+        f"the {n_labels} most batch-dominated labelled",
         fontsize="medium",
     )
     ax_scatter.spines[["top", "right"]].set_visible(False)
 
-    # the largest finite ratios: rho = inf only says there is no signal variance
-    labelled = r[above & np.isfinite(r)].sort_values(ascending=False).index[:n_labels]
+    # the ranking of svp.get.batch_dominated: a large ratio of two tiny variances (or
+    # rho = inf: no signal variance at all) is not what makes a gene batch-dominated
+    labelled = batch_dominated(adata, key=key, n_top=n_labels, min_rho=threshold).index
     if len(labelled):
         ylim = ax_scatter.get_ylim()
         height = ylim[1] - ylim[0]
@@ -149,4 +156,4 @@ def rho(
                 gid="gene-label",
             )
         ax_scatter.set_xlim(xlim)
-    return finish([ax_hist, ax_scatter], show)
+    return finish([ax_hist, ax_scatter], show, save, "rho")

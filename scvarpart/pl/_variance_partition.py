@@ -22,6 +22,7 @@ def variance_partition(
     genes: Sequence[str] | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
 ) -> Axes | None:
     """Violin and box plot of each component's variance fraction across genes.
 
@@ -44,6 +45,9 @@ def variance_partition(
     show
         Show the figure (scanpy's ``settings.autoshow`` by default); with
         ``False`` the Axes are returned.
+    save
+        Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
+        ``"_ml.pdf"``), into ``sc.settings.figdir`` as ``variance_partition{save}``.
 
     Returns
     -------
@@ -97,4 +101,4 @@ def variance_partition(
     ax.set_ylabel("variance explained (%)")
     ax.set_title(f"variance partition of {len(fractions):,} genes")
     ax.spines[["top", "right"]].set_visible(False)
-    return finish(ax, show)
+    return finish(ax, show, save, "variance_partition")

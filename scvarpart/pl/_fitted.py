@@ -1,0 +1,49 @@
+"""What a plot needs from a fit: its design (formula and cells) and a gene's values."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ..design import Design, build_design
+from ..tl._variance_partition import _cell_filter
+
+__all__ = ["fitted_design", "gene_values"]
+
+
+def fitted_design(
+    adata: AnnData, key: str, *, formula: str | None = None, check: bool = False
+) -> Design:
+    """The design of ``formula``, or, by default, of the fit stored under ``key``: its
+    formula and the cells it modelled (``cells=`` and complete observations)."""
+    cells = None
+    if formula is None:
+        if key not in adata.uns or "params" not in adata.uns[key]:
+            raise KeyError(
+                f"Give formula=, or run svp.tl.variance_partition first (no results under "
+                f"key {key!r})."
+            )
+        params = adata.uns[key]["params"]
+        formula, cells = str(params["formula"]), params.get("cells")
+    return build_design(formula, adata.obs, rows=_cell_filter(adata.obs, cells), check=check)
+
+
+def gene_values(adata: AnnData, name: str, layer: str | None, use_raw: bool) -> np.ndarray:
+    """One gene's values over all cells, from ``X``, a layer or ``raw``."""
+    if name not in adata.var_names:
+        raise KeyError(f"{name!r} is not in adata.var_names.")
+    if use_raw:
+        if adata.raw is None:
+            raise ValueError("use_raw=True but adata.raw is not set.")
+        values = adata.raw[:, name].X
+    elif layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(
+                f"Layer {layer!r} is not in adata.layers; available: {list(adata.layers)}."
+            )
+        values = adata.layers[layer][:, adata.var_names.get_loc(name)]
+    else:
+        values = adata.X[:, adata.var_names.get_loc(name)]
+    values = values.toarray() if sp.issparse(values) else np.asarray(values)
+    return values.ravel().astype(float)

@@ -1,0 +1,102 @@
+"""One gene's fitted effects at its estimated variances, for the adjusted gene plot.
+
+Given the variance components of a gene, the fixed effects ``beta`` (generalised least
+squares) and the conditional modes ``b`` of the random effects (BLUPs) solve
+Henderson's mixed-model equations::
+
+    [ X'X   X'Z                ] [beta]   [X'y]
+    [ Z'X   Z'Z + sigma^2 D^-1 ] [ b  ] = [Z'y]
+
+with ``D`` the diagonal of the random effects' variances (``sigma_j^2`` for every level
+of factor ``j``). A factor whose variance is 0 has every ``b`` exactly 0 and is left
+out. The system is sparse, of the size of the fixed effects plus the levels, whatever
+the number of cells.
+
+The partial residual of a term is the gene's values minus the fitted effects of all
+the *other* terms: what the model attributes to that term, plus the residual. Drawn by
+the levels of the term, it shows the term's own effect with the others removed, where
+the raw values (the marginal view) also show the effects of any factor confounded with
+it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from ..design import Design
+from ..suffstats.gram import centred_fixed, indicator_matrix
+
+__all__ = ["conditional_effects", "partial_residuals"]
+
+
+def conditional_effects(
+    design: Design, y: np.ndarray, variances: Mapping[str, float]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Fixed effects and conditional modes of one response at given variances.
+
+    Parameters
+    ----------
+    design
+        The model's design (``y`` holds one value per observation of it).
+    y
+        The response, ``(n_obs,)``.
+    variances
+        Variance of each grouping factor by name, and ``"Residual"`` (> 0).
+
+    Returns
+    -------
+    ``beta`` for the columns of ``X`` with every column but the intercept centred
+    (:func:`~scvarpart.suffstats.gram.centred_fixed`: the same slopes, an intercept at
+    the mean of the covariates), and the conditional modes of each factor's levels.
+    """
+    sigma2 = float(variances["Residual"])
+    if not sigma2 > 0:
+        raise ValueError(
+            f"The residual variance must be > 0 to solve for the effects, got {sigma2}."
+        )
+    Xc, _ = centred_fixed(design)
+    Z = indicator_matrix(design)
+    level_var = np.concatenate(
+        [np.full(f.n_levels, float(variances[f.name])) for f in design.factors]
+    )
+    active = np.flatnonzero(level_var > 0)  # a zero variance pins its effects at 0
+    Za = Z[:, active]
+    lhs = sp.bmat(
+        [
+            [sp.csr_matrix(Xc.T @ Xc), sp.csr_matrix(Za.T @ Xc).T],
+            [
+                sp.csr_matrix(Za.T @ Xc),
+                Za.T @ Za + sp.diags(sigma2 / level_var[active], shape=(len(active),) * 2),
+            ],
+        ],
+        format="csc",
+    )
+    rhs = np.concatenate([Xc.T @ y, Za.T @ y])
+    solution = np.atleast_1d(spla.spsolve(lhs, rhs))
+    p = Xc.shape[1]
+    b = np.zeros(len(level_var))
+    b[active] = solution[p:]
+    offsets = np.cumsum([0] + [f.n_levels for f in design.factors])
+    modes = {f.name: b[offsets[i] : offsets[i + 1]] for i, f in enumerate(design.factors)}
+    return solution[:p], modes
+
+
+def partial_residuals(
+    design: Design, y: np.ndarray, variances: Mapping[str, float]
+) -> dict[str, np.ndarray]:
+    """For every term, ``y`` minus the fitted effects of all the other terms.
+
+    The intercept is kept, and the fixed terms' columns are centred, so the partial
+    residuals stay on the scale of ``y`` (around its mean).
+    """
+    beta, modes = conditional_effects(design, y, variances)
+    Xc, _ = centred_fixed(design)
+    # in the order of the components: random terms, then fixed terms
+    effects = {f.name: modes[f.name][f.codes] for f in design.factors}
+    effects |= {t: Xc[:, cols] @ beta[cols] for t, cols in design.fixed_terms.items()}
+    total = sum(effects.values(), np.zeros_like(y, dtype=float))
+    return {term: y - (total - effect) for term, effect in effects.items()}
