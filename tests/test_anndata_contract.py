@@ -4,7 +4,11 @@ that it is the same whatever the form of the input."""
 from __future__ import annotations
 
 import copy
+import warnings
 
+import matplotlib
+
+matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
@@ -626,3 +630,95 @@ def test_mean_expression_is_stored():
     np.testing.assert_allclose(
         adata.var["varpart_mean"], np.asarray(adata.X, dtype=np.float64).mean(axis=0), rtol=1e-12
     )
+
+
+# --- refits replace every result, and only results ------------------------------
+
+
+def _result_state(a: AnnData, key: str = "varpart") -> dict:
+    return {
+        "var": a.var.copy(deep=True),
+        "varm": {k: a.varm[k].copy() for k in a.varm if k.startswith(key)},
+        "uns": copy.deepcopy(dict(a.uns[key])),
+    }
+
+
+def test_refit_with_another_model_leaves_nothing_stale(fitted):
+    a = fitted.copy()
+    a.var["varpart_notes"] = "checked by hand"  # a user's column with the key's prefix
+    a.varm["varpart_umap"] = np.zeros((a.n_vars, 2))  # and a user's varm entry
+    vp(a, "~ (1|patient) + (1|day)", batch=None, signal=None, method="REML")
+    assert "varpart_rho" not in a.var.columns
+    assert a.varm["varpart"].columns.tolist() == ["patient", "day", "Residual"]
+    assert a.varm["varpart_variance"].columns.tolist() == ["patient", "day", "Residual"]
+    assert (a.var["varpart_notes"] == "checked by hand").all()
+    assert "varpart_umap" in a.varm and "true_beta_log_umi" in a.var.columns
+    assert list(a.uns["varpart"]["result_keys"]["var"]) == PER_GENE[1:]
+    assert list(a.uns["varpart"]["result_keys"]["varm"]) == ["varpart", "varpart_variance"]
+    # the plots follow the new model: no rho to plot, bars sorted by a component
+    with pytest.raises(KeyError, match="No rho"):
+        svp.pl.rho(a, show=False)
+    ax = svp.pl.percent_bars(a, n_top=5, show=False)
+    assert "by patient" in ax.get_title()
+    with pytest.raises(KeyError, match="No rho"):
+        svp.get.batch_dominated(a)
+
+
+def test_refit_replaces_results_stored_before_keys_were_recorded(fitted):
+    a = fitted.copy()
+    del a.uns["varpart"]["result_keys"]  # as an earlier version stored them
+    a.var["varpart_notes"] = "mine"
+    vp(a, "~ (1|patient) + (1|day)", batch=None, signal=None, method="REML")
+    assert "varpart_rho" not in a.var.columns
+    assert "varpart_notes" in a.var.columns
+
+
+def test_a_failing_refit_leaves_the_previous_results(fitted, monkeypatch):
+    a = fitted.copy()
+    before = _result_state(a)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed during the fit")
+
+    monkeypatch.setattr("scvarpart.tl._variance_partition.fit_lmm", fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        vp(a, "~ (1|patient) + (1|day)", batch=None, signal=None, method="REML")
+    after = _result_state(a)
+    pd.testing.assert_frame_equal(after["var"], before["var"])
+    assert after["varm"].keys() == before["varm"].keys()
+    for k in before["varm"]:
+        pd.testing.assert_frame_equal(after["varm"][k], before["varm"][k])
+    assert after["uns"]["params"] == before["uns"]["params"]
+
+
+def test_refit_into_a_file_leaves_nothing_stale(fitted, tmp_path):
+    a = fitted.copy()
+    a.var["varpart_notes"] = "mine"
+    source = tmp_path / "fitted.h5ad"
+    a.write_h5ad(source)
+    out = tmp_path / "refit.h5ad"
+    result = svp.tl.variance_partition_file(
+        source, "~ (1|patient) + (1|day)", method="REML", output=out
+    )
+    for b in (result, read_h5ad(out)):
+        assert "varpart_rho" not in b.var.columns
+        assert "varpart_notes" in b.var.columns
+        assert b.varm["varpart"].columns.tolist() == ["patient", "day", "Residual"]
+
+
+# --- warnings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subset", ["genes", "cells", "none"])
+def test_fit_raises_no_warning_of_any_kind(base, subset):
+    """No anndata ImplicitModificationWarning (writing into a view), nor anything else,
+    on well-formed input (REML: no few-level warning)."""
+    parent = base.copy()
+    a = {"genes": parent[:, :10], "cells": parent[:300], "none": parent}[subset]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vp(a, method="REML", progress=False)
+    assert not a.is_view
+    assert a.varm["varpart"].shape == (a.n_vars, len(COMPONENTS))
+    if subset != "none":
+        assert "varpart" not in parent.varm and "varpart" not in parent.uns

@@ -171,6 +171,19 @@ def _raw(a):
     a.raw = a.copy()
 
 
+def _duplicated_names(a):
+    names = list(a.var_names)
+    names[4], names[6] = names[1], names[1]  # three genes called gene0002
+    names[7] = names[3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's own note on non-unique names
+        a.var_names = names
+
+
+def _single_level_fixed(a):
+    a.obs["tissue"] = pd.Categorical(["blood"] * a.n_obs)
+
+
 CASES = [
     (
         "missing-random-column",
@@ -394,6 +407,42 @@ CASES = [
         ValueError,
         r"copy=True.*inplace=True",
     ),
+    (
+        "duplicated-var-names",
+        _duplicated_names,
+        FORMULA,
+        {},
+        ValueError,
+        r"adata\.var_names has 2 duplicated gene name\(s\): 'gene0002', 'gene0004'.*"
+        r"adata\.var_names_make_unique\(\)",
+    ),
+    (
+        "single-level-categorical-fixed",
+        _single_level_fixed,
+        "~ log_umi + tissue + (1|patient)",
+        {},
+        DesignError,
+        r"Fixed effect 'tissue' has a single level \('blood'\).*Remove 'tissue'",
+    ),
+    (
+        "single-level-after-cell-filter",
+        _noop,
+        "~ log_umi + chemistry + (1|patient)",
+        {"cells": {"chemistry": ["3p_v2"]}},
+        DesignError,
+        r"Fixed effect 'chemistry' has a single level \('3p_v2'\).*cell selection.*more than",
+    ),
+    ("batch-size-0", _noop, FORMULA, {"batch_size": 0}, ValueError, r"batch_size=0.*positive"),
+    ("chunk-size-0", _noop, FORMULA, {"chunk_size": 0}, ValueError, r"chunk_size=0.*positive"),
+    ("n-jobs-0", _noop, FORMULA, {"n_jobs": 0}, ValueError, r"n_jobs=0.*-1 for every core"),
+    (
+        "min-cells-negative",
+        _noop,
+        FORMULA,
+        {"min_cells": -1},
+        ValueError,
+        r"min_cells=-1.*non-negative",
+    ),
 ]
 
 
@@ -408,6 +457,35 @@ def test_error_before_fit(adata, no_fit, prepare, formula, kwargs, exc, match):
     with pytest.raises(exc, match=re.compile(match, re.DOTALL)):
         run(adata, formula, **kwargs)
     assert_unchanged(adata, snap)
+
+
+def test_no_cells_is_an_error_before_reading(_base, no_fit, monkeypatch):
+    def no_read(*args, **kwargs):
+        pytest.fail("the data were read")
+
+    monkeypatch.setattr("scvarpart.tl._variance_partition.response_stats", no_read)
+    empty = _base[:0].copy()
+    with pytest.raises(ValueError, match=r"no cells \(n_obs = 0\).*subsetting"):
+        run(empty)
+
+
+def test_batch_size_is_checked_before_reading(adata, monkeypatch):
+    def no_read(*args, **kwargs):
+        pytest.fail("the data were read")
+
+    monkeypatch.setattr("scvarpart.tl._variance_partition.response_stats", no_read)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        run(adata, batch_size=0)
+
+
+def test_file_with_duplicated_names_is_refused(adata, tmp_path, no_fit):
+    _duplicated_names(adata)
+    path = tmp_path / "dups.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(path)
+    with pytest.raises(ValueError, match=r"duplicated gene name.*var_names_make_unique"):
+        svp.tl.variance_partition_file(path, FORMULA)
 
 
 def test_formula_error_is_value_error():
@@ -576,7 +654,7 @@ def test_missing_values_in_unused_columns_are_ignored(adata):
     adata.obs["unused"] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        run(adata)
+        run(adata, method="REML")  # REML: no warning about the few-level factors
     assert adata.uns["varpart"]["params"]["n_obs"] == N_CELLS
     assert adata.uns["varpart"]["params"]["n_obs_dropped"] == 0
 
@@ -606,12 +684,46 @@ def test_float_grouping_column_warns(adata, stop_at_fit):
             run(adata, "~ log_umi + (1|patient) + (1|depth)")
 
 
-def test_integer_valued_float_grouping_does_not_warn(adata, stop_at_fit):
-    adata.obs["plate"] = (np.arange(adata.n_obs) % 60).astype(float)
+@pytest.mark.parametrize("dtype", [float, np.int64])
+def test_integer_codes_as_grouping_do_not_warn(adata, stop_at_fit, dtype):
+    """Plates numbered 0..59 (or 1..60), even stored as floats, are labels."""
+    for start in (0, 1):
+        adata.obs["plate"] = (np.arange(adata.n_obs) % 60 + start).astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with pytest.raises(FitCalled):
+                run(adata, "~ log_umi + (1|patient) + (1|plate)", method="REML")
+
+
+def test_count_column_as_grouping_warns(adata, stop_at_fit):
+    """A whole-number measurement such as n_genes gives hundreds of levels."""
+    rng = np.random.default_rng(8)
+    pool = rng.choice(np.arange(300, 3000), size=90, replace=False)
+    adata.obs["n_genes"] = pool[np.arange(adata.n_obs) % 90].astype(np.int64)
+    with pytest.warns(UserWarning) as rec, pytest.raises(FitCalled):
+        run(adata, "~ log_umi + (1|patient) + (1|n_genes)", method="REML")
+    (w,) = [w for w in rec if "'n_genes'" in str(w.message)]
+    msg = str(w.message)
+    assert "90 distinct values" in msg and "90 levels" in msg
+    assert "fixed effect ('+ n_genes')" in msg
+    assert "astype('category')" in msg
+    assert w.filename == __file__
+
+
+def test_float_grouping_with_few_values_warns(adata, stop_at_fit):
+    adata.obs["dose"] = np.array([0.5, 1.5, 2.5])[np.arange(adata.n_obs) % 3]
+    with pytest.warns(UserWarning, match=r"'dose' is a float column with 3 distinct.*\+ dose"):
+        with pytest.raises(FitCalled):
+            run(adata, "~ log_umi + (1|patient) + (1|dose)", method="REML")
+
+
+def test_categorical_numbers_as_grouping_do_not_warn(adata, stop_at_fit):
+    """The fix the warning suggests silences it."""
+    adata.obs["n_genes"] = pd.Categorical(300 + 7 * (np.arange(adata.n_obs) % 90))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         with pytest.raises(FitCalled):
-            run(adata, "~ log_umi + (1|patient) + (1|plate)")
+            run(adata, "~ log_umi + (1|patient) + (1|n_genes)", method="REML")
 
 
 def _counts(adata, kind):
@@ -642,7 +754,39 @@ def test_lognormalised_data_does_not_warn(adata, stop_at_fit):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         with pytest.raises(FitCalled):
-            run(adata)
+            run(adata, method="REML")
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_unlogged_values_warn(adata, stop_at_fit, kind):
+    """TPM-like values: not integers, in the tens of thousands."""
+    rng = np.random.default_rng(12)
+    tpm = rng.gamma(0.3, 400.0, size=adata.shape) * (rng.random(adata.shape) < 0.6)
+    tpm[0, 0] = 45_000.5
+    adata.X = sp.csr_matrix(tpm) if kind == "csr" else tpm
+    with pytest.warns(UserWarning, match=r"values up to 45,000\.5.*not log-transformed.*log1p"):
+        with pytest.raises(FitCalled):
+            run(adata, method="REML")
+
+
+def test_few_levels_under_ml_warn_once_naming_them(adata, stop_at_fit):
+    with pytest.warns(UserWarning) as rec, pytest.raises(FitCalled):
+        run(adata)  # ML, the default
+    (w,) = [w for w in rec if "method='ML'" in str(w.message)]
+    msg = str(w.message)
+    assert "'chemistry' (3 levels)" in msg and "'operator' (4 levels)" in msg
+    assert "'patient'" not in msg and "'day'" not in msg  # 12 and 6 levels
+    assert "method='REML'" in msg
+    assert w.filename == __file__
+
+
+def test_few_levels_do_not_warn_under_reml_or_with_many_levels(adata, stop_at_fit):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(FitCalled):
+            run(adata, method="REML")
+        with pytest.raises(FitCalled):
+            run(adata, "~ log_umi + (1|patient) + (1|day)")  # ML, 12 and 6 levels
 
 
 def _nan_obs(adata):

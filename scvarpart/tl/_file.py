@@ -14,8 +14,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .._io import OutputExistsError, write_results_file
+from ..get._results import check_var_names, result_keys
 from ..suffstats.response import default_chunk_rows
-from ._variance_partition import _partition, _plain, _prepare, write_results
+from ._variance_partition import _partition, _plain, _prepare, check_options, write_results
 
 __all__ = ["partition_file", "variance_partition_file"]
 
@@ -44,6 +45,15 @@ def _lazy_matrix(elem, n_genes: int, chunk_size: int | None, dask: bool):
     return elem  # an h5py or zarr array: slicing reads only the requested rows
 
 
+def _without_results(var: pd.DataFrame, root, key: str) -> pd.DataFrame:
+    """The file's ``var`` without the columns of an earlier fit under ``key`` (as its
+    ``uns[key]`` recorded them): the fit's own results replace them."""
+    if "uns" not in root or key not in root["uns"]:
+        return var
+    stored = AnnData(var=var, uns={key: ad.io.read_elem(root["uns"][key])})
+    return var.drop(columns=result_keys(stored, key)["var"])
+
+
 def partition_file(
     path: Path,
     formula: str,
@@ -67,13 +77,19 @@ def partition_file(
     :func:`variance_partition_file` computes them; ``genes`` restricts the fits to
     a slice of the genes (each gene's result does not depend on the others)."""
     path = Path(path)
+    check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     if layer is not None and use_raw:
         raise ValueError("Pass either layer= or use_raw=True, not both.")
     with _open(path) as root:
         obs = ad.io.read_elem(root["obs"])
-        var = ad.io.read_elem(root["var"])
+        var = _without_results(ad.io.read_elem(root["var"]), root, key_added)
+        check_var_names(
+            var.index,
+            f"The var names of {path}",
+            "read it, run adata.var_names_make_unique() and write it again",
+        )
         prep = _prepare(obs, formula, method, batch, signal, cells)
         if layer is not None:
             layers = list(root["layers"]) if "layers" in root else []

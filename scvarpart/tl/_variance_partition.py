@@ -14,6 +14,7 @@ from scanpy import logging as logg
 
 from .._warn import warn
 from ..design import Design, build_design, parse_formula
+from ..get._results import check_var_names, result_keys
 from ..lmm import choose_engine, fit_lmm
 from ..suffstats import (
     design_gram,
@@ -26,12 +27,18 @@ from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import RESIDUAL, component_variances, fractions, rho
 from ._progress import progress_bar
 
-__all__ = ["summarize", "variance_partition", "write_results"]
+__all__ = ["check_options", "summarize", "variance_partition", "write_results"]
 
 _VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
 # Rows (or, for a column-compressed matrix, genes) inspected to recognise raw counts.
 _COUNT_CHECK_ROWS = 2000
 _COUNT_CHECK_GENES = 100
+# log1p of normalised counts stays below ~15 (log1p of a million CPM is 13.8): larger
+# non-negative values have not been log-transformed (TPM, FPKM, normalised counts).
+_UNLOGGED_MAX = 50.0
+# Under ML a grouping factor with fewer levels than this has a variance biased towards
+# 0 (often exactly 0): the fit is warned about, with REML suggested.
+_FEW_LEVELS = 5
 
 
 def _versions() -> dict[str, str]:
@@ -122,11 +129,22 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
     if is_dask_array(sample):
         sample = sample.compute()
     values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
-    if values.size and values.max() > 1 and (values >= 0).all() and (values % 1 == 0).all():
+    if not values.size or not (values >= 0).all():
+        return
+    if values.max() > 1 and (values % 1 == 0).all():
         warn(
             f"{source} looks like raw counts (non-negative integers). variance_partition "
             "models log-normalised expression: run sc.pp.normalize_total and "
             "sc.pp.log1p first, or pass layer= with log-normalised values."
+        )
+    elif values.max() > _UNLOGGED_MAX:
+        warn(
+            f"{source} has values up to {values.max():,.6g}: it looks like expression that "
+            "was not log-transformed (TPM, FPKM or normalised counts; log-normalised values "
+            "stay below about 15), in which a few large values dominate every variance. "
+            "variance_partition models log-normalised expression: run sc.pp.log1p first "
+            "(after sc.pp.normalize_total for counts), or pass layer= with log-normalised "
+            "values."
         )
 
 
@@ -178,11 +196,57 @@ def _cell_filter(obs: pd.DataFrame, cells: Mapping[str, Sequence] | None) -> np.
     return rows
 
 
+def check_options(
+    *, batch_size: int, chunk_size: int | None, n_jobs: int | None, min_cells: int
+) -> None:
+    """Execution options, checked before anything is read."""
+
+    def whole(value) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not (whole(batch_size) and batch_size >= 1):
+        raise ValueError(
+            f"batch_size={batch_size!r}: the genes fitted per compiled call must be a "
+            "positive integer (the default, 256, suits most data)."
+        )
+    if chunk_size is not None and not (whole(chunk_size) and chunk_size >= 1):
+        raise ValueError(
+            f"chunk_size={chunk_size!r}: the cells read per block must be a positive "
+            "integer, or None for blocks of about 32 MB."
+        )
+    if n_jobs is not None and not (whole(n_jobs) and n_jobs != 0):
+        raise ValueError(
+            f"n_jobs={n_jobs!r}: give the number of workers (1, 2, ...), -1 for every core, "
+            "or None."
+        )
+    if not (whole(min_cells) and min_cells >= 0):
+        raise ValueError(f"min_cells={min_cells!r} must be a non-negative integer (0: no filter).")
+
+
+def _warn_few_levels(design: Design, method: str) -> None:
+    """ML shrinks the variance of a factor with few levels towards 0: say so, once."""
+    few = [f for f in design.factors if f.n_levels < _FEW_LEVELS]
+    if method != "ML" or not few:
+        return
+    listing = ", ".join(f"{f.name!r} ({f.n_levels} levels)" for f in few)
+    warn(
+        "Under method='ML', the variance of a grouping factor with few levels is biased "
+        "downwards (for k balanced levels, by about a factor (k-1)/k) and is more often "
+        f"estimated as 0: {listing}. method='REML' corrects most of this bias; ML is "
+        "variancePartition's default (see 'ML or REML' in the README)."
+    )
+
+
 def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None) -> _Prepared:
     """Every check that needs only the design, before any data are touched."""
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
+    if len(obs) == 0:
+        raise ValueError(
+            "There are no cells (n_obs = 0): nothing to fit. Check the subsetting or "
+            "filtering that produced the data."
+        )
     batch_l = _as_list(batch, "batch")
     signal_l = _as_list(signal, "signal")
     parsed = parse_formula(formula)
@@ -193,6 +257,7 @@ def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None)
         )
     design = build_design(parsed, obs, rows=_cell_filter(obs, cells))
     _check_components(batch_l, signal_l, design.components)
+    _warn_few_levels(design, method_u)
     return _Prepared(design, method_u, batch_l, signal_l)
 
 
@@ -335,13 +400,44 @@ def summarize(results: dict, key_added: str) -> dict:
     }
 
 
+def _aligned(results: dict, var_names: pd.Index) -> None:
+    for name in ("fractions", "variance", "var"):
+        if not results[name].index.equals(var_names):
+            raise ValueError(
+                f"The {name} table of the results is not indexed by this object's genes, in "
+                "order: results computed from another object cannot be stored here."
+            )
+
+
 def write_results(adata: AnnData, results: dict, key_added: str) -> None:
-    """Store the tables of :func:`variance_partition` in ``adata``."""
+    """Store the tables of :func:`variance_partition` in ``adata``, replacing every
+    result of an earlier fit under ``key_added``.
+
+    The ``var`` columns and ``varm`` keys written are recorded in
+    ``uns[key_added]["result_keys"]``; exactly those of the earlier fit (as it recorded
+    them) are removed, so a refit with another model leaves nothing stale, and a
+    user's column that merely starts with the key is kept. Everything is checked and
+    prepared before ``adata`` is touched. A view is made an actual object first, as
+    anndata would do on the first assignment (without its warning).
+    """
+    check_var_names(adata.var_names)
+    _aligned(results, adata.var_names)
+    per_gene = results["var"]
+    written = {"var": list(per_gene.columns), "varm": [key_added, f"{key_added}_variance"]}
+    uns = {**results["uns"], "result_keys": written}
+    if adata.is_view:
+        logg.info("    the view was made an actual AnnData to store the results")
+        adata._init_as_actual(adata.copy())
+    stale = result_keys(adata, key_added)
+    # from here on nothing can fail: every value is aligned and complete
+    adata.var.drop(columns=stale["var"], inplace=True)
+    for key in stale["varm"]:
+        del adata.varm[key]
     adata.varm[key_added] = results["fractions"]
     adata.varm[f"{key_added}_variance"] = results["variance"]
-    for col in results["var"]:
-        adata.var[col] = results["var"][col]
-    adata.uns[key_added] = results["uns"]
+    for col in per_gene:
+        adata.var[col] = per_gene[col].to_numpy()
+    adata.uns[key_added] = uns
 
 
 def variance_partition(
@@ -469,6 +565,8 @@ def variance_partition(
     """
     if copy and not inplace:
         raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
+    check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
+    check_var_names(adata.var_names)
     prep = _prepare(adata.obs, formula, method, batch, signal, cells)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
