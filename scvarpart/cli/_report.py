@@ -91,13 +91,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{comp:<24}{summary['median_fraction'][comp]:>16.4f}  {role}")
 
     if "rho" in table:
-        rho = table["rho"].replace(np.inf, np.nan).dropna().sort_values(ascending=False)
+        from ..get import batch_dominated  # the one ranking, as svp.get and the plots use
+
+        ranked = batch_dominated(adata, key=key, n_top=args.top)
         n_inf = int(np.isinf(table["rho"]).sum())
         print(
-            f"\nmost batch-dominated genes (rho = batch / signal variance; {n_inf} genes with "
-            "no signal variance have rho = inf):"
+            "\nmost batch-dominated genes (rho = batch / signal variance >= 1, ranked by "
+            f"batch fraction; {n_inf} genes with no signal variance have rho = inf):"
         )
-        top = table.loc[rho.index[: args.top], ["rho", *(f"fraction_{c}" for c in batch + signal)]]
+        top = table.loc[ranked.index, ["rho", *(f"fraction_{c}" for c in batch + signal)]]
+        top.insert(1, "batch_fraction", ranked["batch_fraction"])
     else:
         print("\ngenes with the largest residual fraction (no batch/signal given, so no rho):")
         top = table.sort_values("fraction_Residual", ascending=False).head(args.top)
