@@ -421,8 +421,9 @@ def _confounded_gene() -> AnnData:
         },
         index=[f"c{i}" for i in range(len(y))],
     )
-    adata = AnnData(X=np.column_stack([y, rng.normal(size=len(y))]), obs=obs)
-    adata.var_names = ["confounded", "other"]
+    flat = np.full(len(y), 1.5)  # a gene without estimates
+    adata = AnnData(X=np.column_stack([y, rng.normal(size=len(y)), flat]), obs=obs)
+    adata.var_names = ["confounded", "other", "flat"]
     svp.tl.variance_partition(
         adata, "~ (1|patient) + (1|batch)", batch="batch", signal="patient", method="REML"
     )
@@ -450,3 +451,24 @@ def test_gene_adjusted_view_removes_the_confounded_factor():
     assert "adjusted" in suptitle and "other terms' fitted effects" in suptitle
     assert "marginal" in marginal.figure.get_suptitle()
     assert adjusted.get_ylabel() == "confounded, adjusted"
+
+
+def test_gene_without_estimates_has_only_the_marginal_view():
+    adata = _confounded_gene()
+    with pytest.raises(ValueError, match=r"'flat' has no variance estimates \(.*adjusted=False"):
+        svp.pl.gene(adata, "flat", show=False)
+    assert len(svp.pl.gene(adata, "flat", adjusted=False, show=False)) == 2
+
+
+def test_gene_reads_the_values_the_fit_read():
+    """By default the layer of the fit: the adjusted boxes do not depend on X then."""
+    adata = _confounded_gene()
+    expected = _box_means(svp.pl.gene(adata, "confounded", show=False)[0])
+    layered = adata.copy()
+    layered.layers["lognorm"] = layered.X.copy()
+    layered.X = np.zeros(layered.shape)
+    svp.tl.variance_partition(
+        layered, "~ (1|patient) + (1|batch)", layer="lognorm", method="REML", progress=False
+    )
+    got = _box_means(svp.pl.gene(layered, "confounded", show=False)[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)

@@ -537,18 +537,40 @@ def variance_partition(
         Some variance exactly 0; the optimiser converged; the maximised ML or REML
         log-likelihood (lme4's ``logLik``).
     ``adata.uns[key_added]``
-        ``params``, ``components``, ``summary`` and ``errors`` (a DataFrame of the
-        genes without estimates and why).
+        ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
+        genes without estimates and why) and ``result_keys`` (the ``var`` columns and
+        ``varm`` keys written). A refit under the same ``key_added`` removes exactly
+        the keys the earlier fit recorded, so nothing of another model is left; a
+        fit that fails leaves the earlier results as they were.
 
     With ``inplace=False``: a dict with keys ``"fractions"``, ``"variance"`` (the
     two DataFrames), ``"var"`` (DataFrame of the per-gene columns) and ``"uns"``.
+
+    Raises
+    ------
+    ValueError
+        Before any data are read: a formula or design that cannot be fitted (see
+        :func:`scvarpart.design.build_design`), no cells, duplicated gene names,
+        unknown ``batch``/``signal`` components, invalid ``batch_size``,
+        ``chunk_size``, ``n_jobs`` or ``min_cells``. NaN or infinite values name
+        the genes.
+
+    Warns
+    -----
+    UserWarning
+        Before fitting: raw counts, or values that were not log-transformed (TPM,
+        FPKM); a numeric grouping column that looks like a measurement; under
+        ``method="ML"``, grouping factors with fewer than 5 levels (their variances
+        are biased downwards; ``"REML"`` corrects most of it); dropped observations.
 
     Notes
     -----
     Observations with a missing value in a model column are dropped with a
     warning (as variancePartition does). Genes that are constant, or cannot be
     fitted, get NaN results and a reason in ``uns[key_added]["errors"]``; the
-    other genes are not affected.
+    other genes are not affected. A view is made an actual AnnData to store the
+    results (its parent is not modified). The most batch-dominated genes:
+    :func:`scvarpart.get.batch_dominated`.
 
     Examples
     --------
@@ -559,6 +581,7 @@ def variance_partition(
     ...     "~ log_umi + (1|patient) + (1|chemistry) + (1|day) + (1|operator)",
     ...     batch=["chemistry", "day", "operator"],
     ...     signal="patient",
+    ...     method="REML",
     ... )
     >>> adata.varm["varpart"].columns.tolist()
     ['patient', 'chemistry', 'day', 'operator', 'log_umi', 'Residual']
