@@ -1,37 +1,74 @@
-"""Safe output: results are written next to their destination and renamed into place.
+"""Safe input and output: inputs are checked before any work, results are written next to
+their destination and renamed into place.
 
 The input is never opened for writing: a result file is a copy of the input with
 the result elements added, written under a temporary name in the destination's
 folder and renamed, so a killed run leaves either the old file or the complete
-new one.
+new one. An output may never be one of the inputs (nor lie inside one, nor hold
+one), even with ``force``.
+
+The temporary folder of an output ``OUT`` is ``.OUT.PID.XXXXXXXX.tmp`` beside it,
+with a marker file recording the process that owns it (host, PID and the process's
+start time). A run that is killed (SIGKILL, power loss) leaves it behind; the next
+run writing ``OUT`` removes it once its owner is no longer running, and never
+touches a temporary folder whose owner may still be alive.
+
+anndata and h5py are imported when first needed, so that the command line starts
+quickly.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
-import h5py
-from anndata import AnnData
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 __all__ = [
+    "InputError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "atomic_output",
+    "check_input",
+    "check_output",
     "open_store",
     "read_results",
     "read_var",
+    "reading",
+    "remove_stale_temporaries",
     "write_h5ad_atomic",
     "write_results_file",
 ]
 
+#: Test hook (used by tests/test_cli_faults.py only): when this environment variable
+#: names a file, a write creates that file and then waits (up to a minute) just before
+#: renaming its complete temporary output into place, so that a test can kill the
+#: process mid-write deterministically.
+PAUSE_HOOK = "SCVARPART_TEST_PAUSE_BEFORE_RENAME"
+
+_MARKER = "owner.json"
+
 
 class OutputExistsError(FileExistsError):
-    """The output exists (and ``force`` was not given) or would replace the input."""
+    """The output exists (and ``force`` was not given) or would replace an input."""
+
+
+class OutputNotWritableError(OSError):
+    """The output cannot be created: its folder is missing, not a folder or read-only."""
+
+
+class InputError(ValueError):
+    """An input that cannot be read: missing, not an AnnData file or store, or damaged."""
 
 
 def _is_zarr(path: Path) -> bool:
@@ -51,32 +88,278 @@ def open_store(path: str | os.PathLike, mode: str = "r"):
             yield zarr.open_group(str(path), mode=mode, use_consolidated=False)
             zarr.consolidate_metadata(str(path))
     else:
+        import h5py
+
         with h5py.File(path, mode) as f:
             yield f
 
 
+# ---------------------------------------------------------------------------------------
+# inputs
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs"))
+
+
+def _damage(path: Path, err: BaseException) -> str:
+    """What is wrong with an input that h5py or zarr could not read, and what to do."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if _is_zarr(path):
+        if path.is_dir() and not _is_zarr_store(path):
+            return (
+                "is a folder but not a zarr store (no zarr.json or .zgroup); give an .h5ad "
+                "file or a .zarr store written by anndata"
+            )
+        return f"is not a readable zarr store ({text}); write it again with anndata"
+    if "truncated file" in text:
+        sizes = re.search(r"eof = (\d+).*stored_eof = (\d+)", text)
+        got = f" ({int(sizes[1]):,} of {int(sizes[2]):,} bytes)" if sizes else ""
+        return f"is truncated{got}, e.g. by an interrupted copy or download; copy it again"
+    if "file signature not found" in text:
+        return (
+            "is not an HDF5 file, so not an .h5ad file; give an AnnData file written by "
+            "anndata (write_h5ad) or a .zarr store"
+        )
+    return (
+        f"cannot be read ({text}): it is damaged or not written by anndata; write or copy it again"
+    )
+
+
+def check_input(path: str | os.PathLike, what: str = "input") -> Path:
+    """Check that ``path`` is an AnnData ``.h5ad`` file or ``.zarr`` store that opens.
+
+    Raises
+    ------
+    InputError
+        Naming the file, what is wrong with it and what to do: it does not exist, it is
+        a text file or another non-HDF5 file, it is truncated or damaged, a folder that
+        is not a zarr store, or an HDF5 file or zarr store without ``obs`` and ``var``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"the {what} {path} does not exist.")
+    try:
+        with open_store(path) as root:
+            missing = [key for key in ("obs", "var") if key not in root]
+    except Exception as err:  # h5py and zarr raise OSError, KeyError, ValueError...
+        raise InputError(f"the {what} {path} {_damage(path, err)}.") from err
+    if missing:
+        raise InputError(
+            f"the {what} {path} is not an AnnData file: it has no {' or '.join(missing)}; "
+            "give a file written by anndata (write_h5ad or write_zarr)."
+        )
+    return path
+
+
+def _raised_by_storage(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside h5py, zarr or their codecs (a damaged file makes
+    them raise KeyError, RuntimeError or ValueError as well as OSError)."""
+    tb, filename = err.__traceback__, ""
+    while tb is not None:
+        filename, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return any(
+        f"{os.sep}{package}{os.sep}" in filename or filename.startswith(f"{package}/")
+        for package in ("h5py", "zarr", "numcodecs")
+    )
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str = "input") -> Iterator[None]:
+    """Turn an error of h5py or zarr while reading ``path`` into an :class:`InputError`
+    naming the file (the header of a damaged file can be intact and its content not).
+    Errors of scvarpart's own checks (a missing obs column...) pass unchanged."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:
+        if isinstance(err, OSError) or _raised_by_storage(err):
+            raise InputError(f"the {what} {path} {_damage(Path(path), err)}.") from err
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# outputs
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file: resolved paths (symlinks, ``..``, relative
+    paths), then the device and inode (hard links, bind mounts) where both exist."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _clash(output: Path, source: Path) -> str | None:
+    """Why writing ``output`` would replace or change the input ``source``, if it would."""
+    if _same(output, source):
+        return "is an input"
+    out, src = output.resolve(), source.resolve()
+    if out in src.parents:
+        return f"holds the input {source}"
+    if src in out.parents:
+        return f"lies inside the input {source}"
+    return None
+
+
+def _writable_folder(path: Path) -> None:
+    """Raise :class:`OutputNotWritableError` unless ``path`` can be created: its nearest
+    existing ancestor must be a folder in which this process can create entries (tried
+    for real, since permission bits say nothing for root or on read-only mounts)."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputNotWritableError(
+            f"cannot write {path}: {folder} is a file, not a folder; choose another output path."
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".scvarpart-probe.", dir=folder))
+    except OSError as err:
+        raise OutputNotWritableError(
+            f"cannot write {path}: cannot create files in {folder} ({err.strerror}); choose a "
+            "writable output folder."
+        ) from err
+
+
+def check_output(
+    path: str | os.PathLike, *, force: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Check, before any work, that ``path`` can be written as an output.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` is one of ``inputs`` (compared as resolved paths, and by device and
+        inode so that hard links count), lies inside one or holds one, whatever
+        ``force``; if ``path`` exists and ``force`` is false; or if ``path`` is a folder
+        other than a zarr store (a whole folder is never deleted to make room).
+    OutputNotWritableError
+        If ``path`` cannot be created (its folder is a file or is not writable).
+    """
+    path = Path(path)
+    for source in inputs:
+        why = _clash(path, Path(source))
+        if why:
+            raise OutputExistsError(
+                f"the output {path} {why}; an input is never replaced, even with --force: "
+                "write to another path."
+            )
+    if (path.exists() or path.is_symlink()) and not force:
+        raise OutputExistsError(f"{path} exists; pass --force (force=True) to replace it.")
+    if path.is_dir() and not path.is_symlink() and not _is_zarr_store(path):
+        raise OutputExistsError(
+            f"{path} is a folder that is not a zarr store; it is not replaced, even with "
+            "--force: remove it yourself or write to another path."
+        )
+    _writable_folder(path)
+    return path
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux), to tell it from a later one with the
+    same PID; None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+
+
+def _may_be_running(owner: dict) -> bool:
+    """Whether the process that wrote a temporary's marker may still be running; True
+    when it cannot be told (another host, an unreadable marker)."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    start = _start_time(pid)
+    return start is None or owner.get("start") is None or start == owner["start"]
+
+
+def _temporary_pattern(path: Path) -> re.Pattern:
+    # tempfile.mkdtemp's random part: 8 characters of [a-z0-9_]
+    return re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders of earlier writes of ``path`` whose process was
+    killed (SIGKILL, a crash). Only folders named as :func:`atomic_output` names those
+    of ``path``, holding a marker of a process of this host that is no longer running,
+    are removed. Returns the removed folders."""
+    path = Path(path)
+    pattern = _temporary_pattern(path)
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        try:
+            owner = json.loads((tmp / _MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # no marker (yet): its owner cannot be told, leave it
+        if isinstance(owner, dict) and not _may_be_running(owner):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pause_for_tests() -> None:
+    flag = os.environ.get(PAUSE_HOOK)
+    if flag:
+        Path(flag).touch()
+        time.sleep(60)
+
+
 @contextmanager
 def atomic_output(
-    path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()
+    path: str | os.PathLike, *, force: bool = False, inputs: Iterable = ()
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    Temporaries of earlier writes of ``path`` that were killed are removed first (see
+    :func:`remove_stale_temporaries`); this write's temporary is removed whether it
+    succeeds or fails (SIGINT, and SIGTERM in the command line, included).
 
     Raises
     ------
     OutputExistsError
         If ``path`` exists and ``force`` is false, or ``path`` is one of ``inputs``.
+    OutputNotWritableError
+        If the output's folder cannot be written.
     """
     path = Path(path)
-    for source in inputs:
-        if Path(source).resolve() == path.resolve():
-            raise OutputExistsError(f"The output {path} is an input; write to another path.")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} exists; pass --force (force=True) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    inputs = tuple(inputs)
+    check_output(path, force=force, inputs=inputs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        owner = _owner()
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.{owner['pid']}.", suffix=".tmp", dir=path.parent)
+        )
+    except OSError as err:
+        raise OutputNotWritableError(f"cannot write {path}: {err.strerror}.") from err
     target = tmp / path.name
     try:
+        (tmp / _MARKER).write_text(json.dumps(owner))
         yield target
+        _pause_for_tests()
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # a .zarr store: directories cannot be replaced atomically
         os.replace(target, path)
@@ -84,14 +367,18 @@ def atomic_output(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, *, force: bool = False) -> Path:
+def write_h5ad_atomic(
+    adata: AnnData, path: str | os.PathLike, *, force: bool = False, inputs: Iterable = ()
+) -> Path:
     """Write ``adata`` to ``path`` so that a killed run never leaves a partial file."""
-    with atomic_output(path, force=force) as tmp:
+    with atomic_output(path, force=force, inputs=inputs) as tmp:
         adata.write_h5ad(tmp)
     return Path(path)
 
 
 def _replace_elem(group, key: str, value) -> None:
+    import anndata as ad
+
     if key in group:
         del group[key]
     ad.io.write_elem(group, key, value)
@@ -103,26 +390,32 @@ def write_results_file(
     add_results: Callable[[AnnData], None],
     *,
     force: bool = False,
+    inputs: Iterable = (),
 ) -> Path:
     """Copy ``source`` (``.h5ad`` or ``.zarr``) to ``output`` with results added.
 
     The expression matrix is copied byte for byte, never loaded. ``add_results``
     receives an AnnData holding the file's ``var``, ``varm`` and ``uns`` (no
     ``X``) and adds the results to it; those three elements are then rewritten.
+    ``output`` may be neither ``source`` nor one of the other ``inputs``.
     """
+    import anndata as ad
+    from anndata import AnnData
+
     source, output = Path(source), Path(output)
     if _is_zarr(source) != _is_zarr(output):
         kind = ".zarr" if _is_zarr(source) else ".h5ad"
         raise ValueError(f"The output {output} must be a {kind}, as the input is.")
-    with atomic_output(output, force=force, inputs=(source,)) as tmp:
+    with atomic_output(output, force=force, inputs=(source, *inputs)) as tmp:
         if _is_zarr(source):
             shutil.copytree(source, tmp)
         else:
             shutil.copyfile(source, tmp)
         with open_store(tmp, "r+") as root:
-            var = ad.io.read_elem(root["var"])
-            varm = ad.io.read_elem(root["varm"]) if "varm" in root else {}
-            uns = ad.io.read_elem(root["uns"]) if "uns" in root else {}
+            with reading(source):
+                var = ad.io.read_elem(root["var"])
+                varm = ad.io.read_elem(root["varm"]) if "varm" in root else {}
+                uns = ad.io.read_elem(root["uns"]) if "uns" in root else {}
             holder = AnnData(var=var, varm=varm, uns=uns)
             add_results(holder)
             _replace_elem(root, "var", holder.var)
@@ -131,15 +424,21 @@ def write_results_file(
     return output
 
 
-def read_var(path: str | os.PathLike):
-    """The ``var`` table of a file."""
-    with open_store(path) as root:
+def read_var(path: str | os.PathLike, what: str = "input"):
+    """The ``var`` table of a file (``what`` names the file in errors)."""
+    import anndata as ad
+
+    with reading(path, what), open_store(path) as root:
         return ad.io.read_elem(root["var"])
 
 
-def read_results(path: str | os.PathLike) -> AnnData:
-    """The ``obs``, ``var``, ``varm`` and ``uns`` of a file, without its matrices."""
-    with open_store(path) as root:
+def read_results(path: str | os.PathLike, what: str = "input") -> AnnData:
+    """The ``obs``, ``var``, ``varm`` and ``uns`` of a file, without its matrices
+    (``what`` names the file in errors)."""
+    import anndata as ad
+    from anndata import AnnData
+
+    with reading(path, what), open_store(path) as root:
         elems = {
             key: ad.io.read_elem(root[key]) for key in ("obs", "var", "varm", "uns") if key in root
         }
