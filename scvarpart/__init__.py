@@ -7,7 +7,28 @@ Use it like scanpy::
                               signal="patient")
 """
 
-from . import datasets, pl, tl
+from __future__ import annotations
+
+import importlib
+
 from ._version import __version__
 
-__all__ = ["__version__", "datasets", "pl", "tl"]
+__all__ = ["__version__", "datasets", "get", "pl", "tl"]
+
+# ``tl``, ``pl``, ``get`` and ``datasets`` pull in anndata, scanpy, matplotlib and numba
+# (seconds of imports): they are imported on first use (PEP 562), so that ``scvarpart
+# --help`` and ``--version`` start at once. ``svp.tl`` and ``from scvarpart import tl``
+# work as with eager imports.
+_LAZY = ("datasets", "get", "pl", "tl")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
