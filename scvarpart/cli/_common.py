@@ -7,13 +7,15 @@ import argparse
 __all__ = ["EXIT_CODES", "CLIError", "MergeError", "quiet_logging"]
 
 EXIT_CODES = """exit codes:
-  0  success
-  1  unexpected error (please report it)
-  2  invalid command line
-  3  invalid input (plan, formula, design, data, missing file)
-  4  output exists (pass --force) or would replace an input
-  5  merge refused (chunks from different inputs, parameters or versions;
-     missing or duplicated chunks)"""
+  0    success
+  1    unexpected error (please report it)
+  2    invalid command line
+  3    invalid input (plan, formula, design, data; a missing, unreadable or
+       damaged file) or an output that cannot be written
+  4    output exists (pass --force) or would replace an input (even with --force)
+  5    merge refused (chunks from different inputs, parameters or versions;
+       missing or duplicated chunks)
+  130  interrupted (SIGINT), 143 terminated (SIGTERM): no partial output is left"""
 
 
 class CLIError(Exception):

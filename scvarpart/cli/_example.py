@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
-from .. import __version__, datasets, tl
-from .._io import write_h5ad_atomic
+from .. import __version__
+from .._io import check_output, write_h5ad_atomic
 from ._common import EXIT_CODES, add_output, quiet_logging
 
 __all__ = ["add_parsers"]
@@ -21,7 +19,8 @@ def add_parsers(sub) -> None:
         description=(
             "Simulate the example dataset (svp.datasets.crossed_example), run "
             "svp.tl.variance_partition on it and print a summary with the agreement of the "
-            "estimates with the simulated variances."
+            "estimates with the simulated variances. The fitted AnnData is saved only with "
+            "--output."
         ),
         epilog="example:\n  scvarpart example --n-genes 2000 --output example.h5ad\n\n"
         + EXIT_CODES,
@@ -60,7 +59,13 @@ def add_parsers(sub) -> None:
 
 
 def _example(args: argparse.Namespace) -> int:
+    if args.output:  # before the work, not after it
+        check_output(args.output, force=args.force)
     quiet_logging(args)
+    import numpy as np
+
+    from .. import datasets, tl
+
     adata = datasets.crossed_example(n_cells=args.n_cells, n_genes=args.n_genes, seed=args.seed)
     info = adata.uns["example"]
     print(f"scvarpart {__version__}: simulated example, {adata.n_obs} cells x {adata.n_vars} genes")
@@ -97,11 +102,19 @@ def _example(args: argparse.Namespace) -> int:
         print(f"  {gene}  rho = {value:.3g}")
     if args.output:
         path = write_h5ad_atomic(adata, args.output, force=args.force)
-        print(f"\nwrote {path}")
+        print(
+            f"\nresults saved in {path} (the fitted AnnData: varm['varpart'], "
+            "var['varpart_rho'], uns['varpart']; open it with anndata.read_h5ad)"
+        )
+    else:
+        print("\nresults not saved: pass --output example.h5ad to save the fitted AnnData")
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    check_output(args.output, force=args.force)
+    from .. import datasets
+
     if args.counts:
         adata = datasets.simulate_counts(
             args.n_cells, args.n_genes, seed=args.seed, n_jobs=args.n_jobs

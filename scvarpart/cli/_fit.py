@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
-from anndata import AnnData
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from .._io import OutputExistsError, read_var, write_h5ad_atomic, write_results_file
+from .._io import (
+    _is_zarr,
+    check_input,
+    check_output,
+    read_var,
+    reading,
+    write_h5ad_atomic,
+    write_results_file,
+)
 from ..plan import read_plan
 from ..provenance import file_fingerprint, params_fingerprint
-from ..tl._file import partition_file
-from ..tl._variance_partition import write_results
 from ._common import EXIT_CODES, CLIError, add_output, quiet_logging
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CHUNK_KEY", "add_parsers", "chunk_bounds"]
 
@@ -63,6 +70,8 @@ def _cells(entries: list[str] | None) -> dict[str, list[str]] | None:
 
 def chunk_bounds(n_genes: int, n_chunks: int) -> np.ndarray:
     """Gene boundaries of ``n_chunks`` contiguous chunks of sizes differing by <= 1."""
+    import numpy as np
+
     return np.array([n_genes * j // n_chunks for j in range(n_chunks + 1)])
 
 
@@ -143,14 +152,30 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict]:
     }, {"plan": None, "plan_sha256": None}
 
 
+def _check_files(args: argparse.Namespace) -> Path:
+    """The input, checked with the output before any work: the input opens as an AnnData
+    file or store, the output is neither the input nor the plan, does not exist (or
+    --force) and can be written, and is of the kind --genes writes."""
+    source = check_input(args.input)
+    if args.genes is None and _is_zarr(source) != _is_zarr(Path(args.output)):
+        kind = ".zarr store" if _is_zarr(source) else ".h5ad file"
+        raise CLIError(f"the output {args.output} must be a {kind}, as the input is.", code=2)
+    if args.genes is not None and _is_zarr(Path(args.output)):
+        raise CLIError(f"a chunk (--genes) is an .h5ad file; got -o {args.output}.", code=2)
+    inputs = (source, args.plan) if args.plan else (source,)
+    check_output(args.output, force=args.force, inputs=inputs)
+    return source
+
+
 def run(args: argparse.Namespace) -> int:
-    quiet_logging(args)
     analysis, plan_record = _analysis(args)
-    source = Path(args.input)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist.")
-    if Path(args.output).exists() and not args.force:
-        raise OutputExistsError(f"{args.output} exists; pass --force to replace it.")
+    source = _check_files(args)
+    quiet_logging(args)
+    from anndata import AnnData
+
+    from ..tl._file import partition_file
+    from ..tl._variance_partition import write_results
+
     key = analysis["key_added"]
     provenance = {
         "input": source.name,
@@ -168,16 +193,17 @@ def run(args: argparse.Namespace) -> int:
         bounds = chunk_bounds(n_genes, n)
         genes = slice(int(bounds[i - 1]), int(bounds[i]))
 
-    _, var, results = partition_file(
-        source,
-        **analysis,
-        n_jobs=args.n_jobs,
-        batch_size=256,
-        chunk_size=args.chunk_size,
-        dask=args.dask,
-        progress=False if args.quiet else None,
-        genes=genes,
-    )
+    with reading(source):
+        _, var, results = partition_file(
+            source,
+            **analysis,
+            n_jobs=args.n_jobs,
+            batch_size=256,
+            chunk_size=args.chunk_size,
+            dask=args.dask,
+            progress=False if args.quiet else None,
+            genes=genes,
+        )
     results["uns"]["params"].update(provenance)
 
     if genes is None:
@@ -186,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             lambda holder: write_results(holder, results, key),
             force=args.force,
+            inputs=(args.plan,) if args.plan else (),
         )
         print(f"scvarpart fit: wrote {args.output} ({len(var)} genes, key {key!r})")
         return 0
@@ -205,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         "params_fingerprint": provenance["params_fingerprint"],
         "version": __version__,
     }
-    write_h5ad_atomic(chunk, args.output, force=args.force)
+    inputs = (source, args.plan) if args.plan else (source,)
+    write_h5ad_atomic(chunk, args.output, force=args.force, inputs=inputs)
     print(
         f"scvarpart fit: wrote chunk {i}/{n} (genes {genes.start + 1}-{genes.stop}) to "
         f"{args.output}"

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
-import numpy as np
-import pandas as pd
-
-from .._io import read_var, write_results_file
+from .._io import check_input, check_output, read_var, reading, write_results_file
 from ..provenance import file_fingerprint
-from ..tl._variance_partition import summarize, write_results
 from ._common import EXIT_CODES, MergeError, add_output
 from ._fit import CHUNK_KEY, chunk_bounds
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 __all__ = ["add_parsers", "merge_chunks"]
 
@@ -79,6 +77,10 @@ def _check_consistent(names: list[str], infos: list[dict]) -> dict:
 
 def merge_chunks(chunks: list[ad.AnnData], key: str) -> dict:
     """The result tables of the whole file from its chunks (in chunk order)."""
+    import pandas as pd
+
+    from ..tl._variance_partition import summarize
+
     result_columns = list(chunks[0].uns[CHUNK_KEY]["result_columns"])
     results = {
         "fractions": pd.concat([c.varm[key] for c in chunks]),
@@ -96,14 +98,20 @@ def merge_chunks(chunks: list[ad.AnnData], key: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.into)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist.")
+    # every file is checked before any is read: an output may be neither --into nor a chunk
+    source = check_input(args.into, "input (--into)")
+    for name in args.chunks:
+        check_input(name, "chunk")
+    check_output(args.output, force=args.force, inputs=(source, *args.chunks))
+    import anndata as ad
+    import numpy as np
+
+    from ..tl._variance_partition import write_results
+
     chunks, infos = [], []
     for name in args.chunks:
-        if not Path(name).exists():
-            raise FileNotFoundError(f"chunk {name} does not exist.")
-        chunk = ad.read_h5ad(name)
+        with reading(name, "chunk"):
+            chunk = ad.read_h5ad(name)
         if CHUNK_KEY not in chunk.uns:
             raise MergeError(f"{name} is not a chunk of 'scvarpart fit --genes I/N'.")
         chunks.append(chunk)
@@ -124,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
     key = str(common["key"])
     results = merge_chunks([chunks[j] for j in order], key)
     write_results_file(
-        source, args.output, lambda holder: write_results(holder, results, key), force=args.force
+        source,
+        args.output,
+        lambda holder: write_results(holder, results, key),
+        force=args.force,
+        inputs=args.chunks,
     )
     print(f"scvarpart merge: {len(order)} chunks, {len(var_names)} genes -> {args.output}")
     return 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from .._io import atomic_output, read_results
+from .._io import OutputExistsError, atomic_output, check_input, check_output, read_results
 from ._common import EXIT_CODES, CLIError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["add_parsers", "gene_table"]
 
@@ -27,7 +28,9 @@ def add_parsers(sub) -> None:
             "Print a summary of the variance partition stored in an .h5ad file or .zarr store "
             "(the model, the median fraction of each component, singular, non-converged and "
             "failed fits, the most batch-dominated genes) and write the per-gene results "
-            "(fractions, variances, rho, flags, errors) as a TSV file."
+            "(fractions, variances, rho, flags, errors) as a TSV file. Rerunning it on the "
+            "same result succeeds and leaves the TSV as it is; a TSV holding anything else "
+            "(another result, another key, an older fit) is only replaced with --force."
         ),
         epilog=_EXAMPLES + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,12 +41,16 @@ def add_parsers(sub) -> None:
         "--tsv", metavar="PATH", help="per-gene table (default: RESULT name + .KEY.tsv, here)"
     )
     p.add_argument("--top", type=int, default=10, metavar="N", help="genes listed (default 10)")
-    p.add_argument("--force", action="store_true", help="replace the TSV if it exists")
+    p.add_argument(
+        "--force", action="store_true", help="replace the TSV if it exists with other content"
+    )
     p.set_defaults(func=run)
 
 
 def gene_table(adata, key: str) -> pd.DataFrame:
     """Per-gene results: fractions, variances, rho, flags and the error, one row a gene."""
+    import pandas as pd
+
     frac = adata.varm[key].add_prefix("fraction_")
     var = adata.varm[f"{key}_variance"].add_prefix("variance_")
     flags = adata.var[[c for c in adata.var.columns if c.startswith(f"{key}_")]]
@@ -57,21 +64,52 @@ def gene_table(adata, key: str) -> pd.DataFrame:
 
 def _names(value) -> list[str]:
     """A list of names as stored in uns (None, a list or an array after reading)."""
+    import numpy as np
+
     return [] if value is None else [str(v) for v in np.atleast_1d(value)]
 
 
+def _tsv_is_current(tsv: Path, text: str, result: Path, force: bool) -> bool:
+    """Whether ``tsv`` already holds exactly ``text``; OutputExistsError if it holds
+    something else and ``force`` is false.
+
+    The TSV is a pure function of the result and key, so rerunning ``report`` on the same
+    result finds it byte for byte equal and succeeds without rewriting it (a pipeline or
+    Makefile can rerun the step, and the file's date keeps telling when it was made).
+    Anything else in its place (the table of a refitted or another result sharing the
+    default name, or an unrelated file) is only replaced with --force, as every output.
+    """
+    if not tsv.is_file():
+        return False
+    if tsv.read_bytes() == text.encode():
+        return True
+    if not force:
+        raise OutputExistsError(
+            f"{tsv} exists and holds another table than {result.name} gives now (another "
+            "result or key, or the result was refitted); pass --force to replace it, or "
+            "--tsv PATH to write elsewhere."
+        )
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.result)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    adata = read_results(path)
+    path = check_input(args.result, "result")
     key = args.key
+    tsv = Path(args.tsv) if args.tsv else Path(f"{path.name.split('.')[0]}.{key}.tsv")
+    # the result may never be replaced; whether an existing TSV may be is decided below,
+    # once its new content is known, and before anything is printed
+    check_output(tsv, force=True, inputs=(path,))
+    import numpy as np
+
+    adata = read_results(path, "result")
     if key not in adata.uns or key not in adata.varm:
         found = [k for k in adata.uns if f"{k}_variance" in adata.varm]
         raise CLIError(f"{path} holds no result with key {key!r}; results found: {found}.")
     uns = adata.uns[key]
     params, summary = uns["params"], uns["summary"]
     table = gene_table(adata, key)
+    text = table.to_csv(sep="\t", float_format="%.10g")
+    current = _tsv_is_current(tsv, text, path, args.force)
     batch = _names(params.get("batch"))
     signal = _names(params.get("signal"))
 
@@ -112,8 +150,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ngenes without estimates ({len(failed)}), e.g.:")
         print(failed["error"].head(args.top).to_string())
 
-    tsv = Path(args.tsv) if args.tsv else Path(f"{path.name.split('.')[0]}.{key}.tsv")
-    with atomic_output(tsv, force=args.force, inputs=(path,)) as tmp:
-        table.to_csv(tmp, sep="\t", float_format="%.10g")
+    if current:
+        print(f"\n{tsv} is up to date ({len(table)} genes): left as it was")
+        return 0
+    with atomic_output(tsv, force=True, inputs=(path,)) as tmp:
+        tmp.write_text(text, newline="")
     print(f"\nwrote {tsv} ({len(table)} genes)")
     return 0
