@@ -23,8 +23,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -41,6 +43,7 @@ __all__ = [
     "atomic_output",
     "check_input",
     "check_output",
+    "handle_sigterm_during_writes",
     "open_store",
     "read_results",
     "read_var",
@@ -326,6 +329,46 @@ def _pause_for_tests() -> None:
         time.sleep(60)
 
 
+#: The SIGTERM handler of writes (see handle_sigterm_during_writes).
+_sigterm_handler: Callable | None = None
+
+
+@contextmanager
+def handle_sigterm_during_writes(handler: Callable) -> Iterator[None]:
+    """Within this context, :func:`atomic_output` installs ``handler`` for SIGTERM while
+    its temporary output exists, and restores the previous handler after.
+
+    The command line passes a handler that raises an exception, so that SIGTERM removes
+    the temporary as SIGINT does. Only writes need it: elsewhere SIGTERM keeps its
+    default action and ends the process at once, even one stuck in C code (HDF5 can
+    loop on a damaged file), which a Python handler would wait for. Library use (no
+    such context) leaves signals alone.
+    """
+    global _sigterm_handler
+    previous, _sigterm_handler = _sigterm_handler, handler
+    try:
+        yield
+    finally:
+        _sigterm_handler = previous
+
+
+@contextmanager
+def _sigterm_handled() -> Iterator[None]:
+    # only the main thread may set handlers; a caller's own handler (or SIG_IGN) is kept
+    if (
+        _sigterm_handler is None
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def atomic_output(
     path: str | os.PathLike, *, force: bool = False, inputs: Iterable = ()
@@ -334,7 +377,8 @@ def atomic_output(
 
     Temporaries of earlier writes of ``path`` that were killed are removed first (see
     :func:`remove_stale_temporaries`); this write's temporary is removed whether it
-    succeeds or fails (SIGINT, and SIGTERM in the command line, included).
+    succeeds or fails (SIGINT included, and SIGTERM under
+    :func:`handle_sigterm_during_writes`, as in the command line).
 
     Raises
     ------
@@ -349,22 +393,27 @@ def atomic_output(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        owner = _owner()
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}.{owner['pid']}.", suffix=".tmp", dir=path.parent)
-        )
     except OSError as err:
         raise OutputNotWritableError(f"cannot write {path}: {err.strerror}.") from err
-    target = tmp / path.name
-    try:
-        (tmp / _MARKER).write_text(json.dumps(owner))
-        yield target
-        _pause_for_tests()
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # a .zarr store: directories cannot be replaced atomically
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    owner = _owner()
+    with _sigterm_handled():
+        try:
+            tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{path.name}.{owner['pid']}.", suffix=".tmp", dir=path.parent
+                )
+            )
+        except OSError as err:
+            raise OutputNotWritableError(f"cannot write {path}: {err.strerror}.") from err
+        try:
+            (tmp / _MARKER).write_text(json.dumps(owner))
+            yield tmp / path.name
+            _pause_for_tests()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a .zarr store: directories cannot be replaced atomically
+            os.replace(tmp / path.name, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_h5ad_atomic(

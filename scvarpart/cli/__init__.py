@@ -33,11 +33,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .._io import handle_sigterm_during_writes
 from . import _example, _fit, _merge, _report
 from ._common import EXIT_CODES, CLIError, MergeError
 
@@ -74,25 +74,18 @@ def _raise_terminated(signum, frame) -> None:
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """While a command runs, make SIGTERM raise :class:`Terminated` in the main thread.
+    """While a command runs, make SIGTERM raise :class:`Terminated` during its writes.
 
     SIGTERM's default action kills the process at once, leaving the temporary copy of an
     output being written (as large as the input); raised as an exception it unwinds the
-    ``finally`` blocks that remove it, as SIGINT does. The previous handler is restored
-    afterwards. Nothing is changed outside the main thread (where handlers cannot be
-    set), nor when SIGTERM already has a handler or is ignored: the caller's choice.
+    ``finally`` blocks that remove it, as SIGINT does. The handler is in place only while
+    a temporary output exists (see :func:`scvarpart._io.handle_sigterm_during_writes`):
+    before that there is nothing to remove, and the default action also ends a process
+    stuck in C code. The previous handler is restored after each write; a caller's own
+    handler, an ignored SIGTERM and other threads than the main one are left alone.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
+    with handle_sigterm_during_writes(_raise_terminated):
         yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _os_error(err: OSError) -> str:
