@@ -249,3 +249,31 @@ def test_nesting_of_grouping_factors(donors):
     table = nesting(d)
     assert table.loc["library", "subject"]
     assert not table.loc["subject", "library"] and not table["hours"].any()
+
+
+def test_grouping_factor_separated_by_the_fixed_effects_is_rejected():
+    """Sites that the fixed effect `arm` determines (one site per arm) have no
+    variance of their own to estimate."""
+    frame = pd.DataFrame(
+        {
+            "arm": pd.Categorical(list("aabbcc") * 3),
+            "site": pd.Categorical(list("xxyyzz") * 3),  # one site per arm
+            "plate": pd.Categorical(list("pqrpqr") * 3),
+        }
+    )
+    with pytest.raises(DesignError, match=r"levels of 'site' are determined by the fixed"):
+        build_design("~ arm + (1|site) + (1|plate)", frame)
+    build_design("~ arm + (1|plate)", frame)  # the plates cut across the arms: fine
+
+
+def test_design_that_fits_every_observation_is_rejected():
+    """8 observations, 5 + 4 levels crossed: intercept and indicators have rank 8,
+    so no residual variance is left (lme4 fits it, singular or unbounded)."""
+    frame = pd.DataFrame(
+        {
+            "a": pd.Categorical(list("01234012")),
+            "b": pd.Categorical(list("01230123")),
+        }
+    )
+    with pytest.raises(DesignError, match="fit all 8 observations exactly"):
+        build_design("~ (1|a) + (1|b)", frame)

@@ -273,6 +273,45 @@ def _check_rank(X: np.ndarray, columns: list[str]) -> None:
         )
 
 
+def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> None:
+    """Refuse a grouping factor whose levels the fixed effects already separate
+    (every level's indicator is a combination of fixed-effect columns): its
+    variance cannot be told from them (under REML the criterion keeps falling as
+    it grows, under ML it is 0)."""
+    XtX_inv = np.linalg.pinv(X.T @ X)
+    for f in factors:
+        sums = np.zeros((f.n_levels, X.shape[1]))
+        np.add.at(sums, f.codes, X)
+        # trace of the indicators' residual Gram matrix after projecting out X
+        # (positive semi-definite: 0 exactly when every level is in X's span)
+        residual = f.counts.sum() - np.einsum("lp,pq,lq->", sums, XtX_inv, sums)
+        if residual <= 1e-9 * f.counts.sum():
+            raise DesignError(
+                f"The levels of {f.name!r} are determined by the fixed effects (each is a "
+                "combination of fixed-effect columns), so its variance cannot be told apart "
+                f"from them. Remove (1|{f.name}) or the fixed effect that codes its levels."
+            )
+
+
+def _check_residual_identifiable(X: np.ndarray, factors: list[GroupingFactor]) -> None:
+    """Refuse designs whose fixed effects and levels together fit every
+    observation exactly: the residual variance cannot be estimated (under ML the
+    likelihood of every gene is unbounded)."""
+    n = X.shape[0]
+    q = sum(f.n_levels for f in factors)
+    if n > X.shape[1] + q:  # fewer columns than observations: rank < n
+        return
+    Z = np.concatenate([np.eye(f.n_levels)[f.codes] for f in factors], axis=1)
+    rank = np.linalg.matrix_rank(np.concatenate([X, Z], axis=1))
+    if rank >= n:
+        names = ", ".join(repr(f.name) for f in factors)
+        raise DesignError(
+            f"The fixed effects and the levels of {names} together fit all {n} observations "
+            f"exactly ({rank} independent columns), so no residual variance is left to "
+            "estimate. Remove a fixed effect or a grouping factor, or add observations."
+        )
+
+
 def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]) -> None:
     for f in factors:
         if f.n_levels < 2:
@@ -415,4 +454,6 @@ def build_design(
             f"effects, {len(factors)} random variances and the residual variance)."
         )
     _check_rank(X, columns)
+    _check_random_not_fixed(X, factors)
+    _check_residual_identifiable(X, factors)
     return design
