@@ -21,10 +21,13 @@ __all__ = [
     "DEVIANCE",
     "ESTIMATES",
     "DenseDesign",
+    "criterion",
     "derivatives",
     "evaluate_batch",
+    "factor_design",
     "factorise",
     "fixed_effects",
+    "solve_gene",
     "workspace",
 ]
 
@@ -54,17 +57,17 @@ class DenseDesign(NamedTuple):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def factorise(gamma, zy, xy, ss, dz, w):
-    """Factorise one gene's reduced system at ``gamma`` into the workspace ``w``.
+def factor_design(gamma, dz, w):
+    """The part of a factorisation at ``gamma`` that no gene changes: ``L`` (in
+    the workspace ``w``) and ``log|V|``, ``log|X'V^-1 X|``.
 
-    Returns (deviance, r2); NaN where the system is not positive definite or no
-    residual is left."""
-    d, E, GRR, order, rest_factor = dz.d, dz.E, dz.GRR, dz.order, dz.rest_factor
-    p, nu, reml = dz.p, dz.nu, dz.reml
+    Returns (logdet_v, logdet_x); NaN where the system is not positive definite."""
+    d, E, GRR, rest_factor = dz.d, dz.E, dz.GRR, dz.rest_factor
+    p = dz.p
     q1 = d.shape[0]
     q2 = rest_factor.shape[0]
     m2 = q2 + p
-    inv_a, s, K, N, L, b1a, rhs, c = w.inv_a, w.s, w.K, w.N, w.L, w.b1a, w.rhs, w.c
+    inv_a, s, K, N, L = w.inv_a, w.s, w.K, w.N, w.L
 
     # the eliminated factor: Omega_11 = diag(a), a = 1 + gamma_1 d
     g1 = gamma[dz.big]
@@ -97,6 +100,41 @@ def factorise(gamma, zy, xy, ss, dz, w):
         if i < q2:
             L[i, i] += 1.0
 
+    # Cholesky S = L L' (lower triangle of L)
+    for j in range(m2):
+        acc = L[j, j]
+        for t in range(j):
+            acc -= L[j, t] * L[j, t]
+        if not acc > 0.0:
+            return np.nan, np.nan
+        ljj = math.sqrt(acc)
+        L[j, j] = ljj
+        inv = 1.0 / ljj
+        for i in range(j + 1, m2):
+            acc = L[i, j]
+            for t in range(j):
+                acc -= L[i, t] * L[j, t]
+            L[i, j] = acc * inv
+    logdet_x = 0.0
+    for i in range(m2):
+        if i < q2:
+            logdet_v += 2.0 * math.log(L[i, i])
+        else:
+            logdet_x += 2.0 * math.log(L[i, i])
+    return logdet_v, logdet_x
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def solve_gene(gamma, zy, xy, ss, dz, w):
+    """One gene's penalised residual sum of squares ``r2`` from a factorisation
+    by :func:`factor_design` at the same ``gamma`` (fills ``c`` in ``w``)."""
+    d, E, order = dz.d, dz.E, dz.order
+    q1 = d.shape[0]
+    q2 = dz.rest_factor.shape[0]
+    m2 = q2 + dz.p
+    inv_a, s, L, b1a, rhs, c = w.inv_a, w.s, w.L, w.b1a, w.rhs, w.c
+    g1 = gamma[dz.big]
+
     # reduced right-hand side and y'y
     yy = ss
     for lv in range(q1):
@@ -112,37 +150,40 @@ def factorise(gamma, zy, xy, ss, dz, w):
         bi = zy[order[q1 + i]] if i < q2 else xy[i - q2]
         rhs[i] = s[i] * (bi - g1 * rhs[i])
 
-    # Cholesky S = L L' (lower triangle of L), then c = L^-1 rhs
-    for j in range(m2):
-        acc = L[j, j]
-        for t in range(j):
-            acc -= L[j, t] * L[j, t]
-        if not acc > 0.0:
-            return np.nan, np.nan
-        ljj = math.sqrt(acc)
-        L[j, j] = ljj
-        inv = 1.0 / ljj
-        for i in range(j + 1, m2):
-            acc = L[i, j]
-            for t in range(j):
-                acc -= L[i, t] * L[j, t]
-            L[i, j] = acc * inv
+    # c = L^-1 rhs
     r2 = yy
-    logdet_x = 0.0
     for i in range(m2):
         acc = rhs[i]
         for t in range(i):
             acc -= L[i, t] * c[t]
         c[i] = acc / L[i, i]
         r2 -= c[i] * c[i]
-        if i < q2:
-            logdet_v += 2.0 * math.log(L[i, i])
-        else:
-            logdet_x += 2.0 * math.log(L[i, i])
+    return r2
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def criterion(logdet_v, logdet_x, r2, dz):
+    """The ML deviance or REML criterion from its parts; NaN without residual."""
     if not r2 > 0.0:
+        return np.nan
+    logdet = logdet_v + logdet_x if dz.reml else logdet_v
+    return logdet + dz.nu * (1.0 + _LOG_2PI + math.log(r2 / dz.nu))
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def factorise(gamma, zy, xy, ss, dz, w):
+    """Factorise one gene's reduced system at ``gamma`` into the workspace ``w``.
+
+    Returns (deviance, r2); NaN where the system is not positive definite or no
+    residual is left."""
+    logdet_v, logdet_x = factor_design(gamma, dz, w)
+    if not np.isfinite(logdet_v):
         return np.nan, np.nan
-    logdet = logdet_v + logdet_x if reml else logdet_v
-    return logdet + nu * (1.0 + _LOG_2PI + math.log(r2 / nu)), r2
+    r2 = solve_gene(gamma, zy, xy, ss, dz, w)
+    f = criterion(logdet_v, logdet_x, r2, dz)
+    if not np.isfinite(f):
+        return np.nan, np.nan
+    return f, r2
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)

@@ -56,10 +56,17 @@ import numpy as np
 
 from ..suffstats import DesignGram, ResponseStats
 from ._dense_kernel import DERIVATIVES, DEVIANCE, ESTIMATES, DenseDesign, evaluate_batch
+from .grid import grid_size, variance_grid
 from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
+from .search import prepare_grid, search_batch
 
 __all__ = ["DenseDeviance"]
+
+# Multiply-adds per gene that the screen of the global search may cost.
+_SCREEN_BUDGET = 150_000
+# Observations per random effect below which the search is thorough.
+_THOROUGH_PER_LEVEL = 50
 
 
 class DenseDeviance(ProfiledDeviance):
@@ -99,6 +106,8 @@ class DenseDeviance(ProfiledDeviance):
             nu=float(self.nu),
             reml=bool(reml),
         )
+        self._grid = None
+        self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))
 
     def _run(self, gamma: np.ndarray, stats: ResponseStats, mode: int):
         return evaluate_batch(
@@ -140,6 +149,63 @@ class DenseDeviance(ProfiledDeviance):
             np.ascontiguousarray(stats.XtY),
             np.ascontiguousarray(stats.ss),
             self.design,
-            NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale)),
+            self.options,
         )
         return gamma, dev, r2 / self.nu, beta, converged, n_iter
+
+    @property
+    def grid(self):
+        """The design factorised at every point of the global search's grid
+        (computed on first use, then shared by every batch of genes)."""
+        if self._grid is None:
+            self._grid = prepare_grid(
+                variance_grid(self.k, self.grid_level()), self.design, self.thorough()
+            )
+        return self._grid
+
+    def thorough(self) -> bool:
+        """Whether to descend from every face's local minima (else only from
+        minima over closed faces): with fewer than :data:`_THOROUGH_PER_LEVEL`
+        observations per random effect on average, the criterion is flat and
+        optima separated by small ridges next to a face are common (tiny and bulk
+        designs, where descents are cheap); with many observations per level it
+        is sharply curved, and such candidates only lead back to the optimum
+        already found."""
+        return self.n < _THOROUGH_PER_LEVEL * (
+            self.design.d.shape[0] + len(self.design.rest_factor)
+        )
+
+    def prepare(self) -> None:
+        """Factorise the grid now (before batches of genes share it)."""
+        _ = self.grid
+
+    def grid_level(self) -> int:
+        """The finest grid whose screen costs at most :data:`_SCREEN_BUDGET`
+        multiply-adds per gene (a point costs a triangular product of the size of
+        the reduced system), at most level 3: tiny designs are searched finely,
+        and genes of large designs in about a sixth of their descent's time."""
+        m2 = self.design.rest_factor.shape[0] + self.p
+        per_point = m2 * (m2 + 1) // 2 + 16
+        level = 0
+        while level < 3 and grid_size(self.k, level + 1) * per_point <= _SCREEN_BUDGET:
+            level += 1
+        return level
+
+    def search(self, stats: ResponseStats, gamma0: np.ndarray):
+        """The global optimum of every gene (see :mod:`.search`), also starting
+        from ``gamma0`` (``G x k`` moment estimates; NaN rows for none).
+
+        Returns the optima ``(G, k)``, the objective, the residual variance and
+        fixed effects (centred X) at them, convergence flags, Newton iterations
+        and the number of descents.
+        """
+        gamma, dev, r2, beta, converged, n_iter, descents = search_batch(
+            self.grid,
+            np.ascontiguousarray(gamma0, dtype=np.float64),
+            np.ascontiguousarray(stats.ZtY),
+            np.ascontiguousarray(stats.XtY),
+            np.ascontiguousarray(stats.ss),
+            self.design,
+            self.options,
+        )
+        return gamma, dev, r2 / self.nu, beta, converged, n_iter, descents

@@ -4,33 +4,35 @@ Genes are split into batches; each batch is one compiled call that fits its
 genes one after the other, and batches run in parallel with joblib (threads by
 default: the compiled code releases the GIL). A gene's result does not depend
 on its batch or on ``n_jobs``.
-Genes that cannot be fitted (constant, exactly explained by the fixed effects,
-variance ratio without a finite optimum) get NaN estimates and a reason.
+
+Before fitting, genes that have no estimates are recognised from their
+statistics (:mod:`.unfittable`): they get NaN estimates and a reason. Every
+other gene is fitted in units of its own scale, a power of two near its
+standard deviation, so that multiplying a gene by a power of two multiplies its
+variances by the square exactly and changes nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-import scipy.optimize
 from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
 
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
+from .starts import moment_start
+from .unfittable import unfittable_reasons
 
 __all__ = ["LMMFit", "choose_engine", "fit_lmm"]
 
 # Above this many random effects + fixed effects, eliminating the largest
 # factor's diagonal block beats dense factorisation of the whole system.
 _DENSE_MAX_SIZE = 200
-# A variance ratio this large, or a residual variance this small a fraction of
-# the gene's variance, means the residual variance is vanishing: r2 = y'y - |c|^2
-# has then lost most of its digits to cancellation and no optimum can be trusted.
-_GAMMA_DIVERGED = 1e10
-_RESIDUAL_VANISHED = 1e-8
 
 
 @dataclass
@@ -48,9 +50,13 @@ class LMMFit:
     deviance
         Minimised ML deviance, or REML criterion, as lme4 reports them.
     converged
-        The optimiser met its convergence criterion.
+        The optimum is the best the global search found (:mod:`.search`) and a
+        point where Newton's method met its convergence criterion (first-order
+        optimality, with bound variances at exactly 0).
     n_iter
-        Optimiser iterations.
+        Newton iterations, over all descents.
+    descents
+        Newton descents of the global search (1 where the first was enough).
     error
         Empty where the fit succeeded, otherwise why the gene has no estimates.
     reml
@@ -65,6 +71,7 @@ class LMMFit:
     n_iter: np.ndarray
     error: np.ndarray
     reml: bool
+    descents: np.ndarray | None = None
 
     @property
     def variances(self) -> np.ndarray:
@@ -95,111 +102,26 @@ def _make_engine(gram: DesignGram, reml: bool, engine: str):
     raise ValueError(f"engine must be 'auto', 'dense' or 'blocked', got {engine!r}")
 
 
-def _moment_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
-    """One-way ANOVA estimate of each variance ratio, each factor on its own."""
-    n = gram.n_obs
-    counts = gram.ZtZ.diagonal()
-    starts = []
-    offset = 0
-    for size in gram.factor_sizes:
-        sl = slice(offset, offset + size)
-        nl = counts[sl]
-        between = (stats.ZtY[:, sl] ** 2 / nl).sum(axis=1)
-        within = np.maximum(stats.ss - between, 0.0) / (n - size)
-        n0 = (n - (nl**2).sum() / n) / (size - 1)
-        sigma_a = np.maximum((between / (size - 1) - within) / n0, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            starts.append(np.where(within > 0, sigma_a / within, 1.0))
-        offset += size
-    return np.clip(np.stack(starts, axis=1), 1e-3, 1e3)
-
-
-def _minque_start(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
-    """MINQUE(0) estimates of the variance ratios (Rao 1971), clipped at 0.
-
-    The quadratic forms |Z_j'P_0 y|^2 of the fixed-effects-only projection P_0
-    are equated to their expectations; the coefficients do not depend on the
-    gene, so this is one (k + 1) x (k + 1) solve for all genes.
-    """
-    n, p, k = gram.n_obs, gram.n_fixed, len(gram.factor_sizes)
-    C = gram.ZtZ.toarray()
-    XXinv_XZ = np.linalg.solve(gram.XtX, gram.ZtX.T)
-    Q0 = C - gram.ZtX @ XXinv_XZ
-    B = (gram.level_factor[None, :] == np.arange(k)[:, None]).astype(float)
-    A = np.empty((k + 1, k + 1))
-    A[:k, :k] = B @ (Q0 * Q0) @ B.T
-    A[:k, k] = A[k, :k] = B @ np.diag(Q0)
-    A[k, k] = n - p
-    # per-gene products with einsum, not BLAS: a gene's start must not depend on
-    # which other genes share its batch (BLAS may block differently by size)
-    u0 = stats.ZtY - np.einsum("gp,pq->gq", stats.XtY, XXinv_XZ)
-    rss0 = stats.ss - _quadratic(stats.XtY, np.linalg.inv(gram.XtX))
-    rhs = np.concatenate([np.einsum("gq,kq->gk", u0 * u0, B), rss0[:, None]], axis=1)
-    sol = np.einsum("gj,ij->gi", rhs, np.linalg.inv(A))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gamma = np.maximum(sol[:, :k], 0.0) / sol[:, k : k + 1]
-    return np.where(np.isfinite(gamma) & (sol[:, k : k + 1] > 0), gamma, 1.0)
-
-
-def _quadratic(V: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """``v' M v`` for every row ``v`` of ``V``, row by row."""
-    return np.einsum("gi,ij,gj->g", V, M, V)
-
-
-def _starting_values(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
-    """The better, by deviance, of two moment estimates for each gene; lme4's
-    start (all ratios 1) where neither can be evaluated."""
-    minque = _minque_start(gram, stats)
-    moment = _moment_start(gram, stats)
-    f_minque = engine.deviance(minque, stats)
-    f_moment = engine.deviance(moment, stats)
-    use_moment = np.isfinite(f_moment) & ~(f_minque <= f_moment)
-    start = np.where(use_moment[:, None], moment, minque)
-    neither = ~np.isfinite(f_minque) & ~np.isfinite(f_moment)
-    start[neither] = 1.0
-    return start
-
-
-def _optimise_blocked(engine: BlockedDeviance, x0: np.ndarray, stats: ResponseStats):
-    G, k = x0.shape
-    x = np.full((G, k), np.nan)
-    converged = np.zeros(G, dtype=bool)
-    n_iter = np.zeros(G, dtype=int)
-    for i in range(G):
-        one = stats.subset([i])
-        f0 = engine.deviance(x0[i : i + 1], one)[0]
-        if not np.isfinite(f0):
-            continue
-
-        def objective(t, one=one, f0=f0):
-            f = engine.deviance(t[None], one)[0]
-            # a finite penalty keeps the line search inside the domain
-            return f if np.isfinite(f) else abs(f0) * 10 + 1e6
-
-        res = scipy.optimize.minimize(
-            objective,
-            x0[i],
-            method="L-BFGS-B",
-            bounds=[(0.0, None)] * k,
-            options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000, "maxls": 50},
-        )
-        x[i] = res.x
-        converged[i] = bool(res.success)
-        n_iter[i] = res.nit
-    return x, converged, n_iter
-
-
-def _fit_batch(gram: DesignGram, stats: ResponseStats, reml: bool, engine: str):
-    eng = _make_engine(gram, reml, engine)
-    x0 = _starting_values(eng, gram, stats)
-    if engine == "dense":
-        x, dev, sigma2, beta, converged, n_iter = eng.minimise(x0, stats)
-    else:
-        x, converged, n_iter = _optimise_blocked(eng, x0, stats)
-        dev, sigma2, beta = eng.estimates(np.nan_to_num(x, nan=1.0), stats)
+def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
+    """Fit one batch of genes; BLAS single-threaded: ``n_jobs`` is the only
+    parallelism (many BLAS threads per worker oversubscribe the cores)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        x0 = moment_start(eng, gram, stats)
+        if strategy == "global":
+            x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0)
+        else:
+            x, dev, sigma2, beta, converged, n_iter = eng.minimise(np.nan_to_num(x0, nan=1), stats)
+            descents = np.ones(len(stats), dtype=int)
     bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
     x[bad], dev[bad] = np.nan, np.nan
-    return x, sigma2, beta, dev, converged, n_iter
+    return x, sigma2, beta, dev, converged, n_iter, descents
+
+
+def _unit_scale(stats: ResponseStats) -> np.ndarray:
+    """A power of two near each gene's standard deviation (1 where it is 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt(stats.ss / stats.n_obs)
+    return np.where(np.isfinite(sd) & (sd > 0), np.ldexp(1.0, np.frexp(sd)[1]), 1.0)
 
 
 def fit_lmm(
@@ -213,6 +135,7 @@ def fit_lmm(
     factor_names: list[str] | None = None,
     exclude: np.ndarray | None = None,
     progress: Callable[[int, int], object] | None = None,
+    strategy: Literal["global", "local"] = "global",
 ) -> LMMFit:
     """Fit a random-intercept LMM to every gene by ML or REML.
 
@@ -238,45 +161,47 @@ def fit_lmm(
         estimates with that reason.
     progress
         Called after each batch with its number of genes and the total.
+    strategy
+        ``"global"``: the global search (:mod:`.search`). ``"local"``: Newton's
+        method from the moment estimates only, which may stop at a local optimum;
+        for measuring what the global search costs (``benchmarks/fit_speed.py``).
 
     Returns
     -------
     An :class:`LMMFit`.
     """
+    if strategy not in ("global", "local"):
+        raise ValueError(f"strategy must be 'global' or 'local', got {strategy!r}")
     if engine == "auto":
         engine = choose_engine(gram)
+    eng = _make_engine(gram, reml, engine)
     G, k, p = len(stats), len(gram.factor_sizes), gram.n_fixed
     names = factor_names or [f"factor {j}" for j in range(k)]
 
     error = np.full(G, "", dtype=object) if exclude is None else np.array(exclude, dtype=object)
-    excluded = error != ""
-    scale = np.maximum(np.abs(stats.mean), np.finfo(float).tiny)
-    constant = ~excluded & (stats.ss <= stats.n_obs * (1e-12 * scale) ** 2)
-    error[constant] = np.where(
-        stats.mean[constant] == 0, "all values are zero", "constant expression (no variance)"
-    )
-    # Fixed effects alone leave no residual (an OLS fit, gamma = 0): no model can
-    # be fitted, whatever the random effects.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ols_rss = stats.ss - _quadratic(stats.XtY, np.linalg.inv(gram.XtX))
-        explained = ~excluded & ~constant & (ols_rss <= _RESIDUAL_VANISHED * stats.ss)
-    error[explained] = "the fixed effects explain the gene exactly (zero residual sum of squares)"
-    todo = np.flatnonzero(~excluded & ~constant & ~explained)
+    rest = np.flatnonzero(error == "")
+    error[rest] = unfittable_reasons(gram, stats.subset(rest), names)
+    todo = np.flatnonzero(error == "")
+    unit = _unit_scale(stats)
+    normed = stats.scaled(1.0 / unit)
+    if strategy == "global" and isinstance(eng, DenseDeviance):
+        eng.prepare()  # the grid, factorised once here and shared by every batch
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
-    jobs = ((gram, stats.subset(b), reml, engine) for b in batches)
-    if n_jobs in (None, 1) or len(batches) <= 1:
-        outputs = (_fit_batch(*job) for job in jobs)
-    else:
-        # threads by default: the kernels release the GIL and share the data
-        outputs = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-            delayed(_fit_batch)(*job) for job in jobs
-        )
+    jobs = ((eng, gram, normed.subset(b), strategy) for b in batches)
     results = []
-    for b, out in zip(batches, outputs, strict=True):
-        results.append(out)
-        if progress is not None:
-            progress(len(b), len(todo))
+    with threadpool_limits(limits=1, user_api="blas"):  # also inside process workers
+        if n_jobs in (None, 1) or len(batches) <= 1:
+            outputs = (_fit_batch(*job) for job in jobs)
+        else:
+            # threads by default: the kernels release the GIL and share the data
+            outputs = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+                delayed(_fit_batch)(*job) for job in jobs
+            )
+        for b, out in zip(batches, outputs, strict=True):
+            results.append(out)
+            if progress is not None:
+                progress(len(b), len(todo))
 
     gamma = np.full((G, k), np.nan)
     sigma2 = np.full(G, np.nan)
@@ -284,21 +209,18 @@ def fit_lmm(
     deviance = np.full(G, np.nan)
     converged = np.zeros(G, dtype=bool)
     n_iter = np.zeros(G, dtype=int)
+    descents = np.zeros(G, dtype=int)
     if results:  # batches are consecutive pieces of `todo`
         parts = [np.concatenate(column) for column in zip(*results, strict=True)]
-        gamma[todo], sigma2[todo], beta[todo], deviance[todo], converged[todo], n_iter[todo] = parts
+        gamma[todo], sigma2[todo], beta[todo], deviance[todo] = parts[:4]
+        converged[todo], n_iter[todo], descents[todo] = parts[4:]
+    # back to the gene's own units (exact: the units are powers of two)
+    sigma2 *= unit**2
+    beta *= unit[:, None]
+    deviance += eng.nu * np.log(unit**2)
 
     failed = np.isin(np.arange(G), todo) & ~np.isfinite(deviance)
     error[failed] = "the likelihood cannot be evaluated at any tried variance ratios"
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vanished = sigma2 <= _RESIDUAL_VANISHED * stats.ss / stats.n_obs
-    diverged = np.isfinite(deviance) & ((gamma >= _GAMMA_DIVERGED).any(axis=1) | vanished)
-    for g in np.flatnonzero(diverged):
-        j = int(np.argmax(gamma[g]))
-        error[g] = (
-            f"no finite optimum: the residual variance vanishes because the gene is "
-            f"(nearly) constant within the levels of {names[j]!r}"
-        )
     bad = error != ""
     gamma[bad], sigma2[bad], beta[bad], deviance[bad] = np.nan, np.nan, np.nan, np.nan
     converged[bad] = False
@@ -314,4 +236,5 @@ def fit_lmm(
         n_iter=n_iter,
         error=error,
         reml=reml,
+        descents=descents,
     )

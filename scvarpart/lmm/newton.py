@@ -28,6 +28,7 @@ boundary is exactly 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numba as nb
@@ -35,10 +36,15 @@ import numpy as np
 
 from ._dense_kernel import derivatives, factorise, fixed_effects, workspace
 
-__all__ = ["NewtonOptions", "minimise_batch"]
+__all__ = ["NewtonOptions", "minimise_batch", "minimise_callable"]
 
 # Shortest step fraction tried by the line search.
 _MIN_STEP = 1e-10
+# Distance within which a descent counts as having rejoined an optimum found
+# before: in log gamma above the threshold, in units of the threshold below it
+# (where distinct optima can be a fraction of the threshold apart).
+_NEAR_LOG = 0.2
+_NEAR_LINEAR = 0.05
 
 
 class NewtonOptions(NamedTuple):
@@ -109,11 +115,86 @@ def _newton_step(x, g, H, logc, bound):
 
 
 @nb.njit(cache=True, nogil=True)
+def _active_set(x, grad, opt, logc, bound):
+    """Coordinates stepped in ``log gamma`` (``logc``) and the epsilon-active set
+    (``bound``); returns whether a bound variable is not yet at 0."""
+    k = x.shape[0]
+    eps = 0.0
+    for j in range(k):
+        eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
+    eps = math.sqrt(eps)
+    pending = False
+    for j in range(k):
+        t = opt.threshold[j]
+        logc[j] = x[j] > t
+        bound[j] = (not logc[j]) and x[j] <= min(eps, opt.eps_active * t) and grad[j] > 0.0
+        pending = pending or (bound[j] and x[j] > 0.0)
+    return pending
+
+
+@nb.njit(cache=True, nogil=True)
+def _step_length(x, grad, hess, step, logc, bound, opt):
+    """Give bound variables a diagonally scaled gradient step (cut at the bound
+    later) and return the longest step fraction that changes no parameter by
+    more than ``max_growth``, keeping the direction."""
+    log_growth = math.log(opt.max_growth)
+    t = 1.0
+    for j in range(x.shape[0]):
+        if bound[j]:
+            step[j] = -grad[j] / hess[j, j] if hess[j, j] > 0.0 else -x[j]
+        if logc[j]:
+            t = min(t, log_growth / max(abs(step[j]), 1e-300))
+        elif step[j] > 0.0:
+            t = min(t, (opt.max_growth * x[j] + 1.0) / step[j])
+    return t
+
+
+@nb.njit(cache=True, nogil=True)
+def _trial_point(x, grad, step, t, logc, opt, trial):
+    """The point a fraction ``t`` along the projection arc (into ``trial``), and
+    the decrease the gradient predicts for it."""
+    predicted = 0.0
+    for j in range(x.shape[0]):
+        if logc[j]:
+            trial[j] = x[j] * math.exp(t * step[j])
+        else:
+            trial[j] = min(max(x[j] + t * step[j], 0.0), opt.x_max)
+        predicted += grad[j] * (trial[j] - x[j])
+    return predicted
+
+
+@nb.njit(cache=True, nogil=True)
+def _sufficient_decrease(f, ft, predicted):
+    """Armijo's condition, with a strict decrease: at the optimum rounding may
+    leave the objective unchanged."""
+    return np.isfinite(ft) and ft < f and ft <= f + 1e-4 * predicted
+
+
+@nb.njit(cache=True, nogil=True)
+def _final_step(x, trial, t, positive, decrement, pending_bound, opt):
+    """Whether the step just accepted ends the descent: a full, unprojected Newton
+    step from a point whose decrement was below ``sqrt(tol)``."""
+    if not (t == 1.0 and positive and decrement < math.sqrt(opt.tol) and not pending_bound):
+        return False
+    for j in range(x.shape[0]):
+        if trial[j] == 0.0 and x[j] > 0.0:
+            return False  # the step was projected onto the bound
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
 def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
     """Objective with gradient and Hessian; NaN if any of them is not finite."""
     f, r2 = factorise(x, zy, xy, ss, dz, w)
     if not np.isfinite(f):
         return f
+    return _derivatives_at(x, zy, dz, w, f, r2, grad, hess)
+
+
+@nb.njit(cache=True, nogil=True)
+def _derivatives_at(x, zy, dz, w, f, r2, grad, hess):
+    """Gradient and Hessian from the factorisation at ``x`` held in ``w``; returns
+    ``f``, or NaN if any derivative is not finite."""
     derivatives(x, zy, dz, w, r2, grad, hess)
     if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
         return np.nan
@@ -121,56 +202,47 @@ def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
 
 
 @nb.njit(cache=True, nogil=True)
-def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess):
+def _near(x, y, threshold):
+    """Whether ``x`` is near ``y`` in every coordinate: within :data:`_NEAR_LOG`
+    in ``log gamma`` above the threshold, within :data:`_NEAR_LINEAR` in
+    ``gamma / threshold`` below it."""
+    for j in range(x.shape[0]):
+        a, b, t = x[j], y[j], threshold[j]
+        if a > t and b > t:
+            if abs(math.log(a / b)) > _NEAR_LOG:
+                return False
+        elif abs(a - b) > _NEAR_LINEAR * t:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
     """Minimise one gene's deviance from ``x`` (updated in place).
 
-    Returns (deviance, converged, iterations)."""
+    A descent from a further start is abandoned when it comes near one of the
+    optima ``known[:n_known]`` found from other starts: it would end there.
+
+    Returns (deviance, converged, iterations, abandoned)."""
     k = x.shape[0]
     f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
     if not np.isfinite(f):
-        return f, False, 0
+        return f, False, 0, False
     logc = np.empty(k, dtype=np.bool_)
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
-    threshold, tol, max_growth, x_max = opt.threshold, opt.tol, opt.max_growth, opt.x_max
-    log_growth = math.log(max_growth)
     for it in range(opt.max_iter):
-        eps = 0.0
-        for j in range(k):
-            eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
-        eps = math.sqrt(eps)
-        pending_bound = False
-        for j in range(k):
-            logc[j] = x[j] > threshold[j]
-            bound[j] = (
-                (not logc[j]) and x[j] <= min(eps, opt.eps_active * threshold[j]) and grad[j] > 0.0
-            )
-            pending_bound = pending_bound or (bound[j] and x[j] > 0.0)
+        pending_bound = _active_set(x, grad, opt, logc, bound)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
-        if positive and decrement < tol and not pending_bound:
-            return f, True, it
-        # cap the change of each parameter, keeping the direction
-        t = 1.0
-        for j in range(k):
-            if bound[j]:  # a diagonally scaled gradient step, cut at the bound
-                step[j] = -grad[j] / hess[j, j] if hess[j, j] > 0.0 else -x[j]
-            if logc[j]:
-                t = min(t, log_growth / max(abs(step[j]), 1e-300))
-            elif step[j] > 0.0:
-                t = min(t, (max_growth * x[j] + 1.0) / step[j])
+        if positive and decrement < opt.tol and not pending_bound:
+            return f, True, it, False
+        t = _step_length(x, grad, hess, step, logc, bound, opt)
         accepted = False
-        ft = np.nan
+        ft = r2t = np.nan
         while t > _MIN_STEP:
-            predicted = 0.0
-            for j in range(k):
-                if logc[j]:
-                    trial[j] = x[j] * math.exp(t * step[j])
-                else:
-                    trial[j] = min(max(x[j] + t * step[j], 0.0), x_max)
-                predicted += grad[j] * (trial[j] - x[j])
-            ft, _ = factorise(trial, zy, xy, ss, dz, w)
-            # a strict decrease: at the optimum rounding may leave f unchanged
-            if np.isfinite(ft) and ft < f and ft <= f + 1e-4 * predicted:
+            predicted = _trial_point(x, grad, step, t, logc, opt, trial)
+            ft, r2t = factorise(trial, zy, xy, ss, dz, w)
+            if _sufficient_decrease(f, ft, predicted):
                 accepted = True
                 break
             t *= 0.5
@@ -178,19 +250,20 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess):
             # No decrease left that rounding lets the objective show (with n
             # observations the deviance carries ~n * eps of noise): converged if
             # what the Newton model still promises is below that noise too.
-            return f, positive and decrement < opt.stall_tol, it + 1
-        final = t == 1.0 and positive and decrement < math.sqrt(tol) and not pending_bound
-        for j in range(k):
-            if trial[j] == 0.0 and x[j] > 0.0:
-                final = False  # the step was projected onto the bound
-            x[j] = trial[j]
+            return f, positive and decrement < opt.stall_tol, it + 1, False
+        final = _final_step(x, trial, t, positive, decrement, pending_bound, opt)
+        x[:] = trial
         f = ft
         if final:
-            return f, True, it + 1
-        f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
+            return f, True, it + 1, False
+        for m in range(n_known):
+            if _near(x, known[m], opt.threshold):
+                return f, False, it + 1, True
+        # the workspace holds the factorisation at the accepted step
+        f = _derivatives_at(x, zy, dz, w, ft, r2t, grad, hess)
         if not np.isfinite(f):
-            return f, False, it + 1
-    return f, False, opt.max_iter
+            return f, False, it + 1, False
+    return f, False, opt.max_iter, False
 
 
 @nb.njit(cache=True, nogil=True)
@@ -211,11 +284,60 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     n_iter = np.zeros(G, dtype=np.int64)
     grad = np.empty(k)
     hess = np.empty((k, k))
+    none = np.empty((0, k))
     for g in range(G):
-        _, converged[g], n_iter[g] = _minimise_gene(
-            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess
+        _, converged[g], n_iter[g], _ = _minimise_gene(
+            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, 0
         )
         dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
         if np.isfinite(dev[g]):
             fixed_effects(dz, w, beta[g])
     return X, dev, r2, beta, converged, n_iter
+
+
+def minimise_callable(
+    x: np.ndarray,
+    evaluate: Callable[[np.ndarray], float],
+    derivatives: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    opt: NewtonOptions,
+    known: Sequence[np.ndarray] = (),
+) -> tuple[float, bool, int, bool]:
+    """The projected Newton method of :func:`_minimise_gene`, driven from Python
+    for engines whose evaluations are NumPy/BLAS calls (:mod:`.blocked`).
+
+    ``evaluate(x)`` returns the objective (NaN outside the domain),
+    ``derivatives(x)`` the objective, gradient and Hessian (or a positive
+    definite approximation of it). ``x`` is updated in place. Returns (deviance,
+    converged, iterations, abandoned)."""
+    k = x.shape[0]
+    f, grad, hess = derivatives(x)
+    if not (np.isfinite(f) and np.isfinite(grad).all() and np.isfinite(hess).all()):
+        return np.nan, False, 0, False
+    logc = np.empty(k, dtype=bool)
+    bound = np.empty(k, dtype=bool)
+    trial = np.empty(k)
+    for it in range(opt.max_iter):
+        pending_bound = _active_set(x, grad, opt, logc, bound)
+        step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
+        if positive and decrement < opt.tol and not pending_bound:
+            return f, True, it, False
+        t = _step_length(x, grad, hess, step, logc, bound, opt)
+        ft = np.nan
+        while t > _MIN_STEP:
+            predicted = _trial_point(x, grad, step, t, logc, opt, trial)
+            ft = evaluate(trial)
+            if _sufficient_decrease(f, ft, predicted):
+                break
+            t *= 0.5
+        else:
+            return f, bool(positive and decrement < opt.stall_tol), it + 1, False
+        final = _final_step(x, trial, t, positive, decrement, pending_bound, opt)
+        x[:] = trial
+        if final:
+            return ft, True, it + 1, False
+        if any(_near(x, y, opt.threshold) for y in known):
+            return ft, False, it + 1, True
+        f, grad, hess = derivatives(x)
+        if not (np.isfinite(f) and np.isfinite(grad).all() and np.isfinite(hess).all()):
+            return np.nan, False, it + 1, False
+    return f, False, opt.max_iter, False

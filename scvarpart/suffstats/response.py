@@ -77,6 +77,17 @@ class ResponseStats:
             n_nonzero=self.n_nonzero[idx],
         )
 
+    def scaled(self, c: np.ndarray) -> ResponseStats:
+        """Statistics of the genes multiplied by ``c`` (one factor per gene)."""
+        return ResponseStats(
+            n_obs=self.n_obs,
+            mean=self.mean * c,
+            ss=self.ss * c**2,
+            ZtY=self.ZtY * c[:, None],
+            XtY=self.XtY * c[:, None],
+            n_nonzero=self.n_nonzero,
+        )
+
     def nonfinite(self) -> np.ndarray:
         """Genes whose statistics are not finite: their data hold NaN or inf."""
         return ~(

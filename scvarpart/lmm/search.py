@@ -1,0 +1,395 @@
+"""The global search: every gene's criterion on a shared grid, then Newton's method
+from the best start and from every other basin that could hold a better optimum.
+
+Per gene (compiled, genes of a batch in turn, without the GIL):
+
+1. **Screen.** The criterion at every point of the :class:`~.grid.VarianceGrid`.
+   The factorisation at a point does not depend on the gene, so it is computed
+   once per fit (:func:`prepare_grid`): what is left per gene and point is a
+   triangular product (``L^-1 diag(s)`` times the gene's reduced right-hand
+   side), and the right-hand side itself is shared by every point with the same
+   variance ratio of the eliminated factor. Genes are screened
+   :data:`TILE` at a time.
+2. **Descent.** Projected Newton (:mod:`.newton`) from the better of the grid's
+   best point and the moment estimates (:mod:`.starts`).
+3. **Other basins.** Optima of a criterion with few levels per factor often lie
+   on different faces of the boundary (a variance exactly 0 at one, positive at
+   the other), sometimes next to each other, separated by a small ridge. Grid
+   points that are local minima among their neighbours are candidate basins,
+   each with a bound on how low its basin may reach (:func:`candidate_bounds`:
+   its value less twice the largest change of the criterion to a neighbour,
+   which bounds how far below the grid a basin the grid resolves can lie). A
+   candidate is descended from when its bound is below the best optimum found
+   so far, most promising first, at most :data:`MAX_EXTRA_STARTS`; a descent
+   that comes near an optimum found before stops there (it would end on it).
+
+How thorough step 3 is depends on the design (``thorough`` in
+:class:`GridFactors`). With few observations per level (tiny, bulk and
+pseudobulk designs), every face's local minima are candidates, with
+uncapped bounds, and minima on the grid's edge (the smallest residual fraction:
+the basin may extend beyond the grid) always are. With many observations per
+level the criterion is sharply curved: only minima over closed faces are
+candidates, and a bound's allowance is capped at :data:`SPREAD_CAP`, since the
+criterion changes by hundreds between grid points there.
+
+The optimum reported is the best of the descents (the first, on ties within
+:data:`TIE`), and it is converged when its descent met Newton's convergence
+criterion, a KKT point. Checked against an exhaustive search on thousands of
+random tiny designs (``tests/test_global_optimum.py``) and against lme4 on every
+gene of real datasets (``tests/test_real_data_lme4.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+
+from ._dense_kernel import factor_design, factorise, fixed_effects, workspace
+from .grid import VarianceGrid
+from .newton import _minimise_gene
+
+__all__ = [
+    "MAX_EXTRA_STARTS",
+    "SPREAD_CAP",
+    "TIE",
+    "GridFactors",
+    "candidate_bounds",
+    "prepare_grid",
+    "search_batch",
+]
+
+# Deviance units: the most a candidate's neighbourhood spread may count, where
+# the search is not thorough.
+SPREAD_CAP = 15.0
+# Descents from candidates beyond the first, per gene.
+MAX_EXTRA_STARTS = 12
+# Relative improvement of the criterion below which a later descent does not
+# replace an earlier one.
+TIE = 1e-10
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GridFactors(NamedTuple):
+    """Gene-independent factorisations at every grid point.
+
+    Points are grouped by the variance ratio of the eliminated factor
+    (``g1[t]``, with ``1 / (1 + g1 d)`` in ``inv_a[t]``): group ``t`` is the
+    points ``by_g1[t_ptr[t]:t_ptr[t + 1]]``.
+    """
+
+    gamma: np.ndarray  # (N, k)
+    logdet: np.ndarray  # (N,) log|V| (ML) or log|V| + log|X'V^-1X| (REML); NaN if singular
+    LS: np.ndarray  # (N, m2 (m2 + 1) / 2) L^-1 diag(s), lower triangle by rows
+    g1: np.ndarray  # (T,)
+    inv_a: np.ndarray  # (T, q1)
+    Et: np.ndarray  # (m2, q1) E' of the design, rows contiguous
+    t_ptr: np.ndarray  # (T + 1,)
+    by_g1: np.ndarray  # (N,)
+    face: np.ndarray  # (N,)
+    edge: np.ndarray  # (N,)
+    thorough: bool  # every face's local minima are candidates (else closed faces')
+    nb_ptr: np.ndarray
+    nb_idx: np.ndarray
+
+
+@nb.njit(cache=True, nogil=True)
+def _inverse_scaled(L, s, m2, out):
+    """``L^-1 diag(s)`` of a lower-triangular ``L``, packed by rows into ``out``
+    (row ``i`` holds columns ``0..i`` at offset ``i (i + 1) / 2``)."""
+    col = np.empty(m2)
+    for j in range(m2):
+        col[j] = 1.0 / L[j, j]
+        for i in range(j + 1, m2):
+            acc = 0.0
+            for t in range(j, i):
+                acc -= L[i, t] * col[t]
+            col[i] = acc / L[i, i]
+        for i in range(j, m2):
+            out[i * (i + 1) // 2 + j] = col[i] * s[j]
+
+
+@nb.njit(cache=True, nogil=True)
+def _factor_points(gamma, dz):
+    N, k = gamma.shape
+    m2 = dz.rest_factor.shape[0] + dz.p
+    w = workspace(dz, k)
+    logdet = np.empty(N)
+    LS = np.zeros((N, m2 * (m2 + 1) // 2))
+    for i in range(N):
+        ld_v, ld_x = factor_design(gamma[i], dz, w)
+        logdet[i] = ld_v + ld_x if dz.reml else ld_v
+        if np.isfinite(logdet[i]):
+            _inverse_scaled(w.L, w.s, m2, LS[i])
+    return logdet, LS
+
+
+def prepare_grid(grid: VarianceGrid, dz, thorough: bool) -> GridFactors:
+    """Factorise the design at every point of ``grid`` (once per fit)."""
+    gamma = np.ascontiguousarray(grid.gamma)
+    logdet, LS = _factor_points(gamma, dz)
+    g1_all = gamma[:, dz.big]
+    g1, t_of = np.unique(g1_all, return_inverse=True)
+    by_g1 = np.argsort(t_of, kind="stable").astype(np.int64)
+    t_ptr = np.concatenate([[0], np.cumsum(np.bincount(t_of, minlength=len(g1)))]).astype(np.int64)
+    inv_a = 1.0 / (1.0 + g1[:, None] * dz.d[None, :])
+    return GridFactors(
+        gamma=gamma,
+        logdet=logdet,
+        LS=LS,
+        g1=g1,
+        inv_a=np.ascontiguousarray(inv_a),
+        Et=np.ascontiguousarray(dz.E.T),
+        t_ptr=t_ptr,
+        by_g1=by_g1,
+        face=grid.face,
+        edge=grid.edge,
+        thorough=bool(thorough),
+        nb_ptr=grid.nb_ptr,
+        nb_idx=grid.nb_idx,
+    )
+
+
+# Genes screened together: the eight sums of every product run side by side in
+# registers, each in its own fixed order (a gene's values do not depend on the
+# others in its tile).
+TILE = 8
+
+
+@nb.njit(cache=True, nogil=True)
+def _rhs_tile(gf, t, ZtY, XtY, ss, dz, B1, V, yy):
+    """Reduced right-hand sides ``V = b2 - g1 E' (b1 / a)`` (``m2 x TILE``) and
+    ``y'y`` of the tile's genes at the eliminated factor's ratio ``g1[t]``."""
+    order = dz.order
+    q1 = dz.d.shape[0]
+    q2 = dz.rest_factor.shape[0]
+    m2 = q2 + dz.p
+    n = ZtY.shape[0]
+    g1 = gf.g1[t]
+    ia = gf.inv_a[t]
+    for w in range(TILE):
+        yy[w] = ss[w] if w < n else 1.0
+        for lv in range(q1):
+            z = ZtY[w, order[lv]] if w < n else 0.0
+            B1[lv, w] = z * ia[lv]
+            yy[w] -= g1 * z * B1[lv, w]
+    for i in range(m2):
+        Ei = gf.Et[i]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        for lv in range(q1):
+            e = Ei[lv]
+            b = B1[lv]
+            a0 += e * b[0]
+            a1 += e * b[1]
+            a2 += e * b[2]
+            a3 += e * b[3]
+            a4 += e * b[4]
+            a5 += e * b[5]
+            a6 += e * b[6]
+            a7 += e * b[7]
+        acc = (a0, a1, a2, a3, a4, a5, a6, a7)
+        for w in range(TILE):
+            if w < n:
+                bi = ZtY[w, order[q1 + i]] if i < q2 else XtY[w, i - q2]
+            else:
+                bi = 0.0
+            V[i, w] = bi - g1 * acc[w]
+
+
+@nb.njit(cache=True, nogil=True)
+def _residual_tile(LS, V, yy, r2):
+    """``r2 = y'y - |L^-1 diag(s) v|^2`` of the tile's genes at one point."""
+    m2 = V.shape[0]
+    r0, r1, r2_, r3, r4, r5, r6, r7 = yy[0], yy[1], yy[2], yy[3], yy[4], yy[5], yy[6], yy[7]
+    pos = 0
+    for i in range(m2):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        for j in range(i + 1):
+            lij = LS[pos + j]
+            vj = V[j]
+            a0 += lij * vj[0]
+            a1 += lij * vj[1]
+            a2 += lij * vj[2]
+            a3 += lij * vj[3]
+            a4 += lij * vj[4]
+            a5 += lij * vj[5]
+            a6 += lij * vj[6]
+            a7 += lij * vj[7]
+        pos += i + 1
+        r0 -= a0 * a0
+        r1 -= a1 * a1
+        r2_ -= a2 * a2
+        r3 -= a3 * a3
+        r4 -= a4 * a4
+        r5 -= a5 * a5
+        r6 -= a6 * a6
+        r7 -= a7 * a7
+    r2[0], r2[1], r2[2], r2[3] = r0, r1, r2_, r3
+    r2[4], r2[5], r2[6], r2[7] = r4, r5, r6, r7
+
+
+@nb.njit(cache=True, nogil=True)
+def _screen_tile(gf, ZtY, XtY, ss, dz, values, B1, V, yy, r2):
+    """The criterion of up to :data:`TILE` genes at every grid point, into rows of
+    ``values`` (+inf where it cannot be evaluated)."""
+    nu = dz.nu
+    const = nu * (1.0 + _LOG_2PI - math.log(nu))
+    n = ZtY.shape[0]
+    for t in range(gf.g1.shape[0]):
+        _rhs_tile(gf, t, ZtY, XtY, ss, dz, B1, V, yy)
+        for pi in range(gf.t_ptr[t], gf.t_ptr[t + 1]):
+            p = gf.by_g1[pi]
+            ld = gf.logdet[p]
+            if not np.isfinite(ld):
+                for w in range(n):
+                    values[w, p] = np.inf
+                continue
+            _residual_tile(gf.LS[p], V, yy, r2)
+            for w in range(n):
+                values[w, p] = ld + const + nu * math.log(r2[w]) if r2[w] > 0.0 else np.inf
+
+
+@nb.njit(cache=True, nogil=True)
+def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
+    """How low the basin of every candidate grid point (but ``skip``) may reach,
+    into ``bound`` (+inf for points that are no candidates).
+
+    Thorough: the local minima among the neighbours on their own face, bounded
+    by their value less twice the largest change of the criterion to a
+    neighbour; on the grid's edge, where a basin may extend beyond the grid,
+    -inf. Otherwise: the local minima among the neighbours on their face and
+    the faces of its boundary, with the bound's allowance capped at
+    :data:`SPREAD_CAP` (a sharply curved criterion changes by hundreds between
+    grid points), the cap itself on the edge."""
+    for i in range(values.shape[0]):
+        bound[i] = np.inf
+        vi = values[i]
+        if i == skip or not np.isfinite(vi):
+            continue
+        spread = 0.0
+        minimum = True
+        for n in range(nb_ptr[i], nb_ptr[i + 1]):
+            j = nb_idx[n]
+            vj = values[j]
+            if not np.isfinite(vj):
+                continue
+            spread = max(spread, abs(vj - vi))
+            compared = face[j] == face[i] if thorough else (face[j] & face[i]) == face[j]
+            if compared and vj < vi:
+                minimum = False
+        if not minimum:
+            continue
+        if thorough:
+            bound[i] = -np.inf if edge[i] else vi - 2.0 * spread
+        else:
+            bound[i] = vi - (SPREAD_CAP if edge[i] else min(2.0 * spread, SPREAD_CAP))
+
+
+@nb.njit(cache=True, nogil=True)
+def _search_gene(gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, trial, bound, known):
+    """Global search for one gene from its criterion on the grid (``values``) and
+    a moment estimate in ``x``; the optimum in ``x``. Returns (deviance,
+    converged, Newton iterations, descents)."""
+    i0 = int(np.argmin(values))
+    f_moment = np.nan
+    if np.all(np.isfinite(x)):
+        f_moment, _ = factorise(x, zy, xy, ss, dz, w)
+    # the grid point the first descent starts from; with few observations per
+    # level, the grid's best point is a candidate even when the moment
+    # estimate was the better start
+    first = -1 if gf.thorough else i0
+    if not (f_moment <= values[i0]):  # the grid's best point is the better start
+        if not np.isfinite(values[i0]):
+            x[:] = np.nan
+            return np.nan, False, 0, 0
+        x[:] = gf.gamma[i0]
+        first = i0
+    best, converged, n_iter, _ = _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, 0)
+    if not np.isfinite(best):
+        best = np.inf
+    descents = 1
+    known[0] = x
+    n_known = 1
+    # candidate basins, most promising first
+    candidate_bounds(gf.face, gf.edge, gf.nb_ptr, gf.nb_idx, values, first, gf.thorough, bound)
+    for i in np.argsort(bound, kind="mergesort"):
+        if descents > MAX_EXTRA_STARTS or bound[i] == np.inf:
+            break
+        if not bound[i] < best:
+            continue
+        trial[:] = gf.gamma[i]
+        f, conv, it, abandoned = _minimise_gene(
+            trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+        )
+        n_iter += it
+        descents += 1
+        if abandoned or not np.isfinite(f):
+            continue
+        known[n_known] = trial
+        n_known += 1
+        # a basin already found, reached again, must not replace it by rounding:
+        # which of two descents to one optimum ends lower is noise
+        if f < best - TIE * max(1.0, abs(best)):
+            best, converged = f, conv
+            x[:] = trial
+    return best, converged, n_iter, descents
+
+
+@nb.njit(cache=True, nogil=True)
+def search_batch(gf, X0, ZtY, XtY, ss, dz, opt):
+    """Global search for every gene of a batch, with moment estimates ``X0``
+    (``G x k``; NaN rows for none) as further starting points.
+
+    Returns the optima ``(G, k)``, deviance, residual sum of squares ``r2`` and
+    fixed effects at them, convergence flags, Newton iterations and descents.
+    """
+    G = ZtY.shape[0]
+    N, k = gf.gamma.shape
+    m2 = dz.rest_factor.shape[0] + dz.p
+    w = workspace(dz, k)
+    X = X0.copy()
+    dev = np.full(G, np.nan)
+    r2 = np.full(G, np.nan)
+    beta = np.full((G, dz.p), np.nan)
+    converged = np.zeros(G, dtype=np.bool_)
+    n_iter = np.zeros(G, dtype=np.int64)
+    descents = np.zeros(G, dtype=np.int64)
+    grad = np.empty(k)
+    hess = np.empty((k, k))
+    values = np.empty((TILE, N))
+    bound = np.empty(N)
+    B1 = np.empty((dz.d.shape[0], TILE))
+    V = np.empty((m2, TILE))
+    yy = np.empty(TILE)
+    r2t = np.empty(TILE)
+    trial = np.empty(k)
+    known = np.empty((MAX_EXTRA_STARTS + 1, k))
+    for g0 in range(0, G, TILE):
+        g1 = min(G, g0 + TILE)
+        _screen_tile(gf, ZtY[g0:g1], XtY[g0:g1], ss[g0:g1], dz, values, B1, V, yy, r2t)
+        for g in range(g0, g1):
+            _, converged[g], n_iter[g], descents[g] = _search_gene(
+                gf,
+                ZtY[g],
+                XtY[g],
+                ss[g],
+                dz,
+                w,
+                opt,
+                grad,
+                hess,
+                values[g - g0],
+                X[g],
+                trial,
+                bound,
+                known,
+            )
+            if not np.all(np.isfinite(X[g])):
+                continue
+            dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
+            if np.isfinite(dev[g]):
+                fixed_effects(dz, w, beta[g])
+    return X, dev, r2, beta, converged, n_iter, descents
