@@ -136,3 +136,37 @@ def test_fit_lmm_validates_engine(synth):
     gram, stats = synth
     with pytest.raises(ValueError, match="engine must be"):
         fit_lmm(gram, stats.subset([0]), engine="magic")
+
+
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+def test_unbounded_likelihood_is_classified_stably(reml):
+    """A gene the levels explain has no finite optimum however it is perturbed at
+    rounding level; a gene with a small but real residual always has one."""
+    adata = svp.datasets.crossed_example(n_cells=400, n_genes=2, seed=5)
+    design = build_design(svp.datasets.EXAMPLE_FORMULA, adata.obs)
+    gram = design_gram(design)
+    Z = indicator_matrix(design)
+    rng = np.random.default_rng(0)
+    exact = Z @ rng.normal(size=Z.shape[1]) + design.X @ rng.normal(size=design.X.shape[1])
+    noise = rng.normal(size=len(exact))
+    for scale, unbounded in [
+        (0.0, True),
+        (1e-13, True),
+        (1e-11, True),
+        (1e-3, False),
+        (3e-3, False),
+    ]:
+        reasons, variances = [], []
+        for trial in range(5):
+            jitter = scale * noise * (1 + trial) if scale else 0.0
+            y = (exact + jitter)[:, None]
+            stats = response_stats(y, Z, centred_fixed(design)[0])
+            fit = fit_lmm(gram, stats, reml=reml)
+            reasons.append(fit.error[0])
+            variances.append(fit.sigma2[0])
+        if unbounded:
+            assert all(r.startswith("no finite optimum") for r in reasons), (scale, reasons)
+            assert np.isnan(variances).all()
+        else:
+            assert reasons == [""] * 5, (scale, reasons)
+            assert (np.asarray(variances) > 0).all()
