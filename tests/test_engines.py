@@ -111,3 +111,47 @@ def test_other_scales_and_shifts_change_variances_only_as_they_must(kind, seed):
         shifted = _fit(design, Y + 12.5, reml)
         np.testing.assert_allclose(shifted.gamma[ok], ref.gamma[ok], rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(shifted.deviance[ok], ref.deviance[ok], rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_many_cells_per_level_search_finds_the_best_of_many_descents(seed):
+    """With many observations per level the search is not thorough (closed
+    faces, a coarse grid): on partially confounded single-cell-like designs
+    (cell types and batches following patients) it must still find the best of
+    50 Newton descents from random starts."""
+    from scvarpart.lmm.dense import DenseDeviance
+    from scvarpart.lmm.fit import _unit_scale
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    patient = rng.integers(0, 8, n)
+    ctype = np.where(rng.random(n) < 0.8, patient % 4, rng.integers(0, 4, n))
+    batch = np.where(rng.random(n) < 0.9, patient % 3, rng.integers(0, 3, n))
+    frame = pd.DataFrame(
+        {
+            "patient": pd.Categorical(patient.astype(str)),
+            "ctype": pd.Categorical(ctype.astype(str)),
+            "batch": pd.Categorical(batch.astype(str)),
+            "x": rng.normal(size=n),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few levels under ML
+        design = build_design("~ x + (1|patient) + (1|ctype) + (1|batch)", frame)
+    Zs = [np.eye(f.n_levels)[f.codes] for f in design.factors]
+    Y = random_responses(rng, design.X, Zs, 4) * 0.3
+    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    gram = design_gram(design)
+    unit = _unit_scale(stats)
+    for reml in (False, True):
+        engine = DenseDeviance(gram, reml)
+        assert not engine.thorough()
+        fit = fit_lmm(gram, stats, reml=reml)
+        for g in range(4):
+            starts = np.exp(rng.uniform(np.log(1e-5), np.log(1e3), size=(50, 3)))
+            starts[rng.random((50, 3)) < 0.3] = 0.0
+            one = stats.scaled(1 / unit).subset([g] * 50)
+            _, dev, *_ = engine.minimise(starts, one)
+            best = np.nanmin(dev) + engine.nu * np.log(unit[g] ** 2)
+            assert fit.deviance[g] <= best + 1e-9 * abs(best)
+            assert fit.converged[g]

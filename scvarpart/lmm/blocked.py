@@ -292,9 +292,10 @@ class BlockedDeviance(ProfiledDeviance):
         dev, sigma2, beta = self.estimates(X, stats)
         return X, dev, sigma2, beta, converged, n_iter
 
-    def search(self, stats: ResponseStats, gamma0: np.ndarray):
+    def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
         """The global optimum of every gene (the strategy of :mod:`.search`, on a
-        coarser grid), also starting from ``gamma0`` (NaN rows for none).
+        coarser grid), also starting from ``gamma0`` (NaN rows for none), where
+        the criterion is ``f0``.
 
         Returns the optima ``(G, k)``, the objective, the residual variance and
         fixed effects (centred X) at them, convergence flags, Newton iterations
@@ -313,9 +314,8 @@ class BlockedDeviance(ProfiledDeviance):
             b1, b2, ss = B1[g], B2[g], stats.ss[g]
             i0 = int(np.argmin(values[g]))
             x = gamma0[g].copy()
-            f0 = self._objective_at(x, b1, b2, ss) if np.isfinite(x).all() else np.nan
             first = i0  # many levels: the grid's best point is no candidate
-            if not f0 <= values[g, i0]:
+            if not f0[g] <= values[g, i0]:
                 if not np.isfinite(values[g, i0]):
                     continue
                 x = grid.gamma[i0].copy()

@@ -182,8 +182,12 @@ class DenseDeviance(ProfiledDeviance):
     def grid_level(self) -> int:
         """The finest grid whose screen costs at most :data:`_SCREEN_BUDGET`
         multiply-adds per gene (a point costs a triangular product of the size of
-        the reduced system), at most level 3: tiny designs are searched finely,
-        and genes of large designs in about a sixth of their descent's time."""
+        the reduced system), at most level 3, where the search is thorough: tiny
+        designs are searched finely. Otherwise the coarse level -1: with many
+        observations per level, other basins lie far apart (one factor's variance
+        against another's) and the moment estimates start next to the optimum."""
+        if not self.thorough():
+            return -1
         m2 = self.design.rest_factor.shape[0] + self.p
         per_point = m2 * (m2 + 1) // 2 + 16
         level = 0
@@ -191,9 +195,10 @@ class DenseDeviance(ProfiledDeviance):
             level += 1
         return level
 
-    def search(self, stats: ResponseStats, gamma0: np.ndarray):
+    def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
         """The global optimum of every gene (see :mod:`.search`), also starting
-        from ``gamma0`` (``G x k`` moment estimates; NaN rows for none).
+        from ``gamma0`` (``G x k`` moment estimates, NaN rows for none) where
+        the criterion is ``f0``.
 
         Returns the optima ``(G, k)``, the objective, the residual variance and
         fixed effects (centred X) at them, convergence flags, Newton iterations
@@ -202,6 +207,7 @@ class DenseDeviance(ProfiledDeviance):
         gamma, dev, r2, beta, converged, n_iter, descents = search_batch(
             self.grid,
             np.ascontiguousarray(gamma0, dtype=np.float64),
+            np.ascontiguousarray(f0, dtype=np.float64),
             np.ascontiguousarray(stats.ZtY),
             np.ascontiguousarray(stats.XtY),
             np.ascontiguousarray(stats.ss),

@@ -106,9 +106,9 @@ def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
     """Fit one batch of genes; BLAS single-threaded: ``n_jobs`` is the only
     parallelism (many BLAS threads per worker oversubscribe the cores)."""
     with threadpool_limits(limits=1, user_api="blas"):
-        x0 = moment_start(eng, gram, stats)
+        x0, f0 = moment_start(eng, gram, stats)
         if strategy == "global":
-            x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0)
+            x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0, f0)
         else:
             x, dev, sigma2, beta, converged, n_iter = eng.minimise(np.nan_to_num(x0, nan=1), stats)
             descents = np.ones(len(stats), dtype=int)

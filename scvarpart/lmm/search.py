@@ -289,14 +289,13 @@ def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
 
 
 @nb.njit(cache=True, nogil=True)
-def _search_gene(gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, trial, bound, known):
+def _search_gene(
+    gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, cand, known
+):
     """Global search for one gene from its criterion on the grid (``values``) and
-    a moment estimate in ``x``; the optimum in ``x``. Returns (deviance,
-    converged, Newton iterations, descents)."""
+    a moment estimate in ``x`` (criterion ``f_moment``); the optimum in ``x``.
+    Returns (deviance, converged, Newton iterations, descents)."""
     i0 = int(np.argmin(values))
-    f_moment = np.nan
-    if np.all(np.isfinite(x)):
-        f_moment, _ = factorise(x, zy, xy, ss, dz, w)
     # the grid point the first descent starts from; with few observations per
     # level, the grid's best point is a candidate even when the moment
     # estimate was the better start
@@ -315,8 +314,13 @@ def _search_gene(gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, trial, bound
     n_known = 1
     # candidate basins, most promising first
     candidate_bounds(gf.face, gf.edge, gf.nb_ptr, gf.nb_idx, values, first, gf.thorough, bound)
-    for i in np.argsort(bound, kind="mergesort"):
-        if descents > MAX_EXTRA_STARTS or bound[i] == np.inf:
+    n_cand = 0
+    for i in range(bound.shape[0]):
+        if bound[i] < best:
+            cand[n_cand] = i
+            n_cand += 1
+    for i in cand[:n_cand][np.argsort(bound[cand[:n_cand]], kind="mergesort")]:
+        if descents > MAX_EXTRA_STARTS:
             break
         if not bound[i] < best:
             continue
@@ -339,9 +343,10 @@ def _search_gene(gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, trial, bound
 
 
 @nb.njit(cache=True, nogil=True)
-def search_batch(gf, X0, ZtY, XtY, ss, dz, opt):
+def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
     """Global search for every gene of a batch, with moment estimates ``X0``
-    (``G x k``; NaN rows for none) as further starting points.
+    (``G x k``; NaN rows for none) and their criterion ``F0`` as further
+    starting points.
 
     Returns the optima ``(G, k)``, deviance, residual sum of squares ``r2`` and
     fixed effects at them, convergence flags, Newton iterations and descents.
@@ -361,6 +366,7 @@ def search_batch(gf, X0, ZtY, XtY, ss, dz, opt):
     hess = np.empty((k, k))
     values = np.empty((TILE, N))
     bound = np.empty(N)
+    cand = np.empty(N, dtype=np.int64)
     B1 = np.empty((dz.d.shape[0], TILE))
     V = np.empty((m2, TILE))
     yy = np.empty(TILE)
@@ -383,8 +389,10 @@ def search_batch(gf, X0, ZtY, XtY, ss, dz, opt):
                 hess,
                 values[g - g0],
                 X[g],
+                F0[g],
                 trial,
                 bound,
+                cand,
                 known,
             )
             if not np.all(np.isfinite(X[g])):

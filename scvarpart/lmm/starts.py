@@ -65,13 +65,16 @@ def _minque(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
     return np.where(np.isfinite(gamma) & (sol[:, k : k + 1] > 0), gamma, 1.0)
 
 
-def moment_start(engine, gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+def moment_start(engine, gram: DesignGram, stats: ResponseStats):
     """Per gene, the better by ``engine``'s criterion of the MINQUE(0) and the
-    one-way ANOVA estimates; NaN rows where neither can be evaluated."""
+    one-way ANOVA estimates (``G x k``; NaN rows where neither can be evaluated),
+    and its criterion (``G``)."""
     minque = _minque(gram, stats)
     one_way = _one_way(gram, stats)
     f_minque = engine.deviance(minque, stats)
     f_one_way = engine.deviance(one_way, stats)
-    start = np.where((np.isfinite(f_one_way) & ~(f_minque <= f_one_way))[:, None], one_way, minque)
-    start[~np.isfinite(f_minque) & ~np.isfinite(f_one_way)] = np.nan
-    return start
+    use_one_way = np.isfinite(f_one_way) & ~(f_minque <= f_one_way)
+    start = np.where(use_one_way[:, None], one_way, minque)
+    f_start = np.where(use_one_way, f_one_way, f_minque)
+    start[~np.isfinite(f_start)] = np.nan
+    return start, f_start
