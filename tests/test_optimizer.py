@@ -170,3 +170,26 @@ def test_unbounded_likelihood_is_classified_stably(reml):
         else:
             assert reasons == [""] * 5, (scale, reasons)
             assert (np.asarray(variances) > 0).all()
+
+
+def test_blas_runs_one_thread_inside_the_fits(synth, monkeypatch):
+    """n_jobs is the only parallelism: BLAS threads are limited to one while the
+    genes are fitted (many BLAS threads per worker oversubscribe the cores), and
+    restored afterwards."""
+    from threadpoolctl import threadpool_info
+
+    import scvarpart.lmm.fit as fit_module
+
+    gram, stats = synth
+    seen = []
+    original = fit_module.moment_start
+
+    def spy(*args, **kwargs):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return original(*args, **kwargs)
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    monkeypatch.setattr(fit_module, "moment_start", spy)
+    fit_lmm(gram, stats.subset(np.arange(6)), n_jobs=2, batch_size=2)
+    assert seen and set(seen) == {1}
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before

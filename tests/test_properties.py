@@ -121,3 +121,27 @@ def test_sparse_input_equals_dense(base, fmt):
     ref = adata.copy()
     ref.X = dense
     _same(_fit(sparse), _fit(ref))
+
+
+def test_block_size_of_the_pass_changes_results_only_by_rounding():
+    """chunk_size cuts the pass over the cells into other blocks, so the sums
+    differ by rounding: fractions and rho must agree to 1e-9 (the global search
+    is not thrown off by such perturbations)."""
+    adata = svp.datasets.simulate_counts(3000, 120, seed=4)
+    kw = dict(batch=["chemistry", "day", "operator"], signal=["patient"], method="REML")
+    ref = svp.tl.variance_partition(
+        adata, svp.datasets.SIMULATION_FORMULA, inplace=False, progress=False, **kw
+    )
+    for chunk_size in (97, 1000):
+        out = svp.tl.variance_partition(
+            adata,
+            svp.datasets.SIMULATION_FORMULA,
+            inplace=False,
+            progress=False,
+            chunk_size=chunk_size,
+            **kw,
+        )
+        pd.testing.assert_frame_equal(out["fractions"], ref["fractions"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            out["var"]["varpart_rho"], ref["var"]["varpart_rho"], rtol=1e-9, atol=1e-12
+        )
