@@ -69,6 +69,15 @@ _SCREEN_BUDGET = 150_000
 _THOROUGH_PER_LEVEL = 50
 
 
+def _contiguous(stats: ResponseStats):
+    """``Z'y``, ``X'y`` and the sums of squares as the kernels take them."""
+    return (
+        np.ascontiguousarray(stats.ZtY),
+        np.ascontiguousarray(stats.XtY),
+        np.ascontiguousarray(stats.ss),
+    )
+
+
 class DenseDeviance(ProfiledDeviance):
     """Batched profiled deviance, gradient and Hessian for designs with few levels.
 
@@ -111,12 +120,7 @@ class DenseDeviance(ProfiledDeviance):
 
     def _run(self, gamma: np.ndarray, stats: ResponseStats, mode: int):
         return evaluate_batch(
-            np.ascontiguousarray(gamma, dtype=np.float64),
-            np.ascontiguousarray(stats.ZtY),
-            np.ascontiguousarray(stats.XtY),
-            np.ascontiguousarray(stats.ss),
-            mode,
-            self.design,
+            np.ascontiguousarray(gamma, dtype=np.float64), *_contiguous(stats), mode, self.design
         )
 
     def deviance(self, gamma: np.ndarray, stats: ResponseStats) -> np.ndarray:
@@ -145,9 +149,7 @@ class DenseDeviance(ProfiledDeviance):
         """
         gamma, dev, r2, beta, converged, n_iter = minimise_batch(
             np.ascontiguousarray(gamma0, dtype=np.float64),
-            np.ascontiguousarray(stats.ZtY),
-            np.ascontiguousarray(stats.XtY),
-            np.ascontiguousarray(stats.ss),
+            *_contiguous(stats),
             self.design,
             self.options,
         )
@@ -208,9 +210,7 @@ class DenseDeviance(ProfiledDeviance):
             self.grid,
             np.ascontiguousarray(gamma0, dtype=np.float64),
             np.ascontiguousarray(f0, dtype=np.float64),
-            np.ascontiguousarray(stats.ZtY),
-            np.ascontiguousarray(stats.XtY),
-            np.ascontiguousarray(stats.ss),
+            *_contiguous(stats),
             self.design,
             self.options,
         )

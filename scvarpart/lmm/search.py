@@ -159,6 +159,25 @@ def prepare_grid(grid: VarianceGrid, dz, thorough: bool) -> GridFactors:
 TILE = 8
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _dot_tile(coef, start, M, count):
+    """``sum_t coef[start + t] * M[t, :TILE]`` for ``t < count``: eight sums side
+    by side, each accumulated in order."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    for t in range(count):
+        c = coef[start + t]
+        m = M[t]
+        a0 += c * m[0]
+        a1 += c * m[1]
+        a2 += c * m[2]
+        a3 += c * m[3]
+        a4 += c * m[4]
+        a5 += c * m[5]
+        a6 += c * m[6]
+        a7 += c * m[7]
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
 @nb.njit(cache=True, nogil=True)
 def _rhs_tile(gf, t, ZtY, XtY, ss, dz, B1, V, yy):
     """Reduced right-hand sides ``V = b2 - g1 E' (b1 / a)`` (``m2 x TILE``) and
@@ -177,20 +196,7 @@ def _rhs_tile(gf, t, ZtY, XtY, ss, dz, B1, V, yy):
             B1[lv, w] = z * ia[lv]
             yy[w] -= g1 * z * B1[lv, w]
     for i in range(m2):
-        Ei = gf.Et[i]
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-        for lv in range(q1):
-            e = Ei[lv]
-            b = B1[lv]
-            a0 += e * b[0]
-            a1 += e * b[1]
-            a2 += e * b[2]
-            a3 += e * b[3]
-            a4 += e * b[4]
-            a5 += e * b[5]
-            a6 += e * b[6]
-            a7 += e * b[7]
-        acc = (a0, a1, a2, a3, a4, a5, a6, a7)
+        acc = _dot_tile(gf.Et[i], 0, B1, q1)
         for w in range(TILE):
             if w < n:
                 bi = ZtY[w, order[q1 + i]] if i < q2 else XtY[w, i - q2]
@@ -206,18 +212,7 @@ def _residual_tile(LS, V, yy, r2):
     r0, r1, r2_, r3, r4, r5, r6, r7 = yy[0], yy[1], yy[2], yy[3], yy[4], yy[5], yy[6], yy[7]
     pos = 0
     for i in range(m2):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-        for j in range(i + 1):
-            lij = LS[pos + j]
-            vj = V[j]
-            a0 += lij * vj[0]
-            a1 += lij * vj[1]
-            a2 += lij * vj[2]
-            a3 += lij * vj[3]
-            a4 += lij * vj[4]
-            a5 += lij * vj[5]
-            a6 += lij * vj[6]
-            a7 += lij * vj[7]
+        a0, a1, a2, a3, a4, a5, a6, a7 = _dot_tile(LS, pos, V, i + 1)
         pos += i + 1
         r0 -= a0 * a0
         r1 -= a1 * a1
