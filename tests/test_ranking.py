@@ -127,3 +127,40 @@ def test_accessor_needs_rho(fitted_file):
         svp.get.batch_dominated(other, key="plain")
     with pytest.raises(KeyError, match="No variance partition under key 'nope'"):
         svp.get.batch_dominated(other, key="nope")
+
+
+def test_example_lists_the_same_ranking(capsys, monkeypatch, tmp_path):
+    """`scvarpart example` lists batch-dominated genes by the shared ranking."""
+    import anndata as ad
+
+    from scvarpart.cli import main
+
+    fitted = {}
+    original = ad.AnnData.write_h5ad
+
+    def keep(self, *args, **kwargs):  # the example's fitted object, as saved
+        fitted["adata"] = self.copy()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", keep)
+    monkeypatch.chdir(tmp_path)
+    assert main(["example", "--output", "example.h5ad"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("batch-dominated genes")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in section.splitlines()[1:] if line.strip()]
+    top = svp.get.batch_dominated(fitted["adata"], n_top=5)
+    assert listed == list(top.index)
+
+
+def test_report_table_holds_only_the_fits_columns(fitted_file, tmp_path):
+    """A user's var column that merely starts with the key is not a result."""
+    from scvarpart.cli import main
+
+    adata, _ = fitted_file
+    mine = adata.copy()
+    mine.var["varpart_notes"] = "checked"
+    path = tmp_path / "mine.h5ad"
+    mine.write_h5ad(path)
+    assert main(["report", str(path), "--tsv", str(tmp_path / "t.tsv")]) == 0
+    table = pd.read_csv(tmp_path / "t.tsv", sep="\t", index_col=0)
+    assert "notes" not in table.columns and "rho" in table.columns

@@ -92,14 +92,15 @@ def _example(args: argparse.Namespace) -> int:
         r = np.corrcoef(est[comp], truth[comp])[0, 1] if comp in truth else np.nan
         r_txt = f"{r:.3f}" if np.isfinite(r) else "-"
         print(f"{comp:<11}{summary['median_fraction'][comp]:>17.3f}{r_txt:>20}")
-    rho = adata.var["varpart_rho"]
-    top = rho[np.isfinite(rho)].sort_values(ascending=False).head(5)
+    from ..get import batch_dominated
+
+    top = batch_dominated(adata, n_top=5)
     print(
-        f"\nrho = batch variance / patient variance: {int(np.isinf(rho).sum())} genes have "
-        "no patient variance (rho = inf); largest finite values:"
+        f"\nbatch-dominated genes (rho = batch variance / patient variance >= 1: "
+        f"{len(batch_dominated(adata))}), by batch fraction:"
     )
-    for gene, value in top.items():
-        print(f"  {gene}  rho = {value:.3g}")
+    for gene, row in top.iterrows():
+        print(f"  {gene}  batch fraction {row['batch_fraction']:.3f}, rho = {row['rho']:.3g}")
     if args.output:
         path = write_h5ad_atomic(adata, args.output, force=args.force)
         print(

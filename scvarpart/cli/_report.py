@@ -53,7 +53,9 @@ def gene_table(adata, key: str) -> pd.DataFrame:
 
     frac = adata.varm[key].add_prefix("fraction_")
     var = adata.varm[f"{key}_variance"].add_prefix("variance_")
-    flags = adata.var[[c for c in adata.var.columns if c.startswith(f"{key}_")]]
+    from ..get._results import result_keys
+
+    flags = adata.var[result_keys(adata, key)["var"]]
     flags = flags.rename(columns=lambda c: c[len(key) + 1 :])
     errors = adata.uns[key]["errors"]["reason"]
     table = pd.concat([frac, var, flags], axis=1)
