@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import contextlib
 import hashlib
 import io
@@ -207,7 +208,7 @@ def test_invalid_plans_exit_3(work, tmp_path, plan_text, match):
     plan.write_text(plan_text)
     proc = cli("fit", work / "in.h5ad", "--plan", plan, "-o", tmp_path / "out.h5ad")
     assert proc.returncode == 3
-    assert pytest.importorskip("re").search(match, proc.stderr), proc.stderr
+    assert re.search(match, proc.stderr), proc.stderr
 
 
 def test_exit_codes_and_messages(work, tmp_path):
