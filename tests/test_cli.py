@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import contextlib
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
