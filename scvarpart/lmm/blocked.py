@@ -141,14 +141,10 @@ class BlockedDeviance(ProfiledDeviance):
 
     def deviance(self, gamma: np.ndarray, stats: ResponseStats) -> np.ndarray:
         """Deviance (ML) or REML criterion of each gene at ``gamma`` (``G x k``)."""
-        out = np.full(len(stats), np.nan)
         B1, B2 = self._split(stats)
-        for i in range(len(stats)):
-            fac = self._factor(gamma[i])
-            if fac is not None:
-                r2, _ = self._residual(fac, B1[i : i + 1], B2[i : i + 1], stats.ss[i : i + 1])
-                out[i] = self._objective(fac, r2)[0]
-        return out
+        return np.array(
+            [self._objective_at(gamma[i], B1[i], B2[i], stats.ss[i]) for i in range(len(stats))]
+        )
 
     def estimates(
         self, gamma: np.ndarray, stats: ResponseStats
@@ -272,6 +268,7 @@ class BlockedDeviance(ProfiledDeviance):
         )
 
     def _objective_at(self, gamma, b1, b2, ss) -> float:
+        """One gene's criterion at ``gamma`` (NaN where it cannot be evaluated)."""
         fac = self._factor(gamma)
         if fac is None:
             return np.nan
