@@ -276,12 +276,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     """
     G, k = X0.shape
     w = workspace(dz, k)
-    X = X0.copy()
-    dev = np.full(G, np.nan)
-    r2 = np.full(G, np.nan)
-    beta = np.full((G, dz.p), np.nan)
-    converged = np.zeros(G, dtype=np.bool_)
-    n_iter = np.zeros(G, dtype=np.int64)
+    X, dev, r2, beta, converged, n_iter = batch_results(X0, dz.p)
     grad = np.empty(k)
     hess = np.empty((k, k))
     none = np.empty((0, k))
@@ -289,10 +284,34 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
         _, converged[g], n_iter[g], _ = _minimise_gene(
             X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, 0
         )
-        dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
-        if np.isfinite(dev[g]):
-            fixed_effects(dz, w, beta[g])
+        estimates_at(X[g], ZtY[g], XtY[g], ss[g], dz, w, dev, r2, beta, g)
     return X, dev, r2, beta, converged, n_iter
+
+
+@nb.njit(cache=True, nogil=True)
+def batch_results(X0, p):
+    """The result arrays of a batch: optima (starting as ``X0``), criterion,
+    ``r2``, fixed effects, convergence flags and iterations."""
+    G = X0.shape[0]
+    return (
+        X0.copy(),
+        np.full(G, np.nan),
+        np.full(G, np.nan),
+        np.full((G, p), np.nan),
+        np.zeros(G, dtype=np.bool_),
+        np.zeros(G, dtype=np.int64),
+    )
+
+
+@nb.njit(cache=True, nogil=True)
+def estimates_at(x, zy, xy, ss, dz, w, dev, r2, beta, g):
+    """Criterion, ``r2`` and fixed effects of gene ``g`` at its optimum ``x``
+    (left NaN where ``x`` is not finite)."""
+    if not np.all(np.isfinite(x)):
+        return
+    dev[g], r2[g] = factorise(x, zy, xy, ss, dz, w)
+    if np.isfinite(dev[g]):
+        fixed_effects(dz, w, beta[g])
 
 
 def minimise_callable(

@@ -47,9 +47,9 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._dense_kernel import factor_design, factorise, fixed_effects, workspace
+from ._dense_kernel import factor_design, workspace
 from .grid import VarianceGrid
-from .newton import _minimise_gene
+from .newton import _minimise_gene, batch_results, estimates_at
 
 __all__ = [
     "MAX_EXTRA_STARTS",
@@ -350,12 +350,7 @@ def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
     N, k = gf.gamma.shape
     m2 = dz.rest_factor.shape[0] + dz.p
     w = workspace(dz, k)
-    X = X0.copy()
-    dev = np.full(G, np.nan)
-    r2 = np.full(G, np.nan)
-    beta = np.full((G, dz.p), np.nan)
-    converged = np.zeros(G, dtype=np.bool_)
-    n_iter = np.zeros(G, dtype=np.int64)
+    X, dev, r2, beta, converged, n_iter = batch_results(X0, dz.p)
     descents = np.zeros(G, dtype=np.int64)
     grad = np.empty(k)
     hess = np.empty((k, k))
@@ -390,9 +385,5 @@ def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
                 cand,
                 known,
             )
-            if not np.all(np.isfinite(X[g])):
-                continue
-            dev[g], r2[g] = factorise(X[g], ZtY[g], XtY[g], ss[g], dz, w)
-            if np.isfinite(dev[g]):
-                fixed_effects(dz, w, beta[g])
+            estimates_at(X[g], ZtY[g], XtY[g], ss[g], dz, w, dev, r2, beta, g)
     return X, dev, r2, beta, converged, n_iter, descents
