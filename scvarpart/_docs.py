@@ -1,0 +1,173 @@
+"""Parameter descriptions shared by several public functions, written once.
+
+As scanpy's ``_docs.py``: a docstring names a fragment as ``{doc_layer}`` in its
+Parameters section and :func:`doc_params` fills it in (see its example), so that
+``layer=`` means the same, in the same words, wherever it is accepted.
+
+Each fragment holds whole entries (the parameter's name, then its description indented
+by four spaces), with no indentation of its own: :func:`doc_params` removes the
+docstring's indentation before filling them in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = [
+    "doc_adata",
+    "doc_adata_fitted",
+    "doc_batch_signal",
+    "doc_key",
+    "doc_key_added",
+    "doc_layer",
+    "doc_layer_use_raw_fitted",
+    "doc_method",
+    "doc_min_rho",
+    "doc_n_jobs",
+    "doc_params",
+    "doc_progress",
+    "doc_show_save",
+    "doc_show_save_ax",
+    "doc_use_raw",
+]
+
+# --- the data -------------------------------------------------------------------------
+
+doc_adata = """\
+adata
+    Annotated data matrix, cells x genes, with log-normalised expression: in
+    memory (dense or sparse), opened in backed mode (``read_h5ad(path,
+    backed="r")``: read one block of cells at a time), or with a Dask array
+    as ``X`` or layer (the pass over the data runs on the active Dask
+    scheduler, e.g. a ``dask.distributed`` cluster)."""
+
+doc_adata_fitted = """\
+adata
+    Annotated data with the results of :func:`scvarpart.tl.variance_partition`."""
+
+doc_layer = """\
+layer
+    Use ``adata.layers[layer]`` instead of ``adata.X``."""
+
+doc_use_raw = """\
+use_raw
+    Use ``adata.raw.X`` (the genes of ``adata.var_names``)."""
+
+doc_layer_use_raw_fitted = """\
+layer, use_raw
+    Where the expression values are; by default where the fit read them."""
+
+# --- the model ------------------------------------------------------------------------
+
+doc_method = """\
+method
+    ``"ML"`` (maximum likelihood, variancePartition's default) or ``"REML"``."""
+
+doc_batch_signal = """\
+batch
+    Components that are technical (e.g. ``["chemistry", "day"]``).
+signal
+    Components that are biological (e.g. ``["patient"]``). ``rho`` is
+    computed when both ``batch`` and ``signal`` are given."""
+
+doc_min_rho = """\
+min_rho
+    Smallest ``rho`` of a batch-dominated gene (1: at least as much batch as signal
+    variance)."""
+
+# --- where results go and come from ---------------------------------------------------
+
+doc_key_added = """\
+key_added
+    Prefix of the result keys."""
+
+doc_key = """\
+key
+    The results' ``key_added``."""
+
+# --- execution ------------------------------------------------------------------------
+
+doc_n_jobs = """\
+n_jobs
+    Parallel workers (joblib, threads by default: the compiled fits release
+    the GIL) for the pass over the data and for the fits; -1 for every core.
+    Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
+    ``"loky"`` or ``"dask"``. Results do not depend on it."""
+
+doc_progress = """\
+progress
+    Show progress bars (after two seconds) for the pass and the fits. By
+    default they follow scanpy's verbosity: shown unless it is 0 (errors)."""
+
+# --- plots ----------------------------------------------------------------------------
+
+doc_show_save = """\
+show
+    Show the figure (scanpy's ``settings.autoshow`` by default); with
+    ``False`` the Axes are returned.
+save
+    Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
+    ``"_ml.pdf"``), into ``sc.settings.figdir`` as the plot's name followed by
+    the suffix (``variance_partition_ml.pdf``)."""
+
+doc_show_save_ax = f"""\
+ax
+    Axes to draw into; a new figure otherwise.
+{doc_show_save}"""
+
+# --- the decorator --------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{(doc_[A-Za-z0-9_]+)\}")
+
+F = TypeVar("F", bound=Callable)
+
+
+def doc_params(**fragments: str) -> Callable[[F], F]:
+    """Fill ``{doc_...}`` placeholders of a docstring with shared descriptions.
+
+    Parameters
+    ----------
+    **fragments
+        Placeholder name -> text, usually the fragments of this module
+        (``doc_layer=doc_layer``).
+
+    Returns
+    -------
+    A decorator that replaces the function's ``__doc__``. Only ``{doc_...}``
+    placeholders are replaced, so other braces in a docstring (``f"{key}_rho"``, a
+    dict in an example) need no escaping.
+
+    Raises
+    ------
+    KeyError
+        When the docstring names a placeholder that was not given: a misspelt name
+        would otherwise be published as is.
+
+    Examples
+    --------
+    >>> @doc_params(doc_key=doc_key)
+    ... def table(adata, *, key="varpart"):
+    ...     '''A table of the results.
+    ...
+    ...     Parameters
+    ...     ----------
+    ...     {doc_key}
+    ...     '''
+    >>> table.__doc__.splitlines()[-2:]
+    ['key', "    The results' ``key_added``."]
+    """
+
+    def decorate(obj: F) -> F:
+        if obj.__doc__ is None:
+            return obj
+        text = inspect.cleandoc(obj.__doc__)
+        missing = sorted(set(_PLACEHOLDER.findall(text)) - set(fragments))
+        if missing:
+            raise KeyError(f"{obj.__qualname__}: no fragment given for {missing}")
+        obj.__doc__ = _PLACEHOLDER.sub(lambda m: fragments[m.group(1)], text)
+        return obj
+
+    return decorate
