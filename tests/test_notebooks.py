@@ -15,6 +15,8 @@ def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_real_design.ipynb"]
 
 
+# ~10-20 s each on 2 cores (a kernel, compiled fits, plots): run with -m slow
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     book = nbformat.read(path, as_version=4)

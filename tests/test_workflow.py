@@ -40,7 +40,7 @@ def script_of(module: str, block: str = "script:") -> str:
 
 
 def render(script: str, values: dict[str, object]) -> str:
-    """Fill ``${...}`` as Groovy would, unescape ``\\$``, strip the indentation."""
+    r"""Fill ``${...}`` as Groovy would, unescape ``\$``, strip the indentation."""
 
     def fill(match: re.Match) -> str:
         name = match.group(1)
@@ -133,6 +133,9 @@ def chain(tmp_path_factory):
     return {"input": h5ad, "merged": merged, "report": report, "work": work}
 
 
+# the chain (simulate, three fits, merge, report, and a single fit to compare) takes
+# ~35 s on 2 cores: run with -m slow, as .ci/run does
+@pytest.mark.slow
 def test_chain_reproduces_a_single_fit(chain, tmp_path):
     single = tmp_path / "single.h5ad"
     command = [sys.executable, "-m", "scvarpart", "fit", chain["input"], "--plan", PLAN]
@@ -147,6 +150,7 @@ def test_chain_reproduces_a_single_fit(chain, tmp_path):
     assert repr(b.uns["varpart"]) == repr(a.uns["varpart"])
 
 
+@pytest.mark.slow
 def test_report_outputs(chain):
     tsv = chain["report"]["*.varpart.tsv"][0]
     table = pd.read_csv(tsv, sep="\t", index_col="gene")
@@ -170,6 +174,7 @@ def test_every_process_has_a_stub_and_the_workflow_wiring_exists():
     assert PLAN.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("nextflow") is None,
     reason="nextflow is not installed: its launcher downloads the program from outside "
