@@ -1,5 +1,6 @@
-"""Speed of the fit phase (after the pass over the data), genes per second, and what
-the global search costs.
+"""Speed of the fit phase, in genes per second, and what the global search costs.
+
+The fit phase is what follows the pass over the data.
 
 Usage::
 

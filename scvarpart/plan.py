@@ -75,7 +75,9 @@ def _names(value, key: str) -> list[str] | None:
     raise PlanError(f"Plan key {key!r} must be a name or a list of names, got {value!r}.")
 
 
-def read_plan(path: str | os.PathLike) -> AnalysisPlan:
+# a sequence of checks of the plan's fields, each raising its own message naming the
+# field and the fix: one function reads as the list of what a plan may hold
+def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
     """Read and validate a plan (``.toml``, ``.yaml`` or ``.yml``)."""
     path = Path(path)
     try:

@@ -20,9 +20,11 @@ def _hash_file(path: Path, h) -> None:
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """BLAKE2b digest of a file's content, or of a directory's (a ``.zarr`` store):
-    every file's relative path and content, in sorted order. Independent of
-    names, dates and location: a copy has the same fingerprint."""
+    """BLAKE2b digest of a file's content, or of a directory's (a ``.zarr`` store).
+
+    For a directory: every file's relative path and content, in sorted order.
+    Independent of names, dates and location: a copy has the same fingerprint.
+    """
     path = Path(path)
     h = hashlib.blake2b(digest_size=20)
     if path.is_dir():

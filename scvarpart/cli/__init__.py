@@ -45,8 +45,11 @@ __all__ = ["Terminated", "main"]
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread (as SIGINT raises KeyboardInterrupt) so that
-    cleanups run. A BaseException, so that ``except Exception`` does not swallow it."""
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt.
+
+    Raised so that cleanups run; a BaseException, so that ``except Exception`` does not
+    swallow it.
+    """
 
 
 def _parser() -> argparse.ArgumentParser:

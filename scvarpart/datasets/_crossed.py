@@ -16,9 +16,10 @@ _LIBRARIES_PER_PATIENT = 2
 
 
 def _design(n_cells: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Cells from 2 libraries per patient; each library has its own chemistry,
-    day and operator, so the factors are crossed but unbalanced, as in a real
-    multi-batch study."""
+    """Cells from 2 libraries per patient, each with its own chemistry, day and operator.
+
+    The factors are therefore crossed but unbalanced, as in a real multi-batch study.
+    """
     n_pat = _FACTORS["patient"]
     n_lib = n_pat * _LIBRARIES_PER_PATIENT
     lib_patient = np.repeat(np.arange(n_pat), _LIBRARIES_PER_PATIENT)
@@ -44,8 +45,10 @@ def _design(n_cells: int, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _true_variances(n_genes: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Per-gene variances of each factor: patient-driven, batch-driven and
-    residual-dominated genes, with some components exactly zero."""
+    """Per-gene variances of each factor, with some components exactly zero.
+
+    Genes are patient-driven, batch-driven or residual-dominated.
+    """
     comps = ["patient", "chemistry", "day", "operator", "Residual"]
     kind = rng.choice(["signal", "batch", "noise"], size=n_genes, p=[0.4, 0.3, 0.3])
     alpha = {

@@ -24,9 +24,11 @@ _DEFAULT_LEVELS = {"patient": 24, "chemistry": 3, "day": 8, "operator": 6}
 
 @nb.njit(cache=True, nogil=True)
 def _nb_draw(lam, r):
-    """One negative binomial draw with mean ``lam`` and size ``r`` (variance
-    ``lam + lam^2 / r``): by inversion of the CDF for small means (one uniform,
-    mostly a zero), as a gamma-Poisson mixture otherwise."""
+    """One negative binomial draw with mean ``lam`` and size ``r``.
+
+    The variance is ``lam + lam^2 / r``. Drawn by inversion of the CDF for small means
+    (one uniform, mostly a zero), as a gamma-Poisson mixture otherwise.
+    """
     if lam > 8.0:
         return np.random.poisson(np.random.gamma(r, lam / r))
     prob = lam / (r + lam)  # NB success probability in the pmf recursion

@@ -26,8 +26,10 @@ __all__ = ["association", "canonical_association", "design_variables", "nesting"
 
 
 def design_variables(design: Design) -> dict[str, np.ndarray]:
-    """Each model term's columns: indicators of a grouping factor's levels, or the
-    fixed-effect columns of a term (observations x columns)."""
+    """Each model term's columns (observations x columns).
+
+    Indicators of a grouping factor's levels, or the fixed-effect columns of a term.
+    """
     out: dict[str, np.ndarray] = {}
     for f in design.factors:
         out[f.name] = np.eye(f.n_levels)[f.codes]
@@ -85,7 +87,9 @@ def _constant_within(A: np.ndarray, codes: np.ndarray, n_levels: int) -> bool:
 
 
 def within(design: Design) -> pd.DataFrame:
-    """``table.loc[t, g]`` is true where term ``t`` is constant within each level of
+    """Which terms are constant within the levels of which grouping factors.
+
+    ``table.loc[t, g]`` is true where term ``t`` is constant within each level of
     grouping factor ``g`` and carries less information (fewer dimensions once
     centred): a ``g``-level covariate such as a donor's age beside ``(1|donor)``, or
     an outer factor such as the patient of ``(1|patient:library)``.
@@ -106,8 +110,11 @@ def within(design: Design) -> pd.DataFrame:
 
 
 def nesting(design: Design) -> pd.DataFrame:
-    """``table.loc[a, b]`` is true where grouping factor ``a`` is nested in ``b``:
-    every level of ``a`` lies within a single level of ``b`` (and ``a`` has more
-    levels, so the two are not the same grouping)."""
+    """Which grouping factors are nested in which.
+
+    ``table.loc[a, b]`` is true where grouping factor ``a`` is nested in ``b``: every
+    level of ``a`` lies within a single level of ``b`` (and ``a`` has more levels, so
+    the two are not the same grouping).
+    """
     names = [f.name for f in design.factors]
     return within(design).loc[names, names].T.rename_axis(index=None, columns=None)

@@ -122,12 +122,14 @@ def _tokenize(text: str) -> list[_Tok]:
         if text[pos:].strip() == "":
             break
         m = _TOKEN.match(text, pos)
-        assert m is not None  # the last alternative matches any non-space
-        start = m.start(m.lastgroup)
-        if m.lastgroup == "quoted":
+        # the last alternative matches any non-space, and one group always matches
+        assert m is not None and m.lastgroup is not None
+        kind = m.lastgroup
+        start = m.start(kind)
+        if kind == "quoted":
             toks.append(_Tok("name", m.group("quoted"), start))
         else:
-            toks.append(_Tok(m.lastgroup, m.group(m.lastgroup), start))
+            toks.append(_Tok(kind, m.group(kind), start))
         pos = m.end()
     toks.append(_Tok("end", "", len(text)))
     return toks
@@ -190,8 +192,8 @@ class _Parser:
             raise self.error(f"Unexpected {self.peek().value!r}.")
         return response, added, removed
 
-    def sum_(self):
-        """terms separated by + and -; returns (added, removed) item lists."""
+    def sum_(self) -> tuple[list, list]:
+        """Terms separated by ``+`` and ``-``: the lists of added and removed items."""
         added: list = []
         removed: list = []
         sign = "+"
@@ -230,7 +232,9 @@ class _Parser:
             left = _unique(_cross(left, right))
         return left
 
-    def atom(self):
+    # one branch per kind of token the grammar allows here, each with its own error
+    # message: split up, the grammar would be harder to read
+    def atom(self):  # noqa: C901
         tok = self.peek()
         if tok.kind == "name":
             self.take()
@@ -291,8 +295,8 @@ class _Parser:
         self.expect(")")
         return groups
 
-    def grouping(self):
-        """g, a:b, a/b (= a + a:b), a/b/c."""
+    def grouping(self) -> list[RandomTerm]:
+        """Parse ``g``, ``a:b``, ``a/b`` (= ``a + a:b``), ``a/b/c``."""
         levels: list[tuple[str, ...]] = []
         current: tuple[str, ...] = ()
         while True:
@@ -366,10 +370,33 @@ def parse_formula(text: str) -> Formula:
         raise FormulaError(f"The formula must be a string, got {type(text).__name__}.")
     parser = _Parser(text)
     response, added, removed = parser.formula()
+    intercept, fixed, random = _collect_terms(added, removed, text)
+    # variable order = first appearance in the formula text (R keeps this order
+    # within interaction labels)
+    order: dict[str, int] = {}
+    for tok in parser.toks:
+        if tok.kind == "name" and tok.value not in order:
+            order[tok.value] = len(order)
+    terms = [tuple(sorted(t, key=order.__getitem__)) for t in fixed]
+    # R orders terms by degree, keeping the order of appearance within a degree
+    terms = sorted(terms, key=len)
+    if response is not None and any(response in t for t in terms):
+        raise FormulaError(f"The response {response!r} also appears on the right-hand side.")
+    return Formula(
+        text=text,
+        response=response,
+        intercept=intercept,
+        fixed=tuple(terms),
+        random=tuple(random),
+    )
 
+
+def _collect_terms(
+    added: list, removed: list, text: str
+) -> tuple[bool, list[frozenset], list[RandomTerm]]:
+    """The intercept, fixed and random terms left once the removed ones are taken out."""
     intercept = True
     fixed: list[frozenset] = []
-    order: dict[str, int] = {}
     random: list[RandomTerm] = []
     for item in added:
         if isinstance(item, _Intercept):
@@ -388,20 +415,4 @@ def parse_formula(text: str) -> Formula:
             raise FormulaError(f"Random terms cannot be removed with '-' in {text!r}.")
         elif item in fixed:
             fixed.remove(item)
-    # variable order = first appearance in the formula text (R keeps this order
-    # within interaction labels)
-    for tok in parser.toks:
-        if tok.kind == "name" and tok.value not in order:
-            order[tok.value] = len(order)
-    terms = [tuple(sorted(t, key=order.__getitem__)) for t in fixed]
-    # R orders terms by degree, keeping the order of appearance within a degree
-    terms = sorted(terms, key=len)
-    if response is not None and any(response in t for t in terms):
-        raise FormulaError(f"The response {response!r} also appears on the right-hand side.")
-    return Formula(
-        text=text,
-        response=response,
-        intercept=intercept,
-        fixed=tuple(terms),
-        random=tuple(random),
-    )
+    return intercept, fixed, random

@@ -48,6 +48,7 @@ class GroupingFactor:
 
     @property
     def n_levels(self) -> int:
+        """Number of levels."""
         return len(self.levels)
 
     @property
@@ -88,14 +89,17 @@ class Design:
 
     @property
     def n_obs(self) -> int:
+        """Number of observations used."""
         return self.X.shape[0]
 
     @property
     def n_fixed(self) -> int:
+        """Number of fixed-effect columns, the intercept included."""
         return self.X.shape[1]
 
     @property
     def n_random(self) -> int:
+        """Number of grouping factors."""
         return len(self.factors)
 
     @property
@@ -274,10 +278,12 @@ def _check_rank(X: np.ndarray, columns: list[str]) -> None:
 
 
 def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> None:
-    """Refuse a grouping factor whose levels the fixed effects already separate
-    (every level's indicator is a combination of fixed-effect columns): its
-    variance cannot be told from them (under REML the criterion keeps falling as
-    it grows, under ML it is 0)."""
+    """Refuse a grouping factor whose levels the fixed effects already separate.
+
+    Every level's indicator is then a combination of fixed-effect columns, and the
+    factor's variance cannot be told from them (under REML the criterion keeps falling
+    as it grows, under ML it is 0).
+    """
     XtX_inv = np.linalg.pinv(X.T @ X)
     for f in factors:
         sums = np.zeros((f.n_levels, X.shape[1]))
@@ -294,9 +300,11 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
 
 
 def _check_residual_identifiable(X: np.ndarray, factors: list[GroupingFactor]) -> None:
-    """Refuse designs whose fixed effects and levels together fit every
-    observation exactly: the residual variance cannot be estimated (under ML the
-    likelihood of every gene is unbounded)."""
+    """Refuse designs whose fixed effects and levels together fit every observation.
+
+    The residual variance cannot be estimated then (under ML the likelihood of every
+    gene is unbounded).
+    """
     n = X.shape[0]
     q = sum(f.n_levels for f in factors)
     if n > X.shape[1] + q:  # fewer columns than observations: rank < n
@@ -427,7 +435,7 @@ def build_design(
 
     _check_fixed_variables(f, data, selected=rows is not None)
 
-    present = {frozenset(t) for t in f.fixed} | {frozenset()}
+    present: set[frozenset[str]] = {frozenset(t) for t in f.fixed} | {frozenset()}
     blocks = [np.ones((n, 1))]
     columns = ["(Intercept)"]
     fixed_terms: dict[str, np.ndarray] = {}

@@ -29,10 +29,12 @@ __all__ = ["VarianceGrid", "grid_size", "variance_grid"]
 
 
 def _residual_fractions(k: int, level: int) -> np.ndarray:
-    """Residual fractions, evenly spaced in log-odds from 0.9 down to 0.003 (and
-    further at finer levels): even where the residual dominates, geometric
-    towards 0, where optima with a small residual are sharply curved in gamma.
-    A single factor has no shares to grid: three times as many instead."""
+    """Residual fractions, evenly spaced in log-odds from 0.9 down to 0.003.
+
+    Finer levels go further down. The spacing is even where the residual dominates and
+    geometric towards 0, where optima with a small residual are sharply curved in
+    gamma. A single factor has no shares to grid: three times as many instead.
+    """
     per = 8 * 2 ** max(level, 0) if level >= 0 else 4
     if k == 1:
         per *= 3
@@ -41,8 +43,10 @@ def _residual_fractions(k: int, level: int) -> np.ndarray:
 
 
 def _share_steps(k: int, level: int) -> int:
-    """Share resolution: 1/4 up to five factors, 1/3 beyond, halved at each
-    finer level (the grid grows as steps^(k-1)); halves at level -1."""
+    """Share resolution: 1/4 up to five factors, 1/3 beyond.
+
+    Halved at each finer level (the grid grows as steps^(k-1)); halves at level -1.
+    """
     if k == 1:
         return 1
     if level < 0:
@@ -80,9 +84,11 @@ class VarianceGrid:
     nb_idx: np.ndarray
 
     def __len__(self) -> int:
+        """Number of grid points."""
         return len(self.gamma)
 
     def neighbours(self, i: int) -> np.ndarray:
+        """Indices of the neighbours of point ``i``."""
         return self.nb_idx[self.nb_ptr[i] : self.nb_ptr[i + 1]]
 
 

@@ -116,8 +116,10 @@ def _newton_step(x, g, H, logc, bound):
 
 @nb.njit(cache=True, nogil=True)
 def _active_set(x, grad, opt, logc, bound):
-    """Coordinates stepped in ``log gamma`` (``logc``) and the epsilon-active set
-    (``bound``); returns whether a bound variable is not yet at 0."""
+    """Find the coordinates stepped in ``log gamma`` and the epsilon-active set.
+
+    Fills ``logc`` and ``bound``; returns whether a bound variable is not yet at 0.
+    """
     k = x.shape[0]
     eps = 0.0
     for j in range(k):
@@ -134,9 +136,12 @@ def _active_set(x, grad, opt, logc, bound):
 
 @nb.njit(cache=True, nogil=True)
 def _step_length(x, grad, hess, step, logc, bound, opt):
-    """Give bound variables a diagonally scaled gradient step (cut at the bound
-    later) and return the longest step fraction that changes no parameter by
-    more than ``max_growth``, keeping the direction."""
+    """Scale the step of bound variables and limit its length.
+
+    Bound variables take a diagonally scaled gradient step (cut at the bound later);
+    returns the longest step fraction that changes no parameter by more than
+    ``max_growth``, keeping the direction.
+    """
     log_growth = math.log(opt.max_growth)
     t = 1.0
     for j in range(x.shape[0]):
@@ -151,8 +156,10 @@ def _step_length(x, grad, hess, step, logc, bound, opt):
 
 @nb.njit(cache=True, nogil=True)
 def _trial_point(x, grad, step, t, logc, opt, trial):
-    """The point a fraction ``t`` along the projection arc (into ``trial``), and
-    the decrease the gradient predicts for it."""
+    """The point a fraction ``t`` along the projection arc, into ``trial``.
+
+    Returns the decrease the gradient predicts for it.
+    """
     predicted = 0.0
     for j in range(x.shape[0]):
         if logc[j]:
@@ -165,15 +172,20 @@ def _trial_point(x, grad, step, t, logc, opt, trial):
 
 @nb.njit(cache=True, nogil=True)
 def _sufficient_decrease(f, ft, predicted):
-    """Armijo's condition, with a strict decrease: at the optimum rounding may
-    leave the objective unchanged."""
+    """Armijo's condition, with a strict decrease.
+
+    At the optimum, rounding may leave the objective unchanged.
+    """
     return np.isfinite(ft) and ft < f and ft <= f + 1e-4 * predicted
 
 
 @nb.njit(cache=True, nogil=True)
 def _final_step(x, trial, t, positive, decrement, pending_bound, opt):
-    """Whether the step just accepted ends the descent: a full, unprojected Newton
-    step from a point whose decrement was below ``sqrt(tol)``."""
+    """Whether the step just accepted ends the descent.
+
+    It does when it was a full, unprojected Newton step from a point whose decrement
+    was below ``sqrt(tol)``.
+    """
     if not (t == 1.0 and positive and decrement < math.sqrt(opt.tol) and not pending_bound):
         return False
     for j in range(x.shape[0]):
@@ -193,8 +205,10 @@ def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
 
 @nb.njit(cache=True, nogil=True)
 def _derivatives_at(x, zy, dz, w, f, r2, grad, hess):
-    """Gradient and Hessian from the factorisation at ``x`` held in ``w``; returns
-    ``f``, or NaN if any derivative is not finite."""
+    """Gradient and Hessian from the factorisation at ``x`` held in ``w``.
+
+    Returns ``f``, or NaN if any derivative is not finite.
+    """
     derivatives(x, zy, dz, w, r2, grad, hess)
     if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
         return np.nan
@@ -203,9 +217,11 @@ def _derivatives_at(x, zy, dz, w, f, r2, grad, hess):
 
 @nb.njit(cache=True, nogil=True)
 def _near(x, y, threshold):
-    """Whether ``x`` is near ``y`` in every coordinate: within :data:`_NEAR_LOG`
-    in ``log gamma`` above the threshold, within :data:`_NEAR_LINEAR` in
-    ``gamma / threshold`` below it."""
+    """Whether ``x`` is near ``y`` in every coordinate.
+
+    Near means within :data:`_NEAR_LOG` in ``log gamma`` above the threshold, within
+    :data:`_NEAR_LINEAR` in ``gamma / threshold`` below it.
+    """
     for j in range(x.shape[0]):
         a, b, t = x[j], y[j], threshold[j]
         if a > t and b > t:
@@ -223,7 +239,8 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
     A descent from a further start is abandoned when it comes near one of the
     optima ``known[:n_known]`` found from other starts: it would end there.
 
-    Returns (deviance, converged, iterations, abandoned)."""
+    Returns (deviance, converged, iterations, abandoned).
+    """
     k = x.shape[0]
     f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
     if not np.isfinite(f):
@@ -268,8 +285,9 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
 
 @nb.njit(cache=True, nogil=True)
 def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
-    """Minimise the deviance of every gene of a batch from its row of ``X0``,
-    with the settings ``opt`` (a :class:`NewtonOptions`).
+    """Minimise the deviance of every gene of a batch from its row of ``X0``.
+
+    ``opt`` holds the settings (a :class:`NewtonOptions`).
 
     Returns the minimisers ``(G, k)``, deviance, residual sum of squares ``r2``
     and fixed effects at them, convergence flags and iteration counts.
@@ -290,8 +308,11 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
 
 @nb.njit(cache=True, nogil=True)
 def batch_results(X0, p):
-    """The result arrays of a batch: optima (starting as ``X0``), criterion,
-    ``r2``, fixed effects, convergence flags and iterations."""
+    """Allocate the result arrays of a batch.
+
+    Optima (starting as ``X0``), criterion, ``r2``, fixed effects, convergence flags and
+    iterations.
+    """
     G = X0.shape[0]
     return (
         X0.copy(),
@@ -305,8 +326,10 @@ def batch_results(X0, p):
 
 @nb.njit(cache=True, nogil=True)
 def estimates_at(x, zy, xy, ss, dz, w, dev, r2, beta, g):
-    """Criterion, ``r2`` and fixed effects of gene ``g`` at its optimum ``x``
-    (left NaN where ``x`` is not finite)."""
+    """Criterion, ``r2`` and fixed effects of gene ``g`` at its optimum ``x``.
+
+    They are left NaN where ``x`` is not finite.
+    """
     if not np.all(np.isfinite(x)):
         return
     dev[g], r2[g] = factorise(x, zy, xy, ss, dz, w)
@@ -321,13 +344,15 @@ def minimise_callable(
     opt: NewtonOptions,
     known: Sequence[np.ndarray] = (),
 ) -> tuple[float, bool, int, bool]:
-    """The projected Newton method of :func:`_minimise_gene`, driven from Python
-    for engines whose evaluations are NumPy/BLAS calls (:mod:`.blocked`).
+    """Run the projected Newton method of :func:`_minimise_gene` from Python.
+
+    For engines whose evaluations are NumPy/BLAS calls (:mod:`.blocked`).
 
     ``evaluate(x)`` returns the objective (NaN outside the domain),
     ``derivatives(x)`` the objective, gradient and Hessian (or a positive
     definite approximation of it). ``x`` is updated in place. Returns (deviance,
-    converged, iterations, abandoned)."""
+    converged, iterations, abandoned).
+    """
     k = x.shape[0]
     f, grad, hess = derivatives(x)
     if not (np.isfinite(f) and np.isfinite(grad).all() and np.isfinite(hess).all()):

@@ -1,5 +1,7 @@
-"""The global search: every gene's criterion on a shared grid, then Newton's method
-from the best start and from every other basin that could hold a better optimum.
+"""The global search: every gene's criterion on a shared grid, then Newton's method.
+
+Newton's method runs from the best start and from every other basin that could hold a
+better optimum.
 
 Per gene (compiled, genes of a batch in turn, without the GIL):
 
@@ -98,8 +100,10 @@ class GridFactors(NamedTuple):
 
 @nb.njit(cache=True, nogil=True)
 def _inverse_scaled(L, s, m2, out):
-    """``L^-1 diag(s)`` of a lower-triangular ``L``, packed by rows into ``out``
-    (row ``i`` holds columns ``0..i`` at offset ``i (i + 1) / 2``)."""
+    """``L^-1 diag(s)`` of a lower-triangular ``L``, packed by rows into ``out``.
+
+    Row ``i`` holds columns ``0..i`` at offset ``i (i + 1) / 2``.
+    """
     col = np.empty(m2)
     for j in range(m2):
         col[j] = 1.0 / L[j, j]
@@ -161,8 +165,10 @@ TILE = 8
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _dot_tile(coef, start, M, count):
-    """``sum_t coef[start + t] * M[t, :TILE]`` for ``t < count``: eight sums side
-    by side, each accumulated in order."""
+    """``sum_t coef[start + t] * M[t, :TILE]`` for ``t < count``.
+
+    Eight sums side by side, each accumulated in order.
+    """
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
     for t in range(count):
         c = coef[start + t]
@@ -180,8 +186,10 @@ def _dot_tile(coef, start, M, count):
 
 @nb.njit(cache=True, nogil=True)
 def _rhs_tile(gf, t, ZtY, XtY, ss, dz, B1, V, yy):
-    """Reduced right-hand sides ``V = b2 - g1 E' (b1 / a)`` (``m2 x TILE``) and
-    ``y'y`` of the tile's genes at the eliminated factor's ratio ``g1[t]``."""
+    """Reduced right-hand sides ``V = b2 - g1 E' (b1 / a)`` (``m2 x TILE``) and ``y'y``.
+
+    Of the tile's genes, at the eliminated factor's ratio ``g1[t]``.
+    """
     order = dz.order
     q1 = dz.d.shape[0]
     q2 = dz.rest_factor.shape[0]
@@ -228,8 +236,10 @@ def _residual_tile(LS, V, yy, r2):
 
 @nb.njit(cache=True, nogil=True)
 def _screen_tile(gf, ZtY, XtY, ss, dz, values, B1, V, yy, r2):
-    """The criterion of up to :data:`TILE` genes at every grid point, into rows of
-    ``values`` (+inf where it cannot be evaluated)."""
+    """The criterion of up to :data:`TILE` genes at every grid point.
+
+    Written into rows of ``values`` (+inf where it cannot be evaluated).
+    """
     nu = dz.nu
     const = nu * (1.0 + _LOG_2PI - math.log(nu))
     n = ZtY.shape[0]
@@ -249,8 +259,9 @@ def _screen_tile(gf, ZtY, XtY, ss, dz, values, B1, V, yy, r2):
 
 @nb.njit(cache=True, nogil=True)
 def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
-    """How low the basin of every candidate grid point (but ``skip``) may reach,
-    into ``bound`` (+inf for points that are no candidates).
+    """How low the basin of every candidate grid point (but ``skip``) may reach.
+
+    Written into ``bound`` (+inf for points that are no candidates).
 
     Thorough: the local minima among the neighbours on their own face, bounded
     by their value less twice the largest change of the criterion to a
@@ -258,7 +269,8 @@ def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
     -inf. Otherwise: the local minima among the neighbours on their face and
     the faces of its boundary, with the bound's allowance capped at
     :data:`SPREAD_CAP` (a sharply curved criterion changes by hundreds between
-    grid points), the cap itself on the edge."""
+    grid points), the cap itself on the edge.
+    """
     for i in range(values.shape[0]):
         bound[i] = np.inf
         vi = values[i]
@@ -287,9 +299,11 @@ def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
 def _search_gene(
     gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, cand, known
 ):
-    """Global search for one gene from its criterion on the grid (``values``) and
-    a moment estimate in ``x`` (criterion ``f_moment``); the optimum in ``x``.
-    Returns (deviance, converged, Newton iterations, descents)."""
+    """Global search for one gene; the optimum is written into ``x``.
+
+    Starts from its criterion on the grid (``values``) and a moment estimate in ``x``
+    (criterion ``f_moment``). Returns (deviance, converged, Newton iterations, descents).
+    """
     i0 = int(np.argmin(values))
     # the grid point the first descent starts from; with few observations per
     # level, the grid's best point is a candidate even when the moment
@@ -339,9 +353,10 @@ def _search_gene(
 
 @nb.njit(cache=True, nogil=True)
 def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
-    """Global search for every gene of a batch, with moment estimates ``X0``
-    (``G x k``; NaN rows for none) and their criterion ``F0`` as further
-    starting points.
+    """Global search for every gene of a batch.
+
+    The moment estimates ``X0`` (``G x k``; NaN rows for none) and their criterion
+    ``F0`` are further starting points.
 
     Returns the optima ``(G, k)``, deviance, residual sum of squares ``r2`` and
     fixed effects at them, convergence flags, Newton iterations and descents.

@@ -16,8 +16,10 @@ __all__ = ["moment_start", "quadratic"]
 
 
 def quadratic(V: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """``v' M v`` for every row ``v`` of ``V``, row by row (not BLAS: a gene's
-    value must not depend on which other genes share its batch)."""
+    """``v' M v`` for every row ``v`` of ``V``, row by row.
+
+    Not BLAS: a gene's value must not depend on which other genes share its batch.
+    """
     return np.einsum("gi,ij,gj->g", V, M, V)
 
 
@@ -66,9 +68,11 @@ def _minque(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
 
 
 def moment_start(engine, gram: DesignGram, stats: ResponseStats):
-    """Per gene, the better by ``engine``'s criterion of the MINQUE(0) and the
-    one-way ANOVA estimates (``G x k``; NaN rows where neither can be evaluated),
-    and its criterion (``G``)."""
+    """Per gene, the better of the MINQUE(0) and the one-way ANOVA estimates.
+
+    Better by ``engine``'s criterion. Returns the estimates (``G x k``; NaN rows where
+    neither can be evaluated) and their criterion (``G``).
+    """
     minque = _minque(gram, stats)
     one_way = _one_way(gram, stats)
     f_minque = engine.deviance(minque, stats)

@@ -37,9 +37,11 @@ _RANK_TOL = 1e-10
 
 
 def _pinv_quadratic(T: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """``r' T^+ r`` for every row ``r`` of ``R`` (``T`` symmetric, PSD, ``r`` in
-    its range), by a Cholesky factorisation with pivoting that stops at the rank
-    (LAPACK's dpstrf): a third of the cost of an eigendecomposition."""
+    """``r' T^+ r`` for every row ``r`` of ``R`` (``T`` symmetric, PSD, ``r`` in its range).
+
+    By a Cholesky factorisation with pivoting that stops at the rank (LAPACK's dpstrf):
+    a third of the cost of an eigendecomposition.
+    """
     if T.shape[0] == 0:
         return np.zeros(len(R))
     tol = _RANK_TOL * max(T.diagonal().max(), np.finfo(float).tiny)
@@ -52,11 +54,13 @@ def _pinv_quadratic(T: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 
 def _levels_residual(gram: DesignGram, stats: ResponseStats, factors) -> np.ndarray:
-    """Residual sum of squares of the least-squares fit of every gene on the
-    fixed effects and the levels of ``factors`` (indices), from the statistics.
+    """Residual sum of squares of every gene's least-squares fit, from the statistics.
+
+    The fit is on the fixed effects and the levels of ``factors`` (indices).
 
     The first factor's diagonal block is eliminated in closed form; the rest
-    is a pseudo-inverse (the indicators of each factor sum to the intercept)."""
+    is a pseudo-inverse (the indicators of each factor sum to the intercept).
+    """
     lf = gram.level_factor
     idx1 = np.flatnonzero(lf == factors[0])
     idxR = np.flatnonzero(np.isin(lf, factors[1:]))
