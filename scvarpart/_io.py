@@ -33,6 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .storage.stores import is_zarr as _is_zarr
+from .storage.stores import open_store
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -72,29 +75,6 @@ class OutputNotWritableError(OSError):
 
 class InputError(ValueError):
     """An input that cannot be read: missing, not an AnnData file or store, or damaged."""
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or path.is_dir()
-
-
-@contextmanager
-def open_store(path: str | os.PathLike, mode: str = "r"):
-    """The root group of an ``.h5ad`` file or a ``.zarr`` store."""
-    path = Path(path)
-    if _is_zarr(path):
-        import zarr
-
-        if mode == "r":
-            yield zarr.open_group(str(path), mode="r")
-        else:  # edit around anndata's consolidated metadata, then consolidate again
-            yield zarr.open_group(str(path), mode=mode, use_consolidated=False)
-            zarr.consolidate_metadata(str(path))
-    else:
-        import h5py
-
-        with h5py.File(path, mode) as f:
-            yield f
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
 from ..design import Design, build_design
+from ..storage.select import select_expression
 from ..tl._variance_partition import _cell_filter
 
 __all__ = ["fitted_design", "gene_values"]
@@ -33,17 +35,8 @@ def gene_values(adata: AnnData, name: str, layer: str | None, use_raw: bool) -> 
     """One gene's values over all cells, from ``X``, a layer or ``raw``."""
     if name not in adata.var_names:
         raise KeyError(f"{name!r} is not in adata.var_names.")
-    if use_raw:
-        if adata.raw is None:
-            raise ValueError("use_raw=True but adata.raw is not set.")
-        values = adata.raw[:, name].X
-    elif layer is not None:
-        if layer not in adata.layers:
-            raise KeyError(
-                f"Layer {layer!r} is not in adata.layers; available: {list(adata.layers)}."
-            )
-        values = adata.layers[layer][:, adata.var_names.get_loc(name)]
-    else:
-        values = adata.X[:, adata.var_names.get_loc(name)]
+    expression = select_expression(adata, layer, use_raw, var_names=pd.Index([name]))
+    column = adata.var_names.get_loc(name) if expression.columns is None else expression.columns[0]
+    values = expression.matrix[:, column]
     values = values.toarray() if sp.issparse(values) else np.asarray(values)
     return values.ravel().astype(float)

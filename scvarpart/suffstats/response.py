@@ -3,37 +3,48 @@
 For every gene ``y`` (a column of the observations x genes matrix) the
 likelihood of any random-intercept model with design ``Z``, ``X`` needs only
 ``Z'y``, ``X'y`` and ``y'y``. They are sums over observations, so the pass is a
-sum of partial statistics of row blocks: computed here block by block in
-float64 without ever densifying a sparse matrix, from memory, from a file
-opened in backed mode (only one block is read at a time), or as a Dask graph
-(one task per block, merged by a tree reduction, locally or on a cluster).
+sum of partial statistics of blocks of rows: each block is read once by a
+compiled kernel (:mod:`._kernels`) that accumulates every statistic in the same
+loop, in float64, reading float32 or float64 values where they are. How blocks
+are read (memory, a file in backed mode, Dask) is :mod:`scvarpart.storage.matrix`'s
+business; this module is the arithmetic.
 
-Numerical care: the response is centred analytically. The centred sum of
-squares of each block is computed around the block's own mean and blocks are
-merged with Chan et al.'s pairwise update, never as ``sum(y^2) - n * mean^2``,
-which loses every digit when the mean is large relative to the spread.
+Numerical care: each block's sums are taken around one of its own values (a
+shifted sum: as accurate as centring around the block's mean, see
+:mod:`._kernels`), and the blocks are merged with Chan et al.'s pairwise update,
+every statistic centred around the merged mean. The centred sum of squares is never
+formed as ``sum(y^2) - n * mean^2``, which loses every digit when the mean is
+large relative to the spread.
+
+Reproducibility: a gene's statistics are bitwise the same whichever other genes
+are computed with it and whatever the number of threads (blocks have fixed
+boundaries and are merged in order); other block sizes change them by rounding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = [
-    "ResponseStats",
-    "default_chunk_rows",
-    "is_dask_array",
-    "nonfinite_columns",
-    "response_stats",
-    "storage_format",
-]
+from ..storage.matrix import (
+    CHUNK_VALUES,
+    default_chunk_rows,
+    density,
+    is_dask_array,
+    readable,
+    reduce_dask,
+    reduce_gene_blocks,
+    reduce_row_blocks,
+    row_bounds,
+    storage_format,
+)
+from . import _kernels
 
-# Values (rows x genes) materialised as float64 per block: 2**22 ~ 32 MB; for
-# sparse blocks, stored values.
-_CHUNK_VALUES = 2**22
+__all__ = ["ResponseStats", "response_stats"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class ResponseStats:
     n_nonzero: np.ndarray
 
     def __len__(self) -> int:
+        """The number of genes."""
         return len(self.mean)
 
     def subset(self, idx) -> ResponseStats:
@@ -98,163 +110,208 @@ class ResponseStats:
         )
 
 
+class _Design(NamedTuple):
+    """The design as the kernels read it, and which rows and columns of ``Y`` to use."""
+
+    codes: np.ndarray  # (n, K) level of each factor, K a multiple of 4, sink-padded
+    x: np.ndarray  # (n, P) centred fixed effects, P a multiple of 2, zero-padded
+    n_levels: int  # q; level q is the padding's sink
+    n_fixed: int  # p
+    row_of: np.ndarray  # (rows of Y,) design row of each row, -1 for a row left out
+    col_of: np.ndarray  # (columns of Y,) output gene of each column or -1; empty: all
+    cols: np.ndarray  # output gene -> column of Y; empty: all columns in order
+
+    def rows(self, first: int, count: int) -> np.ndarray:
+        """Design rows of the rows ``first:first + count`` of ``Y`` (-1: left out)."""
+        return self.row_of[first : first + count]
+
+
+def _padded(a: np.ndarray, multiple: int, fill) -> np.ndarray:
+    width = max(multiple, -(-a.shape[1] // multiple) * multiple)
+    out = np.full((a.shape[0], width), fill, dtype=a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
+
+
+def _level_codes(Z: sp.csr_matrix) -> np.ndarray:
+    """Each row's levels (columns of ``Z``), padded with the sink level ``q``."""
+    Z = Z.tocsr(copy=True)
+    Z.sum_duplicates()
+    if Z.nnz and not np.all(Z.data == 1):
+        raise ValueError("Z must be an indicator matrix (entries 0 or 1).")
+    per_row = np.diff(Z.indptr)
+    width = int(per_row.max()) if len(per_row) else 0
+    codes = np.full((Z.shape[0], width), Z.shape[1], dtype=np.int64)
+    slot = np.arange(Z.nnz) - np.repeat(Z.indptr[:-1], per_row)
+    codes[np.repeat(np.arange(Z.shape[0]), per_row), slot] = Z.indices
+    return codes
+
+
+def _design(Z, Xc: np.ndarray, rows: np.ndarray | None, n_in: int, genes, n_cols: int):
+    """The kernels' design, and where each gene asked for is among those computed.
+
+    Columns asked for twice, or out of order, are computed once, in order; the second
+    value returned then maps them back (``None`` otherwise).
+    """
+    q = Z.shape[1]
+    codes = _padded(_level_codes(Z), _kernels.GROUP_FACTORS, q)
+    x = _padded(np.asarray(Xc, dtype=np.float64), _kernels.GROUP_COLUMNS, 0.0)
+    if rows is None:
+        row_of = np.arange(n_in, dtype=np.intp)
+    else:
+        row_of = np.full(n_in, -1, dtype=np.intp)
+        row_of[rows] = np.arange(int(rows.sum()))
+    empty = np.empty(0, dtype=np.intp)
+    if genes is None:
+        return _Design(codes, x, q, Xc.shape[1], row_of, empty, empty), None
+    wanted = np.arange(n_cols)[genes]
+    cols, inverse = np.unique(wanted, return_inverse=True)
+    col_of = np.full(n_cols, -1, dtype=np.intp)
+    col_of[cols] = np.arange(len(cols))
+    repeated = None if len(cols) == len(wanted) and np.all(cols == wanted) else inverse
+    return _Design(codes, x, q, Xc.shape[1], row_of, col_of, cols.astype(np.intp)), repeated
+
+
 @dataclass
 class _Partial:
-    """Raw statistics of a block of rows: count, sums, centred sum of squares
-    around the block mean, the uncentred products Z'y, X'y (gene-major) and the
-    non-zero counts."""
+    """Statistics of a set of observations, all centred around their mean.
+
+    The mean is kept as ``shift + offset``: ``shift`` one of the values (exact) and
+    ``offset`` the small rest, so that moving between the means of two sets costs
+    no digits, however large they are. ``zy`` (``q x G``) and ``xy`` (``p x G``) are
+    ``Z'(y - mean)`` and ``X'(y - mean)``; ``counts`` and ``xsum`` the column sums of
+    ``Z`` and ``X`` over the same observations, which is what moving the centre needs.
+    """
 
     n: int
-    total: np.ndarray
+    shift: np.ndarray
+    offset: np.ndarray
     m2: np.ndarray
-    ZtY: np.ndarray
-    XtY: np.ndarray
+    zy: np.ndarray
+    xy: np.ndarray
     nnz: np.ndarray
+    counts: np.ndarray
+    xsum: np.ndarray
+
+    @classmethod
+    def empty(cls, G: int, q: int, p: int) -> _Partial:
+        """No observation."""
+        zero = np.zeros(G)
+        return cls(
+            0, zero, zero, zero, np.zeros((q, G)), np.zeros((p, G)),
+            np.zeros(G, dtype=np.int64), np.zeros(q), np.zeros(p),
+        )  # fmt: skip
 
     def merge(self, other: _Partial) -> _Partial:
-        """Chan et al. (1979): combine the statistics of two disjoint blocks."""
+        """Chan et al. (1979): combine the statistics of two disjoint sets, in order."""
         if other.n == 0:
             return self
         if self.n == 0:
             return other
         n = self.n + other.n
-        with np.errstate(invalid="ignore"):
-            delta = other.total / other.n - self.total / self.n
-            m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
-        return _Partial(
-            n,
-            self.total + other.total,
-            m2,
-            self.ZtY + other.ZtY,
-            self.XtY + other.XtY,
-            self.nnz + other.nnz,
-        )
+        with np.errstate(invalid="ignore", over="ignore"):
+            # the difference of the means: the shifts' difference is exact when they
+            # are close (Sterbenz), the offsets are small
+            delta = (other.shift - self.shift) + (other.offset - self.offset)
+            # each side moves from its own mean to the merged one
+            dz = (self.n * other.counts - other.n * self.counts) / n
+            dx = (self.n * other.xsum - other.n * self.xsum) / n
+            return _Partial(
+                n,
+                self.shift,
+                self.offset + delta * (other.n / n),
+                self.m2 + other.m2 + delta**2 * (self.n * other.n / n),
+                self.zy + other.zy + dz[:, None] * delta[None, :],
+                self.xy + other.xy + dx[:, None] * delta[None, :],
+                self.nnz + other.nnz,
+                self.counts + other.counts,
+                self.xsum + other.xsum,
+            )
 
 
-def default_chunk_rows(n_genes: int, density: float = 1.0) -> int:
-    """Rows per block so that its float64 values stay near 32 MB."""
-    return max(1, int(_CHUNK_VALUES / (max(n_genes, 1) * max(density, 1e-3))))
+def _design_sums(design: _Design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Level counts and fixed-effect column sums over the design rows ``rows``."""
+    q = design.n_levels
+    counts = np.bincount(design.codes[rows].ravel(), minlength=q + 1)[:q].astype(np.float64)
+    return counts, design.x[rows, : design.n_fixed].sum(axis=0)
 
 
-def is_dask_array(Y) -> bool:
-    """Whether ``Y`` is a Dask array (without importing Dask)."""
-    return type(Y).__module__.split(".")[0] == "dask" and hasattr(Y, "chunks")
+def _partial(design: _Design, rows: np.ndarray, out, *, shifted: bool) -> _Partial:
+    """A block's :class:`_Partial` from its kernel's accumulators.
 
-
-def _is_backed_sparse(Y) -> bool:
-    from anndata.abc import CSCDataset, CSRDataset
-
-    return isinstance(Y, CSRDataset | CSCDataset)
-
-
-def storage_format(Y) -> str:
-    """ "csr", "csc" or "dense": how blocks of ``Y`` are best read."""
-    if sp.issparse(Y):
-        return Y.format if Y.format in ("csr", "csc") else "csr"
-    if _is_backed_sparse(Y):
-        return Y.format
-    return "dense"
-
-
-def _density(Y) -> float:
-    if sp.issparse(Y):
-        return Y.nnz / max(Y.shape[0] * Y.shape[1], 1)
-    if _is_backed_sparse(Y):
-        return Y.group["indices"].shape[0] / max(Y.shape[0] * Y.shape[1], 1)
-    return 1.0
-
-
-def _float64(block):
-    if sp.issparse(block):
-        block = sp.csr_matrix(block, dtype=np.float64)
-        if not block.has_canonical_format:
-            block.sum_duplicates()
-        return block
-    # column-major: every column is reduced on its own, in the same order whichever
-    # other columns the block holds (a chunk of genes matches the whole run exactly)
-    return np.asfortranarray(block, dtype=np.float64)
-
-
-def _centred_ss(block, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sum((y - mean)^2) per column of a block, without cancellation, and the
-    number of non-zero values per column."""
-    if sp.issparse(block):
-        cols = block.indices
-        dev = block.data - mean[cols]
-        nnz = np.bincount(cols, minlength=block.shape[1])
-        ss = (
-            np.bincount(cols, dev * dev, minlength=block.shape[1])
-            + (block.shape[0] - nnz) * mean**2
-        )
-        # explicitly stored zeros are values, but not non-zero ones
-        stored_zeros = np.bincount(cols, block.data == 0, minlength=block.shape[1])
-        return ss, nnz - stored_zeros.astype(nnz.dtype)
-    dev = block - mean
-    return np.einsum("ij,ij->j", dev, dev), np.count_nonzero(block, axis=0)
-
-
-def _partial(block, Zc: sp.csr_matrix, Xc: np.ndarray) -> _Partial:
-    """Statistics of one block of kept rows (``Zc``, ``Xc``: the same rows)."""
-    block = _float64(block)
-    n, G = block.shape
-    if n == 0:
-        return _Partial(
-            0,
-            np.zeros(G),
-            np.zeros(G),
-            np.zeros((G, Zc.shape[1])),
-            np.zeros((G, Xc.shape[1])),
-            np.zeros(G, dtype=np.int64),
-        )
-    total = np.asarray(block.sum(axis=0)).ravel()
-    m2, nnz = _centred_ss(block, total / n)
-    if sp.issparse(block):
-        ZtY = (block.T @ Zc).toarray()
-        XtY = np.asarray(block.T @ Xc)
-    else:
-        ZtY = np.asarray((Zc.T @ block).T)
-        # a sparse-times-dense product, not BLAS: every gene is accumulated over the
-        # observations in order, whichever other genes the block holds (BLAS would
-        # switch kernels with the number of columns)
-        XtY = np.asarray((sp.csr_matrix(Xc.T) @ block).T)
-    return _Partial(n, total, m2, ZtY, XtY, nnz.astype(np.int64))
-
-
-def _block_partial(Y, a: int, b: int, rows, Z, Xc, start: int, by_genes: bool, genes) -> _Partial:
-    """Read rows (or, for CSC, genes) ``a:b`` of ``Y`` and compute their statistics.
-
-    ``genes`` selects columns: a slice, an index array, or ``None`` for all.
+    ``shifted``: ``zy`` and ``xy`` were accumulated of ``y - shift`` (dense blocks)
+    rather than of ``y`` (sparse blocks).
     """
-    if by_genes:
-        cols = np.arange(Y.shape[1]) if genes is None else np.arange(Y.shape[1])[genes]
-        lo, hi = cols[a], cols[b - 1] + 1
-        block = Y[:, lo:hi]
-        if hi - lo != b - a:
-            block = block[:, cols[a:b] - lo]
-        if rows is not None:
-            block = block[rows]
-        return _partial(block, Z, Xc)
-    block = Y[a:b]
-    if genes is not None:
-        block = block[:, genes]
-    n_kept = b - a
-    if rows is not None:
-        mask = rows[a:b]
-        n_kept = int(mask.sum())
-        if n_kept < b - a:
-            block = block[mask]
-    return _partial(block, Z[start : start + n_kept], Xc[start : start + n_kept])
+    n, m, zeros, shift, s1, s2, zy, xy = out
+    q, p = design.n_levels, design.n_fixed
+    if n == 0:
+        return _Partial.empty(len(m), q, p)
+    counts, xsum = _design_sums(design, rows)
+    with np.errstate(invalid="ignore", over="ignore"):
+        implicit = n - m  # a sparse block's zeros that were never read
+        S1 = s1 - implicit * shift
+        S2 = s2 + implicit * shift**2
+        offset = S1 / n
+        m2 = np.maximum(S2 - S1 * offset, 0.0)
+        # to the block's mean: from its shift (no cancellation), or from 0 (sparse)
+        move = offset if shifted else shift + offset
+        zy = zy[:q] - counts[:, None] * move[None, :]
+        xy = xy[:p] - xsum[:, None] * move[None, :]
+    return _Partial(n, shift, offset, m2, zy, xy, m - zeros, counts, xsum)
 
 
-def _finish(part: _Partial, Z: sp.csr_matrix, Xc: np.ndarray) -> ResponseStats:
-    n = part.n
-    with np.errstate(invalid="ignore"):
-        mean = part.total / n
-        counts = np.asarray(Z.sum(axis=0)).ravel()
-        ZtY = part.ZtY - mean[:, None] * counts[None, :]
-        XtY = part.XtY - mean[:, None] * Xc.sum(axis=0)[None, :]
+def _row_block(design: _Design, values, start: int, stop: int, first: int) -> _Partial:
+    """The partial of rows ``start:stop`` of an in-memory block (rows ``first:`` of Y)."""
+    row_of = design.rows(first, stop - start)
+    args = (row_of, design.codes, design.x, design.n_levels)
+    if sp.issparse(values):
+        if values.format == "csc":
+            values = values.tocsr()  # a row block of a CSC matrix read by rows
+        n_genes = len(design.cols) if len(design.col_of) else values.shape[1]
+        out = _kernels.csr_block(
+            values.indptr, values.indices, values.data, start, stop, *args, design.col_of, n_genes
+        )
+        shifted = False
+    else:
+        out = _kernels.dense_block(values, start, stop, *args, design.cols)
+        shifted = True
+    return _partial(design, row_of[row_of >= 0], out, shifted=shifted)
+
+
+def _gene_block(design: _Design, values: sp.csc_matrix, cols: np.ndarray) -> _Partial:
+    """The partial of the columns ``cols`` of an in-memory CSC block, every row."""
+    out = _kernels.csc_block(
+        values.indptr, values.indices, values.data, np.asarray(cols, dtype=np.intp),
+        design.row_of, design.codes, design.x, design.n_levels,
+    )  # fmt: skip
+    n_kept = int((design.row_of >= 0).sum())
+    return _partial(design, design.row_of[design.row_of >= 0], (n_kept, *out), shifted=False)
+
+
+def _concat_genes(parts: list[_Partial]) -> _Partial:
+    return _Partial(
+        parts[0].n,
+        np.concatenate([p.shift for p in parts]),
+        np.concatenate([p.offset for p in parts]),
+        np.concatenate([p.m2 for p in parts]),
+        np.concatenate([p.zy for p in parts], axis=1),
+        np.concatenate([p.xy for p in parts], axis=1),
+        np.concatenate([p.nnz for p in parts]),
+        parts[0].counts,
+        parts[0].xsum,
+    )
+
+
+def _finish(part: _Partial, n: int, G: int, q: int, p: int) -> ResponseStats:
+    if part is None or part.n == 0:  # no genes, or no rows
+        part = _Partial.empty(G, q, p)
     return ResponseStats(
-        n_obs=n, mean=mean, ss=np.maximum(part.m2, 0.0), ZtY=ZtY, XtY=XtY, n_nonzero=part.nnz
+        n_obs=n,
+        mean=part.shift + part.offset,
+        ss=part.m2,
+        ZtY=np.ascontiguousarray(part.zy.T),
+        XtY=np.ascontiguousarray(part.xy.T),
+        n_nonzero=part.nnz.astype(np.int64),
     )
 
 
@@ -278,9 +335,11 @@ def response_stats(
         any format convertible to CSR), a dataset of a file opened in backed mode
         (anndata's sparse datasets, h5py or zarr arrays: read block by block), or
         a Dask array (its blocks become tasks of the active Dask scheduler). Any
-        float or integer dtype; never densified, blocks are converted to float64.
+        float or integer dtype, read as it is (float32 stays float32 in memory);
+        never densified nor copied when in memory.
     Z
-        Random-effect indicator matrix of the kept observations (``n x q``).
+        Random-effect indicator matrix of the kept observations (``n x q``, entries
+        0 or 1).
     Xc
         Centred fixed-effect matrix of the kept observations (``n x p``).
     rows
@@ -288,19 +347,23 @@ def response_stats(
         model (``n`` of them); all rows when ``None``.
     genes
         The columns to compute (a slice or index array); all when ``None``. Blocks
-        are cut as for the whole matrix, so each gene's statistics are the same
-        whichever other genes are computed with it.
+        are cut as for the whole matrix, so each gene's statistics are bitwise the
+        same whichever other genes are computed with it.
     chunk_rows
-        Rows per block; by default about 32 MB of float64 values.
+        Rows per block (for a CSC matrix, genes per block); by default about 4
+        million values. Other block sizes change the statistics by rounding only.
     n_jobs
-        Threads reading and reducing blocks in parallel.
+        Threads reading and reducing blocks in parallel; the result does not
+        depend on it, bit for bit.
     progress
         Called after each block with the number of its rows (for CSC input, its
         genes) and the total, e.g. to advance a progress bar.
 
     Returns
     -------
-    The :class:`ResponseStats` of the columns of ``Y`` (of ``genes``).
+    The :class:`ResponseStats` of the columns of ``Y`` (of ``genes``). Genes with
+    NaN or infinite values have non-finite statistics
+    (:meth:`ResponseStats.nonfinite`).
     """
     n = Z.shape[0]
     n_in = Y.shape[0]
@@ -310,115 +373,38 @@ def response_stats(
             rows = None
     if (n_in if rows is None else int(rows.sum())) != n:
         raise ValueError("Y, rows and the design have different numbers of observations.")
-    Z = Z.tocsr()
+    Y = readable(Y)
+    design, repeated = _design(Z, Xc, rows, n_in, genes, Y.shape[1])
+    G = Y.shape[1] if genes is None else len(design.cols)
+    q, p = design.n_levels, design.n_fixed
+
     if is_dask_array(Y):
-        return _finish(_dask_pass(Y, Z, Xc, rows, chunk_rows, genes), Z, Xc)
-    if sp.issparse(Y) and Y.format not in ("csr", "csc"):
-        Y = Y.tocsr()
-    elif not (sp.issparse(Y) or _is_backed_sparse(Y) or hasattr(Y, "shape")):
-        Y = np.asarray(Y)
-
-    fmt = storage_format(Y)
-    G = Y.shape[1] if genes is None else len(np.arange(Y.shape[1])[genes])
-    by_genes = fmt == "csc"  # column slices of CSC are cheap: blocks of whole genes
-    if by_genes:
-        size = chunk_rows or max(1, int(_CHUNK_VALUES / max(n * _density(Y), 1)))
-        bounds = [(a, min(a + size, G)) for a in range(0, G, size)]
-    else:
-        size = chunk_rows or default_chunk_rows(Y.shape[1], _density(Y) if fmt != "dense" else 1.0)
-        bounds = [(a, min(a + size, n_in)) for a in range(0, n_in, size)]
-    starts = np.zeros(len(bounds), dtype=int)
-    if not by_genes:  # first kept observation of each block
-        kept = np.ones(n_in, dtype=bool) if rows is None else rows
-        starts = np.concatenate([[0], np.cumsum([kept[a:b].sum() for a, b in bounds])[:-1]])
-
-    jobs = (
-        (Y, a, b, rows, Z, Xc, start, by_genes, genes)
-        for (a, b), start in zip(bounds, starts, strict=True)
-    )
-    if n_jobs in (None, 1) or len(bounds) == 1:
-        outputs = (_block_partial(*job) for job in jobs)
-    else:
-        from joblib import Parallel, delayed
-
-        # threads: blocks of a backed file are read through the same open handle
-        outputs = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(
-            delayed(_block_partial)(*job) for job in jobs
+        if genes is not None:
+            Y = Y[:, design.cols]
+        whole = design._replace(col_of=design.col_of[:0], cols=design.cols[:0])
+        part = reduce_dask(Y, _row_block, _Partial.merge, whole, chunk_rows=chunk_rows)
+    elif storage_format(Y) == "csc":  # column slices are cheap: blocks of whole genes
+        size = chunk_rows or max(1, int(CHUNK_VALUES / max(n * density(Y), 1)))
+        columns = np.arange(Y.shape[1]) if genes is None else design.cols
+        parts = reduce_gene_blocks(
+            Y,
+            lambda values, cols: _gene_block(design, values, cols),
+            columns=columns,
+            size=size,
+            n_jobs=n_jobs,
+            progress=progress,
         )
-    parts = []
-    for (a, b), part in zip(bounds, outputs, strict=True):
-        parts.append(part)
-        if progress is not None:
-            progress(b - a, G if by_genes else n_in)
-    if by_genes:
-        return _finish(_concat_genes(parts), Z, Xc)
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)
-    return _finish(total, Z, Xc)
-
-
-def _concat_genes(parts: list[_Partial]) -> _Partial:
-    return _Partial(
-        parts[0].n,
-        np.concatenate([p.total for p in parts]),
-        np.concatenate([p.m2 for p in parts]),
-        np.concatenate([p.ZtY for p in parts]),
-        np.concatenate([p.XtY for p in parts]),
-        np.concatenate([p.nnz for p in parts]),
-    )
-
-
-def _dask_pass(Y, Z, Xc, rows, chunk_rows, genes) -> _Partial:
-    """The pass as a Dask graph: one task per row block, merged pairwise."""
-    import dask
-
-    if genes is not None:
-        Y = Y[:, genes]
-    if chunk_rows is not None:
-        Y = Y.rechunk({0: chunk_rows, 1: -1})
-    elif len(Y.chunks[1]) > 1:
-        Y = Y.rechunk({1: -1})
-    kept = np.ones(Y.shape[0], dtype=bool) if rows is None else rows
-    tasks = []
-    a = start = 0
-    for block, size in zip(Y.to_delayed().ravel(), Y.chunks[0], strict=True):
-        b = a + size
-        mask = None if rows is None else kept[a:b]
-        m = size if mask is None else int(mask.sum())
-        tasks.append(
-            dask.delayed(_dask_block)(block, mask, Z[start : start + m], Xc[start : start + m])
+        part = _concat_genes(parts) if parts else None
+    else:
+        fmt = storage_format(Y)
+        size = chunk_rows or default_chunk_rows(Y.shape[1], density(Y) if fmt != "dense" else 1.0)
+        part = reduce_row_blocks(
+            Y,
+            lambda values, start, stop, first: _row_block(design, values, start, stop, first),
+            _Partial.merge,
+            bounds=row_bounds(n_in, size),
+            n_jobs=n_jobs,
+            progress=progress,
         )
-        a, start = b, start + m
-    while len(tasks) > 1:  # pairwise tree: the graph's depth grows with log(blocks)
-        pairs = zip(tasks[::2], tasks[1::2], strict=False)
-        merged = [dask.delayed(_Partial.merge)(x, y) for x, y in pairs]
-        tasks = merged + ([tasks[-1]] if len(tasks) % 2 else [])
-    return tasks[0].compute()
-
-
-def _dask_block(block, mask, Zc, Xc):
-    if mask is not None and not mask.all():
-        block = block[mask]
-    return _partial(block, Zc, Xc)
-
-
-def nonfinite_columns(Y, chunk_rows: int | None = None) -> np.ndarray:
-    """Indices of the columns of ``Y`` (in memory) that hold NaN or infinite values."""
-    if sp.issparse(Y):
-        if Y.format not in ("csr", "csc"):
-            Y = Y.tocsr()
-        bad = ~np.isfinite(Y.data)
-        if not bad.any():
-            return np.array([], dtype=np.intp)
-        if Y.format == "csr":
-            cols = Y.indices[bad]
-        else:
-            cols = np.repeat(np.arange(Y.shape[1]), np.diff(Y.indptr))[bad]
-        return np.unique(cols)
-    Y = np.asarray(Y)
-    chunk = chunk_rows or default_chunk_rows(Y.shape[1])
-    bad = np.zeros(Y.shape[1], dtype=bool)
-    for a in range(0, Y.shape[0], chunk):
-        bad |= ~np.isfinite(Y[a : a + chunk]).all(axis=0)
-    return np.flatnonzero(bad)
+    stats = _finish(part, n, G, q, p)
+    return stats if repeated is None else stats.subset(repeated)

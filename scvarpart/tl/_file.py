@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import anndata as ad
-import h5py
 import pandas as pd
 from anndata import AnnData
 
 from .._io import OutputExistsError, write_results_file
 from ..get._results import check_var_names, result_keys
-from ..suffstats.response import default_chunk_rows
+from ..storage.matrix import default_chunk_rows
+from ..storage.select import select_expression
+from ..storage.stores import open_store
 from ._variance_partition import _partition, _plain, _prepare, check_options, write_results
 
 __all__ = ["partition_file", "variance_partition_file"]
-
-
-@contextmanager
-def _open(path: Path):
-    """The root group of an ``.h5ad`` file or ``.zarr`` store, read-only."""
-    if path.suffix == ".zarr" or path.is_dir():
-        import zarr
-
-        yield zarr.open_group(str(path), mode="r")
-    else:
-        with h5py.File(path, "r") as f:
-            yield f
 
 
 def _lazy_matrix(elem, n_genes: int, chunk_size: int | None, dask: bool):
@@ -80,9 +68,7 @@ def partition_file(
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
-    if layer is not None and use_raw:
-        raise ValueError("Pass either layer= or use_raw=True, not both.")
-    with _open(path) as root:
+    with open_store(path) as root:
         obs = ad.io.read_elem(root["obs"])
         var = _without_results(ad.io.read_elem(root["var"]), root, key_added)
         check_var_names(
@@ -91,23 +77,8 @@ def partition_file(
             "read it, run adata.var_names_make_unique() and write it again",
         )
         prep = _prepare(obs, formula, method, batch, signal, cells)
-        if layer is not None:
-            layers = list(root["layers"]) if "layers" in root else []
-            if layer not in layers:
-                raise KeyError(f"Layer {layer!r} is not in {path}; available: {layers}.")
-            elem, source = root["layers"][layer], f"layers[{layer!r}] of {path}"
-        elif use_raw:
-            if "raw" not in root:
-                raise ValueError(f"use_raw=True but {path} has no raw.")
-            raw_var = ad.io.read_elem(root["raw"]["var"])
-            if not raw_var.index.equals(var.index):
-                raise ValueError(
-                    "use_raw=True reading from a file needs raw to hold exactly the genes "
-                    "of var; subset raw or load the object into memory."
-                )
-            elem, source = root["raw"]["X"], f"raw.X of {path}"
-        else:
-            elem, source = root["X"], f"X of {path}"
+        expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
+        elem, source = expression.matrix, expression.source
         Y = _lazy_matrix(elem, len(var), chunk_size, dask)
         results = _partition(
             prep,

@@ -16,13 +16,9 @@ from .._warn import warn
 from ..design import Design, build_design, parse_formula
 from ..get._results import check_var_names, result_keys
 from ..lmm import choose_engine, fit_lmm
-from ..suffstats import (
-    design_gram,
-    is_dask_array,
-    nonfinite_columns,
-    response_stats,
-    storage_format,
-)
+from ..storage.matrix import is_dask_array, storage_format
+from ..storage.select import select_expression
+from ..suffstats import design_gram, response_stats
 from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import RESIDUAL, component_variances, fractions, rho
 from ._progress import progress_bar
@@ -82,48 +78,16 @@ def _check_components(batch, signal, components: list[str]) -> None:
 
 
 def _expression(adata: AnnData, layer: str | None, use_raw: bool):
-    """The observations x genes matrix to fit, aligned with ``adata.var_names``."""
-    if layer is not None and use_raw:
-        raise ValueError("Pass either layer= or use_raw=True, not both.")
-    if layer is not None:
-        if layer not in adata.layers:
-            raise KeyError(
-                f"Layer {layer!r} is not in adata.layers; available: {list(adata.layers)}."
-            )
-        return adata.layers[layer], f"adata.layers[{layer!r}]"
-    if use_raw:
-        if adata.raw is None:
-            raise ValueError("use_raw=True but adata.raw is not set.")
-        missing = adata.var_names.difference(adata.raw.var_names)
-        if len(missing):
-            raise ValueError(
-                f"use_raw=True: {len(missing)} genes of adata.var_names are not in "
-                f"adata.raw (e.g. {list(missing[:5])})."
-            )
-        idx = adata.raw.var_names.get_indexer(adata.var_names)
-        X = adata.raw.X
-        if not (len(idx) == X.shape[1] and np.array_equal(idx, np.arange(len(idx)))):
-            if adata.isbacked:
-                raise ValueError(
-                    "use_raw=True on a backed object needs adata.raw to hold exactly the "
-                    "genes of adata.var_names; load the object into memory or subset raw."
-                )
-            X = X[:, idx]
-        return X, "adata.raw.X"
-    if adata.X is None:
-        raise ValueError("adata.X is empty; pass layer= to choose the expression values.")
-    return adata.X, "adata.X"
-
-
-def _in_memory(Y) -> bool:
-    return sp.issparse(Y) or isinstance(Y, np.ndarray)
+    """The observations x genes matrix to fit, aligned with ``adata.var_names``, and its
+    name in messages."""
+    expression = select_expression(adata, layer, use_raw)
+    return expression.aligned(), expression.source
 
 
 def _check_values(Y, source: str, var_names: pd.Index) -> None:
-    """NaN/inf (in memory: checked here, cheaply; on disk or in Dask: from the
-    statistics, after the pass), and raw counts (from the first rows)."""
-    if _in_memory(Y):
-        _raise_nonfinite(nonfinite_columns(Y), source, var_names)
+    """Raw counts or unlogged values, from the first rows (or, for a column-compressed
+    matrix, genes). NaN and inf are found by the pass over the data itself (in the
+    statistics they make non-finite) and reported before any gene is fitted."""
     # a cheap slice: first rows, or first genes of a column-compressed matrix
     sample = Y[:, :_COUNT_CHECK_GENES] if storage_format(Y) == "csc" else Y[:_COUNT_CHECK_ROWS]
     if is_dask_array(sample):

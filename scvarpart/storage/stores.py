@@ -1,0 +1,53 @@
+"""Open an ``.h5ad`` file or a ``.zarr`` store written by anndata.
+
+h5py and zarr are imported when first needed, so that the command line starts quickly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["is_zarr", "open_store"]
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a ``.zarr`` store (by its suffix, or being a folder)."""
+    path = Path(path)
+    return path.suffix == ".zarr" or path.is_dir()
+
+
+@contextmanager
+def open_store(path: str | os.PathLike, mode: str = "r") -> Iterator[Any]:
+    """The root group of an ``.h5ad`` file or a ``.zarr`` store.
+
+    Parameters
+    ----------
+    path
+        The file or store.
+    mode
+        ``"r"`` (read-only, the default) or a writing mode of h5py and zarr. A zarr
+        store opened for writing is edited around anndata's consolidated metadata,
+        which is consolidated again on closing.
+
+    Yields
+    ------
+    The root group (``h5py.File`` or ``zarr.Group``), closed on exit.
+    """
+    path = Path(path)
+    if is_zarr(path):
+        import zarr
+
+        if mode == "r":
+            yield zarr.open_group(str(path), mode="r")
+        else:
+            yield zarr.open_group(str(path), mode=mode, use_consolidated=False)
+            zarr.consolidate_metadata(str(path))
+    else:
+        import h5py
+
+        with h5py.File(path, mode) as f:
+            yield f
