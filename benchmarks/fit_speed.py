@@ -28,8 +28,7 @@ import numpy as np
 import scvarpart as svp
 from scvarpart.design import build_design
 from scvarpart.lmm import fit_lmm
-from scvarpart.suffstats import design_gram, response_stats
-from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+from scvarpart.suffstats import design_gram
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
     adata = svp.datasets.simulate_counts(args.n_cells, args.n_genes, seed=0, n_jobs=2)
     design = build_design(svp.datasets.SIMULATION_FORMULA, adata.obs)
     gram = design_gram(design)
-    stats = response_stats(adata.X, indicator_matrix(design), centred_fixed(design)[0])
+    stats = svp.lmm.response_stats(adata.X, design).response
     for strategy in ("global", "local"):  # compile (cached after the first run)
         fit_lmm(gram, stats.subset(np.arange(16)), strategy=strategy)
     levels = dict(zip([f.name for f in design.factors], gram.factor_sizes, strict=True))

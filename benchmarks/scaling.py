@@ -48,7 +48,7 @@ total = time.perf_counter() - t0
 backed = ad.read_h5ad(path, backed="r")
 design = build_design(svp.datasets.SIMULATION_FORMULA, backed.obs)
 t0 = time.perf_counter()
-stats = response_stats(backed.X, indicator_matrix(design), centred_fixed(design)[0], n_jobs=2)
+stats = svp.lmm.response_stats(backed.X, design, n_jobs=2).response
 t_pass = time.perf_counter() - t0
 t0 = time.perf_counter()
 fit_lmm(design_gram(design), stats, n_jobs=2)

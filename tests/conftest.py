@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import scvarpart as svp
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -32,12 +34,11 @@ def fit_frame(formula: str, frame, *, reml: bool, engine: str = "auto"):
     """Fit ``response ~ ...`` on a DataFrame with the package's layers (no AnnData)."""
     from scvarpart.design import build_design, parse_formula
     from scvarpart.lmm import fit_lmm
-    from scvarpart.suffstats import design_gram, response_stats
-    from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+    from scvarpart.suffstats import design_gram
 
     parsed = parse_formula(formula)
     design = build_design(parsed, frame)
-    y = frame.loc[design.keep, parsed.response].to_numpy(float)[:, None]
-    stats = response_stats(y, indicator_matrix(design), centred_fixed(design)[0])
+    y = frame[[parsed.response]].to_numpy(float)  # rows the design drops are skipped
+    stats = svp.lmm.response_stats(y, design).response
     fit = fit_lmm(design_gram(design), stats, reml=reml, engine=engine)
     return design, fit

@@ -457,15 +457,17 @@ def test_inplace_false(base, fitted):
     snap = snapshot(a)
     res = vp(a, inplace=False)
     assert_unchanged(a, snap)
-    assert isinstance(res, dict)
-    assert set(res) == {"fractions", "variance", "var", "uns"}
-    pd.testing.assert_frame_equal(res["fractions"], fitted.varm["varpart"])
-    pd.testing.assert_frame_equal(res["variance"], fitted.varm["varpart_variance"])
-    assert isinstance(res["var"], pd.DataFrame)
-    assert res["var"].columns.tolist() == PER_GENE
-    pd.testing.assert_frame_equal(res["var"], fitted.var[PER_GENE])
-    assert res["uns"]["params"]["formula"] == FORMULA
-    assert list(res["uns"]["components"]) == COMPONENTS
+    assert isinstance(res, svp.varpart.VarPartResult)
+    pd.testing.assert_frame_equal(res.fractions, fitted.varm["varpart"])
+    pd.testing.assert_frame_equal(res.variance, fitted.varm["varpart_variance"])
+    pd.testing.assert_frame_equal(res.beta, fitted.varm["varpart_beta"])
+    pd.testing.assert_frame_equal(res.beta_se, fitted.varm["varpart_beta_se"])
+    assert isinstance(res.per_gene, pd.DataFrame)
+    assert res.per_gene.columns.tolist() == [c.removeprefix("varpart_") for c in PER_GENE]
+    stored = fitted.var[PER_GENE].rename(columns=lambda c: c.removeprefix("varpart_"))
+    pd.testing.assert_frame_equal(res.per_gene, stored, check_names=False)
+    assert res.params["formula"] == FORMULA
+    assert list(res.components) == COMPONENTS
 
 
 ROUND_TRIP_FORMULA = "~ log_umi + (1|patient) + (1|chemistry) + (1|patient:chemistry) + (1|day)"
@@ -583,9 +585,9 @@ def test_view_of_cells(base):
     c = base[cells].copy()
     vp(c)
     pd.testing.assert_frame_equal(
-        res["variance"], c.varm["varpart_variance"], rtol=1e-12, atol=1e-15
+        res.variance, c.varm["varpart_variance"], rtol=1e-12, atol=1e-15
     )
-    assert res["uns"]["params"]["n_obs"] == 400
+    assert res.params["n_obs"] == 400
 
 
 def test_categorical_fixed_effect_is_one_component(base):
@@ -654,7 +656,12 @@ def test_refit_with_another_model_leaves_nothing_stale(fitted):
     assert (a.var["varpart_notes"] == "checked by hand").all()
     assert "varpart_umap" in a.varm and "true_beta_log_umi" in a.var.columns
     assert list(a.uns["varpart"]["result_keys"]["var"]) == PER_GENE[1:]
-    assert list(a.uns["varpart"]["result_keys"]["varm"]) == ["varpart", "varpart_variance"]
+    assert list(a.uns["varpart"]["result_keys"]["varm"]) == [
+        "varpart",
+        "varpart_variance",
+        "varpart_beta",
+        "varpart_beta_se",
+    ]
     # the plots follow the new model: no rho to plot, bars sorted by a component
     with pytest.raises(KeyError, match="No rho"):
         svp.pl.rho(a, show=False)
@@ -680,7 +687,7 @@ def test_a_failing_refit_leaves_the_previous_results(fitted, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("killed during the fit")
 
-    monkeypatch.setattr("scvarpart.tl._variance_partition.fit_lmm", fail)
+    monkeypatch.setattr("scvarpart.lmm.genes.fit_lmm", fail)
     with pytest.raises(RuntimeError, match="killed"):
         vp(a, "~ (1|patient) + (1|day)", batch=None, signal=None, method="REML")
     after = _result_state(a)

@@ -51,7 +51,7 @@ def no_fit(monkeypatch):
     def boom(*args, **kwargs):
         pytest.fail("fit_lmm was called: the bad input was not caught before fitting")
 
-    monkeypatch.setattr("scvarpart.tl._variance_partition.fit_lmm", boom)
+    monkeypatch.setattr("scvarpart.lmm.genes.fit_lmm", boom)
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def stop_at_fit(monkeypatch):
     def stop(*args, **kwargs):
         raise FitCalled
 
-    monkeypatch.setattr("scvarpart.tl._variance_partition.fit_lmm", stop)
+    monkeypatch.setattr("scvarpart.lmm.genes.fit_lmm", stop)
 
 
 def _dense(X):
@@ -463,7 +463,7 @@ def test_no_cells_is_an_error_before_reading(_base, no_fit, monkeypatch):
     def no_read(*args, **kwargs):
         pytest.fail("the data were read")
 
-    monkeypatch.setattr("scvarpart.tl._variance_partition.response_stats", no_read)
+    monkeypatch.setattr("scvarpart.suffstats.response_stats", no_read)
     empty = _base[:0].copy()
     with pytest.raises(ValueError, match=r"no cells \(n_obs = 0\).*subsetting"):
         run(empty)
@@ -473,7 +473,7 @@ def test_batch_size_is_checked_before_reading(adata, monkeypatch):
     def no_read(*args, **kwargs):
         pytest.fail("the data were read")
 
-    monkeypatch.setattr("scvarpart.tl._variance_partition.response_stats", no_read)
+    monkeypatch.setattr("scvarpart.suffstats.response_stats", no_read)
     with pytest.raises(ValueError, match="batch_size=0"):
         run(adata, batch_size=0)
 

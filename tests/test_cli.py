@@ -91,7 +91,7 @@ def test_fit_writes_a_copy_with_the_api_results(work):
     expected = svp.tl.variance_partition(
         source, FORMULA, batch=["chemistry", "day", "operator"], signal="patient", inplace=False
     )
-    pd.testing.assert_frame_equal(out.varm["varpart"], expected["fractions"], check_exact=True)
+    pd.testing.assert_frame_equal(out.varm["varpart"], expected.fractions, check_exact=True)
     params = out.uns["varpart"]["params"]
     assert params["input"] == "in.h5ad"
     assert params["input_fingerprint"] == file_fingerprint(work / "in.h5ad")

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from exhaustive import random_design, random_responses
 
+import scvarpart as svp
 from scvarpart.design import DesignError, build_design
 from scvarpart.lmm import choose_engine, fit_lmm
-from scvarpart.suffstats import design_gram, response_stats
-from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+from scvarpart.suffstats import design_gram
 
 
 def _large_design(seed: int):
@@ -54,7 +54,7 @@ def _tiny_design(seed: int):
 
 
 def _fit(design, Y, reml, engine="auto"):
-    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    stats = svp.lmm.response_stats(Y, design).response
     return fit_lmm(design_gram(design), stats, reml=reml, engine=engine)
 
 
@@ -120,7 +120,7 @@ def test_many_cells_per_level_search_finds_the_best_of_many_descents(seed):
     (cell types and batches following patients) it must still find the best of
     50 Newton descents from random starts."""
     from scvarpart.lmm.dense import DenseDeviance
-    from scvarpart.lmm.fit import _unit_scale
+    from scvarpart.lmm.fitting import _unit_scale
 
     rng = np.random.default_rng(seed)
     n = 3000
@@ -140,7 +140,7 @@ def test_many_cells_per_level_search_finds_the_best_of_many_descents(seed):
         design = build_design("~ x + (1|patient) + (1|ctype) + (1|batch)", frame)
     Zs = [np.eye(f.n_levels)[f.codes] for f in design.factors]
     Y = random_responses(rng, design.X, Zs, 4) * 0.3
-    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    stats = svp.lmm.response_stats(Y, design).response
     gram = design_gram(design)
     unit = _unit_scale(stats)
     for reml in (False, True):

@@ -22,7 +22,7 @@ def synth():
     expr = pd.read_csv(DATA / "synth_crossed" / "expr.csv.gz", index_col=0)
     obs = pd.read_csv(DATA / "synth_crossed" / "obs.csv", index_col=0)
     design = build_design(FORMULA, obs)
-    stats = response_stats(expr.to_numpy(), indicator_matrix(design), centred_fixed(design)[0])
+    stats = svp.lmm.response_stats(expr.to_numpy(), design).response
     return design_gram(design), stats
 
 
@@ -58,7 +58,7 @@ def _middle_factor_largest():
     )
     design = build_design("~ x + (1|a) + (1|b) + (1|c)", obs)
     Y = rng.normal(size=(n, 6)) + rng.normal(size=(14, 6))[obs["b"].cat.codes]
-    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    stats = svp.lmm.response_stats(Y, design).response
     return design_gram(design), stats
 
 
@@ -117,19 +117,19 @@ def test_unfittable_genes_get_reasons_and_the_rest_go_on():
     X[:, 3] = codes  # constant within patients: no residual variance
     adata.X = X
     res = svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, inplace=False)
-    reasons = res["uns"]["errors"]["reason"]
+    reasons = res.errors["reason"]
     assert list(reasons.index) == ["gene0001", "gene0002", "gene0003", "gene0004"]
     assert reasons["gene0001"] == "constant expression (no variance)"
     assert reasons["gene0002"] == "all values are zero"
     assert "fixed effects explain the gene exactly" in reasons["gene0003"]
     assert "constant within the levels of 'patient'" in reasons["gene0004"]
-    assert res["variance"].iloc[:4].isna().all().all()
-    assert not res["var"]["varpart_converged"].iloc[:4].any()
+    assert res.variance.iloc[:4].isna().all().all()
+    assert not res.per_gene["converged"].iloc[:4].any()
 
     alone = svp.tl.variance_partition(
         adata[:, 4:].copy(), svp.datasets.EXAMPLE_FORMULA, inplace=False
     )
-    pd.testing.assert_frame_equal(res["variance"].iloc[4:], alone["variance"], rtol=1e-12)
+    pd.testing.assert_frame_equal(res.variance.iloc[4:], alone.variance, rtol=1e-12)
 
 
 def test_fit_lmm_validates_engine(synth):
@@ -178,7 +178,7 @@ def test_blas_runs_one_thread_inside_the_fits(synth, monkeypatch):
     restored afterwards."""
     from threadpoolctl import threadpool_info
 
-    import scvarpart.lmm.fit as fit_module
+    import scvarpart.lmm.fitting as fit_module
 
     gram, stats = synth
     seen = []

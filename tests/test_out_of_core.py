@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 
 def _same(variance, reference):
     pd.testing.assert_frame_equal(
-        pd.DataFrame(variance), reference["variance"], rtol=1e-10, atol=1e-14
+        pd.DataFrame(variance), reference.variance, rtol=1e-10, atol=1e-14
     )
 
 

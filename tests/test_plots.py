@@ -107,7 +107,10 @@ def test_percent_bars(fitted, tmp_path):
     comps = list(fitted.uns["varpart"]["components"])
     bars = [p for p in ax.patches if isinstance(p, Rectangle)]
     assert len(bars) == 12 * len(comps)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == comps
+    # sortCols: by decreasing median fraction over all genes, the residual last
+    medians = fitted.varm["varpart"].drop(columns="Residual").median()
+    expected = [*medians.sort_values(ascending=False, kind="stable").index, "Residual"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == expected
     shown = [t.get_text() for t in ax.get_yticklabels()]
     # the one ranking of batch-dominated genes (svp.get, the report, the README)
     assert shown == list(svp.get.batch_dominated(fitted, n_top=12).index)

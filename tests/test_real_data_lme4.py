@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import scvarpart as svp
+
 REALDATA = Path(__file__).parent / "data" / "realdata"
 SPEC = json.loads((REALDATA / "datasets.json").read_text())
 
@@ -84,13 +86,12 @@ def fit_scvarpart(ds: str, fid: str, method: str):
     """(design, LMMFit, gene names, gram, stats) of scvarpart's fit of every gene."""
     from scvarpart.design import build_design, parse_formula
     from scvarpart.lmm import fit_lmm
-    from scvarpart.suffstats import design_gram, response_stats
-    from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+    from scvarpart.suffstats import design_gram
 
     obs, expr = load_dataset(ds)
     design = build_design(parse_formula(SPEC[ds]["formulas"][fid]), obs)
-    Y = expr.to_numpy(dtype=float)[design.keep]
-    stats = response_stats(Y, indicator_matrix(design), centred_fixed(design)[0])
+    Y = expr.to_numpy(dtype=float)
+    stats = svp.lmm.response_stats(Y, design).response
     gram = design_gram(design)
     fit = fit_lmm(
         gram,

@@ -29,7 +29,7 @@ def result(request, adata):
 
 
 def _objective(res):
-    return -2 * res["var"]["varpart_loglik"]
+    return -2 * res.per_gene["loglik"]
 
 
 def test_objective_no_worse_than_lme4(result):
@@ -38,7 +38,7 @@ def test_objective_no_worse_than_lme4(result):
     ref = ref.set_index("gene")["REMLcrit" if method == "REML" else "deviance_ML"]
     ours = _objective(res)
     assert (ours <= ref + 1e-7 * ref.abs()).all(), (ours - ref).max()
-    assert res["var"]["varpart_converged"].all()
+    assert res.per_gene["converged"].all()
 
 
 def test_components_match_lme4(result):
@@ -54,10 +54,10 @@ def test_components_match_lme4(result):
     assert checked.sum() >= 10
     for comp in FACTORS:
         np.testing.assert_allclose(
-            res["variance"].loc[checked, comp], ref.loc[checked, f"var_{comp}"], rtol=1e-3
+            res.variance.loc[checked, comp], ref.loc[checked, f"var_{comp}"], rtol=1e-3
         )
-    np.testing.assert_allclose(res["variance"]["Residual"], ref["var_Residuals"], rtol=1e-3)
-    np.testing.assert_array_equal(res["var"]["varpart_singular"], ref["isSingular"])
+    np.testing.assert_allclose(res.variance["Residual"], ref["var_Residuals"], rtol=1e-3)
+    np.testing.assert_array_equal(res.per_gene["singular"], ref["isSingular"])
 
 
 def test_components_match_tight_lme4(result):
@@ -67,7 +67,7 @@ def test_components_match_tight_lme4(result):
     np.testing.assert_allclose(_objective(res), tight["objective"], rtol=1e-12, atol=1e-8)
     total = tight.filter(like="var_").sum(axis=1)
     for comp in [*FACTORS, "Residual"]:
-        ours, theirs = res["variance"][comp], tight[f"var_{comp}"]
+        ours, theirs = res.variance[comp], tight[f"var_{comp}"]
         big = theirs > 1e-4 * total
         np.testing.assert_allclose(ours[big], theirs[big], rtol=5e-5)
         assert (np.abs(ours - theirs)[~big] <= 1e-7 * total[~big]).all()
@@ -79,8 +79,8 @@ def test_fractions_match_variancepartition(result):
     method, res = result
     vp = pd.read_csv(SYNTH / f"vp1.28.9_{method.lower()}.csv").set_index("gene")
     for comp in FACTORS:
-        np.testing.assert_allclose(res["fractions"][comp], vp[f"frac_{comp}"], atol=1e-3)
-    np.testing.assert_allclose(res["fractions"]["Residual"], vp["frac_Residuals"], atol=1e-3)
+        np.testing.assert_allclose(res.fractions[comp], vp[f"frac_{comp}"], atol=1e-3)
+    np.testing.assert_allclose(res.fractions["Residual"], vp["frac_Residuals"], atol=1e-3)
 
 
 def test_estimates_track_the_simulated_truth(adata):
@@ -88,9 +88,9 @@ def test_estimates_track_the_simulated_truth(adata):
     res = svp.tl.variance_partition(adata, "~ log_umi + " + FORMULA[1:], inplace=False)
     truth = pd.read_csv(SYNTH / "truth.csv").set_index("gene")
     # patient (12 levels) and the residual are well determined by 2,000 cells
-    assert np.corrcoef(res["variance"]["patient"], truth["var_patient"])[0, 1] > 0.8
-    np.testing.assert_allclose(res["variance"]["Residual"], truth["var_Residuals"], rtol=0.1)
+    assert np.corrcoef(res.variance["patient"], truth["var_patient"])[0, 1] > 0.8
+    np.testing.assert_allclose(res.variance["Residual"], truth["var_Residuals"], rtol=0.1)
     slope = truth["beta_log_umi"] != 0
     assert (
-        res["fractions"].loc[slope, "log_umi"] > res["fractions"].loc[~slope, "log_umi"].max()
+        res.fractions.loc[slope, "log_umi"] > res.fractions.loc[~slope, "log_umi"].max()
     ).all()

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             genes=genes,
         )
-    results["uns"]["params"].update(provenance)
+    results = results.with_params(**provenance)
 
     if genes is None:
         write_results_file(

@@ -13,6 +13,8 @@ from ._fit import CHUNK_KEY, chunk_bounds
 if TYPE_CHECKING:
     import anndata as ad
 
+    from ..varpart import VarPartResult
+
 __all__ = ["add_parsers", "merge_chunks"]
 
 _EXAMPLES = """example:
@@ -75,26 +77,11 @@ def _check_consistent(names: list[str], infos: list[dict]) -> dict:
     return infos[0]
 
 
-def merge_chunks(chunks: list[ad.AnnData], key: str) -> dict:
-    """The result tables of the whole file from its chunks (in chunk order)."""
-    import pandas as pd
+def merge_chunks(chunks: list[ad.AnnData], key: str) -> VarPartResult:
+    """The result of the whole file from its chunks (in chunk order)."""
+    from ..varpart import VarPartResult
 
-    from ..tl._variance_partition import summarize
-
-    result_columns = list(chunks[0].uns[CHUNK_KEY]["result_columns"])
-    results = {
-        "fractions": pd.concat([c.varm[key] for c in chunks]),
-        "variance": pd.concat([c.varm[f"{key}_variance"] for c in chunks]),
-        "var": pd.concat([c.var[result_columns] for c in chunks]),
-        "uns": {
-            "params": chunks[0].uns[key]["params"],
-            "components": list(chunks[0].uns[key]["components"]),
-            "errors": pd.concat([c.uns[key]["errors"] for c in chunks]),
-        },
-    }
-    results["uns"]["errors"].index.name = "gene"
-    results["uns"]["summary"] = summarize(results, key)
-    return results
+    return VarPartResult.concat([VarPartResult.read(chunk, key) for chunk in chunks])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from ._common import EXIT_CODES, CLIError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["add_parsers", "gene_table"]
+__all__ = ["add_parsers"]
 
 _EXAMPLES = """example:
   scvarpart report cells.varpart.h5ad --tsv cells.varpart.tsv --top 20
@@ -47,30 +47,6 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run)
 
 
-def gene_table(adata, key: str) -> pd.DataFrame:
-    """Per-gene results: fractions, variances, rho, flags and the error, one row a gene."""
-    import pandas as pd
-
-    frac = adata.varm[key].add_prefix("fraction_")
-    var = adata.varm[f"{key}_variance"].add_prefix("variance_")
-    from ..get._results import result_keys
-
-    flags = adata.var[result_keys(adata, key)["var"]]
-    flags = flags.rename(columns=lambda c: c[len(key) + 1 :])
-    errors = adata.uns[key]["errors"]["reason"]
-    table = pd.concat([frac, var, flags], axis=1)
-    table["error"] = errors.reindex(table.index).fillna("")
-    table.index.name = "gene"
-    return table
-
-
-def _names(value) -> list[str]:
-    """A list of names as stored in uns (None, a list or an array after reading)."""
-    import numpy as np
-
-    return [] if value is None else [str(v) for v in np.atleast_1d(value)]
-
-
 def _tsv_is_current(tsv: Path, text: str, result: Path, force: bool) -> bool:
     """Whether ``tsv`` already holds exactly ``text``; OutputExistsError if it holds
     something else and ``force`` is false.
@@ -103,17 +79,18 @@ def run(args: argparse.Namespace) -> int:
     check_output(tsv, force=True, inputs=(path,))
     import numpy as np
 
+    from ..varpart import VarPartResult
+
     adata = read_results(path, "result")
-    if key not in adata.uns or key not in adata.varm:
-        found = [k for k in adata.uns if f"{k}_variance" in adata.varm]
-        raise CLIError(f"{path} holds no result with key {key!r}; results found: {found}.")
-    uns = adata.uns[key]
-    params, summary = uns["params"], uns["summary"]
-    table = gene_table(adata, key)
+    try:
+        res = VarPartResult.read(adata, key)
+    except KeyError as err:
+        raise CLIError(f"{path}: {err.args[0]}") from None
+    params, summary = res.params, res.summary
+    table = res.gene_table()
     text = table.to_csv(sep="\t", float_format="%.10g")
     current = _tsv_is_current(tsv, text, path, args.force)
-    batch = _names(params.get("batch"))
-    signal = _names(params.get("signal"))
+    batch, signal = res.batch, res.signal
 
     print(f"scvarpart report: {path.name} (key {key!r})")
     print(
@@ -126,14 +103,12 @@ def run(args: argparse.Namespace) -> int:
         f"failed {summary['n_failed']:,}"
     )
     print(f"\n{'component':<24}{'median fraction':>16}  role")
-    for comp in uns["components"]:
+    for comp in res.components:
         role = "batch" if comp in batch else "signal" if comp in signal else ""
         print(f"{comp:<24}{summary['median_fraction'][comp]:>16.4f}  {role}")
 
     if "rho" in table:
-        from ..get import batch_dominated  # the one ranking, as svp.get and the plots use
-
-        ranked = batch_dominated(adata, key=key, n_top=args.top)
+        ranked = res.batch_dominated(n_top=args.top)  # the one ranking, as svp.get uses
         n_inf = int(np.isinf(table["rho"]).sum())
         print(
             "\nmost batch-dominated genes (rho = batch / signal variance >= 1, ranked by "

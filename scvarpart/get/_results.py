@@ -1,20 +1,24 @@
-"""Reading stored results: which keys a fit wrote, and the ranked batch-dominated genes."""
+"""Tidy tables of stored results, as scanpy's ``sc.get.rank_genes_groups_df``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..varpart import ranking
+from ..varpart.result import VarPartResult
+from ..varpart.result import stored_keys as result_keys
 
-__all__ = ["batch_dominated", "check_var_names", "result_keys"]
-
-# What variance_partition wrote into var before it recorded its keys in uns: read
-# (and replaced on a refit) for results stored by earlier versions.
-_LEGACY_VAR_SUFFIXES = ("rho", "mean", "singular", "converged", "loglik")
+__all__ = [
+    "batch_dominated",
+    "beta_df",
+    "check_var_names",
+    "result",
+    "result_keys",
+    "rho_df",
+    "varpart_df",
+]
 
 
 def check_var_names(
@@ -33,32 +37,145 @@ def check_var_names(
     )
 
 
-def _names(value) -> list[str]:
-    """A list of names as stored in uns (a list, or an array after reading a file)."""
-    return [] if value is None else [str(v) for v in np.atleast_1d(value)]
+def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
+    """The variance partition stored in ``adata`` under ``key``, as one object.
 
+    Parameters
+    ----------
+    adata
+        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    key
+        The results' ``key_added``.
 
-def result_keys(adata: AnnData, key: str) -> dict[str, list[str]]:
-    """The ``var`` columns and ``varm`` keys the results under ``key`` occupy.
+    Returns
+    -------
+    The :class:`~scvarpart.varpart.VarPartResult`: fractions, variances, fixed
+    effects, per-gene fields, errors and the analysis parameters.
 
-    Read from ``uns[key]["result_keys"]``, where :func:`scvarpart.tl.variance_partition`
-    records them, so that a user's column that merely starts with the key (e.g.
-    ``varpart_notes``) is never taken for a result; for results stored before that
-    record existed, the fixed set of keys the fit wrote then.
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.get.result(adata).summary["n_genes"]
+    20
     """
-    entry = adata.uns.get(key)
-    if not isinstance(entry, Mapping) or "params" not in entry:
-        return {"var": [], "varm": []}  # not a variance partition: nothing of ours
-    recorded = entry.get("result_keys")
-    if isinstance(recorded, Mapping):
-        var, varm = _names(recorded.get("var")), _names(recorded.get("varm"))
-    else:
-        var = [f"{key}_{s}" for s in _LEGACY_VAR_SUFFIXES]
-        varm = [key, f"{key}_variance"]
-    return {
-        "var": [c for c in var if c in adata.var.columns],
-        "varm": [k for k in varm if k in adata.varm],
-    }
+    check_var_names(adata.var_names)
+    return VarPartResult.read(adata, key)
+
+
+def varpart_df(
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    genes: str | Sequence[str] | None = None,
+    sort_by: str | None = None,
+) -> pd.DataFrame:
+    """Variance fractions and variances as a tidy table: one row per gene and component.
+
+    Components come in variancePartition's ``sortCols`` order (by decreasing median
+    fraction over the genes, ``"Residual"`` last), the order of every plot.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    key
+        The results' ``key_added``.
+    genes
+        Only these genes, in this order (default: all, in ``adata.var_names`` order).
+    sort_by
+        A component: order the genes by its fraction, largest first (genes without
+        estimates last).
+
+    Returns
+    -------
+    DataFrame with columns ``gene``, ``component`` (categorical, in ``sortCols``
+    order), ``fraction`` and ``variance``.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> df = svp.get.varpart_df(adata, sort_by="patient")
+    >>> df.columns.tolist()
+    ['gene', 'component', 'fraction', 'variance']
+    """
+    return result(adata, key=key).long(genes, sort_by)
+
+
+def rho_df(
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    genes: str | Sequence[str] | None = None,
+    sort_by: str | None = "rho",
+) -> pd.DataFrame:
+    """The batch-to-signal ratio of each gene, with the parts it is made of.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the results of :func:`scvarpart.tl.variance_partition`,
+        run with ``batch=`` and ``signal=``.
+    key
+        The results' ``key_added``.
+    genes
+        Only these genes, in this order (default: all).
+    sort_by
+        A column to order the genes by, largest first (``None``: ``genes`` order).
+
+    Returns
+    -------
+    DataFrame indexed by gene, with columns ``rho``, ``batch_variance``,
+    ``signal_variance``, ``batch_fraction``, ``signal_fraction`` and
+    ``batch_dominated`` (``rho >= 1``, as :func:`batch_dominated` ranks them).
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", progress=False,
+    ... )
+    >>> svp.get.rho_df(adata).columns.tolist()[:3]
+    ['rho', 'batch_variance', 'signal_variance']
+    """
+    return result(adata, key=key).rho_table(genes, sort_by)
+
+
+def beta_df(
+    adata: AnnData, *, key: str = "varpart", genes: str | Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Fixed effects with their standard errors, one row per gene and coefficient.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    key
+        The results' ``key_added``.
+    genes
+        Only these genes, in this order (default: all).
+
+    Returns
+    -------
+    DataFrame with columns ``gene``, ``coefficient`` (the columns of the fixed-effect
+    design, as R names them: ``"(Intercept)"``, ``"log_umi"``, ``"groupB"``),
+    ``estimate`` and ``se`` (lme4's ``fixef`` and ``sqrt(diag(vcov))``, given the
+    estimated variances).
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.get.beta_df(adata).coefficient.unique().tolist()
+    ['(Intercept)', 'log_umi']
+    """
+    return result(adata, key=key).beta_table(genes)
 
 
 def batch_dominated(
@@ -103,23 +220,9 @@ def batch_dominated(
     >>> top.columns.tolist()
     ['batch_fraction', 'signal_fraction', 'rho']
     """
-    if key not in adata.uns or key not in adata.varm:
-        raise KeyError(
-            f"No variance partition under key {key!r}: run svp.tl.variance_partition(adata, "
-            f"..., key_added={key!r}) first."
-        )
-    check_var_names(adata.var_names)
-    params = adata.uns[key]["params"]
-    rho_col = f"{key}_rho"
-    if rho_col not in result_keys(adata, key)["var"]:
+    res = result(adata, key=key)
+    if "rho" not in res.per_gene:
         raise KeyError(
             f"No rho under key {key!r}: run svp.tl.variance_partition with batch= and signal=."
         )
-    return ranking.batch_dominated(
-        adata.varm[key],
-        adata.var[rho_col],
-        _names(params.get("batch")),
-        _names(params.get("signal")),
-        min_rho=min_rho,
-        n_top=n_top,
-    )
+    return res.batch_dominated(min_rho=min_rho, n_top=n_top)

@@ -1,18 +1,29 @@
-"""The likelihood and its optimiser: random-intercept LMMs fitted to many genes at once."""
+"""The likelihood and its optimiser: random-intercept LMMs fitted to many genes at once.
 
+The array-level entry points are :func:`fit`, :func:`response_stats` and
+:func:`fit_stats` (:mod:`.genes`); the engines below are their building blocks.
+"""
+
+from ..varpart.result import VarPartResult
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
-from .fit import LMMFit, choose_engine, fit_lmm
+from .fitting import LMMFit, choose_engine, fit_lmm
+from .genes import GeneStatistics, fit, fit_stats, response_stats
 from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
 
 __all__ = [
     "BlockedDeviance",
     "DenseDeviance",
+    "GeneStatistics",
     "LMMFit",
     "NewtonOptions",
     "ProfiledDeviance",
+    "VarPartResult",
     "choose_engine",
+    "fit",
     "fit_lmm",
+    "fit_stats",
     "minimise_batch",
+    "response_stats",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "factor_design",
     "factorise",
     "fixed_effects",
+    "fixed_factors",
     "solve_gene",
     "workspace",
 ]
@@ -393,3 +394,26 @@ def evaluate_batch(gammas, ZtY, XtY, ss, mode, dz):
         elif mode == ESTIMATES:
             fixed_effects(dz, w, beta[g])
     return dev, r2, grad, hess, beta
+
+
+@nb.njit(cache=True, nogil=True)
+def fixed_factors(gammas, dz):
+    """Lower Cholesky factor of ``X'V^-1 X`` (unit residual variance) at each row
+    of ``gammas``: the trailing ``p x p`` block of the factor of :func:`factor_design`
+    (lme4's ``R_X'``). NaN where ``gammas`` is not finite or the system not positive
+    definite."""
+    G, k = gammas.shape
+    p = dz.p
+    q2 = dz.rest_factor.shape[0]
+    w = workspace(dz, k)
+    out = np.full((G, p, p), np.nan)
+    for g in range(G):
+        if not np.all(np.isfinite(gammas[g])):
+            continue
+        logdet_v, _ = factor_design(gammas[g], dz, w)
+        if not np.isfinite(logdet_v):
+            continue
+        for i in range(p):
+            for j in range(p):
+                out[g, i, j] = w.L[q2 + i, q2 + j] if j <= i else 0.0
+    return out

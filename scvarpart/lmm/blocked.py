@@ -166,6 +166,17 @@ class BlockedDeviance(ProfiledDeviance):
             beta[i] = sol[self.q2 :]
         return dev, sigma2, beta
 
+    def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``
+        (``G x p x p``; NaN rows where it does not exist): the trailing block of
+        the factor of the Schur complement."""
+        out = np.full((len(gamma), self.p, self.p), np.nan)
+        for i, g in enumerate(gamma):
+            fac = self._factor(g) if np.isfinite(g).all() else None
+            if fac is not None:
+                out[i] = fac.L[self.q2 :, self.q2 :]
+        return out
+
     # -- derivatives ---------------------------------------------------------------
 
     def _traces(self, fac: _Factor) -> np.ndarray:

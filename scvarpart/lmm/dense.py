@@ -55,7 +55,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..suffstats import DesignGram, ResponseStats
-from ._dense_kernel import DERIVATIVES, DEVIANCE, ESTIMATES, DenseDesign, evaluate_batch
+from ._dense_kernel import (
+    DERIVATIVES,
+    DEVIANCE,
+    ESTIMATES,
+    DenseDesign,
+    evaluate_batch,
+    fixed_factors,
+)
 from .grid import grid_size, variance_grid
 from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
@@ -140,6 +147,11 @@ class DenseDeviance(ProfiledDeviance):
         """Deviance, residual variance ``sigma^2`` and fixed effects (centred X)."""
         dev, r2, _, _, beta = self._run(gamma, stats, ESTIMATES)
         return dev, r2 / self.nu, beta
+
+    def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``
+        (``G x p x p``; NaN rows where it does not exist)."""
+        return fixed_factors(np.ascontiguousarray(gamma, dtype=np.float64), self.design)
 
     def minimise(self, gamma0: np.ndarray, stats: ResponseStats):
         """Minimise every gene's objective from ``gamma0`` (projected Newton).

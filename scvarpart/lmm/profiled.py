@@ -12,6 +12,8 @@ The engines differ only in how they factorise the penalised system to get these.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from ..suffstats import DesignGram
@@ -21,7 +23,7 @@ __all__ = ["ProfiledDeviance"]
 _LOG_2PI = np.log(2 * np.pi)
 
 
-class ProfiledDeviance:
+class ProfiledDeviance(ABC):
     """Base of the deviance engines.
 
     Parameters
@@ -47,6 +49,24 @@ class ProfiledDeviance:
     def n_params(self) -> int:
         """Number of variance ratios (one per grouping factor)."""
         return self.k
+
+    @abstractmethod
+    def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor ``L`` of ``X'V^-1 X`` (``V = I + Z Gamma Z'``, the
+        covariance over ``sigma^2``) at each row of ``gamma``, ``G x p x p``: a
+        by-product of each engine's own factorisation."""
+
+    def fixed_covariance(self, gamma: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+        """Covariance of the fixed effects (centred X) given the variances,
+        ``sigma^2 (X'V^-1 X)^-1``, as lme4's ``vcov``: ``G x p x p``, NaN for genes
+        without a factor."""
+        L = self.fixed_factor(gamma)
+        cov = np.full_like(L, np.nan)
+        ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(sigma2)
+        if ok.any():
+            inv = np.linalg.inv(L[ok])  # triangular and p x p: tiny, batched
+            cov[ok] = np.einsum("gji,gjk->gik", inv, inv) * sigma2[ok, None, None]
+        return cov
 
     def criterion(self, logdet_v, logdet_x, r2):
         """The objective from its parts; ``logdet_x`` is ignored for ML. NaN where

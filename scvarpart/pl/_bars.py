@@ -10,7 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from ..get import batch_dominated
-from ._common import component_colors, components_of, finish, get_results
+from ._common import component_colors, finish, get_results
 
 __all__ = ["percent_bars"]
 
@@ -65,12 +65,12 @@ def percent_bars(
     The Axes, when ``show`` is false.
     """
     res = get_results(adata, key)
-    comps = components_of(res)
-    colors = component_colors(comps)
+    comps = res.component_order()  # sortCols: the bars stack in this order
+    colors = component_colors(res.components)
     title = None
     if genes is None:
         if sort_by is None:
-            sort_by = "batch_dominated" if "rho" in res.per_gene else comps[0]
+            sort_by = "batch_dominated" if "rho" in res.per_gene else res.components[0]
         if sort_by in ("batch_dominated", "rho"):
             ranked = batch_dominated(adata, key=key, n_top=n_top, min_rho=min_rho).index
             title = f"top {len(ranked)} batch-dominated genes (rho >= {min_rho:g}, by batch %)"

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..get._results import check_var_names, result_keys
+from ..get._results import check_var_names
+from ..varpart import VarPartResult
 
 __all__ = [
     "RESIDUAL_COLOR",
-    "Results",
     "axes_or_none",
     "component_colors",
     "finish",
@@ -31,37 +29,16 @@ RESIDUAL_COLOR = "#c8c8c8"
 _EXTENSIONS = (".svg", ".pdf", ".png")
 
 
-class Results(NamedTuple):
-    fractions: pd.DataFrame
-    variance: pd.DataFrame
-    per_gene: pd.DataFrame
-    uns: dict
-    key: str
-
-
-def get_results(adata: AnnData, key: str) -> Results:
+def get_results(adata: AnnData, key: str) -> VarPartResult:
     """The stored results of :func:`scvarpart.tl.variance_partition` under ``key``."""
-    if key not in adata.varm or key not in adata.uns:
-        raise KeyError(
-            f"No variance partition under key {key!r}: run svp.tl.variance_partition(adata, "
-            f"..., key_added={key!r}) first."
-        )
     check_var_names(adata.var_names)
-    # only the columns the fit wrote: a user's "varpart_notes" is not a result
-    per_gene = adata.var[result_keys(adata, key)["var"]]
-    per_gene = per_gene.rename(columns=lambda c: c[len(key) + 1 :])
-    return Results(
-        fractions=adata.varm[key],
-        variance=adata.varm[f"{key}_variance"],
-        per_gene=per_gene,
-        uns=adata.uns[key],
-        key=key,
-    )
+    return VarPartResult.read(adata, key)
 
 
 def component_colors(components) -> dict[str, str]:
     """One colour per component, the same in every plot: scanpy's categorical
-    palettes in the components' order, light grey for the residual."""
+    palettes in the model's order of the components (not the order they are drawn
+    in, which depends on the data), light grey for the residual."""
     from scanpy.plotting import palettes
 
     names = [str(c) for c in components if str(c) != "Residual"]
@@ -69,10 +46,6 @@ def component_colors(components) -> dict[str, str]:
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     colors["Residual"] = RESIDUAL_COLOR
     return colors
-
-
-def components_of(results: Results) -> list[str]:
-    return [str(c) for c in results.uns["components"]]
 
 
 def axes_or_none(ax, n: int, what: str, panels: str) -> list[Axes] | None:

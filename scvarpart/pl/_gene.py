@@ -12,7 +12,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from ..design import Design
-from ._common import Results, axes_or_none, component_colors, components_of, finish, get_results
+from ..varpart import VarPartResult
+from ._common import axes_or_none, component_colors, finish, get_results
 from ._fitted import fitted_design, gene_values
 from ._partial import partial_residuals
 
@@ -26,7 +27,7 @@ _VIEWS = {
 
 
 def _panel_values(
-    res: Results, dz: Design, y: np.ndarray, gene: str, adjusted: bool
+    res: VarPartResult, dz: Design, y: np.ndarray, gene: str, adjusted: bool
 ) -> dict[str, np.ndarray]:
     """The values drawn in each term's panel: partial residuals, or ``y`` itself."""
     terms = [f.name for f in dz.factors] + list(dz.fixed_terms)
@@ -34,7 +35,7 @@ def _panel_values(
         return dict.fromkeys(terms, y)
     variances = res.variance.loc[gene]
     if variances.isna().any():
-        reason = res.uns["errors"]["reason"].get(gene, "no estimates")
+        reason = res.errors["reason"].get(gene, "no estimates")
         raise ValueError(
             f"{gene!r} has no variance estimates ({reason}), so its other terms' effects "
             "cannot be removed; draw the raw expression with adjusted=False."
@@ -156,7 +157,7 @@ def gene(
     res = get_results(adata, key)
     if gene not in adata.var_names:
         raise KeyError(f"{gene!r} is not in adata.var_names.")
-    params = res.uns["params"]
+    params = res.params
     if layer is None and use_raw is None:
         layer, use_raw = params.get("layer"), bool(params.get("use_raw", False))
     with warnings.catch_warnings():  # the fit warned about the design already
@@ -176,7 +177,7 @@ def gene(
             extra.set_visible(False)
         axes = list(grid.ravel()[: len(terms)])
     frac = res.fractions.loc[gene]
-    colors = component_colors(components_of(res))
+    colors = component_colors(res.components)
     obs = adata.obs.loc[dz.keep]
     sample = np.linspace(0, len(y) - 1, min(len(y), _MAX_POINTS)).astype(int)
     rng = np.random.default_rng(0)

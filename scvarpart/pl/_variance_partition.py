@@ -9,7 +9,8 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from ._common import component_colors, components_of, finish, get_results
+from ..varpart import component_order
+from ._common import component_colors, finish, get_results
 
 __all__ = ["variance_partition"]
 
@@ -54,15 +55,15 @@ def variance_partition(
     The Axes, when ``show`` is false.
     """
     res = get_results(adata, key)
-    colors = component_colors(components_of(res))
+    colors = component_colors(res.components)
     fractions = res.fractions if genes is None else res.fractions.loc[list(genes)]
     fractions = fractions.dropna() * 100
     comps = list(fractions.columns if components is None else components)
     unknown = [c for c in comps if c not in fractions.columns]
     if unknown:
         raise KeyError(f"{unknown} are not components; they are {list(fractions.columns)}.")
-    order = sorted((c for c in comps if c != "Residual"), key=lambda c: -fractions[c].median())
-    order += [c for c in comps if c == "Residual"]
+    # variancePartition's sortCols over the genes shown
+    order = component_order(fractions[comps])
     if ax is None:
         longest = max((len(c) for c in order), default=1)
         _, ax = plt.subplots(

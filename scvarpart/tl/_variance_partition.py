@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal, NamedTuple
 
@@ -12,18 +13,16 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .. import lmm
 from .._warn import warn
 from ..design import Design, build_design, parse_formula
-from ..get._results import check_var_names, result_keys
-from ..lmm import choose_engine, fit_lmm
+from ..get._results import check_var_names
 from ..storage.matrix import is_dask_array, storage_format
 from ..storage.select import select_expression
-from ..suffstats import design_gram, response_stats
-from ..suffstats.gram import centred_fixed, indicator_matrix
-from ..varpart import RESIDUAL, component_variances, fractions, rho
+from ..varpart import VarPartResult, check_roles
 from ._progress import progress_bar
 
-__all__ = ["check_options", "summarize", "variance_partition", "write_results"]
+__all__ = ["check_options", "variance_partition", "write_results"]
 
 _VERSIONED = ("scvarpart", "anndata", "numpy", "scipy", "pandas", "joblib", "scanpy")
 # Rows (or, for a column-compressed matrix, genes) inspected to recognise raw counts.
@@ -56,25 +55,6 @@ def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
     if not all(isinstance(v, str) for v in out):
         raise TypeError(f"{what} must be a component name or a list of names, got {value!r}.")
     return out
-
-
-def _check_components(batch, signal, components: list[str]) -> None:
-    terms = [c for c in components if c != RESIDUAL]
-    for what, names in (("batch", batch), ("signal", signal)):
-        if names is None:
-            continue
-        if not names:
-            raise ValueError(f"{what}= is empty; give at least one model term or leave it out.")
-        unknown = [n for n in names if n not in terms]
-        if unknown:
-            raise ValueError(
-                f"{what}={names!r}: {unknown} are not terms of the model. The model's terms "
-                f"are {terms}."
-            )
-    if batch and signal and set(batch) & set(signal):
-        raise ValueError(
-            f"{sorted(set(batch) & set(signal))} are listed in both batch= and signal=."
-        )
 
 
 def _expression(adata: AnnData, layer: str | None, use_raw: bool):
@@ -220,7 +200,7 @@ def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None)
             "response is each gene in turn. Write it as '~ ...'."
         )
     design = build_design(parsed, obs, rows=_cell_filter(obs, cells))
-    _check_components(batch_l, signal_l, design.components)
+    check_roles(batch_l, signal_l, design.components)
     _warn_few_levels(design, method_u)
     return _Prepared(design, method_u, batch_l, signal_l)
 
@@ -239,10 +219,9 @@ def _partition(
     progress: bool | None,
     genes: slice | None = None,
     min_cells: int = 0,
-) -> dict:
-    """The pass over the data, the fits and the result tables (of ``genes``)."""
+) -> VarPartResult:
+    """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`."""
     design = prep.design
-    components = design.components
     if Y.shape != (len(design.keep), len(var_names)):
         raise ValueError(
             f"{source} has shape {Y.shape}; expected {len(design.keep)} observations x "
@@ -250,89 +229,51 @@ def _partition(
         )
     if genes is None:
         _check_values(Y, source, var_names)
-    out_names = var_names if genes is None else var_names[genes]
-
-    gram = design_gram(design)
-    engine = choose_engine(gram)
+    n_genes = len(var_names) if genes is None else len(var_names[genes])
     start = logg.info(
-        f"fitting {design.formula.text!r} ({prep.method}) to {len(out_names)} genes x "
+        f"fitting {design.formula.text!r} ({prep.method}) to {n_genes} genes x "
         f"{design.n_obs} cells"
     )
-    Xc, _ = centred_fixed(design)
     with progress_bar("reading data", progress) as bar:
-        stats = response_stats(
+        stats = lmm.response_stats(
             Y,
-            indicator_matrix(design),
-            Xc,
-            rows=design.keep,
+            design,
+            var_names=var_names,
             genes=genes,
-            chunk_rows=chunk_size,
+            chunk_size=chunk_size,
             n_jobs=n_jobs,
             progress=bar,
         )
-    _raise_nonfinite(np.flatnonzero(stats.nonfinite()), source, out_names)
+    _raise_nonfinite(np.flatnonzero(stats.response.nonfinite()), source, stats.genes)
     logg.debug("    sufficient statistics computed", time=start)
-    rare = stats.n_nonzero < min_cells
-    exclude = np.where(
-        rare,
-        [
-            f"filtered: non-zero in {c} cells, fewer than min_cells={min_cells}"
-            for c in stats.n_nonzero
-        ],
-        "",
-    )
     with progress_bar("fitting genes", progress) as bar:
-        fit = fit_lmm(
-            gram,
+        result = lmm.fit_stats(
             stats,
-            reml=prep.method == "REML",
+            method=prep.method,
+            batch=prep.batch,
+            signal=prep.signal,
+            min_cells=min_cells,
             n_jobs=n_jobs,
             batch_size=batch_size,
-            engine=engine,
-            factor_names=[f.name for f in design.factors],
-            exclude=exclude,
             progress=bar,
         )
-
-    variances = component_variances(
-        fit.variances, fit.sigma2, fit.beta, gram.x_cov, design.fixed_terms
-    )
-    var_df = pd.DataFrame(variances, index=out_names, columns=components)
-    frac_df = pd.DataFrame(fractions(variances), index=out_names, columns=components)
-    ok = fit.error == ""
-    per_gene = pd.DataFrame(index=out_names)
-    if prep.batch and prep.signal:
-        per_gene[f"{key_added}_rho"] = rho(variances, components, prep.batch, prep.signal)
-    per_gene[f"{key_added}_mean"] = stats.mean
-    per_gene[f"{key_added}_singular"] = fit.singular & ok
-    per_gene[f"{key_added}_converged"] = fit.converged
-    per_gene[f"{key_added}_loglik"] = fit.loglik
-
-    errors = pd.DataFrame({"reason": pd.Series(fit.error[~ok], index=out_names[~ok], dtype=str)})
-    errors.index.name = "gene"
-    results = {
-        "fractions": frac_df,
-        "variance": var_df,
-        "var": per_gene,
-        "uns": {
-            "params": {
-                "formula": design.formula.text,
-                "method": prep.method,
-                "batch": prep.batch,
-                "signal": prep.signal,
-                **params,
-                "min_cells": min_cells,
-                "n_obs": design.n_obs,
-                "n_obs_dropped": int((~design.keep).sum()),
-                "engine": engine,
-                "versions": _versions(),
-            },
-            "components": components,
-            "errors": errors,
+    fitted = result.params
+    result = replace(
+        result,
+        params={
+            "formula": fitted["formula"],
+            "method": fitted["method"],
+            "batch": prep.batch,
+            "signal": prep.signal,
+            **params,
+            "min_cells": min_cells,
+            "n_obs": design.n_obs,
+            "n_obs_dropped": int((~design.keep).sum()),
+            "engine": fitted["engine"],
+            "versions": _versions(),
         },
-    }
-    results["uns"]["summary"] = summarize(results, key_added)
-    summary = results["uns"]["summary"]
+    )
+    summary = result.summary
     logg.info(
         f"    finished: {summary['n_genes'] - summary['n_failed']} genes fitted, "
         f"{summary['n_singular']} singular, {summary['n_failed']} without estimates",
@@ -340,68 +281,29 @@ def _partition(
     )
     if summary["n_not_converged"]:
         logg.warning(
-            f"{summary['n_not_converged']} genes did not meet the convergence "
-            f"criterion; see adata.var['{key_added}_converged']."
+            f"{summary['n_not_converged']} genes did not meet the convergence criterion; "
+            f"see adata.var['{key_added}_converged']."
         )
-    return results
+    return result
 
 
-def summarize(results: dict, key_added: str) -> dict:
-    """The ``summary`` of a result: median fraction per component over the fitted
-    genes, and counts of genes, singular fits, non-converged fits and failures."""
-    fractions_ = results["fractions"]
-    per_gene = results["var"]
-    failed = fractions_.index.isin(results["uns"]["errors"].index)
-    fitted = fractions_[~failed]
-    return {
-        "median_fraction": {
-            c: float(np.median(fitted[c])) if len(fitted) else np.nan for c in fractions_.columns
-        },
-        "n_genes": len(fractions_),
-        "n_singular": int(per_gene[f"{key_added}_singular"].sum()),
-        "n_not_converged": int((~per_gene[f"{key_added}_converged"] & ~failed).sum()),
-        "n_failed": int(failed.sum()),
-    }
+def write_results(adata: AnnData, result: VarPartResult, key_added: str) -> None:
+    """Store ``result`` in ``adata`` (see :meth:`VarPartResult.write`), replacing
+    every result of an earlier fit under ``key_added``.
 
-
-def _aligned(results: dict, var_names: pd.Index) -> None:
-    for name in ("fractions", "variance", "var"):
-        if not results[name].index.equals(var_names):
-            raise ValueError(
-                f"The {name} table of the results is not indexed by this object's genes, in "
-                "order: results computed from another object cannot be stored here."
-            )
-
-
-def write_results(adata: AnnData, results: dict, key_added: str) -> None:
-    """Store the tables of :func:`variance_partition` in ``adata``, replacing every
-    result of an earlier fit under ``key_added``.
-
-    The ``var`` columns and ``varm`` keys written are recorded in
-    ``uns[key_added]["result_keys"]``; exactly those of the earlier fit (as it recorded
-    them) are removed, so a refit with another model leaves nothing stale, and a
-    user's column that merely starts with the key is kept. Everything is checked and
-    prepared before ``adata`` is touched. A view is made an actual object first, as
-    anndata would do on the first assignment (without its warning).
+    A view is made an actual object first, as anndata would do on the first
+    assignment (without its warning).
     """
     check_var_names(adata.var_names)
-    _aligned(results, adata.var_names)
-    per_gene = results["var"]
-    written = {"var": list(per_gene.columns), "varm": [key_added, f"{key_added}_variance"]}
-    uns = {**results["uns"], "result_keys": written}
+    if not result.genes.equals(adata.var_names):
+        raise ValueError(
+            "The result is not indexed by this object's genes, in order: results computed "
+            "from another object cannot be stored here."
+        )
     if adata.is_view:
         logg.info("    the view was made an actual AnnData to store the results")
         adata._init_as_actual(adata.copy())
-    stale = result_keys(adata, key_added)
-    # from here on nothing can fail: every value is aligned and complete
-    adata.var.drop(columns=stale["var"], inplace=True)
-    for key in stale["varm"]:
-        del adata.varm[key]
-    adata.varm[key_added] = results["fractions"]
-    adata.varm[f"{key_added}_variance"] = results["variance"]
-    for col in per_gene:
-        adata.var[col] = per_gene[col].to_numpy()
-    adata.uns[key_added] = uns
+    result.write(adata, key_added)
 
 
 def variance_partition(
@@ -422,7 +324,7 @@ def variance_partition(
     progress: bool | None = None,
     copy: bool = False,
     inplace: bool = True,
-) -> AnnData | dict | None:
+) -> AnnData | VarPartResult | None:
     """Partition each gene's variance into biological, technical and residual parts.
 
     Fits, for every gene, the linear mixed model of ``formula`` (lme4 syntax,
@@ -500,6 +402,9 @@ def variance_partition(
     ``adata.var[f"{key_added}_singular"]``, ``..._converged``, ``..._loglik``
         Some variance exactly 0; the optimiser converged; the maximised ML or REML
         log-likelihood (lme4's ``logLik``).
+    ``adata.varm[f"{key_added}_beta"]``, ``adata.varm[f"{key_added}_beta_se"]``
+        Fixed effects, genes x columns of the fixed design (``"(Intercept)"``, ...),
+        and their standard errors (lme4's ``fixef`` and ``sqrt(diag(vcov))``).
     ``adata.uns[key_added]``
         ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
         genes without estimates and why) and ``result_keys`` (the ``var`` columns and
@@ -507,8 +412,12 @@ def variance_partition(
         the keys the earlier fit recorded, so nothing of another model is left; a
         fit that fails leaves the earlier results as they were.
 
-    With ``inplace=False``: a dict with keys ``"fractions"``, ``"variance"`` (the
-    two DataFrames), ``"var"`` (DataFrame of the per-gene columns) and ``"uns"``.
+    All of it is read back with :meth:`scvarpart.varpart.VarPartResult.read`, and as
+    tidy tables with :func:`scvarpart.get.varpart_df`, :func:`scvarpart.get.rho_df`
+    and :func:`scvarpart.get.beta_df`.
+
+    With ``inplace=False``: the :class:`~scvarpart.varpart.VarPartResult` (the same
+    tables, not stored).
 
     Raises
     ------

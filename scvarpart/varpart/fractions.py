@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["RESIDUAL", "component_variances", "fractions", "rho"]
+__all__ = ["RESIDUAL", "check_roles", "component_variances", "fractions", "rho"]
 
 RESIDUAL = "Residual"
 
@@ -92,3 +92,26 @@ def rho(
     out[(den == 0) & (num > 0)] = np.inf
     out[(den == 0) & (num == 0)] = np.nan
     return out
+
+
+def check_roles(
+    batch: Sequence[str] | None, signal: Sequence[str] | None, components: Sequence[str]
+) -> None:
+    """Refuse ``batch``/``signal`` lists that are empty, name no model term, or share
+    a term: ``rho`` is computed from them."""
+    terms = [c for c in components if c != RESIDUAL]
+    for what, names in (("batch", batch), ("signal", signal)):
+        if names is None:
+            continue
+        if not names:
+            raise ValueError(f"{what}= is empty; give at least one model term or leave it out.")
+        unknown = [n for n in names if n not in terms]
+        if unknown:
+            raise ValueError(
+                f"{what}={list(names)!r}: {unknown} are not terms of the model. The model's "
+                f"terms are {terms}."
+            )
+    if batch and signal and set(batch) & set(signal):
+        raise ValueError(
+            f"{sorted(set(batch) & set(signal))} are listed in both batch= and signal=."
+        )

@@ -47,6 +47,9 @@ class LMMFit:
         Residual variance, ``(G,)``.
     beta
         Fixed effects for the columns of the (uncentred) design, ``(G, p)``.
+    beta_cov
+        Their covariance ``sigma^2 (X'V^-1 X)^-1`` given the variances (lme4's
+        ``vcov``), ``(G, p, p)``.
     deviance
         Minimised ML deviance, or REML criterion, as lme4 reports them.
     converged
@@ -72,11 +75,20 @@ class LMMFit:
     error: np.ndarray
     reml: bool
     descents: np.ndarray | None = None
+    beta_cov: np.ndarray | None = None
 
     @property
     def variances(self) -> np.ndarray:
         """Random-effect variances ``sigma_j^2``, ``(G, k)``."""
         return self.gamma * self.sigma2[:, None]
+
+    @property
+    def beta_se(self) -> np.ndarray:
+        """Standard errors of the fixed effects, ``(G, p)`` (lme4's
+        ``sqrt(diag(vcov))``)."""
+        if self.beta_cov is None:
+            return np.full_like(self.beta, np.nan)
+        return np.sqrt(np.diagonal(self.beta_cov, axis1=1, axis2=2))
 
     @property
     def singular(self) -> np.ndarray:
@@ -112,9 +124,10 @@ def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
         else:
             x, dev, sigma2, beta, converged, n_iter = eng.minimise(np.nan_to_num(x0, nan=1), stats)
             descents = np.ones(len(stats), dtype=int)
-    bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
-    x[bad], dev[bad] = np.nan, np.nan
-    return x, sigma2, beta, dev, converged, n_iter, descents
+        bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
+        x[bad], dev[bad] = np.nan, np.nan
+        beta_cov = eng.fixed_covariance(x, sigma2)
+    return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov
 
 
 def _unit_scale(stats: ResponseStats) -> np.ndarray:
@@ -210,23 +223,30 @@ def fit_lmm(
     converged = np.zeros(G, dtype=bool)
     n_iter = np.zeros(G, dtype=int)
     descents = np.zeros(G, dtype=int)
+    beta_cov = np.full((G, p, p), np.nan)
     if results:  # batches are consecutive pieces of `todo`
         parts = [np.concatenate(column) for column in zip(*results, strict=True)]
         gamma[todo], sigma2[todo], beta[todo], deviance[todo] = parts[:4]
-        converged[todo], n_iter[todo], descents[todo] = parts[4:]
+        converged[todo], n_iter[todo], descents[todo], beta_cov[todo] = parts[4:]
     # back to the gene's own units (exact: the units are powers of two)
     sigma2 *= unit**2
     beta *= unit[:, None]
+    beta_cov *= (unit**2)[:, None, None]
     deviance += eng.nu * np.log(unit**2)
 
     failed = np.isin(np.arange(G), todo) & ~np.isfinite(deviance)
     error[failed] = "the likelihood cannot be evaluated at any tried variance ratios"
     bad = error != ""
     gamma[bad], sigma2[bad], beta[bad], deviance[bad] = np.nan, np.nan, np.nan, np.nan
+    beta_cov[bad] = np.nan
     converged[bad] = False
 
-    # back to the uncentred parametrisation: the intercept absorbs the means
+    # back to the uncentred parametrisation: the intercept absorbs the means,
+    # b_0 = b~_0 + mean(y) - x_mean' b, a linear map T of the centred estimates
     beta[:, 0] += stats.mean - np.einsum("gp,p->g", beta[:, 1:], gram.x_mean[1:])
+    T = np.eye(p)
+    T[0, 1:] = -gram.x_mean[1:]
+    beta_cov = np.einsum("ij,gjk,lk->gil", T, beta_cov, T)
     return LMMFit(
         gamma=gamma,
         sigma2=sigma2,
@@ -237,4 +257,5 @@ def fit_lmm(
         error=error,
         reml=reml,
         descents=descents,
+        beta_cov=beta_cov,
     )

@@ -1,0 +1,432 @@
+"""The array-level entry point: one model, fitted to every gene of a matrix.
+
+For people who have their own matrices (or only their cross-products), without
+AnnData::
+
+    stats = svp.lmm.response_stats(Y, design)        # the one pass over Y
+    result = svp.lmm.fit_stats(stats, method="REML")  # every gene, from the statistics
+    result = svp.lmm.fit(design, Y, method="REML")   # both steps at once
+
+``design`` is a :class:`~scvarpart.design.Design` (``build_design(formula, obs)``)
+or a formula with ``obs=``. :meth:`GeneStatistics.from_cross_products` takes
+statistics computed elsewhere (as FLASH-MM's ``lmm(XX, XY, ZX, ZY, ZZ, ...)`` does),
+e.g. summed over the shards of a dataset. Every function here returns the same
+:class:`~scvarpart.varpart.VarPartResult` that ``svp.tl.variance_partition`` stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import suffstats
+from ..design import Design, build_design, parse_formula
+from ..suffstats import DesignGram, ResponseStats, design_gram
+from ..suffstats.gram import centred_fixed, indicator_matrix
+from ..varpart import component_variances, fractions
+from ..varpart.fractions import check_roles
+from ..varpart.result import VarPartResult, assemble
+from .fitting import choose_engine, fit_lmm
+
+__all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
+
+Progress = Callable[[int, int], object] | None
+
+
+@dataclass(frozen=True)
+class GeneStatistics:
+    """Sufficient statistics of a model and a set of genes: all a fit needs.
+
+    Attributes
+    ----------
+    gram
+        Cross-products of the design (``Z'Z``, ``Z'X``, ``X'X``).
+    response
+        Per-gene statistics (``Z'y``, ``X'y``, sums of squares, means).
+    genes
+        The genes' names.
+    factors
+        The grouping factors (random terms), in the order of ``gram``.
+    columns
+        The fixed-effect columns, intercept first.
+    fixed_terms
+        Fixed term -> its columns (indices into ``columns``).
+    formula
+        The model, as written.
+    """
+
+    gram: DesignGram
+    response: ResponseStats
+    genes: pd.Index
+    factors: tuple[str, ...]
+    columns: tuple[str, ...]
+    fixed_terms: Mapping[str, np.ndarray]
+    formula: str = ""
+
+    @property
+    def components(self) -> list[str]:
+        """Variance components: random terms, fixed terms, ``"Residual"``."""
+        return [*self.factors, *self.fixed_terms, "Residual"]
+
+    @classmethod
+    def from_cross_products(
+        cls,
+        *,
+        n_obs: int,
+        factor_sizes: Sequence[int],
+        XtX: np.ndarray,
+        ZtX: np.ndarray,
+        ZtZ,
+        XtY: np.ndarray,
+        ZtY: np.ndarray,
+        yty: np.ndarray,
+        genes: Sequence[str] | None = None,
+        factors: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> GeneStatistics:
+        """Statistics from uncentred cross-products computed elsewhere.
+
+        ``X`` is the fixed-effect design with the intercept as its first column, ``Z``
+        the indicator matrix of the levels, factor by factor (``factor_sizes`` levels
+        each); ``Y`` holds one gene per column. Each fixed column is one term.
+
+        Parameters
+        ----------
+        n_obs
+            Number of observations.
+        factor_sizes
+            Levels of each grouping factor.
+        XtX, ZtX, ZtZ
+            ``X'X`` (``p x p``), ``Z'X`` (``q x p``), ``Z'Z`` (``q x q``, dense or sparse).
+        XtY, ZtY
+            ``X'Y`` and ``Z'Y`` gene by gene: ``G x p`` and ``G x q``.
+        yty
+            ``y'y`` of each gene. Centred internally: for genes whose mean is large
+            against their spread, digits are lost (the one pass of
+            :func:`response_stats` computes centred sums instead).
+        genes, factors, columns
+            Names (default: numbers).
+
+        Returns
+        -------
+        The :class:`GeneStatistics`, to pass to :func:`fit_stats`.
+        """
+        XtX, ZtX = np.asarray(XtX, float), np.asarray(ZtX, float)
+        XtY, ZtY = np.atleast_2d(np.asarray(XtY, float)), np.atleast_2d(np.asarray(ZtY, float))
+        yty = np.atleast_1d(np.asarray(yty, float))
+        ZtZ = sp.csr_matrix(ZtZ, dtype=float)
+        p, q, G = XtX.shape[0], int(sum(factor_sizes)), len(yty)
+        shapes = {"XtX": (p, p), "ZtX": (q, p), "ZtZ": (q, q), "XtY": (G, p), "ZtY": (G, q)}
+        for name, shape in shapes.items():
+            got = locals()[name].shape
+            if got != shape:
+                raise ValueError(f"{name} has shape {got}; expected {shape} (G genes x ...).")
+        counts = ZtZ.diagonal()
+        if not (np.isclose(XtX[0, 0], n_obs) and np.allclose(ZtX[:, 0], counts)):
+            raise ValueError(
+                "The first column of X must be the intercept (all ones): X'X[0, 0] must be "
+                "n_obs and Z'X[:, 0] the level counts (the diagonal of Z'Z)."
+            )
+        m = XtX[0] / n_obs  # column means; the intercept keeps its column
+        m[0] = 0.0
+        ones_x = XtX[:, 0]  # X'1
+        xtx_c = XtX - np.outer(ones_x, m) - np.outer(m, ones_x) + n_obs * np.outer(m, m)
+        mean = XtY[:, 0] / n_obs
+        gram = DesignGram(
+            n_obs=int(n_obs),
+            factor_sizes=tuple(int(s) for s in factor_sizes),
+            ZtZ=ZtZ,
+            ZtX=ZtX - np.outer(counts, m),
+            XtX=xtx_c,
+            x_mean=m,
+        )
+        response = ResponseStats(
+            n_obs=int(n_obs),
+            mean=mean,
+            ss=np.maximum(yty - n_obs * mean**2, 0.0),
+            ZtY=ZtY - mean[:, None] * counts[None, :],
+            XtY=XtY - mean[:, None] * ones_x[None, :],
+            n_nonzero=np.full(G, int(n_obs)),
+        )
+        factors = tuple(factors or (f"factor{j}" for j in range(len(factor_sizes))))
+        columns = tuple(columns or ("(Intercept)", *(f"x{j}" for j in range(1, p))))
+        return cls(
+            gram=gram,
+            response=response,
+            genes=pd.Index(genes if genes is not None else [str(g) for g in range(G)]),
+            factors=factors,
+            columns=columns,
+            fixed_terms={c: np.array([j]) for j, c in enumerate(columns) if j > 0},
+        )
+
+
+def _design(design: Design | str, obs: pd.DataFrame | None) -> Design:
+    if isinstance(design, Design):
+        return design
+    if not isinstance(design, str):
+        raise TypeError(f"design must be a Design or a formula, got {type(design).__name__}.")
+    if obs is None:
+        raise ValueError("A formula needs obs=: the table of the observations' covariates.")
+    parsed = parse_formula(design)
+    if parsed.response is not None:
+        raise ValueError(
+            f"The formula {design!r} has a left-hand side ({parsed.response!r}); the response "
+            "is each gene in turn. Write it as '~ ...'."
+        )
+    return build_design(parsed, obs)
+
+
+def response_stats(
+    Y,
+    design: Design | str,
+    *,
+    obs: pd.DataFrame | None = None,
+    var_names: Sequence[str] | None = None,
+    genes: slice | None = None,
+    chunk_size: int | None = None,
+    n_jobs: int | None = 1,
+    progress: Progress = None,
+) -> GeneStatistics:
+    """The sufficient statistics of every gene of ``Y``, in one pass over it.
+
+    Parameters
+    ----------
+    Y
+        Observations x genes, with the rows of the design's covariate table (rows the
+        design drops are skipped): NumPy, SciPy sparse, a backed dataset or a Dask
+        array. Never densified or modified.
+    design
+        A :class:`~scvarpart.design.Design`, or a formula (lme4 syntax, ``"~ x +
+        (1|g)"``) with ``obs``.
+    obs
+        The observations' covariates, for a formula.
+    var_names
+        The genes' names (default: ``"0"``, ``"1"``, ...).
+    genes
+        Only these columns (a slice); each gene's statistics are the same as in the
+        pass over all genes.
+    chunk_size
+        Rows per block (default about 32 MB of values).
+    n_jobs
+        Threads of the pass.
+    progress
+        Called after each block with its size and the total.
+
+    Returns
+    -------
+    The :class:`GeneStatistics`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcdef"), 300)})
+    >>> Y = rng.normal(size=(300, 4))
+    >>> stats = svp.lmm.response_stats(Y, "~ (1|donor)", obs=obs)
+    >>> stats.components
+    ['donor', 'Residual']
+    """
+    design = _design(design, obs)
+    Xc, _ = centred_fixed(design)
+    n_cols = Y.shape[1]
+    names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
+    if len(names) != n_cols:
+        raise ValueError(f"var_names has {len(names)} names for the {n_cols} columns of Y.")
+    if Y.shape[0] != len(design.keep):
+        raise ValueError(
+            f"Y has {Y.shape[0]} rows; the design has {len(design.keep)} observations."
+        )
+    response = suffstats.response_stats(
+        Y,
+        indicator_matrix(design),
+        Xc,
+        rows=design.keep,
+        genes=genes,
+        chunk_rows=chunk_size,
+        n_jobs=n_jobs,
+        progress=progress,
+    )
+    return GeneStatistics(
+        gram=design_gram(design),
+        response=response,
+        genes=names if genes is None else names[genes],
+        factors=tuple(f.name for f in design.factors),
+        columns=tuple(design.columns),
+        fixed_terms=design.fixed_terms,
+        formula=design.formula.text,
+    )
+
+
+def _check_finite(stats: GeneStatistics) -> None:
+    bad = np.flatnonzero(stats.response.nonfinite())
+    if len(bad):
+        shown = ", ".join(map(repr, stats.genes[bad[:10]]))
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{len(bad)} gene(s) have NaN or infinite values: {shown}{more}. Fix the values "
+            "or leave these genes out."
+        )
+
+
+def fit_stats(
+    stats: GeneStatistics,
+    *,
+    method: Literal["ML", "REML"] = "ML",
+    batch: str | Sequence[str] | None = None,
+    signal: str | Sequence[str] | None = None,
+    min_cells: int = 0,
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+    engine: Literal["auto", "dense", "blocked"] = "auto",
+    progress: Progress = None,
+) -> VarPartResult:
+    """Fit the model to every gene from its sufficient statistics.
+
+    Parameters
+    ----------
+    stats
+        From :func:`response_stats` or :meth:`GeneStatistics.from_cross_products`.
+    method
+        ``"ML"`` or ``"REML"``.
+    batch, signal
+        The technical and the biological components; with both, ``rho`` is reported.
+    min_cells
+        Genes non-zero in fewer observations are not fitted (NaN, with the reason).
+    n_jobs
+        Parallel workers (threads) over batches of genes; results do not depend on it.
+    batch_size
+        Genes per compiled call.
+    engine
+        ``"dense"`` (few levels), ``"blocked"`` (many) or ``"auto"``.
+    progress
+        Called after each batch of genes with its size and the total.
+
+    Returns
+    -------
+    The :class:`~scvarpart.varpart.VarPartResult` of every gene; ``params`` records
+    the formula, method, batch, signal, number of observations and engine.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcdef"), 300)})
+    >>> Y = rng.normal(size=(300, 4))
+    >>> result = svp.lmm.fit_stats(svp.lmm.response_stats(Y, "~ (1|donor)", obs=obs))
+    >>> result.fractions.columns.tolist()
+    ['donor', 'Residual']
+    """
+    method_u = str(method).upper()
+    if method_u not in ("ML", "REML"):
+        raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
+    batch_l = [batch] if isinstance(batch, str) else None if batch is None else list(batch)
+    signal_l = [signal] if isinstance(signal, str) else None if signal is None else list(signal)
+    check_roles(batch_l, signal_l, stats.components)
+    _check_finite(stats)
+    response, gram = stats.response, stats.gram
+    exclude = np.where(
+        response.n_nonzero < min_cells,
+        [
+            f"filtered: non-zero in {c} cells, fewer than min_cells={min_cells}"
+            for c in response.n_nonzero
+        ],
+        "",
+    )
+    engine = choose_engine(gram) if engine == "auto" else engine
+    fit_ = fit_lmm(
+        gram,
+        response,
+        reml=method_u == "REML",
+        n_jobs=n_jobs,
+        batch_size=batch_size,
+        engine=engine,
+        factor_names=list(stats.factors),
+        exclude=exclude,
+        progress=progress,
+    )
+    variances = component_variances(
+        fit_.variances, fit_.sigma2, fit_.beta, gram.x_cov, stats.fixed_terms
+    )
+    ok = fit_.error == ""
+    return assemble(
+        stats.genes,
+        stats.components,
+        variances,
+        fractions(variances),
+        {
+            "mean": response.mean,
+            "singular": fit_.singular & ok,
+            "converged": fit_.converged,
+            "loglik": fit_.loglik,
+        },
+        fit_.error,
+        beta=fit_.beta,
+        beta_se=fit_.beta_se,
+        columns=stats.columns,
+        params={
+            "formula": stats.formula,
+            "method": method_u,
+            "batch": batch_l,
+            "signal": signal_l,
+            "n_obs": stats.gram.n_obs,
+            "engine": engine,
+        },
+    )
+
+
+def fit(
+    design: Design | str,
+    Y,
+    *,
+    obs: pd.DataFrame | None = None,
+    method: Literal["ML", "REML"] = "ML",
+    batch: str | Sequence[str] | None = None,
+    signal: str | Sequence[str] | None = None,
+    var_names: Sequence[str] | None = None,
+    min_cells: int = 0,
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+    chunk_size: int | None = None,
+) -> VarPartResult:
+    """Fit a linear mixed model to every gene (column) of ``Y``.
+
+    :func:`response_stats` then :func:`fit_stats`: see them for the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({
+    ...     "donor": rng.choice(list("abcdef"), 300),
+    ...     "batch": rng.choice(["b1", "b2", "b3"], 300),
+    ...     "umi": rng.normal(size=300),
+    ... })
+    >>> Y = rng.normal(size=(300, 5))
+    >>> result = svp.lmm.fit("~ umi + (1|donor) + (1|batch)", Y, obs=obs, method="REML")
+    >>> result.beta_se.columns.tolist()
+    ['(Intercept)', 'umi']
+    """
+    design = _design(design, obs)
+    check_roles(
+        [batch] if isinstance(batch, str) else batch,
+        [signal] if isinstance(signal, str) else signal,
+        design.components,
+    )
+    stats = response_stats(Y, design, var_names=var_names, chunk_size=chunk_size, n_jobs=n_jobs)
+    return fit_stats(
+        stats,
+        method=method,
+        batch=batch,
+        signal=signal,
+        min_cells=min_cells,
+        n_jobs=n_jobs,
+        batch_size=batch_size,
+    )

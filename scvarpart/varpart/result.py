@@ -1,0 +1,487 @@
+"""The result of a variance partition: its tables, and where they are stored.
+
+:class:`VarPartResult` is the one home of everything a fit reports per gene. It
+owns the layout of the results in an AnnData object (which ``var`` columns,
+``varm`` tables and ``uns`` entries exist under a key, with which dtypes), how they
+are written, read back and combined, and the tables derived from them
+(:meth:`VarPartResult.long`, :meth:`VarPartResult.rho_table`). ``svp.tl`` writes
+through it, ``svp.pl``, ``svp.get`` and the command line read through it: adding
+an output is a change in this module only.
+
+Layout under ``key`` (e.g. ``"varpart"``)::
+
+    varm[key]                  fractions, genes x components (rows sum to 1)
+    varm[f"{key}_variance"]    variances, genes x components
+    varm[f"{key}_beta"]        fixed effects, genes x columns of X
+    varm[f"{key}_beta_se"]     their standard errors
+    var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
+                               singular, converged, loglik
+    uns[key]                   params, components, summary, errors, result_keys
+
+``uns[key]["result_keys"]`` records exactly the ``var`` columns and ``varm`` keys
+written, so a user's column that merely starts with the key is never taken for a
+result, and a refit removes exactly what the earlier fit wrote. Only the duck-typed
+``var``/``varm``/``uns`` of an AnnData are used: this module does not import anndata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .fractions import RESIDUAL, rho
+from .ranking import batch_dominated
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["PER_GENE_FIELDS", "VarPartResult", "component_order", "stored_keys"]
+
+# The per-gene fields in the order they are stored (rho only with batch and signal),
+# with their dtypes: a result read back from a file has exactly these.
+PER_GENE_FIELDS: dict[str, type] = {
+    "rho": np.float64,
+    "mean": np.float64,
+    "singular": np.bool_,
+    "converged": np.bool_,
+    "loglik": np.float64,
+}
+# varm tables: attribute of the result -> suffix of the key ("" for the key itself)
+_TABLES = {"fractions": "", "variance": "_variance", "beta": "_beta", "beta_se": "_beta_se"}
+# What results stored before uns[key]["result_keys"] existed occupy.
+_LEGACY_VAR = ("rho", "mean", "singular", "converged", "loglik")
+_LEGACY_VARM = ("", "_variance")
+# The params that define an analysis: results to combine must agree on them.
+_ANALYSIS = ("formula", "method", "batch", "signal")
+
+
+def _names(value: Any) -> list[str]:
+    """A list of names as stored in uns (None, a list, or an array after reading)."""
+    return [] if value is None else [str(v) for v in np.atleast_1d(value)]
+
+
+def component_order(fractions: pd.DataFrame) -> list[str]:
+    """Components by decreasing median fraction over the genes, the residual last.
+
+    variancePartition's ``sortCols``: every plot shows the components in this order.
+    Ties (and components without any estimate) keep the model's order.
+    """
+    terms = [c for c in fractions.columns if c != RESIDUAL]
+    medians = fractions[terms].median(skipna=True).fillna(-np.inf)
+    order = sorted(range(len(terms)), key=lambda i: (-medians.iloc[i], i))
+    tail = [RESIDUAL] if RESIDUAL in fractions.columns else []
+    return [terms[i] for i in order] + tail
+
+
+def stored_keys(adata: AnnData, key: str) -> dict[str, list[str]]:
+    """The ``var`` columns and ``varm`` keys the results under ``key`` occupy.
+
+    From ``uns[key]["result_keys"]``; for results stored before that record
+    existed, the fixed set of keys the fit wrote then. Nothing for a ``uns[key]``
+    that is not a variance partition.
+    """
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "params" not in entry:
+        return {"var": [], "varm": []}
+    recorded = entry.get("result_keys")
+    if isinstance(recorded, Mapping):
+        var, varm = _names(recorded.get("var")), _names(recorded.get("varm"))
+    else:
+        var = [f"{key}_{s}" for s in _LEGACY_VAR]
+        varm = [f"{key}{s}" for s in _LEGACY_VARM]
+    return {
+        "var": [c for c in var if c in adata.var.columns],
+        "varm": [k for k in varm if k in adata.varm],
+    }
+
+
+@dataclass(frozen=True)
+class VarPartResult:
+    """Per-gene variance partition: fractions, variances, fixed effects and flags.
+
+    Returned by :func:`scvarpart.lmm.fit` and by :func:`scvarpart.tl.variance_partition`
+    with ``inplace=False``; read from an AnnData with :meth:`read`.
+
+    Attributes
+    ----------
+    fractions
+        Genes x components: the share of each component in the gene's variance
+        (random terms as written, fixed terms by name, ``"Residual"``); rows sum to 1.
+    variance
+        The same table with variances.
+    per_gene
+        Genes x fields of :data:`PER_GENE_FIELDS`: ``rho`` (batch-to-signal ratio,
+        when ``batch`` and ``signal`` were given), ``mean``, ``singular`` (some
+        variance exactly 0), ``converged`` (the global optimum was found and met the
+        convergence criterion), ``loglik`` (maximised ML or REML log-likelihood).
+    params
+        The analysis: ``formula``, ``method``, ``batch``, ``signal``, and whatever the
+        caller records (input, versions, engine).
+    errors
+        One row per gene without estimates (index ``gene``), column ``reason``.
+    beta
+        Genes x columns of the fixed-effect design (``"(Intercept)"``, ...): the
+        estimates. ``None`` for results stored before they were kept.
+    beta_se
+        Their standard errors, ``sqrt(diag(vcov))`` as lme4 reports them.
+    """
+
+    fractions: pd.DataFrame
+    variance: pd.DataFrame
+    per_gene: pd.DataFrame
+    params: dict = field(default_factory=dict)
+    errors: pd.DataFrame = field(default_factory=lambda: _errors(pd.Series(dtype=str)))
+    beta: pd.DataFrame | None = None
+    beta_se: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        genes = self.fractions.index
+        for name in ("variance", "per_gene", "beta", "beta_se"):
+            table = getattr(self, name)
+            if table is not None and not table.index.equals(genes):
+                raise ValueError(
+                    f"The {name} table is not indexed by the genes of the fractions, in order."
+                )
+        if not self.variance.columns.equals(self.fractions.columns):
+            raise ValueError("The variance and fractions tables have different components.")
+
+    # -- what it holds ---------------------------------------------------------------
+
+    @property
+    def genes(self) -> pd.Index:
+        """The genes, in order."""
+        return self.fractions.index
+
+    @property
+    def components(self) -> list[str]:
+        """The components in the model's order: random terms, fixed terms, residual."""
+        return [str(c) for c in self.fractions.columns]
+
+    @property
+    def batch(self) -> list[str]:
+        """The technical components (``batch=`` of the fit)."""
+        return _names(self.params.get("batch"))
+
+    @property
+    def signal(self) -> list[str]:
+        """The biological components (``signal=`` of the fit)."""
+        return _names(self.params.get("signal"))
+
+    @property
+    def failed(self) -> np.ndarray:
+        """Mask of the genes without estimates."""
+        return self.genes.isin(self.errors.index)
+
+    @property
+    def summary(self) -> dict:
+        """Median fraction per component over the fitted genes, and the numbers of
+        genes, singular fits, non-converged fits and genes without estimates."""
+        failed = self.failed
+        fitted = self.fractions[~failed]
+        return {
+            "median_fraction": {
+                c: float(np.median(fitted[c])) if len(fitted) else np.nan
+                for c in self.fractions.columns
+            },
+            "n_genes": len(self.genes),
+            "n_singular": int(self.per_gene["singular"].sum()),
+            "n_not_converged": int((~self.per_gene["converged"] & ~failed).sum()),
+            "n_failed": int(failed.sum()),
+        }
+
+    def component_order(self) -> list[str]:
+        """Components by decreasing median fraction, the residual last (``sortCols``)."""
+        return component_order(self.fractions)
+
+    def subset(self, genes: Sequence[str]) -> VarPartResult:
+        """The result of ``genes`` only, in that order."""
+        index = self._genes(genes)
+
+        def rows(table: pd.DataFrame | None) -> pd.DataFrame | None:
+            return None if table is None else table.loc[index]
+
+        return replace(
+            self,
+            fractions=rows(self.fractions),
+            variance=rows(self.variance),
+            per_gene=rows(self.per_gene),
+            errors=self.errors[self.errors.index.isin(index)],
+            beta=rows(self.beta),
+            beta_se=rows(self.beta_se),
+        )
+
+    def with_params(self, **params: Any) -> VarPartResult:
+        """The same result with ``params`` added to its record of the analysis."""
+        return replace(self, params={**self.params, **params})
+
+    # -- derived tables --------------------------------------------------------------
+
+    def _genes(self, genes: Sequence[str] | None) -> pd.Index:
+        if genes is None:
+            return self.genes
+        genes = pd.Index([genes] if isinstance(genes, str) else list(genes))
+        missing = genes.difference(self.genes)
+        if len(missing):
+            raise KeyError(f"{len(missing)} gene(s) are not in the result: {list(missing[:5])}.")
+        return genes
+
+    def _sorted(self, genes: pd.Index, sort_by: str | None, table: pd.DataFrame) -> pd.Index:
+        if sort_by is None:
+            return genes
+        if sort_by not in table.columns:
+            raise KeyError(f"sort_by={sort_by!r} is not one of {[str(c) for c in table.columns]}.")
+        values = table.loc[genes, sort_by]
+        return values.sort_values(ascending=False, na_position="last", kind="stable").index
+
+    def long(self, genes: Sequence[str] | None = None, sort_by: str | None = None) -> pd.DataFrame:
+        """Tidy table: one row per gene and component (see :func:`scvarpart.get.varpart_df`)."""
+        genes = self._sorted(self._genes(genes), sort_by, self.fractions)
+        comps = self.component_order()
+        frac = self.fractions.loc[genes, comps]
+        var = self.variance.loc[genes, comps]
+        out = pd.DataFrame(
+            {
+                "gene": np.repeat(genes.to_numpy(dtype=object), len(comps)),
+                "component": pd.Categorical(np.tile(comps, len(genes)), categories=comps),
+                "fraction": frac.to_numpy().ravel(),
+                "variance": var.to_numpy().ravel(),
+            }
+        )
+        return out
+
+    def rho_table(
+        self, genes: Sequence[str] | None = None, sort_by: str | None = "rho"
+    ) -> pd.DataFrame:
+        """Per gene: ``rho`` and the batch and signal variances and fractions it is
+        computed from (see :func:`scvarpart.get.rho_df`)."""
+        if "rho" not in self.per_gene:
+            raise KeyError(
+                "This result has no rho: fit with batch= and signal= (the model terms that "
+                "are technical and biological)."
+            )
+        batch, signal = self.batch, self.signal
+        table = pd.DataFrame(
+            {
+                "rho": self.per_gene["rho"],
+                "batch_variance": self.variance[batch].sum(axis=1, min_count=1),
+                "signal_variance": self.variance[signal].sum(axis=1, min_count=1),
+                "batch_fraction": self.fractions[batch].sum(axis=1, min_count=1),
+                "signal_fraction": self.fractions[signal].sum(axis=1, min_count=1),
+                "batch_dominated": False,
+            },
+            index=self.genes,
+        )
+        table.loc[self.batch_dominated().index, "batch_dominated"] = True
+        table.index.name = "gene"
+        return table.loc[self._sorted(self._genes(genes), sort_by, table)]
+
+    def beta_table(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """Tidy fixed effects: one row per gene and coefficient, with ``estimate`` and
+        ``se`` (see :func:`scvarpart.get.beta_df`)."""
+        if self.beta is None or self.beta_se is None:
+            raise KeyError(
+                "This result was stored without fixed effects (by an earlier version of "
+                "scvarpart): fit again to get them."
+            )
+        index = self._genes(genes)
+        columns = [str(c) for c in self.beta.columns]
+        return pd.DataFrame(
+            {
+                "gene": np.repeat(index.to_numpy(dtype=object), len(columns)),
+                "coefficient": pd.Categorical(np.tile(columns, len(index)), categories=columns),
+                "estimate": self.beta.loc[index].to_numpy().ravel(),
+                "se": self.beta_se.loc[index].to_numpy().ravel(),
+            }
+        )
+
+    def batch_dominated(self, *, min_rho: float = 1.0, n_top: int | None = None) -> pd.DataFrame:
+        """The batch-dominated genes, ranked (see :mod:`scvarpart.varpart.ranking`)."""
+        if "rho" not in self.per_gene:
+            raise KeyError("No rho in this result: fit with batch= and signal=.")
+        return batch_dominated(
+            self.fractions,
+            self.per_gene["rho"],
+            self.batch,
+            self.signal,
+            min_rho=min_rho,
+            n_top=n_top,
+        )
+
+    def gene_table(self) -> pd.DataFrame:
+        """Everything per gene in one flat table (the TSV of ``scvarpart report``):
+        fractions, variances, fixed effects and standard errors, fields, error."""
+        parts = [
+            self.fractions.add_prefix("fraction_"),
+            self.variance.add_prefix("variance_"),
+        ]
+        if self.beta is not None and self.beta_se is not None:
+            parts += [self.beta.add_prefix("beta_"), self.beta_se.add_prefix("beta_se_")]
+        table = pd.concat([*parts, self.per_gene], axis=1)
+        table["error"] = self.errors["reason"].reindex(table.index).fillna("")
+        table.index.name = "gene"
+        return table
+
+    # -- storage in an AnnData -------------------------------------------------------
+
+    def layout(self, key: str) -> dict[str, list[str]]:
+        """The ``var`` columns and ``varm`` keys this result occupies under ``key``."""
+        return {
+            "var": [f"{key}_{f}" for f in self.per_gene.columns],
+            "varm": [f"{key}{s}" for n, s in _TABLES.items() if getattr(self, n) is not None],
+        }
+
+    def uns_entry(self, key: str) -> dict:
+        """What is stored in ``uns[key]``."""
+        return {
+            "params": self.params,
+            "components": self.components,
+            "summary": self.summary,
+            "errors": self.errors,
+            "result_keys": self.layout(key),
+        }
+
+    def write(self, adata: AnnData, key: str) -> None:
+        """Store the result in ``adata`` under ``key``, replacing exactly what an
+        earlier fit under ``key`` stored.
+
+        Everything is checked and prepared before ``adata`` is touched; ``adata``
+        must be an actual object (not a view) whose genes are those of the result,
+        in order.
+        """
+        if not adata.var_names.equals(self.genes):
+            raise ValueError(
+                "The result is not indexed by this object's genes, in order: results "
+                "computed from another object cannot be stored here."
+            )
+        uns = self.uns_entry(key)
+        per_gene = {f"{key}_{c}": self.per_gene[c].to_numpy() for c in self.per_gene}
+        tables = {
+            f"{key}{s}": getattr(self, n)
+            for n, s in _TABLES.items()
+            if getattr(self, n) is not None
+        }
+        stale = stored_keys(adata, key)
+        # from here on nothing can fail: every value is aligned and complete
+        adata.var.drop(columns=stale["var"], inplace=True)
+        for name in stale["varm"]:
+            del adata.varm[name]
+        for name, table in tables.items():
+            adata.varm[name] = table
+        for col, values in per_gene.items():
+            adata.var[col] = values
+        adata.uns[key] = uns
+
+    @classmethod
+    def read(cls, adata: AnnData, key: str = "varpart") -> VarPartResult:
+        """The result stored in ``adata`` under ``key`` (also by earlier versions).
+
+        Raises
+        ------
+        KeyError
+            When ``adata`` holds no variance partition under ``key``, naming the keys
+            that do hold one.
+        """
+        keys = stored_keys(adata, key)
+        if key not in keys["varm"]:
+            found = [k for k in adata.uns if stored_keys(adata, k)["varm"]]
+            raise KeyError(
+                f"No variance partition under key {key!r} (results found: {found}): run "
+                f"svp.tl.variance_partition(adata, ..., key_added={key!r}) first."
+            )
+        entry = adata.uns[key]
+        prefix = len(key) + 1
+        per_gene = adata.var[keys["var"]].rename(columns=lambda c: c[prefix:])
+        tables = {
+            n: (pd.DataFrame(adata.varm[f"{key}{s}"]) if f"{key}{s}" in keys["varm"] else None)
+            for n, s in _TABLES.items()
+        }
+        errors = entry.get("errors")
+        errors = _errors(pd.Series(dtype=str)) if errors is None else errors
+        return cls(
+            fractions=tables["fractions"],
+            variance=tables["variance"],
+            per_gene=per_gene,
+            params=dict(entry["params"]),
+            errors=errors,
+            beta=tables["beta"],
+            beta_se=tables["beta_se"],
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[VarPartResult]) -> VarPartResult:
+        """The result of all genes from results of consecutive gene chunks (same
+        analysis: their ``params`` and components must agree)."""
+        if not parts:
+            raise ValueError("No results to combine.")
+        first = parts[0]
+        for part in parts[1:]:
+            same = [str(part.params.get(k)) == str(first.params.get(k)) for k in _ANALYSIS]
+            if part.components != first.components or not all(same):
+                raise ValueError(
+                    "The results come from different analyses (components, formula or "
+                    "method differ); they cannot be combined."
+                )
+
+        def cat(name: str) -> pd.DataFrame | None:
+            tables = [getattr(p, name) for p in parts]
+            return None if any(t is None for t in tables) else pd.concat(tables)
+
+        errors = pd.concat([p.errors for p in parts])
+        errors.index.name = "gene"
+        return cls(
+            fractions=cat("fractions"),
+            variance=cat("variance"),
+            per_gene=cat("per_gene"),
+            params=first.params,
+            errors=errors,
+            beta=cat("beta"),
+            beta_se=cat("beta_se"),
+        )
+
+
+def _errors(reasons: pd.Series) -> pd.DataFrame:
+    """The ``errors`` table: one row per gene without estimates, with the reason."""
+    errors = pd.DataFrame({"reason": reasons.astype(str)})
+    errors.index.name = "gene"
+    return errors
+
+
+def assemble(
+    genes: pd.Index,
+    components: Sequence[str],
+    variances: np.ndarray,
+    fractions_: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    error: np.ndarray,
+    *,
+    beta: np.ndarray | None = None,
+    beta_se: np.ndarray | None = None,
+    columns: Sequence[str] = (),
+    params: Mapping[str, Any] | None = None,
+) -> VarPartResult:
+    """A :class:`VarPartResult` from per-gene arrays (``rho`` is added from the
+    variances when ``params`` names ``batch`` and ``signal``)."""
+    params = dict(params or {})
+    comps = list(components)
+    per_gene = pd.DataFrame(index=genes)
+    batch, signal = _names(params.get("batch")), _names(params.get("signal"))
+    if batch and signal:
+        per_gene["rho"] = rho(variances, comps, batch, signal)
+    for name, values in fields.items():
+        per_gene[name] = np.asarray(values).astype(PER_GENE_FIELDS[name])
+    ok = error == ""
+    return VarPartResult(
+        fractions=pd.DataFrame(fractions_, index=genes, columns=comps),
+        variance=pd.DataFrame(variances, index=genes, columns=comps),
+        per_gene=per_gene[[f for f in PER_GENE_FIELDS if f in per_gene]],
+        params=params,
+        errors=_errors(pd.Series(error[~ok], index=genes[~ok], dtype=object)),
+        beta=None if beta is None else pd.DataFrame(beta, index=genes, columns=list(columns)),
+        beta_se=(
+            None if beta_se is None else pd.DataFrame(beta_se, index=genes, columns=list(columns))
+        ),
+    )
