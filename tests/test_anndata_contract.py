@@ -584,9 +584,7 @@ def test_view_of_cells(base):
     assert v.is_view  # not modified
     c = base[cells].copy()
     vp(c)
-    pd.testing.assert_frame_equal(
-        res.variance, c.varm["varpart_variance"], rtol=1e-12, atol=1e-15
-    )
+    pd.testing.assert_frame_equal(res.variance, c.varm["varpart_variance"], rtol=1e-12, atol=1e-15)
     assert res.params["n_obs"] == 400
 
 

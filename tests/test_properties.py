@@ -139,6 +139,4 @@ def test_block_size_of_the_pass_changes_results_only_by_rounding():
             **kw,
         )
         pd.testing.assert_frame_equal(out.fractions, ref.fractions, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(
-            out.per_gene["rho"], ref.per_gene["rho"], rtol=1e-9, atol=1e-12
-        )
+        np.testing.assert_allclose(out.per_gene["rho"], ref.per_gene["rho"], rtol=1e-9, atol=1e-12)

@@ -91,6 +91,4 @@ def test_estimates_track_the_simulated_truth(adata):
     assert np.corrcoef(res.variance["patient"], truth["var_patient"])[0, 1] > 0.8
     np.testing.assert_allclose(res.variance["Residual"], truth["var_Residuals"], rtol=0.1)
     slope = truth["beta_log_umi"] != 0
-    assert (
-        res.fractions.loc[slope, "log_umi"] > res.fractions.loc[~slope, "log_umi"].max()
-    ).all()
+    assert (res.fractions.loc[slope, "log_umi"] > res.fractions.loc[~slope, "log_umi"].max()).all()

@@ -10,7 +10,7 @@ from .._io import OutputExistsError, atomic_output, check_input, check_output, r
 from ._common import EXIT_CODES, CLIError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 __all__ = ["add_parsers"]
 

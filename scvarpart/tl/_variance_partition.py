@@ -231,8 +231,7 @@ def _partition(
         _check_values(Y, source, var_names)
     n_genes = len(var_names) if genes is None else len(var_names[genes])
     start = logg.info(
-        f"fitting {design.formula.text!r} ({prep.method}) to {n_genes} genes x "
-        f"{design.n_obs} cells"
+        f"fitting {design.formula.text!r} ({prep.method}) to {n_genes} genes x {design.n_obs} cells"
     )
     with progress_bar("reading data", progress) as bar:
         stats = lmm.response_stats(
