@@ -25,8 +25,9 @@ block is a value too, so the shift bound holds there as well.
 
 Design: ``codes`` (``n x K``, K a multiple of 4) holds each observation's level of
 each grouping factor, offset into the stacked levels, padded with the sink level
-``q``; ``x`` (``n x P``, P a multiple of 2) the centred fixed-effect columns, padded
-with zeros. Four factors and two columns are updated in the loop over a row's
+``q``; ``x`` (``n x P``, P at least 1) the fixed-effect columns that are not constant
+(the intercept's products are known without reading anything), a zero column if
+there are none. Four factors and two columns are updated in the loop over a row's
 values; further ones in further sweeps over the same values, still in cache.
 
 Every gene's accumulators see its values in row order, whatever other genes the
@@ -58,7 +59,7 @@ def _accumulators(n_levels, n_columns, n_genes):
     return m, zeros, shift, s1, s2, zy, xy
 
 
-# one loop with its unrolled groups (complexity 14): splitting it would cost a call per row
+# one loop with its unrolled groups (complexity above 12): splitting it would cost a call per row
 @nb.njit(cache=True, nogil=True)
 def csr_block(indptr, indices, data, start, stop, row_of, codes, x, n_levels, col_of, n_genes):
     """Rows ``start:stop`` of a CSR matrix (its three arrays, used in place).
@@ -70,6 +71,7 @@ def csr_block(indptr, indices, data, start, stop, row_of, codes, x, n_levels, co
     """
     m, zeros, shift, s1, s2, zy, xy = _accumulators(n_levels, x.shape[1], n_genes)
     mapped = col_of.shape[0] > 0
+    wide = x.shape[1] > 1
     n_kept = 0
     for r in range(start, stop):
         i = row_of[r - start]
@@ -78,7 +80,7 @@ def csr_block(indptr, indices, data, start, stop, row_of, codes, x, n_levels, co
         n_kept += 1
         a, b = indptr[r], indptr[r + 1]
         l0, l1, l2, l3 = codes[i, 0], codes[i, 1], codes[i, 2], codes[i, 3]
-        x0, x1 = x[i, 0], x[i, 1]
+        x0, x1 = x[i, 0], x[i, 1] if wide else 0.0
         for t in range(a, b):
             j = indices[t]
             if mapped:
@@ -99,7 +101,8 @@ def csr_block(indptr, indices, data, start, stop, row_of, codes, x, n_levels, co
             zy[l2, j] += y
             zy[l3, j] += y
             xy[0, j] += x0 * y
-            xy[1, j] += x1 * y
+            if wide:
+                xy[1, j] += x1 * y
         for g in range(GROUP_FACTORS, codes.shape[1], GROUP_FACTORS):
             l0, l1, l2, l3 = codes[i, g], codes[i, g + 1], codes[i, g + 2], codes[i, g + 3]
             for t in range(a, b):
@@ -110,14 +113,12 @@ def csr_block(indptr, indices, data, start, stop, row_of, codes, x, n_levels, co
                     zy[l1, j] += y
                     zy[l2, j] += y
                     zy[l3, j] += y
-        for k in range(GROUP_COLUMNS, x.shape[1], GROUP_COLUMNS):
-            x0, x1 = x[i, k], x[i, k + 1]
+        for k in range(GROUP_COLUMNS, x.shape[1]):
+            xk = x[i, k]
             for t in range(a, b):
                 j = col_of[indices[t]] if mapped else indices[t]
                 if j >= 0:
-                    y = np.float64(data[t])
-                    xy[k, j] += x0 * y
-                    xy[k + 1, j] += x1 * y
+                    xy[k, j] += xk * np.float64(data[t])
     return n_kept, m, zeros, shift, s1, s2, zy, xy
 
 
@@ -166,6 +167,7 @@ def _dense_rows(Y, start, stop, row_of, codes, x, n_levels, cols):
     mapped = cols.shape[0] > 0
     G = cols.shape[0] if mapped else Y.shape[1]
     m, zeros, shift, s1, s2, zy, xy = _accumulators(n_levels, x.shape[1], G)
+    wide = x.shape[1] > 1
     n_kept = 0
     for r in range(start, stop):
         i = row_of[r - start]
@@ -176,7 +178,7 @@ def _dense_rows(Y, start, stop, row_of, codes, x, n_levels, cols):
                 shift[jj] = np.float64(Y[r, cols[jj] if mapped else jj])
         n_kept += 1
         l0, l1, l2, l3 = codes[i, 0], codes[i, 1], codes[i, 2], codes[i, 3]
-        x0, x1 = x[i, 0], x[i, 1]
+        x0, x1 = x[i, 0], x[i, 1] if wide else 0.0
         for jj in range(G):
             y = np.float64(Y[r, cols[jj] if mapped else jj])
             if y == 0:
@@ -189,7 +191,8 @@ def _dense_rows(Y, start, stop, row_of, codes, x, n_levels, cols):
             zy[l2, jj] += d
             zy[l3, jj] += d
             xy[0, jj] += x0 * d
-            xy[1, jj] += x1 * d
+            if wide:
+                xy[1, jj] += x1 * d
         for g in range(GROUP_FACTORS, codes.shape[1], GROUP_FACTORS):
             l0, l1, l2, l3 = codes[i, g], codes[i, g + 1], codes[i, g + 2], codes[i, g + 3]
             for jj in range(G):
@@ -198,12 +201,10 @@ def _dense_rows(Y, start, stop, row_of, codes, x, n_levels, cols):
                 zy[l1, jj] += d
                 zy[l2, jj] += d
                 zy[l3, jj] += d
-        for k in range(GROUP_COLUMNS, x.shape[1], GROUP_COLUMNS):
-            x0, x1 = x[i, k], x[i, k + 1]
+        for k in range(GROUP_COLUMNS, x.shape[1]):
+            xk = x[i, k]
             for jj in range(G):
-                d = np.float64(Y[r, cols[jj] if mapped else jj]) - shift[jj]
-                xy[k, jj] += x0 * d
-                xy[k + 1, jj] += x1 * d
+                xy[k, jj] += xk * (np.float64(Y[r, cols[jj] if mapped else jj]) - shift[jj])
     m[:] = n_kept
     return n_kept, m, zeros, shift, s1, s2, zy, xy
 

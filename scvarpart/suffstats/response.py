@@ -114,9 +114,10 @@ class _Design(NamedTuple):
     """The design as the kernels read it, and which rows and columns of ``Y`` to use."""
 
     codes: np.ndarray  # (n, K) level of each factor, K a multiple of 4, sink-padded
-    x: np.ndarray  # (n, P) centred fixed effects, P a multiple of 2, zero-padded
+    x: np.ndarray  # (n, P >= 1) the columns of X that are not constant, or one of zeros
+    x_cols: np.ndarray  # which columns of X those are
+    X: np.ndarray  # (n, p) the centred fixed effects
     n_levels: int  # q; level q is the padding's sink
-    n_fixed: int  # p
     row_of: np.ndarray  # (rows of Y,) design row of each row, -1 for a row left out
     col_of: np.ndarray  # (columns of Y,) output gene of each column or -1; empty: all
     cols: np.ndarray  # output gene -> column of Y; empty: all columns in order
@@ -124,6 +125,11 @@ class _Design(NamedTuple):
     def rows(self, first: int, count: int) -> np.ndarray:
         """Design rows of the rows ``first:first + count`` of ``Y`` (-1: left out)."""
         return self.row_of[first : first + count]
+
+    @property
+    def n_fixed(self) -> int:
+        """Columns of ``X``."""
+        return self.X.shape[1]
 
 
 def _padded(a: np.ndarray, multiple: int, fill) -> np.ndarray:
@@ -155,7 +161,10 @@ def _design(Z, Xc: np.ndarray, rows: np.ndarray | None, n_in: int, genes, n_cols
     """
     q = Z.shape[1]
     codes = _padded(_level_codes(Z), _kernels.GROUP_FACTORS, q)
-    x = _padded(np.asarray(Xc, dtype=np.float64), _kernels.GROUP_COLUMNS, 0.0)
+    X = np.asarray(Xc, dtype=np.float64)
+    # a constant column (the intercept) has X'(y - mean) = 0: not accumulated
+    x_cols = np.flatnonzero(~np.all(X == X[:1], axis=0)) if len(X) else np.arange(X.shape[1])
+    x = _padded(X[:, x_cols], 1, 0.0)
     if rows is None:
         row_of = np.arange(n_in, dtype=np.intp)
     else:
@@ -163,13 +172,13 @@ def _design(Z, Xc: np.ndarray, rows: np.ndarray | None, n_in: int, genes, n_cols
         row_of[rows] = np.arange(int(rows.sum()))
     empty = np.empty(0, dtype=np.intp)
     if genes is None:
-        return _Design(codes, x, q, Xc.shape[1], row_of, empty, empty), None
+        return _Design(codes, x, x_cols, X, q, row_of, empty, empty), None
     wanted = np.arange(n_cols)[genes]
     cols, inverse = np.unique(wanted, return_inverse=True)
     col_of = np.full(n_cols, -1, dtype=np.intp)
     col_of[cols] = np.arange(len(cols))
     repeated = None if len(cols) == len(wanted) and np.all(cols == wanted) else inverse
-    return _Design(codes, x, q, Xc.shape[1], row_of, col_of, cols.astype(np.intp)), repeated
+    return _Design(codes, x, x_cols, X, q, row_of, col_of, cols.astype(np.intp)), repeated
 
 
 @dataclass
@@ -233,7 +242,7 @@ def _design_sums(design: _Design, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Level counts and fixed-effect column sums over the design rows ``rows``."""
     q = design.n_levels
     counts = np.bincount(design.codes[rows].ravel(), minlength=q + 1)[:q].astype(np.float64)
-    return counts, design.x[rows, : design.n_fixed].sum(axis=0)
+    return counts, design.X[rows].sum(axis=0)
 
 
 def _partial(design: _Design, rows: np.ndarray, out, *, shifted: bool) -> _Partial:
@@ -256,8 +265,10 @@ def _partial(design: _Design, rows: np.ndarray, out, *, shifted: bool) -> _Parti
         # to the block's mean: from its shift (no cancellation), or from 0 (sparse)
         move = offset if shifted else shift + offset
         zy = zy[:q] - counts[:, None] * move[None, :]
-        xy = xy[:p] - xsum[:, None] * move[None, :]
-    return _Partial(n, shift, offset, m2, zy, xy, m - zeros, counts, xsum)
+        xy_all = np.zeros((p, len(m)))
+        cols = design.x_cols
+        xy_all[cols] = xy[: len(cols)] - xsum[cols, None] * move[None, :]
+    return _Partial(n, shift, offset, m2, zy, xy_all, m - zeros, counts, xsum)
 
 
 def _row_block(design: _Design, values, start: int, stop: int, first: int) -> _Partial:
