@@ -162,3 +162,22 @@ def test_progress_bars_follow_scanpy_verbosity(data, monkeypatch, capsys):
         assert "fitting genes" in capsys.readouterr().err
     finally:
         sc.settings.verbosity = before
+
+
+@pytest.mark.parametrize("layer", [None, "dense"])
+def test_blocks_read_from_disk_give_the_bits_of_memory(data, layer):
+    """A file read block by block, a gene chunk of it, any n_jobs: the in-memory bits."""
+    from scvarpart.suffstats.gram import centred_fixed, indicator_matrix
+
+    adata, folder, _ = data
+    design = svp.design.build_design(FORMULA, adata.obs)
+    args = (indicator_matrix(design), centred_fixed(design)[0])
+    backed = ad.read_h5ad(folder / "data.h5ad", backed="r")
+    on_disk = backed.X if layer is None else backed.layers[layer]
+    in_memory = adata.X if layer is None else adata.layers[layer]
+    genes = slice(13, 41)
+    whole = response_stats(in_memory, *args, chunk_rows=200).subset(genes)
+    for n_jobs in (1, 2):
+        part = response_stats(on_disk, *args, chunk_rows=200, genes=genes, n_jobs=n_jobs)
+        for field in ("mean", "ss", "ZtY", "XtY", "n_nonzero"):
+            np.testing.assert_array_equal(getattr(part, field), getattr(whole, field))
