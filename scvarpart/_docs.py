@@ -19,12 +19,17 @@ from typing import TypeVar
 __all__ = [
     "doc_adata",
     "doc_adata_fitted",
+    "doc_adata_rho",
     "doc_batch_signal",
+    "doc_batch_size",
+    "doc_cells",
+    "doc_formula",
     "doc_key",
     "doc_key_added",
     "doc_layer",
     "doc_layer_use_raw_fitted",
     "doc_method",
+    "doc_min_cells",
     "doc_min_rho",
     "doc_n_jobs",
     "doc_params",
@@ -48,6 +53,11 @@ doc_adata_fitted = """\
 adata
     Annotated data with the results of :func:`scvarpart.tl.variance_partition`."""
 
+doc_adata_rho = """\
+adata
+    Annotated data with the results of :func:`scvarpart.tl.variance_partition`,
+    run with ``batch=`` and ``signal=``."""
+
 doc_layer = """\
 layer
     Use ``adata.layers[layer]`` instead of ``adata.X``."""
@@ -60,7 +70,25 @@ doc_layer_use_raw_fitted = """\
 layer, use_raw
     Where the expression values are; by default where the fit read them."""
 
+doc_cells = """\
+cells
+    Model only the cells whose ``obs`` values are among these, per column,
+    e.g. ``{"qc": ["pass"], "tissue": ["blood", "marrow"]}``."""
+
+doc_min_cells = """\
+min_cells
+    Genes non-zero in fewer cells are not fitted (NaN results, with the
+    reason in ``uns[key_added]["errors"]``)."""
+
 # --- the model ------------------------------------------------------------------------
+
+doc_formula = """\
+formula
+    Model in lme4 syntax, e.g. ``"~ log_umi + (1|patient) + (1|chemistry)"``.
+    Random intercepts ``(1|g)``, interactions ``(1|a:b)`` and nesting
+    ``(1|a/b)`` of ``adata.obs`` columns; fixed effects may be continuous or
+    categorical columns, with ``a:b`` and ``a*b`` interactions. An intercept
+    is required."""
 
 doc_method = """\
 method
@@ -97,6 +125,10 @@ n_jobs
     Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
     ``"loky"`` or ``"dask"``. Results do not depend on it."""
 
+doc_batch_size = """\
+batch_size
+    Genes fitted in one compiled call (the unit of parallel work)."""
+
 doc_progress = """\
 progress
     Show progress bars (after two seconds) for the pass and the fits. By
@@ -109,9 +141,10 @@ show
     Show the figure (scanpy's ``settings.autoshow`` by default); with
     ``False`` the Axes are returned.
 save
-    Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
-    ``"_ml.pdf"``), into ``sc.settings.figdir`` as the plot's name followed by
-    the suffix (``variance_partition_ml.pdf``)."""
+    Save the figure as scanpy does: ``True`` or a file name suffix, into
+    ``sc.settings.figdir`` as the plot's name followed by the suffix (with
+    ``save="_ml.pdf"``, :func:`~scvarpart.pl.variance_partition` writes
+    ``variance_partition_ml.pdf``)."""
 
 doc_show_save_ax = f"""\
 ax

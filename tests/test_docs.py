@@ -19,11 +19,23 @@ DOCS = ROOT / "docs"
 def test_api_page_lists_every_exported_name():
     # the build checks this too (docs/conf.py), but a build takes a minute
     listed = set(re.findall(r"^\s*([a-z]+\.\w+)\s*$", (DOCS / "api.md").read_text(), re.M))
+    modules = ("tl", "pl", "get", "varpart", "lmm", "datasets")
+    # a class re-exported by another module (svp.lmm.VarPartResult) is listed once, where
+    # it belongs
+    pages = {
+        id(getattr(importlib.import_module(f"scvarpart.{m}"), n))
+        for m, n in (entry.split(".", 1) for entry in listed)
+        if m in modules
+    }
     missing = [
         f"{module}.{name}"
-        for module in ("tl", "pl", "get", "lmm", "datasets")
+        for module in modules
         for name in importlib.import_module(f"scvarpart.{module}").__all__
         if f"{module}.{name}" not in listed
+        and not (
+            callable(obj := getattr(importlib.import_module(f"scvarpart.{module}"), name))
+            and id(obj) in pages
+        )
     ]
     assert not missing, f"add these lines to docs/api.md: {missing}"
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .._io import OutputExistsError, atomic_output, check_input, check_output, read_results
 from ._common import EXIT_CODES, CLIError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["add_parsers"]
 
@@ -48,8 +44,9 @@ def add_parsers(sub) -> None:
 
 
 def _tsv_is_current(tsv: Path, text: str, result: Path, force: bool) -> bool:
-    """Whether ``tsv`` already holds exactly ``text``; OutputExistsError if it holds
-    something else and ``force`` is false.
+    """Whether ``tsv`` already holds exactly ``text``.
+
+    Raises OutputExistsError if it holds something else and ``force`` is false.
 
     The TSV is a pure function of the result and key, so rerunning ``report`` on the same
     result finds it byte for byte equal and succeeds without rewriting it (a pipeline or

@@ -167,6 +167,15 @@ def simulate_counts(
     AnnData with ``X`` (log-normalised, CSR float32), ``obs`` columns for every
     factor, ``library``, ``log_umi`` (log total counts) and ``pct_mito``; ``var``
     with the simulation's parameters.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.simulate_counts(n_cells=300, n_genes=30, seed=0)
+    >>> adata.shape
+    (300, 30)
+    >>> adata.obs.columns.tolist()
+    ['patient', 'chemistry', 'day', 'operator', 'library', 'pct_mito', 'log_umi']
     """
     levels = dict(_DEFAULT_LEVELS if levels is None else levels)
     if n_cells < 1 or n_genes < 1 or chunk_cells < 1:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_adata_fitted, doc_adata_rho, doc_key, doc_min_rho, doc_params
 from ..varpart.result import VarPartResult
 from ..varpart.result import stored_keys as result_keys
 
@@ -37,15 +38,14 @@ def check_var_names(
     )
 
 
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
 def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
     """The variance partition stored in ``adata`` under ``key``, as one object.
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
 
     Returns
     -------
@@ -56,7 +56,9 @@ def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
     --------
     >>> import scvarpart as svp
     >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
-    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, method="REML", progress=False
+    ... )
     >>> svp.get.result(adata).summary["n_genes"]
     20
     """
@@ -64,6 +66,7 @@ def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
     return VarPartResult.read(adata, key)
 
 
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
 def varpart_df(
     adata: AnnData,
     *,
@@ -78,10 +81,8 @@ def varpart_df(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     genes
         Only these genes, in this order (default: all, in ``adata.var_names`` order).
     sort_by
@@ -97,7 +98,9 @@ def varpart_df(
     --------
     >>> import scvarpart as svp
     >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
-    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, method="REML", progress=False
+    ... )
     >>> df = svp.get.varpart_df(adata, sort_by="patient")
     >>> df.columns.tolist()
     ['gene', 'component', 'fraction', 'variance']
@@ -105,6 +108,7 @@ def varpart_df(
     return result(adata, key=key).long(genes, sort_by)
 
 
+@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key)
 def rho_df(
     adata: AnnData,
     *,
@@ -116,11 +120,8 @@ def rho_df(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`,
-        run with ``batch=`` and ``signal=``.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     genes
         Only these genes, in this order (default: all).
     sort_by
@@ -138,7 +139,7 @@ def rho_df(
     >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
     >>> svp.tl.variance_partition(
     ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
-    ...     signal="patient", progress=False,
+    ...     signal="patient", method="REML", progress=False,
     ... )
     >>> svp.get.rho_df(adata).columns.tolist()[:3]
     ['rho', 'batch_variance', 'signal_variance']
@@ -146,6 +147,7 @@ def rho_df(
     return result(adata, key=key).rho_table(genes, sort_by)
 
 
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
 def beta_df(
     adata: AnnData, *, key: str = "varpart", genes: str | Sequence[str] | None = None
 ) -> pd.DataFrame:
@@ -153,10 +155,8 @@ def beta_df(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     genes
         Only these genes, in this order (default: all).
 
@@ -171,13 +171,16 @@ def beta_df(
     --------
     >>> import scvarpart as svp
     >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
-    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, method="REML", progress=False
+    ... )
     >>> svp.get.beta_df(adata).coefficient.unique().tolist()
     ['(Intercept)', 'log_umi']
     """
     return result(adata, key=key).beta_table(genes)
 
 
+@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_min_rho=doc_min_rho)
 def batch_dominated(
     adata: AnnData, *, key: str = "varpart", n_top: int | None = None, min_rho: float = 1.0
 ) -> pd.DataFrame:
@@ -192,16 +195,11 @@ def batch_dominated(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`,
-        run with ``batch=`` and ``signal=``.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     n_top
         Return only the first ``n_top`` genes (default: all batch-dominated genes).
-    min_rho
-        Smallest ``rho`` of a batch-dominated gene (1: at least as much batch as signal
-        variance).
+    {doc_min_rho}
 
     Returns
     -------

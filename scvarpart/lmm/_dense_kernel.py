@@ -59,10 +59,12 @@ class DenseDesign(NamedTuple):
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def factor_design(gamma, dz, w):
-    """The part of a factorisation at ``gamma`` that no gene changes: ``L`` (in
-    the workspace ``w``) and ``log|V|``, ``log|X'V^-1 X|``.
+    """The part of a factorisation at ``gamma`` that no gene changes.
 
-    Returns (logdet_v, logdet_x); NaN where the system is not positive definite."""
+    That is ``L`` (in the workspace ``w``) and ``log|V|``, ``log|X'V^-1 X|``.
+
+    Returns (logdet_v, logdet_x); NaN where the system is not positive definite.
+    """
     d, E, GRR, rest_factor = dz.d, dz.E, dz.GRR, dz.rest_factor
     p = dz.p
     q1 = d.shape[0]
@@ -127,8 +129,11 @@ def factor_design(gamma, dz, w):
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def solve_gene(gamma, zy, xy, ss, dz, w):
-    """One gene's penalised residual sum of squares ``r2`` from a factorisation
-    by :func:`factor_design` at the same ``gamma`` (fills ``c`` in ``w``)."""
+    """One gene's penalised residual sum of squares ``r2``.
+
+    From a factorisation by :func:`factor_design` at the same ``gamma`` (fills ``c`` in
+    ``w``).
+    """
     d, E, order = dz.d, dz.E, dz.order
     q1 = d.shape[0]
     q2 = dz.rest_factor.shape[0]
@@ -176,7 +181,8 @@ def factorise(gamma, zy, xy, ss, dz, w):
     """Factorise one gene's reduced system at ``gamma`` into the workspace ``w``.
 
     Returns (deviance, r2); NaN where the system is not positive definite or no
-    residual is left."""
+    residual is left.
+    """
     logdet_v, logdet_x = factor_design(gamma, dz, w)
     if not np.isfinite(logdet_v):
         return np.nan, np.nan
@@ -204,8 +210,10 @@ def fixed_effects(dz, w, beta):
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def derivatives(gamma, zy, dz, w, r2, grad, hess):
-    """Gradient and Hessian in ``gamma`` from a factorisation (see module
-    :mod:`scvarpart.lmm.dense` for the formulas)."""
+    """Gradient and Hessian in ``gamma`` from a factorisation.
+
+    See module :mod:`scvarpart.lmm.dense` for the formulas.
+    """
     d, E, C, order = dz.d, dz.E, dz.C, dz.order
     p, nu, reml = dz.p, dz.nu, dz.reml
     q1 = d.shape[0]
@@ -398,10 +406,11 @@ def evaluate_batch(gammas, ZtY, XtY, ss, mode, dz):
 
 @nb.njit(cache=True, nogil=True)
 def fixed_factors(gammas, dz):
-    """Lower Cholesky factor of ``X'V^-1 X`` (unit residual variance) at each row
-    of ``gammas``: the trailing ``p x p`` block of the factor of :func:`factor_design`
-    (lme4's ``R_X'``). NaN where ``gammas`` is not finite or the system not positive
-    definite."""
+    """Lower Cholesky factor of ``X'V^-1 X`` (unit residual variance) at each row of ``gammas``.
+
+    The trailing ``p x p`` block of the factor of :func:`factor_design` (lme4's
+    ``R_X'``). NaN where ``gammas`` is not finite or the system not positive definite.
+    """
     G, k = gammas.shape
     p = dz.p
     q2 = dz.rest_factor.shape[0]

@@ -55,8 +55,9 @@ class _Factor(NamedTuple):
 
 
 class BlockedDeviance(ProfiledDeviance):
-    """Profiled deviance, exact gradient and average information of one gene at a
-    time, with the largest factor eliminated.
+    """Profiled deviance, exact gradient and average information, one gene at a time.
+
+    The largest factor is eliminated.
 
     Parameters
     ----------
@@ -95,8 +96,11 @@ class BlockedDeviance(ProfiledDeviance):
     # -- the factorisation -------------------------------------------------------
 
     def _factor(self, gamma: np.ndarray) -> _Factor | None:
-        """Factorise at ``gamma`` (the last factorisation is kept: Newton's method
-        asks for derivatives where it last evaluated)."""
+        """Factorise at ``gamma``.
+
+        The last factorisation is kept: Newton's method asks for derivatives where it
+        last evaluated.
+        """
         last = self._last
         if last is not None and np.array_equal(last.gamma, gamma):
             return last
@@ -167,9 +171,11 @@ class BlockedDeviance(ProfiledDeviance):
         return dev, sigma2, beta
 
     def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
-        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``
-        (``G x p x p``; NaN rows where it does not exist): the trailing block of
-        the factor of the Schur complement."""
+        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``.
+
+        ``G x p x p``, NaN rows where it does not exist: the trailing block of the
+        factor of the Schur complement.
+        """
         out = np.full((len(gamma), self.p, self.p), np.nan)
         for i, g in enumerate(gamma):
             fac = self._factor(g) if np.isfinite(g).all() else None
@@ -202,8 +208,11 @@ class BlockedDeviance(ProfiledDeviance):
         return tr
 
     def _q_product(self, fac: _Factor, U1: np.ndarray, UR: np.ndarray):
-        """``Q u`` of a vector ``u`` given by its eliminated-level part ``U1`` and
-        its remaining-level part ``UR``: ``(C~ - F' S^-1 F) u``."""
+        """``Q u``, that is ``(C~ - F' S^-1 F) u``, of a vector ``u``.
+
+        ``u`` is given by its eliminated-level part ``U1`` and its remaining-level part
+        ``UR``.
+        """
         s, N = fac.s, fac.N
         wu = fac.w * U1
         Fu = s * (self.Et @ wu + N[:, : self.q2] @ UR)
@@ -248,15 +257,19 @@ class BlockedDeviance(ProfiledDeviance):
 
     @property
     def grid(self):
-        """The coarse grid of the global search (a point costs a factorisation of
-        ``S``, shared by all genes)."""
+        """The coarse grid of the global search.
+
+        A point costs a factorisation of ``S``, shared by all genes.
+        """
         if self._grid is None:
             self._grid = variance_grid(self.k, level=-1)
         return self._grid
 
     def _screen(self, B1, B2, ss) -> np.ndarray:
-        """Every gene's criterion at every grid point (``G x N``, +inf where it
-        cannot be evaluated)."""
+        """Every gene's criterion at every grid point.
+
+        ``G x N``, +inf where it cannot be evaluated.
+        """
         grid = self.grid
         values = np.full((len(ss), len(grid)), np.inf)
         for p, gamma in enumerate(grid.gamma):
@@ -288,9 +301,11 @@ class BlockedDeviance(ProfiledDeviance):
             return float(self._objective(fac, r2)[0])
 
     def minimise(self, gamma0: np.ndarray, stats: ResponseStats):
-        """Newton's method from ``gamma0`` only (a local optimum). Returns the
-        minimisers, objective, residual variance, fixed effects, convergence
-        flags and iterations."""
+        """Newton's method from ``gamma0`` only (a local optimum).
+
+        Returns the minimisers, objective, residual variance, fixed effects,
+        convergence flags and iterations.
+        """
         B1, B2 = self._split(stats)
         X = np.array(gamma0, dtype=float)
         converged = np.zeros(len(stats), dtype=bool)
@@ -301,9 +316,10 @@ class BlockedDeviance(ProfiledDeviance):
         return X, dev, sigma2, beta, converged, n_iter
 
     def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
-        """The global optimum of every gene (the strategy of :mod:`.search`, on a
-        coarser grid), also starting from ``gamma0`` (NaN rows for none), where
-        the criterion is ``f0``.
+        """The global optimum of every gene.
+
+        The strategy of :mod:`.search`, on a coarser grid, also starting from ``gamma0``
+        (NaN rows for none), where the criterion is ``f0``.
 
         Returns the optima ``(G, k)``, the objective, the residual variance and
         fixed effects (centred X) at them, convergence flags, Newton iterations

@@ -76,7 +76,7 @@ _SCREEN_BUDGET = 150_000
 _THOROUGH_PER_LEVEL = 50
 
 
-def _contiguous(stats: ResponseStats):
+def _contiguous(stats: ResponseStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``Z'y``, ``X'y`` and the sums of squares as the kernels take them."""
     return (
         np.ascontiguousarray(stats.ZtY),
@@ -149,8 +149,10 @@ class DenseDeviance(ProfiledDeviance):
         return dev, r2 / self.nu, beta
 
     def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
-        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``
-        (``G x p x p``; NaN rows where it does not exist)."""
+        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``.
+
+        ``G x p x p``; NaN rows where it does not exist.
+        """
         return fixed_factors(np.ascontiguousarray(gamma, dtype=np.float64), self.design)
 
     def minimise(self, gamma0: np.ndarray, stats: ResponseStats):
@@ -169,8 +171,10 @@ class DenseDeviance(ProfiledDeviance):
 
     @property
     def grid(self):
-        """The design factorised at every point of the global search's grid
-        (computed on first use, then shared by every batch of genes)."""
+        """The design factorised at every point of the global search's grid.
+
+        Computed on first use, then shared by every batch of genes.
+        """
         if self._grid is None:
             self._grid = prepare_grid(
                 variance_grid(self.k, self.grid_level()), self.design, self.thorough()
@@ -178,13 +182,15 @@ class DenseDeviance(ProfiledDeviance):
         return self._grid
 
     def thorough(self) -> bool:
-        """Whether to descend from every face's local minima (else only from
-        minima over closed faces): with fewer than :data:`_THOROUGH_PER_LEVEL`
-        observations per random effect on average, the criterion is flat and
-        optima separated by small ridges next to a face are common (tiny and bulk
-        designs, where descents are cheap); with many observations per level it
-        is sharply curved, and such candidates only lead back to the optimum
-        already found."""
+        """Whether to descend from every face's local minima.
+
+        Else only from minima over closed faces. With fewer than
+        :data:`_THOROUGH_PER_LEVEL` observations per random effect on average, the
+        criterion is flat and optima separated by small ridges next to a face are
+        common (tiny and bulk designs, where descents are cheap); with many
+        observations per level it is sharply curved, and such candidates only lead
+        back to the optimum already found.
+        """
         return self.n < _THOROUGH_PER_LEVEL * (
             self.design.d.shape[0] + len(self.design.rest_factor)
         )
@@ -194,12 +200,15 @@ class DenseDeviance(ProfiledDeviance):
         _ = self.grid
 
     def grid_level(self) -> int:
-        """The finest grid whose screen costs at most :data:`_SCREEN_BUDGET`
-        multiply-adds per gene (a point costs a triangular product of the size of
-        the reduced system), at most level 3, where the search is thorough: tiny
+        """The level of the global search's grid.
+
+        Where the search is thorough: the finest grid whose screen costs at most
+        :data:`_SCREEN_BUDGET` multiply-adds per gene (a point costs a triangular
+        product of the size of the reduced system), at most level 3, so that tiny
         designs are searched finely. Otherwise the coarse level -1: with many
         observations per level, other basins lie far apart (one factor's variance
-        against another's) and the moment estimates start next to the optimum."""
+        against another's) and the moment estimates start next to the optimum.
+        """
         if not self.thorough():
             return -1
         m2 = self.design.rest_factor.shape[0] + self.p
@@ -210,9 +219,10 @@ class DenseDeviance(ProfiledDeviance):
         return level
 
     def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
-        """The global optimum of every gene (see :mod:`.search`), also starting
-        from ``gamma0`` (``G x k`` moment estimates, NaN rows for none) where
-        the criterion is ``f0``.
+        """The global optimum of every gene (see :mod:`.search`).
+
+        Also starting from ``gamma0`` (``G x k`` moment estimates, NaN rows for none),
+        where the criterion is ``f0``.
 
         Returns the optima ``(G, k)``, the objective, the residual variance and
         fixed effects (centred X) at them, convergence flags, Newton iterations

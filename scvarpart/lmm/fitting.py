@@ -84,8 +84,10 @@ class LMMFit:
 
     @property
     def beta_se(self) -> np.ndarray:
-        """Standard errors of the fixed effects, ``(G, p)`` (lme4's
-        ``sqrt(diag(vcov))``)."""
+        """Standard errors of the fixed effects, ``(G, p)``.
+
+        As lme4's ``sqrt(diag(vcov))``.
+        """
         if self.beta_cov is None:
             return np.full_like(self.beta, np.nan)
         return np.sqrt(np.diagonal(self.beta_cov, axis1=1, axis2=2))
@@ -101,8 +103,19 @@ class LMMFit:
         return -0.5 * self.deviance
 
 
-def choose_engine(gram: DesignGram) -> str:
-    """``"dense"`` for designs with few levels, ``"blocked"`` for many."""
+def choose_engine(gram: DesignGram) -> Literal["dense", "blocked"]:
+    """``"dense"`` for designs with few levels, ``"blocked"`` for many.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcdef"), 300)})
+    >>> stats = svp.lmm.response_stats(rng.normal(size=(300, 4)), "~ (1|donor)", obs=obs)
+    >>> svp.lmm.choose_engine(stats.gram)
+    'dense'
+    """
     return "dense" if gram.n_levels + gram.n_fixed <= _DENSE_MAX_SIZE else "blocked"
 
 
@@ -115,8 +128,11 @@ def _make_engine(gram: DesignGram, reml: bool, engine: str):
 
 
 def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
-    """Fit one batch of genes; BLAS single-threaded: ``n_jobs`` is the only
-    parallelism (many BLAS threads per worker oversubscribe the cores)."""
+    """Fit one batch of genes, BLAS single-threaded.
+
+    ``n_jobs`` is the only parallelism: many BLAS threads per worker would
+    oversubscribe the cores.
+    """
     with threadpool_limits(limits=1, user_api="blas"):
         x0, f0 = moment_start(eng, gram, stats)
         if strategy == "global":
@@ -182,6 +198,17 @@ def fit_lmm(
     Returns
     -------
     An :class:`LMMFit`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcdef"), 300)})
+    >>> stats = svp.lmm.response_stats(rng.normal(size=(300, 4)), "~ (1|donor)", obs=obs)
+    >>> fit = svp.lmm.fit_lmm(stats.gram, stats.response, reml=True)
+    >>> fit.gamma.shape  # genes x grouping factors: variance ratios sigma_j^2 / sigma^2
+    (4, 1)
     """
     if strategy not in ("global", "local"):
         raise ValueError(f"strategy must be 'global' or 'local', got {strategy!r}")

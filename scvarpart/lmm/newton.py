@@ -291,6 +291,22 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
 
     Returns the minimisers ``(G, k)``, deviance, residual sum of squares ``r2``
     and fixed effects at them, convergence flags and iteration counts.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcdef"), 300)})
+    >>> stats = svp.lmm.response_stats(rng.normal(size=(300, 4)), "~ (1|donor)", obs=obs)
+    >>> engine = svp.lmm.DenseDeviance(stats.gram, reml=False)
+    >>> r = stats.response
+    >>> gamma, dev, r2, beta, converged, n_iter = svp.lmm.minimise_batch(
+    ...     np.full((4, 1), 0.1), *(np.ascontiguousarray(a) for a in (r.ZtY, r.XtY, r.ss)),
+    ...     engine.design, engine.options,
+    ... )
+    >>> gamma.shape, bool(converged.all())
+    ((4, 1), True)
     """
     G, k = X0.shape
     w = workspace(dz, k)

@@ -52,14 +52,18 @@ class ProfiledDeviance(ABC):
 
     @abstractmethod
     def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
-        """Lower Cholesky factor ``L`` of ``X'V^-1 X`` (``V = I + Z Gamma Z'``, the
-        covariance over ``sigma^2``) at each row of ``gamma``, ``G x p x p``: a
-        by-product of each engine's own factorisation."""
+        """Lower Cholesky factor ``L`` of ``X'V^-1 X`` at each row of ``gamma``.
+
+        ``V = I + Z Gamma Z'`` is the covariance over ``sigma^2``; ``G x p x p``, a
+        by-product of each engine's own factorisation.
+        """
 
     def fixed_covariance(self, gamma: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
-        """Covariance of the fixed effects (centred X) given the variances,
+        """Covariance of the fixed effects (centred X) given the variances.
+
         ``sigma^2 (X'V^-1 X)^-1``, as lme4's ``vcov``: ``G x p x p``, NaN for genes
-        without a factor."""
+        without a factor.
+        """
         L = self.fixed_factor(gamma)
         cov = np.full_like(L, np.nan)
         ok = np.isfinite(L).all(axis=(1, 2)) & np.isfinite(sigma2)
@@ -69,8 +73,10 @@ class ProfiledDeviance(ABC):
         return cov
 
     def criterion(self, logdet_v, logdet_x, r2):
-        """The objective from its parts; ``logdet_x`` is ignored for ML. NaN where
-        ``r2 <= 0`` (no residual left to model)."""
+        """The objective from its parts; ``logdet_x`` is ignored for ML.
+
+        NaN where ``r2 <= 0`` (no residual left to model).
+        """
         logdet = logdet_v + logdet_x if self.reml else logdet_v
         with np.errstate(invalid="ignore", divide="ignore"):
             dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu))

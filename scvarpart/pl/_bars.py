@@ -9,12 +9,19 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .._docs import doc_adata_fitted, doc_key, doc_min_rho, doc_params, doc_show_save
 from ..get import batch_dominated
 from ._common import component_colors, finish, get_results
 
 __all__ = ["percent_bars"]
 
 
+@doc_params(
+    doc_adata=doc_adata_fitted,
+    doc_key=doc_key,
+    doc_min_rho=doc_min_rho,
+    doc_show_save=doc_show_save,
+)
 def percent_bars(
     adata: AnnData,
     genes: Sequence[str] | None = None,
@@ -34,13 +41,11 @@ def percent_bars(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    {doc_adata}
     genes
         Genes to show, in this order (top to bottom). By default the first ``n_top``
         genes by ``sort_by``.
-    key
-        The results' ``key_added``.
+    {doc_key}
     sort_by
         ``"batch_dominated"`` (the default when ``rho`` is stored): the most
         batch-dominated genes, as :func:`scvarpart.get.batch_dominated` ranks them
@@ -49,20 +54,26 @@ def percent_bars(
         with the first component, when no ``rho`` is stored).
     n_top
         Number of genes shown when ``genes`` is not given.
-    min_rho
-        Smallest ``rho`` of a batch-dominated gene.
+    {doc_min_rho}
     ax
         Axes to draw into; a new figure sized to the genes otherwise.
-    show
-        Show the figure (scanpy's ``settings.autoshow`` by default); with
-        ``False`` the Axes are returned.
-    save
-        Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
-        ``"_batchy.png"``), into ``sc.settings.figdir`` as ``percent_bars{save}``.
+    {doc_show_save}
 
     Returns
     -------
     The Axes, when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", method="REML", progress=False,
+    ... )
+    >>> ax = svp.pl.percent_bars(adata, n_top=5, show=False)
+    >>> len(ax.get_yticklabels())
+    5
     """
     res = get_results(adata, key)
     comps = res.component_order()  # sortCols: the bars stack in this order

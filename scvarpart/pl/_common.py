@@ -1,5 +1,7 @@
-"""Shared pieces of the plots: reading results, colours, Axes given by the user,
-saving and showing as scanpy does."""
+"""Shared pieces of the plots.
+
+Reading results, colours, Axes given by the user, saving and showing as scanpy does.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +38,26 @@ def get_results(adata: AnnData, key: str) -> VarPartResult:
 
 
 def component_colors(components) -> dict[str, str]:
-    """One colour per component, the same in every plot: scanpy's categorical
-    palettes in the model's order of the components (not the order they are drawn
-    in, which depends on the data), light grey for the residual."""
+    """One colour per component, the same in every plot.
+
+    Scanpy's categorical palettes in the model's order of the components (not the
+    order they are drawn in, which depends on the data), light grey for the residual.
+
+    Parameters
+    ----------
+    components
+        Component names in the model's order (``"Residual"`` may be among them).
+
+    Returns
+    -------
+    Component name -> colour (a hex string), ``"Residual"`` included.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> svp.pl.component_colors(["patient", "chemistry", "Residual"])
+    {'patient': '#1f77b4', 'chemistry': '#ff7f0e', 'Residual': '#c8c8c8'}
+    """
     from scanpy.plotting import palettes
 
     names = [str(c) for c in components if str(c) != "Residual"]
@@ -74,9 +93,11 @@ def axes_or_none(ax, n: int, what: str, panels: str) -> list[Axes] | None:
 
 
 def _save(figure: Figure, name: str, save: bool | str) -> Path:
-    """Write ``figure`` as scanpy does: ``sc.settings.figdir / f"{name}{suffix}
-    {plot_suffix}.{ext}"``, the format from ``save``'s extension or
-    ``sc.settings.file_format_figs``."""
+    """Write ``figure`` as scanpy does.
+
+    Into ``sc.settings.figdir / f"{name}{suffix}{plot_suffix}.{ext}"``, the format from
+    ``save``'s extension or ``sc.settings.file_format_figs``.
+    """
     from scanpy import logging as logg
     from scanpy import settings
 
@@ -94,10 +115,12 @@ def _save(figure: Figure, name: str, save: bool | str) -> Path:
 
 
 def finish(artist, show: bool | None, save: bool | str | None = None, name: str = ""):
-    """scanpy's convention: save the figure (``save=True`` or a file name suffix,
-    into ``sc.settings.figdir``; ``sc.settings.autosave`` by default), show it
-    (``sc.settings.autoshow`` by default) and return nothing, or return the Axes
-    (or list of Axes) with ``show=False``."""
+    """Save, show or return a figure, as scanpy does.
+
+    Save the figure (``save=True`` or a file name suffix, into ``sc.settings.figdir``;
+    ``sc.settings.autosave`` by default), show it (``sc.settings.autoshow`` by default)
+    and return nothing, or return the Axes (or list of Axes) with ``show=False``.
+    """
     from scanpy import settings
 
     save = settings.autosave if save is None else save

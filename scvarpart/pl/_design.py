@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,6 +13,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
+from .._docs import doc_params, doc_show_save
 from ..design import Design, GroupingFactor, association, within
 from ._common import axes_or_none, component_colors, finish
 from ._fitted import fitted_design
@@ -19,8 +21,18 @@ from ._fitted import fitted_design
 __all__ = ["design"]
 
 _MAX_BARS = 30
+
+
+class _Style(TypedDict, total=False):
+    """Keyword arguments of the outline of an associated pair's cells."""
+
+    edgecolor: str
+    linewidth: float
+    linestyle: str
+
+
 # frames of the flagged pairs: a problem in bold, a structure the model handles dashed
-_STYLES = {
+_STYLES: dict[str, _Style] = {
     "confounded": {"edgecolor": "#1f4e79", "linewidth": 2.5},
     "nested": {"edgecolor": "#555555", "linewidth": 1.2, "linestyle": "--"},
     "within": {"edgecolor": "#555555", "linewidth": 1.2, "linestyle": "--"},
@@ -28,9 +40,12 @@ _STYLES = {
 
 
 def _pair_kind(inside: pd.DataFrame, factors: set[str], a: str, b: str) -> tuple[str, str, str]:
-    """How two strongly associated terms relate: ``("nested", inner, outer)`` for
-    grouping factors, ``("within", covariate, factor)`` for a term constant within a
-    grouping factor's levels, else ``("confounded", a, b)``."""
+    """How two strongly associated terms relate.
+
+    ``("nested", inner, outer)`` for grouping factors, ``("within", covariate,
+    factor)`` for a term constant within a grouping factor's levels, else
+    ``("confounded", a, b)``.
+    """
     for x, g in ((a, b), (b, a)):
         if g in inside.columns and inside.loc[x, g]:
             # x constant within g: g is the finer grouping
@@ -132,6 +147,7 @@ def _new_figure(factors: list[GroupingFactor]) -> list[Axes]:
     return [*axes, fig.add_subplot(grid[:, 1])]
 
 
+@doc_params(doc_show_save=doc_show_save)
 def design(
     adata: AnnData,
     formula: str | None = None,
@@ -174,16 +190,19 @@ def design(
     ax
         One Axes per grouping factor (cells per level), then one for the heatmap, in
         formula order; a new figure otherwise.
-    show
-        Show the figure (scanpy's ``settings.autoshow`` by default); with
-        ``False`` the Axes are returned.
-    save
-        Save the figure as scanpy does: ``True`` or a file name suffix, into
-        ``sc.settings.figdir`` as ``design{save}``.
+    {doc_show_save}
 
     Returns
     -------
     The Axes (one per grouping factor, then the heatmap), when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> axes = svp.pl.design(adata, svp.datasets.EXAMPLE_FORMULA, show=False)
+    >>> axes[-1].get_title()
+    'confounded (>= 0.95): none'
     """
     dz = fitted_design(adata, key, formula=formula, check=False)
     table = association(dz)

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .._docs import doc_adata_fitted, doc_key, doc_layer_use_raw_fitted, doc_params, doc_show_save
 from ..design import Design
 from ..varpart import VarPartResult
 from ._common import axes_or_none, component_colors, finish, get_results
@@ -44,8 +45,10 @@ def _panel_values(
 
 
 def _draw_levels(ax, values, groups, color, max_levels, sample, rng) -> None:
-    """A box and a sample of the cells per level, sorted by median (the level means
-    past ``max_levels`` levels)."""
+    """A box and a sample of the cells per level, sorted by median.
+
+    Past ``max_levels`` levels, the level means.
+    """
     by_level = pd.Series(values).groupby(groups, observed=True)
     order = by_level.median().sort_values().index
     if len(order) > max_levels:
@@ -97,6 +100,12 @@ def _draw_term(ax, term, dz, obs, values, color, max_levels, sample, rng) -> boo
     return True
 
 
+@doc_params(
+    doc_adata=doc_adata_fitted,
+    doc_key=doc_key,
+    doc_layer_use_raw_fitted=doc_layer_use_raw_fitted,
+    doc_show_save=doc_show_save,
+)
 def gene(
     adata: AnnData,
     gene: str,
@@ -128,31 +137,35 @@ def gene(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
+    {doc_adata}
     gene
         A name of ``adata.var_names``.
-    key
-        The results' ``key_added``.
+    {doc_key}
     adjusted
         Partial residuals (default) or raw expression.
-    layer, use_raw
-        Where the expression values are; by default where the fit read them.
+    {doc_layer_use_raw_fitted}
     max_levels
         Largest number of levels drawn as boxes.
     ax
         One Axes per term of the model (random terms, then fixed terms, in formula
         order); a new figure otherwise.
-    show
-        Show the figure (scanpy's ``settings.autoshow`` by default); with
-        ``False`` the Axes are returned.
-    save
-        Save the figure as scanpy does: ``True`` or a file name suffix, into
-        ``sc.settings.figdir`` as ``gene{save}``.
+    {doc_show_save}
 
     Returns
     -------
     One Axes per term, when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", method="REML", progress=False,
+    ... )
+    >>> axes = svp.pl.gene(adata, "gene0001", show=False)
+    >>> len(axes)  # one panel per term: 4 grouping factors and log_umi
+    5
     """
     res = get_results(adata, key)
     if gene not in adata.var_names:

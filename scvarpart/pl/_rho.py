@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from .._docs import doc_adata_rho, doc_key, doc_params, doc_show_save
 from ..get import batch_dominated
 from ._common import axes_or_none, finish, get_results
 
@@ -19,8 +20,11 @@ _ABOVE, _BELOW = "#c0392b", "#9e9e9e"
 
 
 def _spread(values: np.ndarray, gap: float, low: float, high: float) -> np.ndarray:
-    """Positions near ``values`` (sorted order kept) at least ``gap`` apart,
-    within ``[low, high]``: label placement without overlaps."""
+    """Label placement without overlaps.
+
+    Positions near ``values`` (sorted order kept) at least ``gap`` apart, within
+    ``[low, high]``.
+    """
     order = np.argsort(values)
     pos = np.clip(values[order].astype(float), low, high)
     for i in range(1, len(pos)):
@@ -35,6 +39,7 @@ def _spread(values: np.ndarray, gap: float, low: float, high: float) -> np.ndarr
     return out
 
 
+@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_show_save=doc_show_save)
 def rho(
     adata: AnnData,
     *,
@@ -56,11 +61,8 @@ def rho(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`
-        run with ``batch=`` and ``signal=``.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     threshold
         The ``rho`` past which a gene is batch-dominated (1: as much technical as
         biological variance).
@@ -68,16 +70,23 @@ def rho(
         Genes labelled: the most batch-dominated ones.
     ax
         Two Axes to draw into (histogram, scatter); a new figure otherwise.
-    show
-        Show the figure (scanpy's ``settings.autoshow`` by default); with
-        ``False`` the two Axes are returned.
-    save
-        Save the figure as scanpy does: ``True`` or a file name suffix, into
-        ``sc.settings.figdir`` as ``rho{save}``.
+    {doc_show_save}
 
     Returns
     -------
     ``[histogram_axes, scatter_axes]``, when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", method="REML", progress=False,
+    ... )
+    >>> ax_hist, ax_scatter = svp.pl.rho(adata, n_labels=5, show=False)
+    >>> ax_scatter.get_xlabel()
+    'mean expression'
     """
     res = get_results(adata, key)
     if "rho" not in res.per_gene:

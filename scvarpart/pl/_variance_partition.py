@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .._docs import doc_adata_fitted, doc_key, doc_params, doc_show_save
 from ..varpart import component_order
 from ._common import component_colors, finish, get_results
+
+if TYPE_CHECKING:
+    from matplotlib.collections import PolyCollection
 
 __all__ = ["variance_partition"]
 
 
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key, doc_show_save=doc_show_save)
 def variance_partition(
     adata: AnnData,
     *,
@@ -33,26 +39,31 @@ def variance_partition(
 
     Parameters
     ----------
-    adata
-        Annotated data with the results of :func:`scvarpart.tl.variance_partition`.
-    key
-        The results' ``key_added``.
+    {doc_adata}
+    {doc_key}
     components
         Components to show (default: all).
     genes
         Genes to include (default: all with estimates).
     ax
         Axes to draw into; a new figure sized to the components otherwise.
-    show
-        Show the figure (scanpy's ``settings.autoshow`` by default); with
-        ``False`` the Axes are returned.
-    save
-        Save the figure as scanpy does: ``True`` or a file name suffix (e.g.
-        ``"_ml.pdf"``), into ``sc.settings.figdir`` as ``variance_partition{save}``.
+    {doc_show_save}
 
     Returns
     -------
     The Axes, when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", method="REML", progress=False,
+    ... )
+    >>> ax = svp.pl.variance_partition(adata, show=False)
+    >>> [label.get_text() for label in ax.get_xticklabels()]
+    ['patient', 'chemistry', 'day', 'operator', 'log_umi', 'Residual']
     """
     res = get_results(adata, key)
     colors = component_colors(res.components)
@@ -74,7 +85,9 @@ def variance_partition(
     positions = np.arange(len(order))
     if len(fractions):
         parts = ax.violinplot(data, positions, widths=0.8, showextrema=False)
-        for body, comp in zip(parts["bodies"], order, strict=True):
+        # matplotlib annotates every entry as a Collection; "bodies" is a list of them
+        bodies = cast("list[PolyCollection]", parts["bodies"])
+        for body, comp in zip(bodies, order, strict=True):
             body.set_facecolor(colors[comp])
             body.set_edgecolor("#333333")
             body.set_linewidth(0.6)

@@ -14,6 +14,21 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .. import lmm
+from .._docs import (
+    doc_adata,
+    doc_batch_signal,
+    doc_batch_size,
+    doc_cells,
+    doc_formula,
+    doc_key_added,
+    doc_layer,
+    doc_method,
+    doc_min_cells,
+    doc_n_jobs,
+    doc_params,
+    doc_progress,
+    doc_use_raw,
+)
 from .._warn import warn
 from ..design import Design, build_design, parse_formula
 from ..get._results import check_var_names
@@ -58,16 +73,21 @@ def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
 
 
 def _expression(adata: AnnData, layer: str | None, use_raw: bool):
-    """The observations x genes matrix to fit, aligned with ``adata.var_names``, and its
-    name in messages."""
+    """The observations x genes matrix to fit and its name in messages.
+
+    The matrix is aligned with ``adata.var_names``.
+    """
     expression = select_expression(adata, layer, use_raw)
     return expression.aligned(), expression.source
 
 
 def _check_values(Y, source: str, var_names: pd.Index) -> None:
-    """Raw counts or unlogged values, from the first rows (or, for a column-compressed
-    matrix, genes). NaN and inf are found by the pass over the data itself (in the
-    statistics they make non-finite) and reported before any gene is fitted."""
+    """Refuse raw counts or unlogged values.
+
+    Judged from the first rows (or, for a column-compressed matrix, genes). NaN and inf
+    are found by the pass over the data itself (in the statistics they make non-finite)
+    and reported before any gene is fitted.
+    """
     # a cheap slice: first rows, or first genes of a column-compressed matrix
     sample = Y[:, :_COUNT_CHECK_GENES] if storage_format(Y) == "csc" else Y[:_COUNT_CHECK_ROWS]
     if is_dask_array(sample):
@@ -102,19 +122,25 @@ def _raise_nonfinite(bad: np.ndarray, source: str, var_names: pd.Index) -> None:
         )
 
 
-def _plain(cells: Mapping[str, Sequence] | None) -> dict | None:
-    """``cells`` as a plain dict of lists, to record in ``uns`` (h5ad-writable)."""
-    if not cells:
-        return None
+def _lists(cells: Mapping[str, Sequence]) -> dict[str, list]:
+    """``cells`` as a plain dict of lists (a single value becomes a list of one)."""
     return {
         str(k): [v] if isinstance(v, str | int | float | bool) else list(v)
         for k, v in cells.items()
     }
 
 
+def _plain(cells: Mapping[str, Sequence] | None) -> dict[str, list] | None:
+    """``cells`` as a plain dict of lists, to record in ``uns`` (h5ad-writable)."""
+    return _lists(cells) if cells else None
+
+
+_METHODS: dict[str, Literal["ML", "REML"]] = {"ML": "ML", "REML": "REML"}
+
+
 class _Prepared(NamedTuple):
     design: Design
-    method: str
+    method: Literal["ML", "REML"]
     batch: list[str] | None
     signal: list[str] | None
 
@@ -124,7 +150,7 @@ def _cell_filter(obs: pd.DataFrame, cells: Mapping[str, Sequence] | None) -> np.
     if not cells:
         return None
     rows = np.ones(len(obs), dtype=bool)
-    for column, allowed in _plain(cells).items():
+    for column, allowed in _lists(cells).items():
         if column not in obs.columns:
             raise KeyError(
                 f"cells= filters on {column!r}, which is not a column of obs; available: "
@@ -183,8 +209,8 @@ def _warn_few_levels(design: Design, method: str) -> None:
 
 def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None) -> _Prepared:
     """Every check that needs only the design, before any data are touched."""
-    method_u = str(method).upper()
-    if method_u not in ("ML", "REML"):
+    method_u = _METHODS.get(str(method).upper())
+    if method_u is None:
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
     if len(obs) == 0:
         raise ValueError(
@@ -287,8 +313,9 @@ def _partition(
 
 
 def write_results(adata: AnnData, result: VarPartResult, key_added: str) -> None:
-    """Store ``result`` in ``adata`` (see :meth:`VarPartResult.write`), replacing
-    every result of an earlier fit under ``key_added``.
+    """Store ``result`` in ``adata`` (see :meth:`VarPartResult.write`).
+
+    Every result of an earlier fit under ``key_added`` is replaced.
 
     A view is made an actual object first, as anndata would do on the first
     assignment (without its warning).
@@ -305,6 +332,20 @@ def write_results(adata: AnnData, result: VarPartResult, key_added: str) -> None
     result.write(adata, key_added)
 
 
+@doc_params(
+    doc_adata=doc_adata,
+    doc_formula=doc_formula,
+    doc_batch_signal=doc_batch_signal,
+    doc_method=doc_method,
+    doc_layer=doc_layer,
+    doc_use_raw=doc_use_raw,
+    doc_cells=doc_cells,
+    doc_min_cells=doc_min_cells,
+    doc_key_added=doc_key_added,
+    doc_n_jobs=doc_n_jobs,
+    doc_batch_size=doc_batch_size,
+    doc_progress=doc_progress,
+)
 def variance_partition(
     adata: AnnData,
     formula: str,
@@ -335,50 +376,21 @@ def variance_partition(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix, cells x genes, with log-normalised expression: in
-        memory (dense or sparse), opened in backed mode (``read_h5ad(path,
-        backed="r")``: read one block of cells at a time), or with a Dask array
-        as ``X`` or layer (the pass over the data runs on the active Dask
-        scheduler, e.g. a ``dask.distributed`` cluster).
-    formula
-        Model in lme4 syntax, e.g. ``"~ log_umi + (1|patient) + (1|chemistry)"``.
-        Random intercepts ``(1|g)``, interactions ``(1|a:b)`` and nesting
-        ``(1|a/b)`` of ``adata.obs`` columns; fixed effects may be continuous or
-        categorical columns, with ``a:b`` and ``a*b`` interactions. An intercept
-        is required.
-    batch
-        Components that are technical (e.g. ``["chemistry", "day"]``).
-    signal
-        Components that are biological (e.g. ``["patient"]``). ``rho`` is
-        computed when both ``batch`` and ``signal`` are given.
-    method
-        ``"ML"`` (maximum likelihood, variancePartition's default) or ``"REML"``.
-    layer
-        Use ``adata.layers[layer]`` instead of ``adata.X``.
-    use_raw
-        Use ``adata.raw.X`` (the genes of ``adata.var_names``).
-    cells
-        Model only the cells whose ``obs`` values are among these, per column,
-        e.g. ``{"qc": ["pass"], "tissue": ["blood", "marrow"]}``.
-    min_cells
-        Genes non-zero in fewer cells are not fitted (NaN results, with the
-        reason in ``uns[key_added]["errors"]``).
-    key_added
-        Prefix of the result keys.
-    n_jobs
-        Parallel workers (joblib, threads by default: the compiled fits release
-        the GIL) for the pass over the data and for the fits; -1 for every core.
-        Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
-        ``"loky"`` or ``"dask"``. Results do not depend on it.
-    batch_size
-        Genes fitted in one compiled call (the unit of parallel work).
+    {doc_adata}
+    {doc_formula}
+    {doc_batch_signal}
+    {doc_method}
+    {doc_layer}
+    {doc_use_raw}
+    {doc_cells}
+    {doc_min_cells}
+    {doc_key_added}
+    {doc_n_jobs}
+    {doc_batch_size}
     chunk_size
         Cells read per block in the pass over the data (by default about 32 MB
         of float64 values); bounds the memory used for a backed object.
-    progress
-        Show progress bars (after two seconds) for the pass and the fits. By
-        default they follow scanpy's verbosity: shown unless it is 0 (errors).
+    {doc_progress}
     copy
         Return a modified copy instead of writing into ``adata``.
     inplace
@@ -386,37 +398,40 @@ def variance_partition(
 
     Returns
     -------
-    With ``inplace=True``: ``None`` (or the modified copy when ``copy=True``), and
-    these fields are set:
+    None or AnnData or VarPartResult
+        With ``inplace=True``, ``None`` (or the modified copy when ``copy=True``),
+        and these fields are set:
 
-    ``adata.varm[key_added]``
-        DataFrame of variance fractions, genes x components (random terms as
-        written, fixed terms by name, ``"Residual"``); rows sum to 1.
-    ``adata.varm[f"{key_added}_variance"]``
-        The same table with variances.
-    ``adata.var[f"{key_added}_rho"]``
-        Batch-to-signal ratio (when ``batch`` and ``signal`` are given).
-    ``adata.var[f"{key_added}_mean"]``
-        Mean of the modelled values of each gene.
-    ``adata.var[f"{key_added}_singular"]``, ``..._converged``, ``..._loglik``
-        Some variance exactly 0; the optimiser converged; the maximised ML or REML
-        log-likelihood (lme4's ``logLik``).
-    ``adata.varm[f"{key_added}_beta"]``, ``adata.varm[f"{key_added}_beta_se"]``
-        Fixed effects, genes x columns of the fixed design (``"(Intercept)"``, ...),
-        and their standard errors (lme4's ``fixef`` and ``sqrt(diag(vcov))``).
-    ``adata.uns[key_added]``
-        ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
-        genes without estimates and why) and ``result_keys`` (the ``var`` columns and
-        ``varm`` keys written). A refit under the same ``key_added`` removes exactly
-        the keys the earlier fit recorded, so nothing of another model is left; a
-        fit that fails leaves the earlier results as they were.
+        ``adata.varm[key_added]``
+            DataFrame of variance fractions, genes x components (random terms as
+            written, fixed terms by name, ``"Residual"``); rows sum to 1.
+        ``adata.varm[f"{key_added}_variance"]``
+            The same table with variances.
+        ``adata.var[f"{key_added}_rho"]``
+            Batch-to-signal ratio (when ``batch`` and ``signal`` are given).
+        ``adata.var[f"{key_added}_mean"]``
+            Mean of the modelled values of each gene.
+        ``adata.var[f"{key_added}_singular"]``, ``..._converged``, ``..._loglik``
+            Some variance exactly 0; the optimiser converged; the maximised ML or
+            REML log-likelihood (lme4's ``logLik``).
+        ``adata.varm[f"{key_added}_beta"]``, ``adata.varm[f"{key_added}_beta_se"]``
+            Fixed effects, genes x columns of the fixed design (``"(Intercept)"``,
+            ...), and their standard errors (lme4's ``fixef`` and
+            ``sqrt(diag(vcov))``).
+        ``adata.uns[key_added]``
+            ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
+            genes without estimates and why) and ``result_keys`` (the ``var``
+            columns and ``varm`` keys written). A refit under the same
+            ``key_added`` removes exactly the keys the earlier fit recorded, so
+            nothing of another model is left; a fit that fails leaves the earlier
+            results as they were.
 
-    All of it is read back with :meth:`scvarpart.varpart.VarPartResult.read`, and as
-    tidy tables with :func:`scvarpart.get.varpart_df`, :func:`scvarpart.get.rho_df`
-    and :func:`scvarpart.get.beta_df`.
+        All of it is read back with :meth:`scvarpart.varpart.VarPartResult.read`,
+        and as tidy tables with :func:`scvarpart.get.varpart_df`,
+        :func:`scvarpart.get.rho_df` and :func:`scvarpart.get.beta_df`.
 
-    With ``inplace=False``: the :class:`~scvarpart.varpart.VarPartResult` (the same
-    tables, not stored).
+        With ``inplace=False``, the :class:`~scvarpart.varpart.VarPartResult` (the
+        same tables, not stored).
 
     Raises
     ------

@@ -1,5 +1,8 @@
-"""Variance-partition results: components, fractions, the batch-to-signal ratio, the
-ranking of batch-dominated genes, and the result type that stores them."""
+"""Variance-partition results.
+
+Components, fractions, the batch-to-signal ratio, the ranking of batch-dominated genes,
+and the result type that stores them.
+"""
 
 from .fractions import RESIDUAL, check_roles, component_variances, fractions, rho
 from .ranking import batch_dominated

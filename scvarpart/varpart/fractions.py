@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = ["RESIDUAL", "check_roles", "component_variances", "fractions", "rho"]
 
+#: The name of the residual component, the last column of every table of components.
 RESIDUAL = "Residual"
 
 
@@ -51,6 +52,20 @@ def component_variances(
     Returns
     -------
     Columns: random terms, fixed terms, residual.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scvarpart as svp
+    >>> svp.varpart.component_variances(
+    ...     random_variances=np.array([[1.0], [2.0]]),  # one grouping factor, two genes
+    ...     residual_variance=np.array([1.0, 1.0]),
+    ...     beta=np.array([[0.0, 2.0], [0.0, 0.0]]),  # intercept and a covariate
+    ...     x_cov=np.array([[0.0, 0.0], [0.0, 0.25]]),  # the covariate's variance: 0.25
+    ...     fixed_terms={"log_umi": np.array([1])},
+    ... )
+    array([[1., 1., 1.],
+           [2., 0., 1.]])
     """
     G = len(residual_variance)
     terms = list(fixed_terms.values())
@@ -68,7 +83,16 @@ def component_variances(
 
 
 def fractions(variances: np.ndarray) -> np.ndarray:
-    """Components divided by their sum (rows of NaN stay NaN)."""
+    """Components divided by their sum (rows of NaN stay NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scvarpart as svp
+    >>> svp.varpart.fractions(np.array([[1.0, 0.5, 0.5], [np.nan, np.nan, np.nan]]))
+    array([[0.5 , 0.25, 0.25],
+           [ nan,  nan,  nan]])
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         return variances / variances.sum(axis=1, keepdims=True)
 
@@ -83,6 +107,14 @@ def rho(
 
     ``inf`` where the signal variance is 0 and the batch variance is not, NaN
     where both are 0 (and for genes without estimates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scvarpart as svp
+    >>> variances = np.array([[1.0, 0.5, 0.5], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]])
+    >>> svp.varpart.rho(variances, ["patient", "chemistry", "Residual"], ["chemistry"], ["patient"])
+    array([0.5, inf, nan])
     """
     pos = {c: i for i, c in enumerate(components)}
     num = variances[:, [pos[c] for c in batch]].sum(axis=1)
@@ -97,8 +129,21 @@ def rho(
 def check_roles(
     batch: Sequence[str] | None, signal: Sequence[str] | None, components: Sequence[str]
 ) -> None:
-    """Refuse ``batch``/``signal`` lists that are empty, name no model term, or share
-    a term: ``rho`` is computed from them."""
+    """Refuse ``batch``/``signal`` lists that are empty, name no model term, or share a term.
+
+    ``rho`` is computed from them.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> svp.varpart.check_roles(["chemistry"], ["patient"], ["patient", "chemistry", "Residual"])
+    >>> svp.varpart.check_roles(  # doctest: +ELLIPSIS
+    ...     ["day"], ["patient"], ["patient", "chemistry", "Residual"]
+    ... )
+    Traceback (most recent call last):
+    ...
+    ValueError: batch=['day']: ['day'] are not terms of the model. ...
+    """
     terms = [c for c in components if c != RESIDUAL]
     for what, names in (("batch", batch), ("signal", signal)):
         if names is None:

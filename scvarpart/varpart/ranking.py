@@ -55,6 +55,22 @@ def batch_dominated(
     -------
     One row per batch-dominated gene, in rank order, with columns ``batch_fraction``,
     ``signal_fraction`` and ``rho``.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=20, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, batch=["chemistry", "day", "operator"],
+    ...     signal="patient", method="REML", progress=False,
+    ... )
+    >>> res = svp.get.result(adata)
+    >>> top = svp.varpart.batch_dominated(
+    ...     res.fractions, res.per_gene["rho"], batch=["chemistry", "day", "operator"],
+    ...     signal=["patient"], n_top=3,
+    ... )
+    >>> top.columns.tolist()
+    ['batch_fraction', 'signal_fraction', 'rho']
     """
     if not (isinstance(min_rho, int | float) and min_rho >= 0):
         raise ValueError(f"min_rho must be a number >= 0, got {min_rho!r}.")

@@ -69,6 +69,16 @@ def component_order(fractions: pd.DataFrame) -> list[str]:
 
     variancePartition's ``sortCols``: every plot shows the components in this order.
     Ties (and components without any estimate) keep the model's order.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import scvarpart as svp
+    >>> fractions = pd.DataFrame(
+    ...     {"patient": [0.1, 0.2], "chemistry": [0.5, 0.3], "Residual": [0.4, 0.5]}
+    ... )
+    >>> svp.varpart.component_order(fractions)
+    ['chemistry', 'patient', 'Residual']
     """
     terms = [c for c in fractions.columns if c != RESIDUAL]
     medians = fractions[terms].median(skipna=True).fillna(-np.inf)
@@ -139,6 +149,7 @@ class VarPartResult:
     beta_se: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
+        """Check that every table is indexed by the genes, in order, and has the components."""
         genes = self.fractions.index
         for name in ("variance", "per_gene", "beta", "beta_se"):
             table = getattr(self, name)
@@ -178,8 +189,11 @@ class VarPartResult:
 
     @property
     def summary(self) -> dict:
-        """Median fraction per component over the fitted genes, and the numbers of
-        genes, singular fits, non-converged fits and genes without estimates."""
+        """Median fraction per component over the fitted genes, and counts of genes.
+
+        The numbers of genes, singular fits, non-converged fits and genes without
+        estimates.
+        """
         failed = self.failed
         fitted = self.fractions[~failed]
         return {
@@ -223,11 +237,11 @@ class VarPartResult:
     def _genes(self, genes: Sequence[str] | None) -> pd.Index:
         if genes is None:
             return self.genes
-        genes = pd.Index([genes] if isinstance(genes, str) else list(genes))
-        missing = genes.difference(self.genes)
+        index = pd.Index([genes] if isinstance(genes, str) else list(genes))
+        missing = index.difference(self.genes)
         if len(missing):
             raise KeyError(f"{len(missing)} gene(s) are not in the result: {list(missing[:5])}.")
-        return genes
+        return index
 
     def _sorted(self, genes: pd.Index, sort_by: str | None, table: pd.DataFrame) -> pd.Index:
         if sort_by is None:
@@ -239,14 +253,14 @@ class VarPartResult:
 
     def long(self, genes: Sequence[str] | None = None, sort_by: str | None = None) -> pd.DataFrame:
         """Tidy table: one row per gene and component (see :func:`scvarpart.get.varpart_df`)."""
-        genes = self._sorted(self._genes(genes), sort_by, self.fractions)
+        index = self._sorted(self._genes(genes), sort_by, self.fractions)
         comps = self.component_order()
-        frac = self.fractions.loc[genes, comps]
-        var = self.variance.loc[genes, comps]
+        frac = self.fractions.loc[index, comps]
+        var = self.variance.loc[index, comps]
         out = pd.DataFrame(
             {
-                "gene": np.repeat(genes.to_numpy(dtype=object), len(comps)),
-                "component": pd.Categorical(np.tile(comps, len(genes)), categories=comps),
+                "gene": np.repeat(index.to_numpy(dtype=object), len(comps)),
+                "component": pd.Categorical(np.tile(comps, len(index)), categories=comps),
                 "fraction": frac.to_numpy().ravel(),
                 "variance": var.to_numpy().ravel(),
             }
@@ -256,8 +270,10 @@ class VarPartResult:
     def rho_table(
         self, genes: Sequence[str] | None = None, sort_by: str | None = "rho"
     ) -> pd.DataFrame:
-        """Per gene: ``rho`` and the batch and signal variances and fractions it is
-        computed from (see :func:`scvarpart.get.rho_df`)."""
+        """Per gene, ``rho`` and what it is computed from.
+
+        The batch and signal variances and fractions (see :func:`scvarpart.get.rho_df`).
+        """
         if "rho" not in self.per_gene:
             raise KeyError(
                 "This result has no rho: fit with batch= and signal= (the model terms that "
@@ -280,8 +296,11 @@ class VarPartResult:
         return table.loc[self._sorted(self._genes(genes), sort_by, table)]
 
     def beta_table(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
-        """Tidy fixed effects: one row per gene and coefficient, with ``estimate`` and
-        ``se`` (see :func:`scvarpart.get.beta_df`)."""
+        """Tidy fixed effects.
+
+        One row per gene and coefficient, with ``estimate`` and ``se`` (see
+        :func:`scvarpart.get.beta_df`).
+        """
         if self.beta is None or self.beta_se is None:
             raise KeyError(
                 "This result was stored without fixed effects (by an earlier version of "
@@ -312,8 +331,10 @@ class VarPartResult:
         )
 
     def gene_table(self) -> pd.DataFrame:
-        """Everything per gene in one flat table (the TSV of ``scvarpart report``):
-        fractions, variances, fixed effects and standard errors, fields, error."""
+        """Everything per gene in one flat table (the TSV of ``scvarpart report``).
+
+        Fractions, variances, fixed effects and standard errors, fields, error.
+        """
         parts = [
             self.fractions.add_prefix("fraction_"),
             self.variance.add_prefix("variance_"),
@@ -345,8 +366,9 @@ class VarPartResult:
         }
 
     def write(self, adata: AnnData, key: str) -> None:
-        """Store the result in ``adata`` under ``key``, replacing exactly what an
-        earlier fit under ``key`` stored.
+        """Store the result in ``adata`` under ``key``.
+
+        This replaces exactly what an earlier fit under ``key`` stored.
 
         Everything is checked and prepared before ``adata`` is touched; ``adata``
         must be an actual object (not a view) whose genes are those of the result,
@@ -413,8 +435,11 @@ class VarPartResult:
 
     @classmethod
     def concat(cls, parts: Sequence[VarPartResult]) -> VarPartResult:
-        """The result of all genes from results of consecutive gene chunks (same
-        analysis: their ``params`` and components must agree)."""
+        """The result of all genes from results of consecutive gene chunks.
+
+        The chunks come from the same analysis: their ``params`` and components must
+        agree.
+        """
         if not parts:
             raise ValueError("No results to combine.")
         first = parts[0]
@@ -463,8 +488,10 @@ def assemble(
     columns: Sequence[str] = (),
     params: Mapping[str, Any] | None = None,
 ) -> VarPartResult:
-    """A :class:`VarPartResult` from per-gene arrays (``rho`` is added from the
-    variances when ``params`` names ``batch`` and ``signal``)."""
+    """A :class:`VarPartResult` from per-gene arrays.
+
+    ``rho`` is added from the variances when ``params`` names ``batch`` and ``signal``.
+    """
     params = dict(params or {})
     comps = list(components)
     per_gene = pd.DataFrame(index=genes)
