@@ -88,11 +88,12 @@ def crossed_example(n_cells: int = 2000, n_genes: int = 200, *, seed: int = 0) -
 
     Returns
     -------
-    AnnData with dense float32 ``X`` (cells x genes); ``obs`` columns
-    ``patient``, ``chemistry``, ``day``, ``operator`` (categorical) and
-    ``log_umi``; ``varm["true_variance"]`` (the simulated variance of each
-    component, named as in the fitted results); ``var["true_beta_log_umi"]``;
-    ``uns["example"]`` with the formula and the batch / signal factors.
+    AnnData
+        With dense float32 ``X`` (cells x genes); ``obs`` columns ``patient``,
+        ``chemistry``, ``day``, ``operator`` (categorical) and ``log_umi``;
+        ``varm["true_variance"]`` (the simulated variance of each component, named as in
+        the fitted results); ``var["true_beta_log_umi"]``; ``uns["example"]`` with the
+        formula and the batch / signal factors.
 
     Examples
     --------

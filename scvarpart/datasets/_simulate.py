@@ -164,9 +164,10 @@ def simulate_counts(
 
     Returns
     -------
-    AnnData with ``X`` (log-normalised, CSR float32), ``obs`` columns for every
-    factor, ``library``, ``log_umi`` (log total counts) and ``pct_mito``; ``var``
-    with the simulation's parameters.
+    AnnData
+        With ``X`` (log-normalised, CSR float32), ``obs`` columns for every
+        factor, ``library``, ``log_umi`` (log total counts) and ``pct_mito``; ``var``
+        with the simulation's parameters.
 
     Examples
     --------

@@ -49,8 +49,9 @@ def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
 
     Returns
     -------
-    The :class:`~scvarpart.varpart.VarPartResult`: fractions, variances, fixed
-    effects, per-gene fields, errors and the analysis parameters.
+    VarPartResult
+        The :class:`~scvarpart.varpart.VarPartResult`, with the fractions, variances,
+        fixed effects, per-gene fields, errors and the analysis parameters.
 
     Examples
     --------
@@ -91,8 +92,9 @@ def varpart_df(
 
     Returns
     -------
-    DataFrame with columns ``gene``, ``component`` (categorical, in ``sortCols``
-    order), ``fraction`` and ``variance``.
+    DataFrame
+        Columns ``gene``, ``component`` (categorical, in ``sortCols``
+        order), ``fraction`` and ``variance``.
 
     Examples
     --------
@@ -129,9 +131,10 @@ def rho_df(
 
     Returns
     -------
-    DataFrame indexed by gene, with columns ``rho``, ``batch_variance``,
-    ``signal_variance``, ``batch_fraction``, ``signal_fraction`` and
-    ``batch_dominated`` (``rho >= 1``, as :func:`batch_dominated` ranks them).
+    DataFrame
+        Indexed by gene, with columns ``rho``, ``batch_variance``,
+        ``signal_variance``, ``batch_fraction``, ``signal_fraction`` and
+        ``batch_dominated`` (``rho >= 1``, as :func:`batch_dominated` ranks them).
 
     Examples
     --------
@@ -162,10 +165,11 @@ def beta_df(
 
     Returns
     -------
-    DataFrame with columns ``gene``, ``coefficient`` (the columns of the fixed-effect
-    design, as R names them: ``"(Intercept)"``, ``"log_umi"``, ``"groupB"``),
-    ``estimate`` and ``se`` (lme4's ``fixef`` and ``sqrt(diag(vcov))``, given the
-    estimated variances).
+    DataFrame
+        Columns ``gene``, ``coefficient`` (the columns of the
+        fixed-effect design, as R names them, e.g. ``"(Intercept)"``, ``"log_umi"``,
+        ``"groupB"``), ``estimate`` and ``se`` (lme4's ``fixef`` and
+        ``sqrt(diag(vcov))``, given the estimated variances).
 
     Examples
     --------
@@ -203,8 +207,9 @@ def batch_dominated(
 
     Returns
     -------
-    DataFrame indexed by gene, in rank order, with columns ``batch_fraction``,
-    ``signal_fraction`` and ``rho``.
+    DataFrame
+        Indexed by gene, in rank order, with columns ``batch_fraction``,
+        ``signal_fraction`` and ``rho``.
 
     Examples
     --------

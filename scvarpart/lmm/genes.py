@@ -309,8 +309,9 @@ def fit_stats(
 
     Returns
     -------
-    The :class:`~scvarpart.varpart.VarPartResult` of every gene; ``params`` records
-    the formula, method, batch, signal, number of observations and engine.
+    VarPartResult
+        The :class:`~scvarpart.varpart.VarPartResult` of every gene; ``params`` records
+        the formula, method, batch, signal, number of observations and engine.
 
     Examples
     --------

@@ -51,7 +51,9 @@ def component_variances(
 
     Returns
     -------
-    Columns: random terms, fixed terms, residual.
+    numpy.ndarray
+        The variances of the random terms, the fixed terms and the residual, in this
+        column order.
 
     Examples
     --------

@@ -53,8 +53,9 @@ def batch_dominated(
 
     Returns
     -------
-    One row per batch-dominated gene, in rank order, with columns ``batch_fraction``,
-    ``signal_fraction`` and ``rho``.
+    DataFrame
+        One row per batch-dominated gene, in rank order, with columns
+        ``batch_fraction``, ``signal_fraction`` and ``rho``.
 
     Examples
     --------
