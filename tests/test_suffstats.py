@@ -199,7 +199,10 @@ def wide_design():
     n = 260
     obs = pd.DataFrame(
         {
-            **{f: pd.Categorical(rng.integers(0, k, n)) for f, k in zip("abcde", (6, 3, 4, 5, 2))},
+            **{
+                f: pd.Categorical(rng.integers(0, k, n))
+                for f, k in zip("abcde", (6, 3, 4, 5, 2), strict=True)
+            },
             **{x: rng.normal(3, 1, n) for x in ("x1", "x2", "x3")},
         }
     )
