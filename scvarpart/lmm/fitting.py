@@ -14,13 +14,14 @@ variances by the square exactly and changes nothing else.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from joblib import Parallel, delayed
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
@@ -119,6 +120,21 @@ def choose_engine(gram: DesignGram) -> Literal["dense", "blocked"]:
     return "dense" if gram.n_levels + gram.n_fixed <= _DENSE_MAX_SIZE else "blocked"
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's thread pools, found once.
+
+    Scanning the loaded libraries costs milliseconds, and every batch of genes limits
+    BLAS to one thread.
+    """
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs single-threaded (in this process)."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
 def _make_engine(gram: DesignGram, reml: bool, engine: str):
     if engine == "dense":
         return DenseDeviance(gram, reml)
@@ -133,7 +149,7 @@ def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
     ``n_jobs`` is the only parallelism: many BLAS threads per worker would
     oversubscribe the cores.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         x0, f0 = moment_start(eng, gram, stats)
         if strategy == "global":
             x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0, f0)
@@ -230,7 +246,7 @@ def fit_lmm(
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
     jobs = ((eng, gram, normed.subset(b), strategy) for b in batches)
     results = []
-    with threadpool_limits(limits=1, user_api="blas"):  # also inside process workers
+    with _one_blas_thread():  # and in _fit_batch: also inside process workers
         if n_jobs in (None, 1) or len(batches) <= 1:
             outputs = (_fit_batch(*job) for job in jobs)
         else:
