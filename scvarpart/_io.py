@@ -1,5 +1,6 @@
-"""Safe input and output: inputs are checked before any work, results are written next to
-their destination and renamed into place.
+"""Safe input and output: inputs checked before any work, outputs renamed into place.
+
+Results are written next to their destination and renamed into place.
 
 The input is never opened for writing: a result file is a copy of the input with
 the result elements added, written under a temporary name in the destination's
@@ -136,8 +137,11 @@ def check_input(path: str | os.PathLike, what: str = "input") -> Path:
 
 
 def _raised_by_storage(err: BaseException) -> bool:
-    """Whether ``err`` was raised inside h5py, zarr or their codecs (a damaged file makes
-    them raise KeyError, RuntimeError or ValueError as well as OSError)."""
+    """Whether ``err`` was raised inside h5py, zarr or their codecs.
+
+    A damaged file makes them raise KeyError, RuntimeError or ValueError as well as
+    OSError.
+    """
     tb, filename = err.__traceback__, ""
     while tb is not None:
         filename, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
@@ -149,9 +153,12 @@ def _raised_by_storage(err: BaseException) -> bool:
 
 @contextmanager
 def reading(path: str | os.PathLike, what: str = "input") -> Iterator[None]:
-    """Turn an error of h5py or zarr while reading ``path`` into an :class:`InputError`
-    naming the file (the header of a damaged file can be intact and its content not).
-    Errors of scvarpart's own checks (a missing obs column...) pass unchanged."""
+    """Turn an error of h5py or zarr while reading ``path`` into an :class:`InputError`.
+
+    The error names the file (the header of a damaged file can be intact and its
+    content not). Errors of scvarpart's own checks (a missing obs column...) pass
+    unchanged.
+    """
     try:
         yield
     except (FileNotFoundError, PermissionError):
@@ -167,8 +174,11 @@ def reading(path: str | os.PathLike, what: str = "input") -> Iterator[None]:
 
 
 def _same(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file: resolved paths (symlinks, ``..``, relative
-    paths), then the device and inode (hard links, bind mounts) where both exist."""
+    """Whether two paths name the same file.
+
+    Resolved paths first (symlinks, ``..``, relative paths), then the device and inode
+    (hard links, bind mounts) where both exist.
+    """
     if a.resolve() == b.resolve():
         return True
     try:
@@ -190,9 +200,12 @@ def _clash(output: Path, source: Path) -> str | None:
 
 
 def _writable_folder(path: Path) -> None:
-    """Raise :class:`OutputNotWritableError` unless ``path`` can be created: its nearest
-    existing ancestor must be a folder in which this process can create entries (tried
-    for real, since permission bits say nothing for root or on read-only mounts)."""
+    """Raise :class:`OutputNotWritableError` unless ``path`` can be created.
+
+    Its nearest existing ancestor must be a folder in which this process can create
+    entries (tried for real, since permission bits say nothing for root or on read-only
+    mounts).
+    """
     folder = path.absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -244,8 +257,10 @@ def check_output(
 
 
 def _start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux), to tell it from a later one with the
-    same PID; None where /proc is not available."""
+    """The start time of process ``pid`` (Linux), or None where /proc is not available.
+
+    It tells the process from a later one with the same PID.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -259,8 +274,10 @@ def _owner() -> dict:
 
 
 def _may_be_running(owner: dict) -> bool:
-    """Whether the process that wrote a temporary's marker may still be running; True
-    when it cannot be told (another host, an unreadable marker)."""
+    """Whether the process that wrote a temporary's marker may still be running.
+
+    True when it cannot be told (another host, an unreadable marker).
+    """
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
         return True
@@ -280,13 +297,15 @@ def _temporary_pattern(path: Path) -> re.Pattern:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary folders of earlier writes of ``path`` whose process was
-    killed (SIGKILL, a crash). Only folders named as :func:`atomic_output` names those
-    of ``path``, holding a marker of a process of this host that is no longer running,
-    are removed. Returns the removed folders."""
+    """Remove the temporary folders of earlier writes of ``path`` whose process died.
+
+    The process was killed (SIGKILL, a crash). Only folders named as
+    :func:`atomic_output` names those of ``path``, holding a marker of a process of this
+    host that is no longer running, are removed. Returns the removed folders.
+    """
     path = Path(path)
     pattern = _temporary_pattern(path)
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
     except OSError:
@@ -315,8 +334,10 @@ _sigterm_handler: Callable | None = None
 
 @contextmanager
 def handle_sigterm_during_writes(handler: Callable) -> Iterator[None]:
-    """Within this context, :func:`atomic_output` installs ``handler`` for SIGTERM while
-    its temporary output exists, and restores the previous handler after.
+    """Within this context, SIGTERM calls ``handler`` while a temporary output exists.
+
+    :func:`atomic_output` installs ``handler`` for SIGTERM while its temporary output
+    exists, and restores the previous handler after.
 
     The command line passes a handler that raises an exception, so that SIGTERM removes
     the temporary as SIGINT does. Only writes need it: elsewhere SIGTERM keeps its
@@ -462,8 +483,10 @@ def read_var(path: str | os.PathLike, what: str = "input"):
 
 
 def read_results(path: str | os.PathLike, what: str = "input") -> AnnData:
-    """The ``obs``, ``var``, ``varm`` and ``uns`` of a file, without its matrices
-    (``what`` names the file in errors)."""
+    """The ``obs``, ``var``, ``varm`` and ``uns`` of a file, without its matrices.
+
+    ``what`` names the file in errors.
+    """
     import anndata as ad
     from anndata import AnnData
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._io import (
@@ -23,7 +23,6 @@ from ._common import EXIT_CODES, CLIError, add_output, quiet_logging
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..varpart import VarPartResult
 
 __all__ = ["CHUNK_KEY", "add_parsers", "chunk_bounds"]
 
@@ -209,9 +208,7 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             genes=genes,
         )
-    # partition_file returns a VarPartResult; its annotation still says dict (the cast
-    # becomes redundant, and mypy says so, once tl/_file.py's annotation is fixed)
-    results = cast("VarPartResult", partitioned).with_params(**provenance)
+    results = partitioned.with_params(**provenance)
 
     if genes is None:
         write_results_file(

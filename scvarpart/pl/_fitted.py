@@ -17,8 +17,10 @@ __all__ = ["fitted_design", "gene_values"]
 def fitted_design(
     adata: AnnData, key: str, *, formula: str | None = None, check: bool = False
 ) -> Design:
-    """The design of ``formula``, or, by default, of the fit stored under ``key``: its
-    formula and the cells it modelled (``cells=`` and complete observations)."""
+    """The design of ``formula``, or, by default, of the fit stored under ``key``.
+
+    The fit's formula and the cells it modelled (``cells=`` and complete observations).
+    """
     cells = None
     if formula is None:
         if key not in adata.uns or "params" not in adata.uns[key]:

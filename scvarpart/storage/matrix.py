@@ -172,8 +172,8 @@ def reduce_row_blocks(
     bounds: Sequence[tuple[int, int]],
     n_jobs: int | None = 1,
     progress: Callable[[int, int], object] | None = None,
-) -> P:
-    """Reduce ``Y`` by blocks of rows.
+) -> P | None:
+    """Reduce ``Y`` by blocks of rows (None when ``bounds`` is empty: no rows).
 
     ``block(values, start, stop, first)`` computes the partial of rows ``start:stop``
     of the in-memory ``values``, which are rows ``first:first + stop - start`` of
@@ -189,7 +189,7 @@ def reduce_row_blocks(
         return run
 
     outputs = _parallel((task(a, b) for a, b in bounds), n_jobs, len(bounds))
-    total = None
+    total: P | None = None
     for (a, b), part in zip(bounds, outputs, strict=True):
         total = part if total is None else merge(total, part)
         if progress is not None:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["is_zarr", "open_store"]
 
@@ -20,8 +20,12 @@ def is_zarr(path: str | os.PathLike) -> bool:
     return path.suffix == ".zarr" or path.is_dir()
 
 
+# the modes h5py and zarr share
+_Mode = Literal["r", "r+", "a", "w", "w-"]
+
+
 @contextmanager
-def open_store(path: str | os.PathLike, mode: str = "r") -> Iterator[Any]:
+def open_store(path: str | os.PathLike, mode: _Mode = "r") -> Iterator[Any]:
     """The root group of an ``.h5ad`` file or a ``.zarr`` store.
 
     Parameters

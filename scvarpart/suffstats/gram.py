@@ -48,10 +48,12 @@ class DesignGram:
 
     @property
     def n_levels(self) -> int:
+        """Number of random effects: levels summed over the grouping factors."""
         return int(sum(self.factor_sizes))
 
     @property
     def n_fixed(self) -> int:
+        """Number of fixed-effect columns, the intercept included."""
         return self.XtX.shape[0]
 
     @property

@@ -313,7 +313,7 @@ def _concat_genes(parts: list[_Partial]) -> _Partial:
     )
 
 
-def _finish(part: _Partial, n: int, G: int, q: int, p: int) -> ResponseStats:
+def _finish(part: _Partial | None, n: int, G: int, q: int, p: int) -> ResponseStats:
     if part is None or part.n == 0:  # no genes, or no rows
         part = _Partial.empty(G, q, p)
     return ResponseStats(
@@ -393,7 +393,9 @@ def response_stats(
         if genes is not None:
             Y = Y[:, design.cols]
         whole = design._replace(col_of=design.col_of[:0], cols=design.cols[:0])
-        part = reduce_dask(Y, _row_block, _Partial.merge, whole, chunk_rows=chunk_rows)
+        part: _Partial | None = reduce_dask(
+            Y, _row_block, _Partial.merge, whole, chunk_rows=chunk_rows
+        )
     elif storage_format(Y) == "csc":  # column slices are cheap: blocks of whole genes
         size = chunk_rows or max(1, int(CHUNK_VALUES / max(n * density(Y), 1)))
         columns = np.arange(Y.shape[1]) if genes is None else design.cols

@@ -11,11 +11,25 @@ import anndata as ad
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import (
+    doc_batch_signal,
+    doc_batch_size,
+    doc_cells,
+    doc_formula,
+    doc_key_added,
+    doc_layer,
+    doc_method,
+    doc_min_cells,
+    doc_n_jobs,
+    doc_params,
+    doc_use_raw,
+)
 from .._io import OutputExistsError, write_results_file
 from ..get._results import check_var_names, result_keys
 from ..storage.matrix import default_chunk_rows
 from ..storage.select import select_expression
 from ..storage.stores import open_store
+from ..varpart import VarPartResult
 from ._variance_partition import _partition, _plain, _prepare, check_options, write_results
 
 __all__ = ["partition_file", "variance_partition_file"]
@@ -34,8 +48,10 @@ def _lazy_matrix(elem, n_genes: int, chunk_size: int | None, dask: bool):
 
 
 def _without_results(var: pd.DataFrame, root, key: str) -> pd.DataFrame:
-    """The file's ``var`` without the columns of an earlier fit under ``key`` (as its
-    ``uns[key]`` recorded them): the fit's own results replace them."""
+    """The file's ``var`` without the columns of an earlier fit under ``key``.
+
+    Those its ``uns[key]`` recorded: the fit's own results replace them.
+    """
     if "uns" not in root or key not in root["uns"]:
         return var
     stored = AnnData(var=var, uns={key: ad.io.read_elem(root["uns"][key])})
@@ -60,10 +76,12 @@ def partition_file(
     dask,
     progress,
     genes: slice | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The file's ``obs`` and ``var`` (of ``genes``) and the result tables, as
-    :func:`variance_partition_file` computes them; ``genes`` restricts the fits to
-    a slice of the genes (each gene's result does not depend on the others)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
+    """The file's ``obs`` and ``var`` (of ``genes``) and the result.
+
+    As :func:`variance_partition_file` computes them; ``genes`` restricts the fits to
+    a slice of the genes (each gene's result does not depend on the others).
+    """
     path = Path(path)
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     if not path.exists():
@@ -97,6 +115,18 @@ def partition_file(
     return obs, (var if genes is None else var.iloc[genes]), results
 
 
+@doc_params(
+    doc_formula=doc_formula,
+    doc_batch_signal=doc_batch_signal,
+    doc_method=doc_method,
+    doc_layer=doc_layer,
+    doc_use_raw=doc_use_raw,
+    doc_cells=doc_cells,
+    doc_min_cells=doc_min_cells,
+    doc_key_added=doc_key_added,
+    doc_n_jobs=doc_n_jobs,
+    doc_batch_size=doc_batch_size,
+)
 def variance_partition_file(
     path: str | os.PathLike,
     formula: str,
@@ -128,10 +158,18 @@ def variance_partition_file(
     ----------
     path
         An ``.h5ad`` file or a ``.zarr`` store written by anndata.
-    formula, batch, signal, method, layer, use_raw, cells, min_cells, key_added, n_jobs, batch_size
-        As for :func:`variance_partition`.
+    {doc_formula}
+    {doc_batch_signal}
+    {doc_method}
+    {doc_layer}
+    {doc_use_raw}
+    {doc_cells}
+    {doc_min_cells}
+    {doc_key_added}
+    {doc_n_jobs}
+    {doc_batch_size}
     chunk_size
-        Cells per block (by default about 32 MB of float64 values).
+        Cells per block (by default about 4 million stored values, 32 MB as float64).
     dask
         Run the pass over the cells as a Dask graph (one task per block) on the
         active scheduler: with a ``dask.distributed.Client`` open, on its
@@ -148,17 +186,28 @@ def variance_partition_file(
 
     Returns
     -------
-    An AnnData with the file's ``obs`` and ``var`` and no ``X``, holding the
-    results in ``varm``, ``var`` and ``uns`` as :func:`variance_partition` stores
-    them (``uns[key_added]["params"]["path"]`` records the input's file name).
+    AnnData
+        The file's ``obs`` and ``var``, no ``X``, and the results in ``varm``, ``var``
+        and ``uns`` as :func:`variance_partition` stores them
+        (``uns[key_added]["params"]["path"]`` records the input's file name).
 
     Examples
     --------
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> import scvarpart as svp
-    >>> result = svp.tl.variance_partition_file(  # doctest: +SKIP
-    ...     "atlas.h5ad", "~ (1|donor) + (1|batch)", batch="batch", signal="donor",
-    ...     chunk_size=50_000, output="atlas_varpart.h5ad",
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> svp.datasets.crossed_example(n_cells=500, n_genes=20).write_h5ad(folder / "cells.h5ad")
+    >>> result = svp.tl.variance_partition_file(
+    ...     folder / "cells.h5ad", svp.datasets.EXAMPLE_FORMULA, method="REML",
+    ...     chunk_size=100, output=folder / "cells.varpart.h5ad", progress=False,
     ... )
+    >>> result.varm["varpart"].shape
+    (20, 6)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['cells.h5ad', 'cells.varpart.h5ad']
+    >>> import shutil
+    >>> shutil.rmtree(folder)
     """
     path = Path(path)
     if output is not None and Path(output).exists() and not force:

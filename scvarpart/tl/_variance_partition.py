@@ -388,8 +388,8 @@ def variance_partition(
     {doc_n_jobs}
     {doc_batch_size}
     chunk_size
-        Cells read per block in the pass over the data (by default about 32 MB
-        of float64 values); bounds the memory used for a backed object.
+        Cells read per block in the pass over the data (by default about 4 million
+        stored values, 32 MB as float64); bounds the memory used for a backed object.
     {doc_progress}
     copy
         Return a modified copy instead of writing into ``adata``.
