@@ -23,6 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._names import as_names
+
 __all__ = ["AnalysisPlan", "PlanError", "read_plan"]
 
 
@@ -66,13 +68,13 @@ class AnalysisPlan:
 
 
 def _names(value, key: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise PlanError(f"Plan key {key!r} must be a name or a list of names, got {value!r}.")
+    """The names of plan key ``key``: a comma-separated text or a list of names."""
+    if not (value is None or isinstance(value, str | list)):  # not a table or a number
+        raise PlanError(f"Plan key {key!r} must be a name or a list of names, got {value!r}.")
+    try:
+        return as_names(value, f"Plan key {key!r}", split=True)
+    except TypeError as err:
+        raise PlanError(str(err)) from None
 
 
 # a sequence of checks of the plan's fields, each raising its own message naming the

@@ -16,6 +16,7 @@ from .._io import (
     write_h5ad_atomic,
     write_results_file,
 )
+from .._names import as_names
 from ..plan import read_plan
 from ..provenance import file_fingerprint, params_fingerprint
 from ._common import EXIT_CODES, CLIError, add_output, quiet_logging
@@ -41,7 +42,8 @@ _MODEL_OPTIONS = ("formula", "batch", "signal", "method", "layer", "use_raw", "k
 
 
 def _names(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    """A comma-separated option value as a list of names (argparse type)."""
+    names = as_names(text, "the option", split=True)
     if not names:
         raise argparse.ArgumentTypeError("give one or more comma-separated names")
     return names

@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import suffstats
+from .._names import as_names
 from ..design import Design, build_design, parse_formula
 from ..suffstats import DesignGram, ResponseStats, design_gram
 from ..suffstats.gram import centred_fixed, indicator_matrix
@@ -327,8 +328,7 @@ def fit_stats(
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
-    batch_l = [batch] if isinstance(batch, str) else None if batch is None else list(batch)
-    signal_l = [signal] if isinstance(signal, str) else None if signal is None else list(signal)
+    batch_l, signal_l = as_names(batch, "batch"), as_names(signal, "signal")
     check_roles(batch_l, signal_l, stats.components)
     _check_finite(stats)
     response, gram = stats.response, stats.gram
@@ -417,8 +417,8 @@ def fit(
     """
     design = _design(design, obs)
     check_roles(
-        [batch] if isinstance(batch, str) else batch,
-        [signal] if isinstance(signal, str) else signal,
+        as_names(batch, "batch"),
+        as_names(signal, "signal"),
         design.components,
     )
     stats = response_stats(Y, design, var_names=var_names, chunk_size=chunk_size, n_jobs=n_jobs)

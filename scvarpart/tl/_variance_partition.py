@@ -29,6 +29,7 @@ from .._docs import (
     doc_progress,
     doc_use_raw,
 )
+from .._names import as_names
 from .._warn import warn
 from ..design import Design, build_design, parse_formula
 from ..get._results import check_var_names
@@ -58,17 +59,6 @@ def _versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "unknown"
-    return out
-
-
-def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    out = list(value)
-    if not all(isinstance(v, str) for v in out):
-        raise TypeError(f"{what} must be a component name or a list of names, got {value!r}.")
     return out
 
 
@@ -217,8 +207,8 @@ def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None)
             "There are no cells (n_obs = 0): nothing to fit. Check the subsetting or "
             "filtering that produced the data."
         )
-    batch_l = _as_list(batch, "batch")
-    signal_l = _as_list(signal, "signal")
+    batch_l = as_names(batch, "batch")
+    signal_l = as_names(signal, "signal")
     parsed = parse_formula(formula)
     if parsed.response is not None:
         raise ValueError(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._names import as_names
 from .fractions import RESIDUAL, rho
 from .ranking import batch_dominated
 
@@ -61,7 +62,7 @@ _ANALYSIS = ("formula", "method", "batch", "signal")
 
 def _names(value: Any) -> list[str]:
     """A list of names as stored in uns (None, a list, or an array after reading)."""
-    return [] if value is None else [str(v) for v in np.atleast_1d(value)]
+    return as_names(value, "a stored list of names") or []
 
 
 def component_order(fractions: pd.DataFrame) -> list[str]:
