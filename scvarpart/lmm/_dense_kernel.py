@@ -6,6 +6,11 @@ efficiently by compiled loops than by stacked NumPy calls, and the kernels
 release the GIL, so threads fit genes in parallel without copying data.
 Internal level order: the eliminated factor's levels first, then the others
 grouped by factor (so every factor is a contiguous range ``bstart:bstop``).
+
+The cubic parts (``K``, ``W'W``) run their inner loops along contiguous slices,
+which the compiler vectorises, two output rows at a time; every entry still
+accumulates its products one after the other in a fixed order, so its rounding
+does not depend on the vector width or on alignment.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "factorise",
     "fixed_effects",
     "fixed_factors",
+    "held_at",
     "solve_gene",
     "workspace",
 ]
@@ -58,6 +64,41 @@ class DenseDesign(NamedTuple):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _scaled_gram(E, weight, K):
+    """Upper triangle of ``K = E' diag(weight) E`` (and below it within 2 x 2 blocks).
+
+    Each entry adds its products ``(E[l, i] weight[l]) E[l, j]`` in order of ``l``,
+    as the plain triple loop does: the same rounding. Two rows of ``K`` at a time,
+    along contiguous slices, so that the inner loop is vectorised and each load of
+    ``E`` serves both.
+    """
+    q1, m2 = E.shape
+    i = 0
+    while i + 1 < m2:
+        K0 = K[i, i:m2]
+        K1 = K[i + 1, i:m2]
+        K0[:] = 0.0
+        K1[:] = 0.0
+        for lv in range(q1):
+            El = E[lv, i:m2]
+            e0 = El[0] * weight[lv]
+            e1 = El[1] * weight[lv]
+            for t in range(El.shape[0]):
+                x = El[t]
+                K0[t] += e0 * x
+                K1[t] += e1 * x
+        i += 2
+    if i < m2:
+        Ki = K[i, i:m2]
+        Ki[:] = 0.0
+        for lv in range(q1):
+            El = E[lv, i:m2]
+            ei = El[0] * weight[lv]
+            for t in range(El.shape[0]):
+                Ki[t] += ei * El[t]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def factor_design(gamma, dz, w):
     """The part of a factorisation at ``gamma`` that no gene changes.
 
@@ -71,6 +112,7 @@ def factor_design(gamma, dz, w):
     q2 = rest_factor.shape[0]
     m2 = q2 + p
     inv_a, s, K, N, L = w.inv_a, w.s, w.K, w.N, w.L
+    w.held[0] = np.nan  # no gene's solution is held any more
 
     # the eliminated factor: Omega_11 = diag(a), a = 1 + gamma_1 d
     g1 = gamma[dz.big]
@@ -84,13 +126,7 @@ def factor_design(gamma, dz, w):
         s[i] = 1.0
 
     # K = E' diag(1/a) E; N = G_RR - gamma_1 K; S = s s' * N + I (levels)
-    K[:, :] = 0.0
-    for lv in range(q1):
-        wl = inv_a[lv]
-        for i in range(m2):
-            ei = E[lv, i] * wl
-            for j in range(i, m2):
-                K[i, j] += ei * E[lv, j]
+    _scaled_gram(E, inv_a, K)
     for i in range(m2):
         for j in range(i, m2):
             K[j, i] = K[i, j]
@@ -190,22 +226,118 @@ def factorise(gamma, zy, xy, ss, dz, w):
     f = criterion(logdet_v, logdet_x, r2, dz)
     if not np.isfinite(f):
         return np.nan, np.nan
+    k = gamma.shape[0]
+    held = w.held
+    held[:k] = gamma
+    held[k] = f
+    held[k + 1] = r2
     return f, r2
+
+
+@nb.njit(cache=True, nogil=True)
+def held_at(gamma, w):
+    """Whether ``w`` holds a gene's factorisation by :func:`factorise` at exactly ``gamma``.
+
+    Its deviance and ``r2`` are then ``w.held[k]`` and ``w.held[k + 1]``: factorising
+    again would compute the same numbers.
+    """
+    held = w.held
+    for j in range(gamma.shape[0]):
+        if not held[j] == gamma[j]:
+            return False
+    return True
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def fixed_effects(dz, w, beta):
-    """Fixed effects (centred X) from a factorisation: the last p of L'^-1 c."""
+    """Fixed effects (centred X) from a factorisation: the last p of L'^-1 c.
+
+    Back substitution from the last row stops after them: no earlier row enters.
+    """
     L, c, sol = w.L, w.c, w.rhs
     m2 = c.shape[0]
     q2 = m2 - dz.p
-    for i in range(m2 - 1, -1, -1):
+    for i in range(m2 - 1, q2 - 1, -1):
         acc = c[i]
         for t in range(i + 1, m2):
             acc -= L[t, i] * sol[t]
         sol[i] = acc / L[i, i]
     for x in range(dz.p):
         beta[x] = sol[q2 + x]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _subtract_gram(W, rows, D):
+    """``D -= W[:rows]' W[:rows]`` on the upper triangle (and below it within 2 x 2 blocks).
+
+    Each entry subtracts its products in order of the rows of ``W``, as the plain
+    triple loop does; two rows of ``D`` at a time along contiguous slices, so the
+    inner loop is vectorised and each element of ``W`` loaded serves both.
+    """
+    q = D.shape[0]
+    a = 0
+    while a + 1 < q:
+        D0 = D[a, a:q]
+        D1 = D[a + 1, a:q]
+        for i in range(rows):
+            Wi = W[i, a:q]
+            w0 = Wi[0]
+            w1 = Wi[1]
+            for t in range(Wi.shape[0]):
+                x = Wi[t]
+                D0[t] -= w0 * x
+                D1[t] -= w1 * x
+        a += 2
+    if a < q:
+        Da = D[a, a:q]
+        for i in range(rows):
+            Wi = W[i, a:q]
+            wa = Wi[0]
+            for t in range(Wi.shape[0]):
+                Da[t] -= wa * Wi[t]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _block_sums(D, u, r0, r1, c0, c1):
+    """``sum D[a, b]^2`` and ``sum u[a] D[a, b] u[b]`` over rows ``r0:r1``, columns ``c0:c1``.
+
+    Summed row by row: each row's sums are separate chains of additions, which the
+    processor overlaps, then added in order of the rows.
+    """
+    fr = 0.0
+    ud = 0.0
+    uc = u[c0:c1]
+    for a in range(r0, r1):
+        Da = D[a, c0:c1]
+        rf = 0.0
+        ru = 0.0
+        for t in range(Da.shape[0]):
+            v = Da[t]
+            rf += v * v
+            ru += v * uc[t]
+        fr += rf
+        ud += u[a] * ru
+    return fr, ud
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _diagonal_block_sums(D, u, r0, r1):
+    """As :func:`_block_sums` for the symmetric block ``r0:r1`` of ``D`` (upper triangle)."""
+    fr = 0.0
+    ud = 0.0
+    for a in range(r0, r1):
+        Da = D[a, a + 1 : r1]
+        ub = u[a + 1 : r1]
+        rf = 0.0
+        ru = 0.0
+        for t in range(Da.shape[0]):
+            v = Da[t]
+            rf += v * v
+            ru += v * ub[t]
+        v = D[a, a]
+        fr += v * v + 2.0 * rf
+        ud += u[a] * (v * u[a] + 2.0 * ru)
+    return fr, ud
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -233,13 +365,15 @@ def derivatives(gamma, zy, dz, w, r2, grad, hess):
         for a in range(q2):
             W[i, q1 + a] = si * N[i, a]
     for i in range(m2):
+        Wi = W[i]
         for t in range(i):
             lit = L[i, t]
+            Wt = W[t]
             for a in range(q):
-                W[i, a] -= lit * W[t, a]
+                Wi[a] -= lit * Wt[a]
         inv = 1.0 / L[i, i]
         for a in range(q):
-            W[i, a] *= inv
+            Wi[a] *= inv
 
     # u = Z'Py = Zy - W'c - gamma_1 F1' diag(1/a) b1
     for a in range(q):
@@ -257,22 +391,24 @@ def derivatives(gamma, zy, dz, w, r2, grad, hess):
     # D = M (ML) or Q (REML): Cg - W'W over the level rows (and the fixed-effect
     # rows for Q); upper triangle. Cg = C - gamma_1 F1' diag(1/a) F1.
     for a in range(q):
-        for b in range(a, q):
-            D[a, b] = C[a, b]
+        Da = D[a, a:q]
+        Ca = C[a, a:q]
+        for b in range(Da.shape[0]):
+            Da[b] = Ca[b]
     for lv in range(q1):
         D[lv, lv] -= g1 * d[lv] * d[lv] * inv_a[lv]
         f = g1 * d[lv] * inv_a[lv]
-        for b in range(q1, q):
-            D[lv, b] -= f * C[lv, b]
+        Dl = D[lv, q1:q]
+        Cl = C[lv, q1:q]
+        for b in range(q2):
+            Dl[b] -= f * Cl[b]
     for a in range(q2):
-        for b in range(a, q2):
-            D[q1 + a, q1 + b] -= g1 * K[a, b]
+        Da = D[q1 + a, q1 + a : q]
+        Ka = K[a, a:q2]
+        for b in range(q2 - a):
+            Da[b] -= g1 * Ka[b]
     rows = m2 if reml else q2
-    for i in range(rows):
-        for a in range(q):
-            wa = W[i, a]
-            for b in range(a, q):
-                D[a, b] -= wa * W[i, b]
+    _subtract_gram(W, rows, D)
 
     # block sums by factor: traces, |D_ij|_F^2, u_i' D_ij u_j, |u_i|^2
     bstart, bstop = dz.bstart, dz.bstop
@@ -286,28 +422,12 @@ def derivatives(gamma, zy, dz, w, r2, grad, hess):
         uu[fi] = acc_uu
         tr[fi] = acc_tr
         for fj in range(fi, k):
-            fr = 0.0
-            ud = 0.0
-            for a in range(bstart[fi], bstop[fi]):
-                ua = u[a]
-                if fj == fi:
-                    v = D[a, a]
-                    fr += v * v
-                    ud += ua * v * ua
-                    for b in range(a + 1, bstop[fj]):
-                        v = D[a, b]
-                        fr += 2.0 * v * v
-                        ud += 2.0 * ua * v * u[b]
-                elif bstart[fj] > bstart[fi]:
-                    for b in range(bstart[fj], bstop[fj]):
-                        v = D[a, b]  # upper triangle: a < b
-                        fr += v * v
-                        ud += ua * v * u[b]
-                else:
-                    for b in range(bstart[fj], bstop[fj]):
-                        v = D[b, a]  # upper triangle: b < a
-                        fr += v * v
-                        ud += ua * v * u[b]
+            if fj == fi:
+                fr, ud = _diagonal_block_sums(D, u, bstart[fi], bstop[fi])
+            elif bstart[fj] > bstart[fi]:  # upper triangle: rows fi, columns fj
+                fr, ud = _block_sums(D, u, bstart[fi], bstop[fi], bstart[fj], bstop[fj])
+            else:
+                fr, ud = _block_sums(D, u, bstart[fj], bstop[fj], bstart[fi], bstop[fi])
             frob[fi, fj] = fr
             frob[fj, fi] = fr
             uDu[fi, fj] = ud
@@ -349,6 +469,7 @@ class _Work(NamedTuple):
     uu: np.ndarray
     tr: np.ndarray
     XU: np.ndarray
+    held: np.ndarray  # gamma, deviance and r2 of the gene factorised last (NaN: none)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -375,6 +496,7 @@ def workspace(dz, k):
         np.empty(k),
         np.empty(k),
         np.empty((dz.p, k)),
+        np.full(k + 2, np.nan),
     )
 
 

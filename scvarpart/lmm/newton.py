@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from ._dense_kernel import derivatives, factorise, fixed_effects, workspace
+from ._dense_kernel import derivatives, factorise, fixed_effects, held_at, workspace
 
 __all__ = ["NewtonOptions", "minimise_batch", "minimise_callable"]
 
@@ -77,9 +77,180 @@ class NewtonOptions(NamedTuple):
     eps_active: float = 1e-2
 
 
+# Jacobi sweeps after which a small symmetric eigenproblem is given up as converged.
+_MAX_SWEEPS = 60
+
+
+@nb.njit(cache=True, nogil=True)
+def _jacobi_rotation(A, V, p, q):
+    """Zero ``A[p, q]`` by a rotation of rows and columns ``p`` and ``q`` of ``A`` and ``V``.
+
+    Returns whether it rotated: not where ``A[p, q]`` is already 0 or below the
+    rounding of both diagonal entries it couples (then it is set to 0).
+    """
+    apq = A[p, q]
+    if apq == 0.0:
+        return False
+    app, aqq = A[p, p], A[q, q]
+    g = 100.0 * abs(apq)
+    if abs(app) + g == abs(app) and abs(aqq) + g == abs(aqq):
+        A[p, q] = A[q, p] = 0.0
+        return False
+    # t: tangent of the smaller angle that zeroes A[p, q]
+    theta = 0.5 * (aqq - app) / apq
+    t = 1.0 / (abs(theta) + math.hypot(1.0, theta))
+    if theta < 0.0:
+        t = -t
+    c = 1.0 / math.sqrt(1.0 + t * t)
+    sn = t * c
+    tau = sn / (1.0 + c)
+    h = t * apq
+    A[p, p] = app - h
+    A[q, q] = aqq + h
+    A[p, q] = A[q, p] = 0.0
+    for r in range(A.shape[0]):
+        if r != p and r != q:
+            arp, arq = A[r, p], A[r, q]
+            A[r, p] = A[p, r] = arp - sn * (arq + arp * tau)
+            A[r, q] = A[q, r] = arq + sn * (arp - arq * tau)
+        vrp, vrq = V[r, p], V[r, q]
+        V[r, p] = vrp - sn * (vrq + vrp * tau)
+        V[r, q] = vrq + sn * (vrp - vrq * tau)
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _symmetric_eigen(A, V):
+    """Eigendecomposition of a small symmetric matrix by cyclic Jacobi rotations.
+
+    Reads the lower triangle of ``A``; on return its diagonal holds the eigenvalues and
+    the columns of ``V`` the eigenvectors. For the few variance ratios of a model
+    LAPACK's calls cost far more than the arithmetic; Jacobi's method is as accurate
+    (Demmel & Veselic 1992). Sweeps end when no off-diagonal entry is above the
+    rounding of the diagonal entries it couples.
+    """
+    k = A.shape[0]
+    for i in range(k):
+        for j in range(k):
+            V[i, j] = 1.0 if i == j else 0.0
+        for j in range(i + 1, k):
+            A[i, j] = A[j, i]
+    for _ in range(_MAX_SWEEPS):
+        rotated = False
+        for p in range(k - 1):
+            for q in range(p + 1, k):
+                rotated = _jacobi_rotation(A, V, p, q) or rotated
+        if not rotated:
+            return
+
+
+@nb.njit(cache=True, nogil=True)
+def _eigen_step(H, g, step):
+    """``step = -V diag(1/|w|) V' g`` from the eigendecomposition ``H = V diag(w) V'``.
+
+    Eigenvalues are kept at least ``1e-12`` of the largest. Returns whether every one
+    was above that already (``H`` positive definite). Overwrites ``H``.
+    """
+    k = H.shape[0]
+    V = np.empty((k, k))
+    _symmetric_eigen(H, V)
+    w = np.empty(k)
+    for i in range(k):
+        w[i] = H[i, i]
+    scale = np.max(np.abs(w))
+    positive = True
+    for i in range(k):
+        if not w[i] > 1e-12 * scale:
+            positive = False
+        w[i] = max(abs(w[i]), 1e-12 * scale + 1e-300)
+    step[:] = 0.0
+    for m in range(k):
+        coef = 0.0
+        for i in range(k):
+            coef += V[i, m] * g[i]
+        coef /= w[m]
+        for i in range(k):
+            step[i] -= V[i, m] * coef
+    return positive
+
+
+# |H|_F |H^-1|_F below which a Hessian's eigenvalues need no inspection: it bounds
+# the ratio of the largest to the smallest, 10 times below the 1e12 that
+# _eigen_step tolerates (room for the rounding of both).
+_SAFE_CONDITION = 1e11
+
+
+@nb.njit(cache=True, nogil=True)
+def _cholesky(H, L):
+    """Lower Cholesky factor of ``H`` (lower triangle read) into ``L``.
+
+    Returns ``|H|_F^2``, or -1 where ``H`` is not positive definite.
+    """
+    k = H.shape[0]
+    norm = 0.0
+    for j in range(k):
+        for i in range(j, k):
+            acc = H[i, j]
+            norm += acc * acc if i == j else 2.0 * acc * acc
+            for t in range(j):
+                acc -= L[i, t] * L[j, t]
+            if i > j:
+                L[i, j] = acc / L[j, j]
+            elif acc > 0.0:
+                L[j, j] = math.sqrt(acc)
+            else:
+                return -1.0
+    return norm
+
+
+@nb.njit(cache=True, nogil=True)
+def _definite_step(H, g, step):
+    """``step = -H^-1 g`` for a safely positive definite ``H`` (lower triangle read).
+
+    Returns False, with ``step`` untouched, unless the Cholesky factorisation of ``H``
+    exists and ``|H|_F |H^-1|_F < _SAFE_CONDITION``: then every eigenvalue is above
+    ``1e-12`` of the largest, and this is the step of :func:`_eigen_step`, at a
+    fraction of its cost.
+    """
+    k = H.shape[0]
+    L = np.zeros((k, k))
+    norm_h = _cholesky(H, L)
+    if not norm_h >= 0.0:
+        return False
+    M = np.zeros((k, k))  # L^-1
+    for j in range(k):
+        M[j, j] = 1.0 / L[j, j]
+        for i in range(j + 1, k):
+            acc = 0.0
+            for t in range(j, i):
+                acc -= L[i, t] * M[t, j]
+            M[i, j] = acc / L[i, i]
+    inv = np.empty((k, k))  # H^-1 = M' M
+    norm_inv = 0.0
+    for i in range(k):
+        for j in range(k):
+            acc = 0.0
+            for t in range(max(i, j), k):
+                acc += M[t, i] * M[t, j]
+            inv[i, j] = acc
+            norm_inv += acc * acc
+    if not norm_h * norm_inv < _SAFE_CONDITION * _SAFE_CONDITION:
+        return False
+    for i in range(k):
+        acc = 0.0
+        for j in range(k):
+            acc -= inv[i, j] * g[j]
+        step[i] = acc
+    return True
+
+
 @nb.njit(cache=True, nogil=True)
 def _newton_step(x, g, H, logc, bound):
-    """Newton step in mixed coordinates; returns step, decrement, positive."""
+    """Newton step in mixed coordinates; returns step, decrement, positive.
+
+    The Hessian is made positive definite by taking absolute values of its eigenvalues
+    (none below ``1e-12`` of the largest); ``positive`` when none had to change.
+    """
     k = x.shape[0]
     Ht = np.empty((k, k))
     gt = np.empty(k)
@@ -93,21 +264,8 @@ def _newton_step(x, g, H, logc, bound):
             Ht[i, i] = 1.0
         elif logc[i]:
             Ht[i, i] += x[i] * g[i]
-    w, V = np.linalg.eigh(Ht)
-    scale = np.max(np.abs(w))
-    positive = True
-    for i in range(k):
-        if not w[i] > 1e-12 * scale:
-            positive = False
-        w[i] = max(abs(w[i]), 1e-12 * scale + 1e-300)
-    step = np.zeros(k)
-    for m in range(k):  # step = -V diag(1/w) V' gt
-        coef = 0.0
-        for i in range(k):
-            coef += V[i, m] * gt[i]
-        coef /= w[m]
-        for i in range(k):
-            step[i] -= V[i, m] * coef
+    step = np.empty(k)
+    positive = _definite_step(Ht, gt, step) or _eigen_step(Ht, gt, step)
     decrement = 0.0
     for i in range(k):
         decrement -= gt[i] * step[i]
@@ -348,7 +506,11 @@ def estimates_at(x, zy, xy, ss, dz, w, dev, r2, beta, g):
     """
     if not np.all(np.isfinite(x)):
         return
-    dev[g], r2[g] = factorise(x, zy, xy, ss, dz, w)
+    if held_at(x, w):  # the descent ended on its last factorisation
+        k = x.shape[0]
+        dev[g], r2[g] = w.held[k], w.held[k + 1]
+    else:
+        dev[g], r2[g] = factorise(x, zy, xy, ss, dz, w)
     if np.isfinite(dev[g]):
         fixed_effects(dz, w, beta[g])
 
