@@ -286,8 +286,10 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
     """
     XtX_inv = np.linalg.pinv(X.T @ X)
     for f in factors:
-        sums = np.zeros((f.n_levels, X.shape[1]))
-        np.add.at(sums, f.codes, X)
+        # per-level column sums Z'X (bincount: np.add.at is ~10x slower on many cells)
+        sums = np.column_stack(
+            [np.bincount(f.codes, weights=X[:, j], minlength=f.n_levels) for j in range(X.shape[1])]
+        )
         # trace of the indicators' residual Gram matrix after projecting out X
         # (positive semi-definite: 0 exactly when every level is in X's span)
         residual = f.counts.sum() - np.einsum("lp,pq,lq->", sums, XtX_inv, sums)
