@@ -120,8 +120,9 @@ def _is_categorical(s: pd.Series) -> bool:
 def _levels_of(s: pd.Series) -> pd.Index:
     """Levels in R's order: the categories' order if categorical, else sorted."""
     if isinstance(s.dtype, pd.CategoricalDtype):
-        used = set(s.dropna().unique())
-        return pd.Index([c for c in s.cat.categories if c in used])
+        codes = s.cat.codes.to_numpy()
+        used = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)) > 0
+        return pd.Index(list(s.cat.categories[used]))
     values = s.dropna().unique()
     try:
         return pd.Index(np.sort(values))
@@ -185,13 +186,23 @@ def _warn_numeric_grouping(column: str, term: str, s: pd.Series) -> None:
     )
 
 
+def _level_codes(s: pd.Series, levels: pd.Index) -> np.ndarray:
+    """Position of each value of ``s`` among ``levels`` (-1 for missing values)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):  # through the codes: no hashing of values
+        pos = levels.get_indexer(s.cat.categories)
+        codes = s.cat.codes.to_numpy()
+        return np.where(codes >= 0, pos[codes], -1)
+    return levels.get_indexer(s.to_numpy())
+
+
 def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> GroupingFactor:
+    """The grouping factor of a random term: its levels and each observation's level."""
     parts = []
     for c in cols:
         s = data[c]
         _warn_numeric_grouping(c, name, s)
         levels = _levels_of(s)
-        parts.append((pd.Index(levels).get_indexer(s.to_numpy()), levels))
+        parts.append((_level_codes(s, levels), levels))
     if len(parts) == 1:
         codes, levels = parts[0]
         # np.unique keeps level order and drops unused levels

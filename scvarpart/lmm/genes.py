@@ -243,9 +243,10 @@ def response_stats(
         raise ValueError(
             f"Y has {Y.shape[0]} rows; the design has {len(design.keep)} observations."
         )
+    Z = indicator_matrix(design)
     response = suffstats.response_stats(
         Y,
-        indicator_matrix(design),
+        Z,
         Xc,
         rows=design.keep,
         genes=genes,
@@ -254,7 +255,7 @@ def response_stats(
         progress=progress,
     )
     return GeneStatistics(
-        gram=design_gram(design),
+        gram=design_gram(design, Z),
         response=response,
         genes=names if genes is None else names[genes],
         factors=tuple(f.name for f in design.factors),

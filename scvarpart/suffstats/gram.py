@@ -87,19 +87,21 @@ def centred_fixed(design: Design) -> tuple[np.ndarray, np.ndarray]:
     return design.X - x_mean, x_mean
 
 
-def design_gram(design: Design) -> DesignGram:
+def design_gram(design: Design, Z: sp.csr_matrix | None = None) -> DesignGram:
     """Compute the cross-products of a design.
 
     Parameters
     ----------
     design
         The model matrices from :func:`~scvarpart.design.build_design`.
+    Z
+        Its :func:`indicator_matrix`, if the caller has it already.
 
     Returns
     -------
     The :class:`DesignGram`.
     """
-    Z = indicator_matrix(design)
+    Z = indicator_matrix(design) if Z is None else Z
     Xc, x_mean = centred_fixed(design)
     ZtZ = (Z.T @ Z).tocsr()
     return DesignGram(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -52,6 +53,7 @@ _UNLOGGED_MAX = 50.0
 _FEW_LEVELS = 5
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in _VERSIONED:
@@ -285,7 +287,7 @@ def _partition(
             "n_obs": design.n_obs,
             "n_obs_dropped": int((~design.keep).sum()),
             "engine": fitted["engine"],
-            "versions": _versions(),
+            "versions": dict(_versions()),  # a copy: the cached record stays as it is
         },
     )
     summary = result.summary
