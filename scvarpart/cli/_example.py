@@ -80,24 +80,24 @@ def _example(args: argparse.Namespace) -> int:
         n_jobs=args.n_jobs,
     )
     seconds = time.perf_counter() - start
-    summary = adata.uns["varpart"]["summary"]
+    from ..get import result
+
+    res = result(adata)
+    summary = res.summary
     print(
         f"fitted in {seconds:.2f} s ({adata.n_vars / seconds:,.0f} genes/s); "
         f"{summary['n_singular']} singular fits, {summary['n_failed']} failed\n"
     )
-    est = adata.varm["varpart_variance"]
-    truth = adata.varm["true_variance"]
+    est, truth = res.variance, adata.varm["true_variance"]
     print(f"{'component':<11}{'median fraction':>17}{'r(estimate, truth)':>20}")
-    for comp in adata.uns["varpart"]["components"]:
+    for comp in res.components:
         r = np.corrcoef(est[comp], truth[comp])[0, 1] if comp in truth else np.nan
         r_txt = f"{r:.3f}" if np.isfinite(r) else "-"
         print(f"{comp:<11}{summary['median_fraction'][comp]:>17.3f}{r_txt:>20}")
-    from ..get import batch_dominated
-
-    top = batch_dominated(adata, n_top=5)
+    top = res.batch_dominated(n_top=5)
     print(
         f"\nbatch-dominated genes (rho = batch variance / patient variance >= 1: "
-        f"{len(batch_dominated(adata))}), by batch fraction:"
+        f"{len(res.batch_dominated())}), by batch fraction:"
     )
     for gene, row in top.iterrows():
         print(f"  {gene}  batch fraction {row['batch_fraction']:.3f}, rho = {row['rho']:.3g}")

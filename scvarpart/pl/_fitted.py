@@ -10,6 +10,7 @@ from anndata import AnnData
 from ..design import Design, build_design
 from ..storage.select import select_expression
 from ..tl._variance_partition import _cell_filter
+from ..varpart import VarPartResult
 
 __all__ = ["fitted_design", "gene_values"]
 
@@ -23,12 +24,13 @@ def fitted_design(
     """
     cells = None
     if formula is None:
-        if key not in adata.uns or "params" not in adata.uns[key]:
+        try:
+            params = VarPartResult.read(adata, key).params
+        except KeyError:
             raise KeyError(
                 f"Give formula=, or run svp.tl.variance_partition first (no results under "
                 f"key {key!r})."
-            )
-        params = adata.uns[key]["params"]
+            ) from None
         formula, cells = str(params["formula"]), params.get("cells")
     return build_design(formula, adata.obs, rows=_cell_filter(adata.obs, cells), check=check)
 
