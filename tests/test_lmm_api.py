@@ -120,5 +120,5 @@ def test_bad_input_is_named(example):
     with pytest.raises(ValueError, match="method must be 'ML' or 'REML'"):
         svp.lmm.fit_stats(svp.lmm.response_stats(Y, FORMULA, obs=example.obs), method="GLS")
     Y[3, 5] = np.nan
-    with pytest.raises(ValueError, match=r"1 gene\(s\) have NaN or infinite values: 'g5'"):
+    with pytest.raises(ValueError, match=r"Y has NaN or infinite values in 1 gene\(s\): 'g5'"):
         svp.lmm.fit(FORMULA, Y, obs=example.obs, var_names=[f"g{j}" for j in range(12)])

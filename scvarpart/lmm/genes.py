@@ -59,6 +59,8 @@ class GeneStatistics:
         Fixed term -> its columns (indices into ``columns``).
     formula
         The model, as written.
+    source
+        What the responses were read from, for messages (e.g. ``"adata.X"``).
     """
 
     gram: DesignGram
@@ -68,6 +70,7 @@ class GeneStatistics:
     columns: tuple[str, ...]
     fixed_terms: Mapping[str, np.ndarray]
     formula: str = ""
+    source: str = "Y"
 
     @property
     def components(self) -> list[str]:
@@ -192,6 +195,7 @@ def response_stats(
     chunk_size: int | None = None,
     n_jobs: int | None = 1,
     progress: Progress = None,
+    source: str = "Y",
 ) -> GeneStatistics:
     """The sufficient statistics of every gene of ``Y``, in one pass over it.
 
@@ -217,6 +221,8 @@ def response_stats(
         Threads of the pass.
     progress
         Called after each block with its size and the total.
+    source
+        What ``Y`` is, in messages (e.g. ``"adata.X"``).
 
     Returns
     -------
@@ -262,17 +268,19 @@ def response_stats(
         columns=tuple(design.columns),
         fixed_terms=design.fixed_terms,
         formula=design.formula.text,
+        source=source,
     )
 
 
 def _check_finite(stats: GeneStatistics) -> None:
+    """Refuse genes whose statistics are not finite: their values hold NaN or inf."""
     bad = np.flatnonzero(stats.response.nonfinite())
     if len(bad):
         shown = ", ".join(map(repr, stats.genes[bad[:10]]))
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ValueError(
-            f"{len(bad)} gene(s) have NaN or infinite values: {shown}{more}. Fix the values "
-            "or leave these genes out."
+            f"{stats.source} has NaN or infinite values in {len(bad)} gene(s): "
+            f"{shown}{more}. Fix the values, or leave these genes out."
         )
 
 

@@ -104,16 +104,6 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
         )
 
 
-def _raise_nonfinite(bad: np.ndarray, source: str, var_names: pd.Index) -> None:
-    if len(bad):
-        shown = ", ".join(map(repr, var_names[bad[:10]]))
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ValueError(
-            f"{source} has NaN or infinite values in {len(bad)} gene(s): {shown}{more}. "
-            "Fix the values, or drop these genes (adata[:, ~mask])."
-        )
-
-
 def _lists(cells: Mapping[str, Sequence]) -> dict[str, list]:
     """``cells`` as a plain dict of lists (a single value becomes a list of one)."""
     return {
@@ -260,8 +250,8 @@ def _partition(
             chunk_size=chunk_size,
             n_jobs=n_jobs,
             progress=bar,
+            source=source,
         )
-    _raise_nonfinite(np.flatnonzero(stats.response.nonfinite()), source, stats.genes)
     logg.debug("    sufficient statistics computed", time=start)
     with progress_bar("fitting genes", progress) as bar:
         result = lmm.fit_stats(
