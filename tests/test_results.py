@@ -148,7 +148,7 @@ def test_rho_df(fitted):
 
     a = fitted.copy()
     svp.tl.variance_partition(a, "~ (1|patient) + (1|day)", method="REML", progress=False)
-    with pytest.raises(KeyError, match="no rho: fit with batch= and signal="):
+    with pytest.raises(KeyError, match="No rho under key 'varpart': fit with batch= and signal="):
         svp.get.rho_df(a)
 
 

@@ -223,9 +223,4 @@ def batch_dominated(
     >>> top.columns.tolist()
     ['batch_fraction', 'signal_fraction', 'rho']
     """
-    res = result(adata, key=key)
-    if "rho" not in res.per_gene:
-        raise KeyError(
-            f"No rho under key {key!r}: run svp.tl.variance_partition with batch= and signal=."
-        )
-    return res.batch_dominated(min_rho=min_rho, n_top=n_top)
+    return result(adata, key=key).batch_dominated(min_rho=min_rho, n_top=n_top)

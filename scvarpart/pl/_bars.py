@@ -10,7 +10,6 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._docs import doc_adata_fitted, doc_key, doc_min_rho, doc_params, doc_show_save
-from ..get import batch_dominated
 from ._common import component_colors, finish, get_results
 
 __all__ = ["percent_bars"]
@@ -83,7 +82,7 @@ def percent_bars(
         if sort_by is None:
             sort_by = "batch_dominated" if "rho" in res.per_gene else res.components[0]
         if sort_by in ("batch_dominated", "rho"):
-            ranked = batch_dominated(adata, key=key, n_top=n_top, min_rho=min_rho).index
+            ranked = res.batch_dominated(n_top=n_top, min_rho=min_rho).index
             title = f"top {len(ranked)} batch-dominated genes (rho >= {min_rho:g}, by batch %)"
         elif sort_by in comps:
             ranked = res.fractions[sort_by].dropna().sort_values(ascending=False).index

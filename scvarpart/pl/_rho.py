@@ -11,7 +11,6 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from .._docs import doc_adata_rho, doc_key, doc_params, doc_show_save
-from ..get import batch_dominated
 from ._common import axes_or_none, finish, get_results
 
 __all__ = ["rho"]
@@ -89,11 +88,7 @@ def rho(
     'mean expression'
     """
     res = get_results(adata, key)
-    if "rho" not in res.per_gene:
-        raise KeyError(
-            f"No rho under key {key!r}: run svp.tl.variance_partition with batch= and signal=."
-        )
-    r = res.per_gene["rho"]
+    r = res.rho
     mean = res.per_gene["mean"]
     finite = r[np.isfinite(r) & (r > 0)]
     n_inf, n_zero = int(np.isinf(r).sum()), int((r == 0).sum())
@@ -144,7 +139,7 @@ def rho(
 
     # the ranking of svp.get.batch_dominated: a large ratio of two tiny variances (or
     # rho = inf: no signal variance at all) is not what makes a gene batch-dominated
-    labelled = batch_dominated(adata, key=key, n_top=n_labels, min_rho=threshold).index
+    labelled = res.batch_dominated(n_top=n_labels, min_rho=threshold).index
     if len(labelled):
         ylim = ax_scatter.get_ylim()
         height = ylim[1] - ylim[0]

@@ -139,6 +139,9 @@ class VarPartResult:
         estimates. ``None`` for results stored before they were kept.
     beta_se
         Their standard errors, ``sqrt(diag(vcov))`` as lme4 reports them.
+    key
+        The key it was read from (:meth:`read`), named in messages; ``None`` for a
+        result not read from an AnnData.
     """
 
     fractions: pd.DataFrame
@@ -148,6 +151,7 @@ class VarPartResult:
     errors: pd.DataFrame = field(default_factory=lambda: _errors(pd.Series(dtype=str)))
     beta: pd.DataFrame | None = None
     beta_se: pd.DataFrame | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""
@@ -207,6 +211,24 @@ class VarPartResult:
             "n_not_converged": int((~self.per_gene["converged"] & ~failed).sum()),
             "n_failed": int(failed.sum()),
         }
+
+    @property
+    def rho(self) -> pd.Series:
+        """The batch-to-signal ratio of each gene.
+
+        Raises
+        ------
+        KeyError
+            When the fit was given no ``batch`` and ``signal``, saying so.
+        """
+        if "rho" not in self.per_gene:
+            where = "in this result" if self.key is None else f"under key {self.key!r}"
+            raise KeyError(
+                f"No rho {where}: fit with batch= and signal= (the model terms that are "
+                "technical and biological), e.g. svp.tl.variance_partition(adata, formula, "
+                "batch=..., signal=...)."
+            )
+        return self.per_gene["rho"]
 
     def component_order(self) -> list[str]:
         """Components by decreasing median fraction, the residual last (``sortCols``)."""
@@ -275,15 +297,10 @@ class VarPartResult:
 
         The batch and signal variances and fractions (see :func:`scvarpart.get.rho_df`).
         """
-        if "rho" not in self.per_gene:
-            raise KeyError(
-                "This result has no rho: fit with batch= and signal= (the model terms that "
-                "are technical and biological)."
-            )
         batch, signal = self.batch, self.signal
         table = pd.DataFrame(
             {
-                "rho": self.per_gene["rho"],
+                "rho": self.rho,
                 "batch_variance": self.variance[batch].sum(axis=1, min_count=1),
                 "signal_variance": self.variance[signal].sum(axis=1, min_count=1),
                 "batch_fraction": self.fractions[batch].sum(axis=1, min_count=1),
@@ -320,11 +337,9 @@ class VarPartResult:
 
     def batch_dominated(self, *, min_rho: float = 1.0, n_top: int | None = None) -> pd.DataFrame:
         """The batch-dominated genes, ranked (see :mod:`scvarpart.varpart.ranking`)."""
-        if "rho" not in self.per_gene:
-            raise KeyError("No rho in this result: fit with batch= and signal=.")
         return batch_dominated(
             self.fractions,
-            self.per_gene["rho"],
+            self.rho,
             self.batch,
             self.signal,
             min_rho=min_rho,
@@ -432,6 +447,7 @@ class VarPartResult:
             errors=errors,
             beta=tables["beta"],
             beta_se=tables["beta_se"],
+            key=key,
         )
 
     @classmethod
