@@ -10,7 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._docs import doc_adata_fitted, doc_key, doc_min_rho, doc_params, doc_show_save
-from ._common import component_colors, finish, get_results
+from ..get import result
+from ._common import component_colors, finish
 
 __all__ = ["percent_bars"]
 
@@ -74,7 +75,7 @@ def percent_bars(
     >>> len(ax.get_yticklabels())
     5
     """
-    res = get_results(adata, key)
+    res = result(adata, key=key)
     comps = res.component_order()  # sortCols: the bars stack in this order
     colors = component_colors(res.components)
     title = None

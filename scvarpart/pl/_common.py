@@ -10,31 +10,20 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-
-from ..get._results import check_var_names
-from ..varpart import VarPartResult
 
 __all__ = [
     "RESIDUAL_COLOR",
     "axes_or_none",
     "component_colors",
     "finish",
-    "get_results",
 ]
 
 RESIDUAL_COLOR = "#c8c8c8"
 
 # scanpy's save=: a suffix ending in one of these sets the file format
 _EXTENSIONS = (".svg", ".pdf", ".png")
-
-
-def get_results(adata: AnnData, key: str) -> VarPartResult:
-    """The stored results of :func:`scvarpart.tl.variance_partition` under ``key``."""
-    check_var_names(adata.var_names)
-    return VarPartResult.read(adata, key)
 
 
 def component_colors(components) -> dict[str, str]:

@@ -13,8 +13,9 @@ from matplotlib.axes import Axes
 
 from .._docs import doc_adata_fitted, doc_key, doc_layer_use_raw_fitted, doc_params, doc_show_save
 from ..design import Design
+from ..get import result
 from ..varpart import VarPartResult
-from ._common import axes_or_none, component_colors, finish, get_results
+from ._common import axes_or_none, component_colors, finish
 from ._fitted import fitted_design, gene_values
 from ._partial import partial_residuals
 
@@ -167,7 +168,7 @@ def gene(
     >>> len(axes)  # one panel per term: 4 grouping factors and log_umi
     5
     """
-    res = get_results(adata, key)
+    res = result(adata, key=key)
     if gene not in adata.var_names:
         raise KeyError(f"{gene!r} is not in adata.var_names.")
     params = res.params

@@ -11,7 +11,8 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from .._docs import doc_adata_rho, doc_key, doc_params, doc_show_save
-from ._common import axes_or_none, finish, get_results
+from ..get import result
+from ._common import axes_or_none, finish
 
 __all__ = ["rho"]
 
@@ -87,7 +88,7 @@ def rho(
     >>> ax_scatter.get_xlabel()
     'mean expression'
     """
-    res = get_results(adata, key)
+    res = result(adata, key=key)
     r = res.rho
     mean = res.per_gene["mean"]
     finite = r[np.isfinite(r) & (r > 0)]

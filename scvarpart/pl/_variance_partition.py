@@ -11,8 +11,9 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._docs import doc_adata_fitted, doc_key, doc_params, doc_show_save
+from ..get import result
 from ..varpart import component_order
-from ._common import component_colors, finish, get_results
+from ._common import component_colors, finish
 
 if TYPE_CHECKING:
     from matplotlib.collections import PolyCollection
@@ -65,7 +66,7 @@ def variance_partition(
     >>> [label.get_text() for label in ax.get_xticklabels()]
     ['patient', 'chemistry', 'day', 'operator', 'log_umi', 'Residual']
     """
-    res = get_results(adata, key)
+    res = result(adata, key=key)
     colors = component_colors(res.components)
     fractions = res.fractions if genes is None else res.fractions.loc[list(genes)]
     fractions = fractions.dropna() * 100
