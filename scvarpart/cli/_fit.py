@@ -224,7 +224,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     chunk = AnnData(var=var)
-    columns_before = list(chunk.var.columns)
     write_results(chunk, results, key)
     i, n = args.genes
     chunk.uns[CHUNK_KEY] = {
@@ -233,7 +232,6 @@ def run(args: argparse.Namespace) -> int:
         "start": genes.start,
         "stop": genes.stop,
         "key": key,
-        "result_columns": [c for c in chunk.var.columns if c not in columns_before],
         "input_fingerprint": provenance["input_fingerprint"],
         "params_fingerprint": provenance["params_fingerprint"],
         "version": __version__,
