@@ -26,7 +26,7 @@ from threadpoolctl import ThreadpoolController
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
-from .starts import moment_start
+from .starts import Moments, moment_start, moments
 from .unfittable import unfittable_reasons
 
 __all__ = ["LMMFit", "choose_engine", "fit_lmm"]
@@ -143,14 +143,14 @@ def _make_engine(gram: DesignGram, reml: bool, engine: str):
     raise ValueError(f"engine must be 'auto', 'dense' or 'blocked', got {engine!r}")
 
 
-def _fit_batch(eng, gram: DesignGram, stats: ResponseStats, strategy: str):
+def _fit_batch(eng, m: Moments, stats: ResponseStats, strategy: str):
     """Fit one batch of genes, BLAS single-threaded.
 
     ``n_jobs`` is the only parallelism: many BLAS threads per worker would
     oversubscribe the cores.
     """
     with _one_blas_thread():
-        x0, f0 = moment_start(eng, gram, stats)
+        x0, f0 = moment_start(eng, m, stats)
         if strategy == "global":
             x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0, f0)
         else:
@@ -244,9 +244,10 @@ def fit_lmm(
         eng.prepare()  # the grid, factorised once here and shared by every batch
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
-    jobs = ((eng, gram, normed.subset(b), strategy) for b in batches)
     results = []
     with _one_blas_thread():  # and in _fit_batch: also inside process workers
+        m = moments(gram)  # once, shared by every batch
+        jobs = ((eng, m, normed.subset(b), strategy) for b in batches)
         if n_jobs in (None, 1) or len(batches) <= 1:
             outputs = (_fit_batch(*job) for job in jobs)
         else:

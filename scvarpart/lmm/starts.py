@@ -8,11 +8,13 @@ observations per level they are close to the optimum, where the shared grid of
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..suffstats import DesignGram, ResponseStats
 
-__all__ = ["moment_start", "quadratic"]
+__all__ = ["Moments", "moment_start", "moments", "quadratic"]
 
 
 def quadratic(V: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -23,13 +25,52 @@ def quadratic(V: np.ndarray, M: np.ndarray) -> np.ndarray:
     return np.einsum("gi,ij,gj->g", V, M, V)
 
 
-def _one_way(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+class Moments(NamedTuple):
+    """What the moment estimators need of the design, computed once for all genes."""
+
+    n_obs: int
+    n_fixed: int
+    factor_sizes: tuple[int, ...]
+    counts: np.ndarray  # (q,) observations per level
+    xx_inv: np.ndarray  # (p, p) (X'X)^-1
+    xx_inv_xz: np.ndarray  # (p, q) (X'X)^-1 X'Z
+    membership: np.ndarray  # (k, q) 1 where a level belongs to a factor
+    a_inv: np.ndarray  # (k + 1, k + 1) inverse of MINQUE(0)'s expectations
+
+
+def moments(gram: DesignGram) -> Moments:
+    """The gene-independent parts of the MINQUE(0) and one-way ANOVA estimators.
+
+    They cost dense products of the size of ``Z'Z`` (thousands of levels for
+    InstEval-like designs): computed once per fit, not once per batch of genes.
+    """
+    n, p, k = gram.n_obs, gram.n_fixed, len(gram.factor_sizes)
+    C = gram.ZtZ.toarray()
+    xx_inv_xz = np.linalg.solve(gram.XtX, gram.ZtX.T)
+    Q0 = C - gram.ZtX @ xx_inv_xz
+    B = (gram.level_factor[None, :] == np.arange(k)[:, None]).astype(float)
+    A = np.empty((k + 1, k + 1))
+    A[:k, :k] = B @ (Q0 * Q0) @ B.T
+    A[:k, k] = A[k, :k] = B @ np.diag(Q0)
+    A[k, k] = n - p
+    return Moments(
+        n_obs=n,
+        n_fixed=p,
+        factor_sizes=tuple(gram.factor_sizes),
+        counts=gram.ZtZ.diagonal(),
+        xx_inv=np.linalg.inv(gram.XtX),
+        xx_inv_xz=xx_inv_xz,
+        membership=B,
+        a_inv=np.linalg.inv(A),
+    )
+
+
+def _one_way(m: Moments, stats: ResponseStats) -> np.ndarray:
     """One-way ANOVA estimate of each variance ratio, each factor on its own."""
-    n = gram.n_obs
-    counts = gram.ZtZ.diagonal()
+    n, counts = m.n_obs, m.counts
     starts = []
     offset = 0
-    for size in gram.factor_sizes:
+    for size in m.factor_sizes:
         sl = slice(offset, offset + size)
         nl = counts[sl]
         between = (stats.ZtY[:, sl] ** 2 / nl).sum(axis=1)
@@ -42,39 +83,32 @@ def _one_way(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
     return np.clip(np.stack(starts, axis=1), 1e-3, 1e3)
 
 
-def _minque(gram: DesignGram, stats: ResponseStats) -> np.ndarray:
+def _minque(m: Moments, stats: ResponseStats) -> np.ndarray:
     """MINQUE(0) estimates of the variance ratios (Rao 1971), clipped at 0.
 
     The quadratic forms |Z_j'P_0 y|^2 of the fixed-effects-only projection P_0
     are equated to their expectations; the coefficients do not depend on the
-    gene, so this is one (k + 1) x (k + 1) solve for all genes.
+    gene (:func:`moments`), so this is one (k + 1) x (k + 1) solve for all genes.
     """
-    n, p, k = gram.n_obs, gram.n_fixed, len(gram.factor_sizes)
-    C = gram.ZtZ.toarray()
-    XXinv_XZ = np.linalg.solve(gram.XtX, gram.ZtX.T)
-    Q0 = C - gram.ZtX @ XXinv_XZ
-    B = (gram.level_factor[None, :] == np.arange(k)[:, None]).astype(float)
-    A = np.empty((k + 1, k + 1))
-    A[:k, :k] = B @ (Q0 * Q0) @ B.T
-    A[:k, k] = A[k, :k] = B @ np.diag(Q0)
-    A[k, k] = n - p
-    u0 = stats.ZtY - np.einsum("gp,pq->gq", stats.XtY, XXinv_XZ)
-    rss0 = stats.ss - quadratic(stats.XtY, np.linalg.inv(gram.XtX))
-    rhs = np.concatenate([np.einsum("gq,kq->gk", u0 * u0, B), rss0[:, None]], axis=1)
-    sol = np.einsum("gj,ij->gi", rhs, np.linalg.inv(A))
+    k = len(m.factor_sizes)
+    u0 = stats.ZtY - np.einsum("gp,pq->gq", stats.XtY, m.xx_inv_xz)
+    rss0 = stats.ss - quadratic(stats.XtY, m.xx_inv)
+    rhs = np.concatenate([np.einsum("gq,kq->gk", u0 * u0, m.membership), rss0[:, None]], axis=1)
+    sol = np.einsum("gj,ij->gi", rhs, m.a_inv)
     with np.errstate(divide="ignore", invalid="ignore"):
         gamma = np.maximum(sol[:, :k], 0.0) / sol[:, k : k + 1]
     return np.where(np.isfinite(gamma) & (sol[:, k : k + 1] > 0), gamma, 1.0)
 
 
-def moment_start(engine, gram: DesignGram, stats: ResponseStats):
+def moment_start(engine, m: Moments, stats: ResponseStats):
     """Per gene, the better of the MINQUE(0) and the one-way ANOVA estimates.
 
-    Better by ``engine``'s criterion. Returns the estimates (``G x k``; NaN rows where
-    neither can be evaluated) and their criterion (``G``).
+    Better by ``engine``'s criterion; ``m`` from :func:`moments` of the design.
+    Returns the estimates (``G x k``; NaN rows where neither can be evaluated) and
+    their criterion (``G``).
     """
-    minque = _minque(gram, stats)
-    one_way = _one_way(gram, stats)
+    minque = _minque(m, stats)
+    one_way = _one_way(m, stats)
     f_minque = engine.deviance(minque, stats)
     f_one_way = engine.deviance(one_way, stats)
     use_one_way = np.isfinite(f_one_way) & ~(f_minque <= f_one_way)
