@@ -34,11 +34,11 @@ def fit_frame(formula: str, frame, *, reml: bool, engine: str = "auto"):
     """Fit ``response ~ ...`` on a DataFrame with the package's layers (no AnnData)."""
     from scvarpart.design import build_design, parse_formula
     from scvarpart.lmm import fit_lmm
-    from scvarpart.suffstats import design_gram
 
     parsed = parse_formula(formula)
     design = build_design(parsed, frame)
     y = frame[[parsed.response]].to_numpy(float)  # rows the design drops are skipped
-    stats = svp.lmm.response_stats(y, design).response
-    fit = fit_lmm(design_gram(design), stats, reml=reml, engine=engine)
+    stats = svp.lmm.response_stats(y, design)
+    terms = [t.term for t in stats.terms]
+    fit = fit_lmm(stats.gram, stats.response, reml=reml, engine=engine, terms=terms)
     return design, fit

@@ -150,6 +150,11 @@ def _copy_covariate(a):
     a.obs["log_umi_x2"] = 2.0 * a.obs["log_umi"]
 
 
+def _patient_level_covariate(a):
+    codes = a.obs["patient"].cat.codes.to_numpy()
+    a.obs["age"] = 30.0 + 2.0 * codes
+
+
 def _constant_covariate(a):
     a.obs["const"] = 3.5
 
@@ -229,16 +234,30 @@ CASES = [
     ("no-intercept-0+", _noop, "~ 0 + log_umi + (1|patient)", {}, DesignError, r"intercept"),
     ("no-intercept-minus-1", _noop, "~ log_umi - 1 + (1|patient)", {}, DesignError, r"intercept"),
     ("no-random-term", _noop, "~ log_umi + patient", {}, DesignError, r"no random term"),
-    ("slope-x|g", _noop, "~ log_umi + (log_umi|patient)", {}, FormulaError, r"not supported yet"),
     (
-        "slope-1+x|g",
+        "slope-constant-within-levels",
+        _patient_level_covariate,
+        "~ log_umi + (age|patient)",
+        {},
+        DesignError,
+        r"'age' of \(1 \+ age\|patient\) is constant within every level of 'patient'",
+    ),
+    (
+        "slope-categorical",
         _noop,
-        "~ log_umi + (1 + log_umi|patient)",
+        "~ log_umi + (0 + chemistry|patient)",
+        {},
+        DesignError,
+        r"needs a numeric covariate, but 'chemistry' is categorical",
+    ),
+    (
+        "slope-and-intercept-twice",
+        _noop,
+        "~ log_umi + (1|patient) + (log_umi|patient)",
         {},
         FormulaError,
-        r"not supported yet",
+        r"both give 'patient' a random intercept",
     ),
-    ("slope-x||g", _noop, "~ log_umi + (log_umi||patient)", {}, FormulaError, r"not supported yet"),
     (
         "function-call",
         _noop,

@@ -40,6 +40,40 @@ def test_response_and_variables():
     assert f.random == (RandomTerm(("recipe", "replicate")),)
 
 
+@pytest.mark.parametrize(
+    ("text", "terms"),
+    [
+        ("~ (x|g)", [RandomTerm(("g",), ("x",))]),
+        ("~ (1 + x + z|g)", [RandomTerm(("g",), ("x", "z"))]),
+        ("~ (0 + x|g)", [RandomTerm(("g",), ("x",), False)]),
+        ("~ (x - 1|g)", [RandomTerm(("g",), ("x",), False)]),
+        ("~ (x||g)", [RandomTerm(("g",)), RandomTerm(("g",), ("x",), False)]),
+        (
+            "~ (x + z||g)",
+            [RandomTerm(("g",)), RandomTerm(("g",), ("x",), False), RandomTerm(("g",), ("z",), False)],
+        ),
+        ("~ (0 + x||g)", [RandomTerm(("g",), ("x",), False)]),
+        ("~ (x|a/b)", [RandomTerm(("a",), ("x",)), RandomTerm(("a", "b"), ("x",))]),
+        ("~ (1|g) + (0 + x|g)", [RandomTerm(("g",)), RandomTerm(("g",), ("x",), False)]),
+    ],
+)
+def test_random_slopes_parse_as_lme4_expands_them(text, terms):
+    assert list(parse_formula(text).random) == terms
+
+
+def test_random_term_names_and_text():
+    (a, b) = parse_formula("~ (time||patient)").random
+    assert (a.name, b.name) == ("patient", "patient.time")
+    assert (a.text, b.text) == ("(1|patient)", "(0 + time|patient)")
+    (c,) = parse_formula("~ (time|patient)").random
+    assert (c.name, c.coefficients, c.text) == (
+        "patient",
+        ("(Intercept)", "time"),
+        "(1 + time|patient)",
+    )
+    assert parse_formula("~ (time|patient)").variables == ["patient", "time"]
+
+
 @pytest.mark.parametrize("text", ["~ 0 + x + (1|g)", "~ x - 1 + (1|g)", "~ -1 + x + (1|g)"])
 def test_intercept_removal_is_recognised(text):
     assert parse_formula(text).intercept is False
@@ -48,10 +82,12 @@ def test_intercept_removal_is_recognised(text):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("~ (x|g)", "not supported yet"),
-        ("~ (1 + x|g)", "not supported yet"),
-        ("~ (0 + x|g)", "not supported yet"),
-        ("~ (1||g)", "not supported yet"),
+        ("~ (0|g)", "needs a covariate"),
+        ("~ (x:z|g)", "only be a sum of 1, 0 and column names"),
+        ("~ (x + x|g)", "appears twice in a random term"),
+        ("~ (x +|g)", "ends with an operator"),
+        ("~ (1|g) + (x|g)", "both give 'g' a random intercept"),
+        ("~ (x|g) + (x|g)", "appears twice"),
         ("~ log(x) + (1|g)", "never evaluated"),
         ("~ __import__('os').system('echo hi') + (1|g)", "never evaluated"),
         ("~ x +", "ends where a term was expected"),

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from conftest import DATA, fit_frame, read_reference_csv
 
-from scvarpart.design import FormulaError
 from scvarpart.varpart import component_variances, fractions
 
 
@@ -149,13 +148,33 @@ def test_nested_slash_equals_explicit_terms(frames):
     np.testing.assert_array_equal(a.variances, b.variances)
 
 
+SLOPES = [c for c in _cases() if not _supported(c[1])]
+
+
 @pytest.mark.parametrize(
-    "formula",
-    [
-        "Reaction ~ Days + (Days | Subject)",
-        "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)",
-    ],
+    ("name", "formula", "reml", "ref"), SLOPES, ids=[c[1].split("~")[1] for c in SLOPES]
 )
-def test_random_slopes_are_not_supported_yet(frames, formula):
-    with pytest.raises(FormulaError, match="not supported yet"):
-        fit_frame(formula, frames("sleepstudy"), reml=True)
+def test_random_slopes_match_lme4(frames, name, formula, reml, ref):
+    """sleepstudy's (Days|Subject) and (1|Subject) + (0 + Days|Subject), as lme4 fits them."""
+    _, fit = fit_frame(formula, frames(name), reml=reml)
+    assert fit.error[0] == "" and fit.converged[0]
+    objective = ref["REMLcrit"]
+    assert objective - 1e-4 <= fit.deviance[0] <= objective + 1e-7 * abs(objective)
+    np.testing.assert_allclose(fit.theta[0], ref["theta"], rtol=1e-3)
+    # VarCorr: variances and covariances of every term, and the residual variance
+    sigma2 = fit.sigma2[0]
+    covs = {t.name: c[0] for t, c in zip(fit.terms, fit.covariances(), strict=True)}
+    for row in ref["varcorr_table"]:
+        if row["grp"] == "Residual":
+            assert sigma2 == pytest.approx(row["vcov"], rel=1e-3)
+            continue
+        group = row["grp"].split(".")[0]  # lme4 names a second term of a group "Subject.1"
+        term = next(
+            t for t in fit.terms if t.name.split(".")[0] == group and row["var1"] in t.coefficients
+        )
+        a = term.coefficients.index(row["var1"])
+        b = term.coefficients.index(row["var2"]) if row["var2"] else a
+        assert covs[term.name][a, b] == pytest.approx(row["vcov"], rel=2e-3), row
+    for j, value in enumerate(ref["fixed_effects"].values()):
+        assert fit.beta[0, j] == pytest.approx(value, rel=1e-5)
+    np.testing.assert_allclose(fit.beta_se[0], list(ref["fixed_effects_se"].values()), rtol=1e-3)

@@ -13,9 +13,13 @@ Supported::
     ~ (1|g)            random intercept per level of g
     ~ (1|a:b)          random intercept per observed combination of a and b
     ~ (1|a/b)          nested: (1|a) + (1|a:b)
+    ~ (x|g), (1 + x|g) correlated random intercept and slope of the covariate x per
+                       level of g (several covariates: (1 + x + z|g))
+    ~ (0 + x|g)        random slope without intercept
+    ~ (x||g)           uncorrelated: (1|g) + (0 + x|g), one term per coefficient,
+                       as lme4 expands it
 
-Random slopes such as ``(x|g)``, ``(1 + x|g)`` or ``(x||g)`` are recognised and
-rejected with a clear "not supported yet" error.
+A slope's covariates are obs columns (numeric); nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -32,20 +36,48 @@ class FormulaError(ValueError):
 
 @dataclass(frozen=True)
 class RandomTerm:
-    """A random intercept ``(1|g1:g2:...)``.
+    """A random term ``(1 + x + ...|g1:g2:...)``: coefficients that vary by group.
 
     Attributes
     ----------
     factors
         The obs columns whose combinations define the groups.
+    covariates
+        The covariates whose slopes vary by group (none for a random intercept).
+    intercept
+        Whether the term has a random intercept (``(0 + x|g)`` has not).
     """
 
     factors: tuple[str, ...]
+    covariates: tuple[str, ...] = ()
+    intercept: bool = True
+
+    @property
+    def group(self) -> str:
+        """The grouping factor as written, e.g. ``"batch:cask"``."""
+        return ":".join(self.factors)
 
     @property
     def name(self) -> str:
-        """The term as written in the formula, e.g. ``"batch:cask"``."""
-        return ":".join(self.factors)
+        """The term's name: its grouping factor, with its covariates when it has no intercept.
+
+        ``(1|g)`` and ``(1 + x|g)`` are ``"g"``, ``(0 + x|g)`` is ``"g.x"`` (lme4's
+        names for the uncorrelated terms of ``(x||g)``).
+        """
+        if self.intercept:
+            return self.group
+        return ".".join([self.group, *self.covariates])
+
+    @property
+    def coefficients(self) -> tuple[str, ...]:
+        """Names of the term's coefficients: ``"(Intercept)"`` then the covariates."""
+        return (("(Intercept)",) if self.intercept else ()) + self.covariates
+
+    @property
+    def text(self) -> str:
+        """The term in lme4 syntax, e.g. ``"(1 + time|patient)"``."""
+        lhs = " + ".join(("1" if self.intercept else "0", *self.covariates))
+        return f"({lhs}|{self.group})"
 
 
 @dataclass(frozen=True)
@@ -88,7 +120,7 @@ class Formula:
     def variables(self) -> list[str]:
         """Every obs column the right-hand side uses, in order of first use."""
         out: list[str] = []
-        for term in (*self.fixed, *(r.factors for r in self.random)):
+        for term in (*self.fixed, *((*r.factors, *r.covariates) for r in self.random)):
             for v in term:
                 if v not in out:
                     out.append(v)
@@ -281,21 +313,60 @@ class _Parser:
         raise self.error(f"Unexpected {tok.value!r}.", tok)
 
     def bar_term(self, start: int, bar: _Tok):
-        lhs_toks = self.toks[start : self.toks.index(bar)]
-        lhs_text = self.text[lhs_toks[0].pos : bar.pos].strip() if lhs_toks else ""
-        if bar.value == "||" or [t.value for t in lhs_toks] != ["1"]:
-            raise self.error(
-                f"Random term ({lhs_text}{bar.value}...) is not supported yet: scvarpart "
-                "fits random intercepts only, written (1|group). Random slopes and "
-                "uncorrelated terms (x||g) are planned.",
-                bar,
-            )
-        self.i = self.toks.index(bar) + 1
+        """``(lhs|groups)`` or ``(lhs||groups)``: one term per grouping, split by ``||``."""
+        end = self.toks.index(bar)
+        intercept, covariates = self.bar_lhs(self.toks[start:end], bar)
+        self.i = end + 1
         groups = self.grouping()
         self.expect(")")
-        return groups
+        terms = []
+        for g in groups:
+            if bar.value == "|":
+                terms.append(RandomTerm(g, covariates, intercept))
+                continue
+            # uncorrelated: lme4 makes one term of every coefficient
+            if intercept:
+                terms.append(RandomTerm(g))
+            terms.extend(RandomTerm(g, (x,), False) for x in covariates)
+        return terms
 
-    def grouping(self) -> list[RandomTerm]:
+    def bar_lhs(self, toks: list[_Tok], bar: _Tok) -> tuple[bool, tuple[str, ...]]:
+        """The left of a bar: whether it has an intercept, and its covariates.
+
+        A sum of ``1``, ``0`` and column names (``- 1`` removes the intercept).
+        """
+        if not toks:
+            raise self.error("A random term needs a left-hand side, e.g. (1|group).", bar)
+        intercept, covariates, sign = True, [], "+"
+        want_term = True
+        for tok in toks:
+            if tok.kind == "op" and tok.value in ("+", "-"):
+                if not want_term or tok is toks[0]:
+                    sign, want_term = tok.value, True
+                    continue
+            elif want_term and tok.kind == "number" and tok.value in ("0", "1"):
+                intercept = (tok.value == "1") == (sign == "+")
+                want_term = False
+                continue
+            elif want_term and tok.kind == "name" and sign == "+":
+                if tok.value in covariates:
+                    raise self.error(f"{tok.value!r} appears twice in a random term.", tok)
+                covariates.append(tok.value)
+                want_term = False
+                continue
+            raise self.error(
+                "The left of '|' may only be a sum of 1, 0 and column names (covariates "
+                "whose slopes vary by group), e.g. (1 + time|patient); interactions, "
+                "removed covariates and functions are not supported there.",
+                tok,
+            )
+        if want_term:
+            raise self.error("A random term's left-hand side ends with an operator.", bar)
+        if not intercept and not covariates:
+            raise self.error("A random term without intercept needs a covariate: (0 + x|g).", bar)
+        return intercept, tuple(covariates)
+
+    def grouping(self) -> list[tuple[str, ...]]:
         """Parse ``g``, ``a:b``, ``a/b`` (= ``a + a:b``), ``a/b/c``."""
         levels: list[tuple[str, ...]] = []
         current: tuple[str, ...] = ()
@@ -320,7 +391,7 @@ class _Parser:
                 self.take()
                 continue
             break
-        return [RandomTerm(g) for g in levels]
+        return levels
 
 
 @dataclass(frozen=True)
@@ -363,8 +434,7 @@ def parse_formula(text: str) -> Formula:
     Raises
     ------
     FormulaError
-        If the text does not parse, repeats a random term, or uses a random
-        slope.
+        If the text does not parse, or repeats a random term.
     """
     if not isinstance(text, str):
         raise FormulaError(f"The formula must be a string, got {type(text).__name__}.")
@@ -402,8 +472,15 @@ def _collect_terms(
         if isinstance(item, _Intercept):
             intercept = item.present
         elif isinstance(item, RandomTerm):
-            if item in random:
-                raise FormulaError(f"The random term (1|{item.name}) appears twice in {text!r}.")
+            same = next((r for r in random if r.name == item.name), None)
+            if same == item:
+                raise FormulaError(f"The random term {item.text} appears twice in {text!r}.")
+            if same is not None:
+                raise FormulaError(
+                    f"{same.text} and {item.text} in {text!r} both give {item.group!r} a "
+                    "random intercept, whose variance they cannot share. Write the slope "
+                    f"without intercept, (0 + x|{item.group}), or keep one of them."
+                )
             random.append(item)
         elif item not in fixed:
             fixed.append(item)

@@ -8,14 +8,17 @@ or level at fault.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.linalg
+import scipy.sparse as sp
 
 from .._warn import warn
-from .formula import Formula, parse_formula
+from .formula import Formula, RandomTerm, parse_formula
+from .relmat import relationship_factor
 
 __all__ = ["Design", "DesignError", "GroupingFactor", "build_design"]
 
@@ -30,21 +33,34 @@ class DesignError(ValueError):
 
 @dataclass(frozen=True)
 class GroupingFactor:
-    """The groups of one random-intercept term.
+    """One random term: its groups, its coefficients, and their known covariance.
 
     Attributes
     ----------
     name
-        The term as written, e.g. ``"patient"`` or ``"batch:cask"``.
+        The term's name (see :attr:`~scvarpart.design.RandomTerm.name`), e.g.
+        ``"patient"``, ``"batch:cask"`` or ``"patient.time"`` for ``(0 + time|patient)``.
     codes
         Level index of every observation, ``0 .. n_levels - 1``.
     levels
         Level labels (combinations are joined with ``":"``).
+    coefficients
+        Names of the coefficients that vary by level: ``"(Intercept)"`` and covariates.
+    values
+        The coefficients' values of every observation (``n_obs x n_coef``): 1 for the
+        intercept, the covariate for a slope. ``None`` for a random intercept (all 1).
+    relfac
+        For a random effect with a known covariance ``K`` between levels (a kinship
+        matrix): a factor ``R`` with ``K = R R'`` (``n_levels x n_levels``, rows in the
+        order of ``levels``). ``None`` for independent levels.
     """
 
     name: str
     codes: np.ndarray
     levels: pd.Index
+    coefficients: tuple[str, ...] = ("(Intercept)",)
+    values: np.ndarray | None = None
+    relfac: np.ndarray | None = None
 
     @property
     def n_levels(self) -> int:
@@ -52,9 +68,42 @@ class GroupingFactor:
         return len(self.levels)
 
     @property
+    def n_coef(self) -> int:
+        """Coefficients per level (1 for a random intercept)."""
+        return len(self.coefficients)
+
+    @property
+    def n_columns(self) -> int:
+        """Columns of the term in ``Z``: levels times coefficients."""
+        return self.n_levels * self.n_coef
+
+    @property
+    def scalar(self) -> bool:
+        """A random intercept with independent levels, as ``(1|g)``."""
+        return self.values is None and self.relfac is None
+
+    @property
     def counts(self) -> np.ndarray:
         """Observations per level."""
         return np.bincount(self.codes, minlength=self.n_levels)
+
+    @property
+    def z(self) -> np.ndarray:
+        """The coefficients' values of every observation (``n_obs x n_coef``)."""
+        return np.ones((len(self.codes), 1)) if self.values is None else self.values
+
+    def matrix(self) -> sp.csr_matrix:
+        """The term's columns of ``Z`` (``n_obs x n_columns``), level by level.
+
+        Column ``level * n_coef + a`` holds coefficient ``a`` of that level, as lme4
+        orders them. A known covariance is not applied here (see ``relfac``).
+        """
+        n, r = len(self.codes), self.n_coef
+        cols = self.codes[:, None] * r + np.arange(r)[None, :]
+        rows = np.repeat(np.arange(n), r)
+        return sp.csr_matrix(
+            (self.z.ravel(), (rows, cols.ravel())), shape=(n, self.n_columns)
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +127,9 @@ class Design:
     keep
         Mask over the input rows: the observations used (rows with a missing
         value in a model column are dropped).
+    weights
+        Observation weights (residual variance ``sigma^2 / w``, as lme4's
+        ``weights=``) of the observations used, or ``None`` for none.
     """
 
     formula: Formula
@@ -86,6 +138,7 @@ class Design:
     fixed_terms: dict[str, np.ndarray]
     factors: list[GroupingFactor]
     keep: np.ndarray
+    weights: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -104,8 +157,20 @@ class Design:
 
     @property
     def n_levels(self) -> int:
-        """Total number of random effects (sum of levels over factors)."""
-        return sum(f.n_levels for f in self.factors)
+        """Total number of random effects (columns of ``Z``, summed over the terms)."""
+        return sum(f.n_columns for f in self.factors)
+
+    @property
+    def scalar(self) -> bool:
+        """Every term a random intercept with independent levels, and no weights."""
+        return self.weights is None and all(f.scalar for f in self.factors)
+
+    def random_matrix(self) -> sp.csr_matrix:
+        """The random-effect design ``Z`` (``n_obs x n_levels``), term by term.
+
+        Known covariances between levels (``relfac``) are not applied.
+        """
+        return sp.hstack([f.matrix() for f in self.factors], format="csr")
 
     @property
     def components(self) -> list[str]:
@@ -195,8 +260,56 @@ def _level_codes(s: pd.Series, levels: pd.Index) -> np.ndarray:
     return levels.get_indexer(s.to_numpy())
 
 
-def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> GroupingFactor:
-    """The grouping factor of a random term: its levels and each observation's level."""
+def _slope_values(term: RandomTerm, data: pd.DataFrame) -> np.ndarray | None:
+    """The values of a term's coefficients (``n x r``); ``None`` for an intercept."""
+    if not term.covariates:
+        return None
+    cols = []
+    for x in term.covariates:
+        s = data[x]
+        if _is_categorical(s):
+            raise DesignError(
+                f"The random slope {term.text} needs a numeric covariate, but {x!r} is "
+                f"categorical. For a variance per combination of levels write "
+                f"(1|{term.group}:{x}); to use it as numbers, convert the column."
+            )
+        v = s.to_numpy(dtype=float)
+        if not np.isfinite(v).all():
+            raise DesignError(f"Column {x!r} of {term.text} has infinite values.")
+        cols.append(v)
+    if term.intercept:
+        cols.insert(0, np.ones(len(data)))
+    return np.column_stack(cols)
+
+
+def _check_slopes(term: RandomTerm, f: GroupingFactor) -> None:
+    """Refuse a slope covariate that is constant within every level.
+
+    Its column of ``Z`` is then the intercept's times a number per level: the slope's
+    variance is that of a scaled random intercept, confounded with it.
+    """
+    for a, x in enumerate(f.coefficients):
+        if x == "(Intercept)":
+            continue
+        v = f.z[:, a]
+        lo = np.full(f.n_levels, np.inf)
+        hi = np.full(f.n_levels, -np.inf)
+        np.minimum.at(lo, f.codes, v)
+        np.maximum.at(hi, f.codes, v)
+        if np.all(hi - lo <= 1e-12 * max(np.abs(v).max(), 1e-300)):
+            raise DesignError(
+                f"The slope covariate {x!r} of {term.text} is constant within every level of "
+                f"{term.group!r}, so a slope per level cannot be told from an intercept per "
+                f"level. Use (1|{term.group}) and {x!r} as a fixed effect, or a covariate "
+                "that varies within the levels (e.g. time within patient)."
+            )
+
+
+def _grouping_factor(
+    term: RandomTerm, data: pd.DataFrame, covariance: Mapping | None = None
+) -> GroupingFactor:
+    """A random term's groups, each observation's level, its values and covariance."""
+    name, cols = term.name, term.factors
     parts = []
     for c in cols:
         s = data[c]
@@ -214,7 +327,25 @@ def _grouping_factor(name: str, cols: tuple[str, ...], data: pd.DataFrame) -> Gr
         labels = pd.Index(
             [":".join(str(p[1][i]) for p, i in zip(parts, row, strict=True)) for row in used]
         )
-    return GroupingFactor(name=name, codes=codes.astype(np.intp).ravel(), levels=labels)
+    relfac = None
+    if covariance is not None and name in covariance:
+        if term.covariates:
+            raise DesignError(
+                f"covariance={{{name!r}: K}} needs a random intercept (1|{term.group}), but "
+                f"the term is {term.text}: a known covariance between levels applies to one "
+                "coefficient per level."
+            )
+        relfac = relationship_factor(name, covariance[name], labels)
+    factor = GroupingFactor(
+        name=name,
+        codes=codes.astype(np.intp).ravel(),
+        levels=labels,
+        coefficients=term.coefficients,
+        values=_slope_values(term, data),
+        relfac=relfac,
+    )
+    _check_slopes(term, factor)
+    return factor
 
 
 def _term_columns(
@@ -297,18 +428,28 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
     """
     XtX_inv = np.linalg.pinv(X.T @ X)
     for f in factors:
-        # per-level column sums Z'X (bincount: np.add.at is ~10x slower on many cells)
-        sums = np.column_stack(
-            [np.bincount(f.codes, weights=X[:, j], minlength=f.n_levels) for j in range(X.shape[1])]
-        )
-        # trace of the indicators' residual Gram matrix after projecting out X
-        # (positive semi-definite: 0 exactly when every level is in X's span)
-        residual = f.counts.sum() - np.einsum("lp,pq,lq->", sums, XtX_inv, sums)
-        if residual <= 1e-9 * f.counts.sum():
+        if f.values is None:
+            # per-level column sums Z'X (bincount: np.add.at is ~10x slower on many cells)
+            sums = np.column_stack(
+                [
+                    np.bincount(f.codes, weights=X[:, j], minlength=f.n_levels)
+                    for j in range(X.shape[1])
+                ]
+            )
+            total = float(f.counts.sum())
+        else:
+            Z = f.matrix()
+            sums = np.asarray((Z.T @ X))
+            total = float(Z.multiply(Z).sum())
+        # trace of the columns' residual Gram matrix after projecting out X
+        # (positive semi-definite: 0 exactly when every column is in X's span)
+        residual = total - np.einsum("lp,pq,lq->", sums, XtX_inv, sums)
+        if residual <= 1e-9 * total:
+            term = f"(1|{f.name})" if f.values is None else f"the random term {f.name!r}"
             raise DesignError(
                 f"The levels of {f.name!r} are determined by the fixed effects (each is a "
                 "combination of fixed-effect columns), so its variance cannot be told apart "
-                f"from them. Remove (1|{f.name}) or the fixed effect that codes its levels."
+                f"from them. Remove {term} or the fixed effect that codes its levels."
             )
 
 
@@ -319,10 +460,10 @@ def _check_residual_identifiable(X: np.ndarray, factors: list[GroupingFactor]) -
     gene is unbounded).
     """
     n = X.shape[0]
-    q = sum(f.n_levels for f in factors)
+    q = sum(f.n_columns for f in factors)
     if n > X.shape[1] + q:  # fewer columns than observations: rank < n
         return
-    Z = np.concatenate([np.eye(f.n_levels)[f.codes] for f in factors], axis=1)
+    Z = np.concatenate([f.matrix().toarray() for f in factors], axis=1)
     rank = np.linalg.matrix_rank(np.concatenate([X, Z], axis=1))
     if rank >= n:
         names = ", ".join(repr(f.name) for f in factors)
@@ -347,13 +488,20 @@ def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]
                 f"({f.n_levels} levels for {n} observations), so its variance cannot be "
                 f"separated from the residual. Remove (1|{f.name}) from the formula."
             )
+        if f.n_columns >= n:
+            raise DesignError(
+                f"The random term {f.name!r} has {f.n_columns} coefficients ({f.n_levels} "
+                f"levels x {f.n_coef}) for {n} observations, so its variances cannot be "
+                "separated from the residual. Remove a slope, or add observations."
+            )
         if f.name in fixed_names:
             raise DesignError(
                 f"{f.name!r} is both a fixed effect and the grouping factor of "
                 f"(1|{f.name}). Use it as one or the other."
             )
-    for i, a in enumerate(factors):
-        for b in factors[i + 1 :]:
+    plain = [f for f in factors if f.values is None]
+    for i, a in enumerate(plain):
+        for b in plain[i + 1 :]:
             if a.n_levels == b.n_levels:
                 pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
                 if len(pairs) == a.n_levels:
@@ -364,12 +512,51 @@ def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]
                     )
 
 
+def _check_covariance_terms(f: Formula, covariance: Mapping | None) -> None:
+    if covariance is None:
+        return
+    if not isinstance(covariance, Mapping):
+        raise TypeError(
+            "covariance= must map random terms to matrices, e.g. {'donor': K}, got "
+            f"{type(covariance).__name__}."
+        )
+    unknown = [t for t in covariance if t not in f.random_names]
+    if unknown:
+        raise DesignError(
+            f"covariance= names {unknown}, which are not random terms of {f.text!r} "
+            f"(random terms: {f.random_names}). Add (1|{unknown[0]}) to the formula."
+        )
+
+
+def _observation_weights(data: pd.DataFrame, column: str) -> np.ndarray:
+    """Check and return a column of positive, finite observation weights."""
+    if not isinstance(column, str):
+        raise TypeError(f"weights= must be the name of an obs column, got {column!r}.")
+    if column not in data.columns:
+        raise DesignError(f"weights={column!r} is not a column of the table of observations.")
+    s = data[column]
+    if _is_categorical(s):
+        raise DesignError(f"weights={column!r} must be numeric, but the column is {s.dtype}.")
+    w = s.to_numpy(dtype=float)
+    bad = ~np.isfinite(w) | ~(w > 0)
+    if bad.any():
+        first = data.index[np.flatnonzero(bad)[0]]
+        raise DesignError(
+            f"weights={column!r} must be positive and finite, but {int(bad.sum())} "
+            f"observation(s) have {w[bad][0]!r} (the first: {first!r}). Remove those "
+            "observations (cells=) or fix their weights."
+        )
+    return w
+
+
 def build_design(
     formula: str | Formula,
     data: pd.DataFrame,
     *,
     rows: np.ndarray | None = None,
     check: bool = True,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
 ) -> Design:
     """Build the model matrices of ``formula`` from a table of covariates.
 
@@ -388,6 +575,14 @@ def build_design(
         Refuse designs that cannot be fitted (confounded grouping factors,
         rank-deficient fixed effects, too few observations). ``False`` builds them
         anyway, to inspect them (see :func:`association`).
+    weights
+        A column of ``data`` with positive observation weights: the residual variance
+        of observation ``i`` is ``sigma^2 / w_i``, as lme4's ``weights=``.
+    covariance
+        Random-intercept term -> the known covariance ``K`` between its levels (a
+        levels x levels positive semi-definite DataFrame indexed by level, e.g. a
+        kinship matrix over donors): the term's effects are ``b ~ N(0, sigma^2 K)``,
+        lme4qtl's ``relmatLmer`` model (:mod:`scvarpart.design.relmat`).
 
     Returns
     -------
@@ -400,7 +595,9 @@ def build_design(
         term, a grouping factor with one level or one level per observation, two
         grouping factors that define the same groups, a variable used as both fixed
         and random, a categorical fixed effect with one level, a rank-deficient fixed
-        design, infinite covariates, or fewer observations than parameters.
+        design, infinite covariates, or fewer observations than parameters; a slope
+        covariate that is categorical or constant within every level; weights that are
+        missing, not positive or not finite.
 
     Warns
     -----
@@ -460,15 +657,22 @@ def build_design(
         fixed_terms[":".join(term)] = np.arange(start, start + len(names))
     X = np.concatenate(blocks, axis=1)
 
-    factors = [_grouping_factor(r.name, r.factors, data) for r in f.random]
+    _check_covariance_terms(f, covariance)
+    factors = [_grouping_factor(r, data, covariance) for r in f.random]
     design = Design(
-        formula=f, X=X, columns=columns, fixed_terms=fixed_terms, factors=factors, keep=keep
+        formula=f,
+        X=X,
+        columns=columns,
+        fixed_terms=fixed_terms,
+        factors=factors,
+        keep=keep,
+        weights=None if weights is None else _observation_weights(data, weights),
     )
     if not check:
         return design
     _check_factors(factors, n, list(fixed_terms))
 
-    n_params = X.shape[1] + len(factors) + 1
+    n_params = X.shape[1] + sum(f.n_coef * (f.n_coef + 1) // 2 for f in factors) + 1
     if n <= n_params:
         raise DesignError(
             f"{n} observations are too few for {n_params} parameters ({X.shape[1]} fixed "

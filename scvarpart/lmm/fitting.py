@@ -26,7 +26,9 @@ from threadpoolctl import ThreadpoolController
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
+from .general import GeneralDeviance
 from .starts import Moments, moment_start, moments
+from .terms import ReTerm
 from .unfittable import unfittable_reasons
 
 __all__ = ["LMMFit", "choose_engine", "fit_lmm"]
@@ -77,11 +79,33 @@ class LMMFit:
     reml: bool
     descents: np.ndarray | None = None
     beta_cov: np.ndarray | None = None
+    theta: np.ndarray | None = None
+    terms: tuple[ReTerm, ...] = ()
+    modes: np.ndarray | None = None
+    mode_var: np.ndarray | None = None
 
     @property
     def variances(self) -> np.ndarray:
-        """Random-effect variances ``sigma_j^2``, ``(G, k)``."""
+        """Random-effect variances ``sigma_j^2``, ``(G, k)``, of random intercepts."""
         return self.gamma * self.sigma2[:, None]
+
+    def relative_covariances(self) -> list[np.ndarray]:
+        """Each term's coefficient covariance over ``sigma^2`` (``T T'``), ``(G, r, r)``."""
+        if self.theta is None or all(t.n_coef == 1 for t in self.terms):
+            return [self.gamma[:, j, None, None] for j in range(self.gamma.shape[1])]
+        out, start = [], 0
+        for t in self.terms:
+            th = self.theta[:, start : start + t.n_theta]
+            T = np.zeros((len(th), t.n_coef, t.n_coef))
+            a, b = t.positions.T
+            T[:, a, b] = th
+            out.append(np.einsum("gij,gkj->gik", T, T))
+            start += t.n_theta
+        return out
+
+    def covariances(self) -> list[np.ndarray]:
+        """Each term's coefficient covariance ``sigma^2 T T'``, ``(G, r, r)``."""
+        return [c * self.sigma2[:, None, None] for c in self.relative_covariances()]
 
     @property
     def beta_se(self) -> np.ndarray:
@@ -95,8 +119,11 @@ class LMMFit:
 
     @property
     def singular(self) -> np.ndarray:
-        """Some variance is on the boundary (exactly 0)."""
-        return (self.gamma == 0).any(axis=1)
+        """Some variance is on the boundary (exactly 0), as lme4's ``isSingular``."""
+        if self.theta is None or all(t.scalar for t in self.terms):
+            return (self.gamma == 0).any(axis=1)
+        diag = np.concatenate([t.positions[:, 0] == t.positions[:, 1] for t in self.terms])
+        return (self.theta[:, diag] == 0).any(axis=1)
 
     @property
     def loglik(self) -> np.ndarray:
@@ -104,8 +131,12 @@ class LMMFit:
         return -0.5 * self.deviance
 
 
-def choose_engine(gram: DesignGram) -> Literal["dense", "blocked"]:
+def choose_engine(
+    gram: DesignGram, terms: list[ReTerm] | None = None
+) -> Literal["dense", "blocked", "general"]:
     """``"dense"`` for designs with few levels, ``"blocked"`` for many.
+
+    ``"general"`` for random slopes, known covariances between levels, or weights.
 
     Examples
     --------
@@ -117,6 +148,8 @@ def choose_engine(gram: DesignGram) -> Literal["dense", "blocked"]:
     >>> svp.lmm.choose_engine(stats.gram)
     'dense'
     """
+    if gram.weight_sum is not None or (terms is not None and not all(t.scalar for t in terms)):
+        return "general"
     return "dense" if gram.n_levels + gram.n_fixed <= _DENSE_MAX_SIZE else "blocked"
 
 
@@ -135,22 +168,34 @@ def _one_blas_thread():
     return _blas().limit(limits=1, user_api="blas")
 
 
-def _make_engine(gram: DesignGram, reml: bool, engine: str):
+def _make_engine(gram: DesignGram, reml: bool, engine: str, terms: list[ReTerm]):
+    scalar = all(t.scalar for t in terms) and gram.weight_sum is None
+    if engine == "general":
+        return GeneralDeviance(gram, terms, reml)
+    if engine in ("dense", "blocked") and not scalar:
+        raise ValueError(
+            f"engine={engine!r} fits random intercepts without weights only; this model "
+            "has random slopes, a known covariance or weights: use engine='general' (or "
+            "'auto')."
+        )
     if engine == "dense":
         return DenseDeviance(gram, reml)
     if engine == "blocked":
         return BlockedDeviance(gram, reml)
-    raise ValueError(f"engine must be 'auto', 'dense' or 'blocked', got {engine!r}")
+    raise ValueError(f"engine must be 'auto', 'dense', 'blocked' or 'general', got {engine!r}")
 
 
-def _fit_batch(eng, m: Moments, stats: ResponseStats, strategy: str):
+def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
     """Fit one batch of genes, BLAS single-threaded.
 
     ``n_jobs`` is the only parallelism: many BLAS threads per worker would
     oversubscribe the cores.
     """
     with _one_blas_thread():
-        x0, f0 = moment_start(eng, m, stats)
+        if m is None:  # no moment estimates in theta: the engine's own starts
+            x0, f0 = np.full((len(stats), eng.n_params), np.nan), np.full(len(stats), np.nan)
+        else:
+            x0, f0 = moment_start(eng, m, stats)
         if strategy == "global":
             x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0, f0)
         else:
@@ -181,8 +226,10 @@ def fit_lmm(
     exclude: np.ndarray | None = None,
     progress: Callable[[int, int], object] | None = None,
     strategy: Literal["global", "local"] = "global",
+    terms: list[ReTerm] | None = None,
+    modes: bool = False,
 ) -> LMMFit:
-    """Fit a random-intercept LMM to every gene by ML or REML.
+    """Fit an LMM to every gene by ML or REML.
 
     Parameters
     ----------
@@ -210,6 +257,12 @@ def fit_lmm(
         ``"global"``: the global search (:mod:`.search`). ``"local"``: Newton's
         method from the moment estimates only, which may stop at a local optimum;
         for measuring what the global search costs (``benchmarks/fit_speed.py``).
+    terms
+        The random-effect terms in the order of ``Z``'s columns (default: one random
+        intercept per entry of ``gram.factor_sizes``).
+    modes
+        Also compute the conditional modes (BLUPs) of the random effects and their
+        conditional variances.
 
     Returns
     -------
@@ -228,11 +281,13 @@ def fit_lmm(
     """
     if strategy not in ("global", "local"):
         raise ValueError(f"strategy must be 'global' or 'local', got {strategy!r}")
+    if terms is None:
+        terms = [ReTerm(f"factor {j}", s) for j, s in enumerate(gram.factor_sizes)]
     if engine == "auto":
-        engine = choose_engine(gram)
-    eng = _make_engine(gram, reml, engine)
-    G, k, p = len(stats), len(gram.factor_sizes), gram.n_fixed
-    names = factor_names or [f"factor {j}" for j in range(k)]
+        engine = choose_engine(gram, terms)
+    eng = _make_engine(gram, reml, engine, terms)
+    G, k, p = len(stats), eng.n_params, gram.n_fixed
+    names = factor_names or [t.name for t in terms]
 
     error = np.full(G, "", dtype=object) if exclude is None else np.array(exclude, dtype=object)
     rest = np.flatnonzero(error == "")
@@ -246,7 +301,7 @@ def fit_lmm(
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
     results = []
     with _one_blas_thread():  # and in _fit_batch: also inside process workers
-        m = moments(gram)  # once, shared by every batch
+        m = None if isinstance(eng, GeneralDeviance) else moments(gram)  # once, shared
         jobs = ((eng, m, normed.subset(b), strategy) for b in batches)
         if n_jobs in (None, 1) or len(batches) <= 1:
             outputs = (_fit_batch(*job) for job in jobs)
@@ -291,8 +346,9 @@ def fit_lmm(
     T = np.eye(p)
     T[0, 1:] = -gram.x_mean[1:]
     beta_cov = np.einsum("ij,gjk,lk->gil", T, beta_cov, T)
-    return LMMFit(
-        gamma=gamma,
+    general = isinstance(eng, GeneralDeviance)
+    fit = LMMFit(
+        gamma=_ratios(gamma, terms) if general else gamma,
         sigma2=sigma2,
         beta=beta,
         deviance=deviance,
@@ -302,4 +358,31 @@ def fit_lmm(
         reml=reml,
         descents=descents,
         beta_cov=beta_cov,
+        theta=gamma if general else np.sqrt(gamma),
+        terms=tuple(terms),
     )
+    if modes:
+        _conditional_modes(fit, eng, normed, unit, terms)
+    return fit
+
+
+def _ratios(theta: np.ndarray, terms: list[ReTerm]) -> np.ndarray:
+    """Variance ratios of random intercepts from ``theta`` (NaN for other terms)."""
+    if all(t.n_theta == 1 for t in terms):
+        return theta**2
+    return np.full((len(theta), len(terms)), np.nan)
+
+
+def _conditional_modes(fit: LMMFit, eng, normed: ResponseStats, unit, terms) -> None:
+    """Fill ``fit.modes`` and ``fit.mode_var`` (in the genes' own units)."""
+    theta = np.nan_to_num(fit.theta, nan=0.0)
+    if isinstance(eng, GeneralDeviance):
+        engine = eng
+    else:  # the same model in theta: the scalar engines have no modes of their own
+        engine = GeneralDeviance(eng.gram, list(terms), eng.reml)
+    with _one_blas_thread():
+        modes, cvar = engine.modes(theta, normed)
+    bad = ~np.isfinite(fit.sigma2)
+    modes[bad], cvar[bad] = np.nan, np.nan
+    fit.modes = modes * unit[:, None]
+    fit.mode_var = cvar * fit.sigma2[:, None]

@@ -33,6 +33,7 @@ from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .fitting import choose_engine, fit_lmm
+from .random_terms import TermInfo, apply_relfacs, term_infos, term_variances
 
 __all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
 
@@ -61,6 +62,12 @@ class GeneStatistics:
         The model, as written.
     source
         What the responses were read from, for messages (e.g. ``"adata.X"``).
+    terms
+        The random terms with their levels, known covariances and moments (empty:
+        one random intercept per entry of ``gram.factor_sizes``).
+    residual_scale
+        The mean of ``1 / w`` over the observations (1 without weights): the residual
+        variance over the observations is ``sigma^2`` times it.
     """
 
     gram: DesignGram
@@ -71,6 +78,8 @@ class GeneStatistics:
     fixed_terms: Mapping[str, np.ndarray]
     formula: str = ""
     source: str = "Y"
+    terms: tuple[TermInfo, ...] = ()
+    residual_scale: float = 1.0
 
     @property
     def components(self) -> list[str]:
@@ -240,7 +249,8 @@ def response_stats(
     ['donor', 'Residual']
     """
     design = _design(design, obs)
-    Xc, _ = centred_fixed(design)
+    w = design.weights
+    Xc, _ = centred_fixed(design, weights=w)
     n_cols = Y.shape[1]
     names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
     if len(names) != n_cols:
@@ -249,7 +259,8 @@ def response_stats(
         raise ValueError(
             f"Y has {Y.shape[0]} rows; the design has {len(design.keep)} observations."
         )
-    Z = indicator_matrix(design)
+    # the plain indicators where every term is a random intercept: the fastest pass
+    Z = indicator_matrix(design) if design.scalar else design.random_matrix()
     response = suffstats.response_stats(
         Y,
         Z,
@@ -259,9 +270,14 @@ def response_stats(
         chunk_rows=chunk_size,
         n_jobs=n_jobs,
         progress=progress,
+        weights=w,
     )
+    sizes = [f.n_columns for f in design.factors]
+    gram = design_gram(design, Z, weights=w, factor_sizes=sizes)
+    infos = term_infos(design)
+    gram, response = apply_relfacs(gram, response, infos)
     return GeneStatistics(
-        gram=design_gram(design, Z),
+        gram=gram,
         response=response,
         genes=names if genes is None else names[genes],
         factors=tuple(f.name for f in design.factors),
@@ -269,6 +285,8 @@ def response_stats(
         fixed_terms=design.fixed_terms,
         formula=design.formula.text,
         source=source,
+        terms=infos,
+        residual_scale=1.0 if w is None else float(np.mean(1.0 / w)),
     )
 
 
@@ -293,7 +311,7 @@ def fit_stats(
     min_cells: int = 0,
     n_jobs: int | None = 1,
     batch_size: int = 256,
-    engine: Literal["auto", "dense", "blocked"] = "auto",
+    engine: Literal["auto", "dense", "blocked", "general"] = "auto",
     progress: Progress = None,
 ) -> VarPartResult:
     """Fit the model to every gene from its sufficient statistics.
@@ -349,7 +367,8 @@ def fit_stats(
         ],
         "",
     )
-    engine = choose_engine(gram) if engine == "auto" else engine
+    terms = [t.term for t in stats.terms] or None
+    engine = choose_engine(gram, terms) if engine == "auto" else engine
     fit_ = fit_lmm(
         gram,
         response,
@@ -360,9 +379,15 @@ def fit_stats(
         factor_names=list(stats.factors),
         exclude=exclude,
         progress=progress,
+        terms=terms,
     )
+    if terms is None or all(t.scalar for t in terms):
+        random_variances = fit_.variances  # every moment is 1
+    else:
+        random_variances = term_variances(fit_.covariances(), stats.terms)
+    residual = fit_.sigma2 * stats.residual_scale if stats.residual_scale != 1.0 else fit_.sigma2
     variances = component_variances(
-        fit_.variances, fit_.sigma2, fit_.beta, gram.x_cov, stats.fixed_terms
+        random_variances, residual, fit_.beta, gram.x_cov, stats.fixed_terms
     )
     ok = fit_.error == ""
     return assemble(

@@ -35,6 +35,9 @@ class ProfiledDeviance(ABC):
     """
 
     def __init__(self, gram: DesignGram, reml: bool):
+        self.gram = gram
+        # sum(log w) of observation weights: the deviance of y, not of sqrt(W) y
+        self.log_weights = float(gram.log_weights)
         self.n = gram.n_obs
         self.p = gram.n_fixed
         self.k = len(gram.factor_sizes)
@@ -79,5 +82,5 @@ class ProfiledDeviance(ABC):
         """
         logdet = logdet_v + logdet_x if self.reml else logdet_v
         with np.errstate(invalid="ignore", divide="ignore"):
-            dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu))
+            dev = logdet + self.nu * (1 + _LOG_2PI + np.log(r2 / self.nu)) - self.log_weights
         return np.where(r2 > 0, dev, np.nan)

@@ -65,6 +65,10 @@ def _levels_residual(gram: DesignGram, stats: ResponseStats, factors) -> np.ndar
     idx1 = np.flatnonzero(lf == factors[0])
     idxR = np.flatnonzero(np.isin(lf, factors[1:]))
     C = gram.ZtZ.tocsr()
+    block = C[idx1][:, idx1]
+    if block.nnz > len(idx1) or np.any(block.diagonal() <= 0):
+        # not diagonal (slopes, a known covariance): no closed-form elimination
+        idx1, idxR = idx1[:0], np.flatnonzero(np.isin(lf, factors))
     d = C.diagonal()[idx1]
     E = np.concatenate([C[idx1][:, idxR].toarray(), gram.ZtX[idx1]], axis=1)
     CRR = C[idxR][:, idxR].toarray()
