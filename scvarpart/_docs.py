@@ -86,9 +86,22 @@ doc_formula = """\
 formula
     Model in lme4 syntax, e.g. ``"~ log_umi + (1|patient) + (1|chemistry)"``.
     Random intercepts ``(1|g)``, interactions ``(1|a:b)`` and nesting
-    ``(1|a/b)`` of ``adata.obs`` columns; fixed effects may be continuous or
-    categorical columns, with ``a:b`` and ``a*b`` interactions. An intercept
-    is required."""
+    ``(1|a/b)`` of ``adata.obs`` columns; correlated random slopes of numeric
+    columns ``(1 + time|patient)``, ``(0 + time|patient)``, uncorrelated
+    ``(time||patient)``; fixed effects may be continuous or categorical columns,
+    with ``a:b`` and ``a*b`` interactions. An intercept is required."""
+
+doc_weights = """weights
+    An ``obs`` column of positive observation weights: the residual variance of
+    cell ``i`` is ``sigma^2 / w_i``, as lme4's ``weights=``. The residual
+    component is then ``sigma^2`` times the mean of ``1 / w``."""
+
+doc_covariance = """covariance
+    Known covariances between the levels of random intercepts, e.g.
+    ``{"donor": K}`` with ``K`` a donors x donors kinship (genetic relationship)
+    DataFrame indexed by donor: the donor effects are ``b ~ N(0, sigma_d^2 K)``,
+    lme4qtl's ``relmatLmer`` model. ``K`` must be symmetric, positive
+    semi-definite and have every modelled level."""
 
 doc_method = """\
 method

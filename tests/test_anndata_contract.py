@@ -659,7 +659,12 @@ def test_refit_with_another_model_leaves_nothing_stale(fitted):
         "varpart_variance",
         "varpart_beta",
         "varpart_beta_se",
+        "varpart_varcorr",
+        "varpart_theta",
+        "varpart_gradient",
+        "varpart_hessian",
     ]
+    assert a.varm["varpart_theta"].columns.tolist() == ["patient.(Intercept)", "day.(Intercept)"]
     # the plots follow the new model: no rho to plot, bars sorted by a component
     with pytest.raises(KeyError, match="No rho"):
         svp.pl.rho(a, show=False)

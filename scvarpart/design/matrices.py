@@ -101,9 +101,7 @@ class GroupingFactor:
         n, r = len(self.codes), self.n_coef
         cols = self.codes[:, None] * r + np.arange(r)[None, :]
         rows = np.repeat(np.arange(n), r)
-        return sp.csr_matrix(
-            (self.z.ravel(), (rows, cols.ravel())), shape=(n, self.n_columns)
-        )
+        return sp.csr_matrix((self.z.ravel(), (rows, cols.ravel())), shape=(n, self.n_columns))
 
 
 @dataclass(frozen=True)
@@ -439,7 +437,7 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
             total = float(f.counts.sum())
         else:
             Z = f.matrix()
-            sums = np.asarray((Z.T @ X))
+            sums = np.asarray(Z.T @ X)
             total = float(Z.multiply(Z).sum())
         # trace of the columns' residual Gram matrix after projecting out X
         # (positive semi-definite: 0 exactly when every column is in X's span)

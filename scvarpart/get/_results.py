@@ -14,10 +14,12 @@ from ..varpart.result import stored_keys as result_keys
 __all__ = [
     "batch_dominated",
     "beta_df",
+    "blups",
     "check_var_names",
     "result",
     "result_keys",
     "rho_df",
+    "varcorr_df",
     "varpart_df",
 ]
 
@@ -182,6 +184,95 @@ def beta_df(
     ['(Intercept)', 'log_umi']
     """
     return result(adata, key=key).beta_table(genes)
+
+
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
+def varcorr_df(
+    adata: AnnData, *, key: str = "varpart", genes: str | Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Every random term's variances, covariances and correlations, as lme4's ``VarCorr``.
+
+    Parameters
+    ----------
+    {doc_adata}
+    {doc_key}
+    genes
+        Only these genes, in this order (default: all).
+
+    Returns
+    -------
+    DataFrame
+        One row per gene and entry, as ``as.data.frame(VarCorr(fit))`` in R: ``gene``,
+        ``term``, ``var1``, ``var2`` (empty for a variance), ``vcov`` (the variance or
+        covariance) and ``sdcor`` (the standard deviation, or the correlation); the
+        residual's row has term ``"Residual"``.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=5, seed=1)
+    >>> adata.obs["time"] = adata.obs["log_umi"] - adata.obs["log_umi"].mean()
+    >>> svp.tl.variance_partition(
+    ...     adata, "~ (1 + time|patient) + (1|chemistry)", method="REML", progress=False
+    ... )
+    >>> svp.get.varcorr_df(adata, genes="gene0001")[["term", "var1", "var2"]]
+            term         var1  var2
+    0    patient  (Intercept)
+    1    patient         time
+    2    patient  (Intercept)  time
+    3  chemistry  (Intercept)
+    4   Residual
+    """
+    return result(adata, key=key).varcorr_table(genes)
+
+
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
+def blups(
+    adata: AnnData,
+    term: str,
+    *,
+    key: str = "varpart",
+    genes: str | Sequence[str] | None = None,
+    variance: bool = False,
+) -> pd.DataFrame:
+    """The conditional modes (BLUPs) of a random term's effects, genes x levels.
+
+    Stored by ``svp.tl.variance_partition(..., store_blups=True)``: no refit.
+
+    Parameters
+    ----------
+    {doc_adata}
+    term
+        The random term, e.g. ``"patient"``.
+    {doc_key}
+    genes
+        Only these genes, in this order (default: all).
+    variance
+        Return the conditional variances instead (lme4's ``condVar``, given the fixed
+        effects).
+
+    Returns
+    -------
+    DataFrame
+        Genes x levels of the term (``"level|coefficient"`` for a term with random
+        slopes), in the genes' units: each level's deviation from the fixed effects.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=5, seed=1)
+    >>> svp.tl.variance_partition(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, store_blups=True, progress=False
+    ... )
+    >>> svp.get.blups(adata, "chemistry").shape
+    (5, 3)
+    """
+    res = result(adata, key=key)
+    if not variance:
+        return res.blup_table(term, genes)
+    res.blup_table(term)  # the same checks and messages
+    assert res.blup_var is not None
+    return res.blup_var[term].loc[res._genes(genes)]
 
 
 @doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_min_rho=doc_min_rho)

@@ -81,8 +81,8 @@ class LMMFit:
     beta_cov: np.ndarray | None = None
     theta: np.ndarray | None = None
     terms: tuple[ReTerm, ...] = ()
-    modes: np.ndarray | None = None
-    mode_var: np.ndarray | None = None
+    gradient: np.ndarray | None = None
+    hessian: np.ndarray | None = None
 
     @property
     def variances(self) -> np.ndarray:
@@ -227,7 +227,6 @@ def fit_lmm(
     progress: Callable[[int, int], object] | None = None,
     strategy: Literal["global", "local"] = "global",
     terms: list[ReTerm] | None = None,
-    modes: bool = False,
 ) -> LMMFit:
     """Fit an LMM to every gene by ML or REML.
 
@@ -260,9 +259,6 @@ def fit_lmm(
     terms
         The random-effect terms in the order of ``Z``'s columns (default: one random
         intercept per entry of ``gram.factor_sizes``).
-    modes
-        Also compute the conditional modes (BLUPs) of the random effects and their
-        conditional variances.
 
     Returns
     -------
@@ -361,9 +357,42 @@ def fit_lmm(
         theta=gamma if general else np.sqrt(gamma),
         terms=tuple(terms),
     )
-    if modes:
-        _conditional_modes(fit, eng, normed, unit, terms)
+    with _one_blas_thread():
+        fit.gradient, fit.hessian = _theta_derivatives(eng, fit.theta, normed)
     return fit
+
+
+def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats):
+    """The criterion's gradient and Hessian in ``theta`` at each gene's optimum.
+
+    The criterion of a gene in its own units differs by a constant from that of the
+    scaled statistics: the derivatives in ``theta`` (scale-free) are the same. The
+    scalar engines work in ``gamma = theta^2``: ``g_theta = 2 theta g_gamma`` and
+    ``H_theta = 4 theta theta' * H_gamma + diag(2 g_gamma)``. NaN for genes without
+    an optimum.
+    """
+    G, k = theta.shape
+    grad, hess = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
+    ok = np.flatnonzero(np.isfinite(theta).all(axis=1))
+    if isinstance(eng, GeneralDeviance):
+        for g in ok:
+            _, grad[g], hess[g] = eng._derivatives(
+                theta[g], stats.ZtY[g], stats.XtY[g], stats.ss[g]
+            )
+        return grad, hess
+    gamma = theta[ok] ** 2
+    if isinstance(eng, DenseDeviance):
+        _, g_gamma, h_gamma = eng.derivatives(gamma, stats.subset(ok))
+    else:  # blocked: the average information in place of the Hessian
+        B1, B2 = eng._split(stats.subset(ok))
+        parts = [eng._derivatives(gamma[i], B1[i], B2[i], stats.ss[g]) for i, g in enumerate(ok)]
+        g_gamma = np.array([p[1] for p in parts]).reshape(len(ok), k)
+        h_gamma = np.array([p[2] for p in parts]).reshape(len(ok), k, k)
+    t = theta[ok]
+    grad[ok] = 2 * t * g_gamma
+    hess[ok] = 4 * t[:, :, None] * t[:, None, :] * h_gamma
+    hess[ok] += np.einsum("gi,ij->gij", 2 * g_gamma, np.eye(k))
+    return grad, hess
 
 
 def _ratios(theta: np.ndarray, terms: list[ReTerm]) -> np.ndarray:
@@ -371,18 +400,3 @@ def _ratios(theta: np.ndarray, terms: list[ReTerm]) -> np.ndarray:
     if all(t.n_theta == 1 for t in terms):
         return theta**2
     return np.full((len(theta), len(terms)), np.nan)
-
-
-def _conditional_modes(fit: LMMFit, eng, normed: ResponseStats, unit, terms) -> None:
-    """Fill ``fit.modes`` and ``fit.mode_var`` (in the genes' own units)."""
-    theta = np.nan_to_num(fit.theta, nan=0.0)
-    if isinstance(eng, GeneralDeviance):
-        engine = eng
-    else:  # the same model in theta: the scalar engines have no modes of their own
-        engine = GeneralDeviance(eng.gram, list(terms), eng.reml)
-    with _one_blas_thread():
-        modes, cvar = engine.modes(theta, normed)
-    bad = ~np.isfinite(fit.sigma2)
-    modes[bad], cvar[bad] = np.nan, np.nan
-    fit.modes = modes * unit[:, None]
-    fit.mode_var = cvar * fit.sigma2[:, None]

@@ -33,7 +33,8 @@ from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .fitting import choose_engine, fit_lmm
-from .random_terms import TermInfo, apply_relfacs, term_infos, term_variances
+from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
+from .tables import blup_tables, derivative_tables, varcorr_table
 
 __all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
 
@@ -169,6 +170,7 @@ class GeneStatistics:
         factors = tuple(factors or (f"factor{j}" for j in range(len(factor_sizes))))
         columns = tuple(columns or ("(Intercept)", *(f"x{j}" for j in range(1, p))))
         return cls(
+            terms=scalar_infos(factors, gram.factor_sizes),
             gram=gram,
             response=response,
             genes=pd.Index(genes if genes is not None else [str(g) for g in range(G)]),
@@ -178,8 +180,18 @@ class GeneStatistics:
         )
 
 
-def _design(design: Design | str, obs: pd.DataFrame | None) -> Design:
+def _design(
+    design: Design | str,
+    obs: pd.DataFrame | None,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+) -> Design:
     if isinstance(design, Design):
+        if weights is not None or covariance is not None:
+            raise ValueError(
+                "weights= and covariance= go with a formula and obs=; a Design has them "
+                "already (build_design(formula, obs, weights=..., covariance=...))."
+            )
         return design
     if not isinstance(design, str):
         raise TypeError(f"design must be a Design or a formula, got {type(design).__name__}.")
@@ -191,7 +203,7 @@ def _design(design: Design | str, obs: pd.DataFrame | None) -> Design:
             f"The formula {design!r} has a left-hand side ({parsed.response!r}); the response "
             "is each gene in turn. Write it as '~ ...'."
         )
-    return build_design(parsed, obs)
+    return build_design(parsed, obs, weights=weights, covariance=covariance)
 
 
 def response_stats(
@@ -205,6 +217,8 @@ def response_stats(
     n_jobs: int | None = 1,
     progress: Progress = None,
     source: str = "Y",
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
 ) -> GeneStatistics:
     """The sufficient statistics of every gene of ``Y``, in one pass over it.
 
@@ -232,6 +246,12 @@ def response_stats(
         Called after each block with its size and the total.
     source
         What ``Y`` is, in messages (e.g. ``"adata.X"``).
+    weights
+        With a formula: a column of ``obs`` with observation weights (residual variance
+        ``sigma^2 / w``, lme4's ``weights=``).
+    covariance
+        With a formula: known covariances between the levels of random intercepts,
+        ``{"donor": K}`` (see :func:`~scvarpart.design.build_design`).
 
     Returns
     -------
@@ -248,7 +268,7 @@ def response_stats(
     >>> stats.components
     ['donor', 'Residual']
     """
-    design = _design(design, obs)
+    design = _design(design, obs, weights, covariance)
     w = design.weights
     Xc, _ = centred_fixed(design, weights=w)
     n_cols = Y.shape[1]
@@ -313,6 +333,7 @@ def fit_stats(
     batch_size: int = 256,
     engine: Literal["auto", "dense", "blocked", "general"] = "auto",
     progress: Progress = None,
+    store_blups: bool = False,
 ) -> VarPartResult:
     """Fit the model to every gene from its sufficient statistics.
 
@@ -334,6 +355,9 @@ def fit_stats(
         ``"dense"`` (few levels), ``"blocked"`` (many) or ``"auto"``.
     progress
         Called after each batch of genes with its size and the total.
+    store_blups
+        Also keep the conditional modes (BLUPs) of every random term's effects and
+        their conditional variances (``blups``, ``blup_var`` of the result).
 
     Returns
     -------
@@ -367,7 +391,8 @@ def fit_stats(
         ],
         "",
     )
-    terms = [t.term for t in stats.terms] or None
+    infos = stats.terms or scalar_infos(stats.factors, gram.factor_sizes)
+    terms = [t.term for t in infos]
     engine = choose_engine(gram, terms) if engine == "auto" else engine
     fit_ = fit_lmm(
         gram,
@@ -381,15 +406,19 @@ def fit_stats(
         progress=progress,
         terms=terms,
     )
-    if terms is None or all(t.scalar for t in terms):
+    if all(t.scalar for t in terms):
         random_variances = fit_.variances  # every moment is 1
     else:
-        random_variances = term_variances(fit_.covariances(), stats.terms)
+        random_variances = term_variances(fit_.covariances(), infos)
     residual = fit_.sigma2 * stats.residual_scale if stats.residual_scale != 1.0 else fit_.sigma2
     variances = component_variances(
         random_variances, residual, fit_.beta, gram.x_cov, stats.fixed_terms
     )
     ok = fit_.error == ""
+    extra = {"varcorr": varcorr_table(fit_, terms, stats.genes)}
+    extra.update(derivative_tables(fit_, terms, stats.genes))
+    if store_blups:
+        extra.update(blup_tables(gram, response, infos, fit_, stats.genes))
     return assemble(
         stats.genes,
         stats.components,
@@ -413,6 +442,7 @@ def fit_stats(
             "n_obs": stats.gram.n_obs,
             "engine": engine,
         },
+        extra=extra,
     )
 
 
@@ -429,6 +459,9 @@ def fit(
     n_jobs: int | None = 1,
     batch_size: int = 256,
     chunk_size: int | None = None,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+    store_blups: bool = False,
 ) -> VarPartResult:
     """Fit a linear mixed model to every gene (column) of ``Y``.
 
@@ -449,7 +482,7 @@ def fit(
     >>> result.beta_se.columns.tolist()
     ['(Intercept)', 'umi']
     """
-    design = _design(design, obs)
+    design = _design(design, obs, weights, covariance)
     check_roles(
         as_names(batch, "batch"),
         as_names(signal, "signal"),
@@ -464,4 +497,5 @@ def fit(
         min_cells=min_cells,
         n_jobs=n_jobs,
         batch_size=batch_size,
+        store_blups=store_blups,
     )

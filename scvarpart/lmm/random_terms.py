@@ -9,6 +9,7 @@ into the variance it contributes over the observations (its variance fraction).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..design import Design
 from ..suffstats import DesignGram, ResponseStats
 from .terms import ReTerm
 
-__all__ = ["TermInfo", "apply_relfacs", "term_infos", "term_variances"]
+__all__ = ["TermInfo", "apply_relfacs", "scalar_infos", "term_infos", "term_variances"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ def term_infos(design: Design) -> tuple[TermInfo, ...]:
         )
         out.append(TermInfo(term, f.levels, f.relfac, moment))
     return tuple(out)
+
+
+def scalar_infos(names: Sequence[str], sizes: Sequence[int]) -> tuple[TermInfo, ...]:
+    """Random intercepts with independent levels, numbered ``"0"``, ``"1"``, ..."""
+    return tuple(
+        TermInfo(ReTerm(n, int(s)), pd.Index([str(i) for i in range(s)]), None, np.ones((1, 1)))
+        for n, s in zip(names, sizes, strict=True)
+    )
 
 
 def _transform(infos: tuple[TermInfo, ...]) -> sp.csr_matrix:

@@ -15,6 +15,7 @@ from .._docs import (
     doc_batch_signal,
     doc_batch_size,
     doc_cells,
+    doc_covariance,
     doc_formula,
     doc_key_added,
     doc_layer,
@@ -23,6 +24,7 @@ from .._docs import (
     doc_n_jobs,
     doc_params,
     doc_use_raw,
+    doc_weights,
 )
 from .._io import OutputExistsError, write_results_file
 from ..get._results import check_var_names, result_keys
@@ -76,6 +78,9 @@ def partition_file(
     dask,
     progress,
     genes: slice | None = None,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+    store_blups: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
     """The file's ``obs`` and ``var`` (of ``genes``) and the result.
 
@@ -94,7 +99,7 @@ def partition_file(
             f"The var names of {path}",
             "read it, run adata.var_names_make_unique() and write it again",
         )
-        prep = _prepare(obs, formula, method, batch, signal, cells)
+        prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
         elem, source = expression.matrix, expression.source
         Y = _lazy_matrix(elem, len(var), chunk_size, dask)
@@ -111,6 +116,7 @@ def partition_file(
             chunk_size=None if dask else chunk_size,
             progress=progress,
             genes=genes,
+            store_blups=store_blups,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 
@@ -123,6 +129,8 @@ def partition_file(
     doc_use_raw=doc_use_raw,
     doc_cells=doc_cells,
     doc_min_cells=doc_min_cells,
+    doc_weights=doc_weights,
+    doc_covariance=doc_covariance,
     doc_key_added=doc_key_added,
     doc_n_jobs=doc_n_jobs,
     doc_batch_size=doc_batch_size,
@@ -138,6 +146,9 @@ def variance_partition_file(
     use_raw: bool = False,
     cells: Mapping[str, Sequence] | None = None,
     min_cells: int = 0,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+    store_blups: bool = False,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -165,6 +176,10 @@ def variance_partition_file(
     {doc_use_raw}
     {doc_cells}
     {doc_min_cells}
+    {doc_weights}
+    {doc_covariance}
+    store_blups
+        Also store every random term's BLUPs, as :func:`variance_partition` does.
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -228,6 +243,9 @@ def variance_partition_file(
         chunk_size=chunk_size,
         dask=dask,
         progress=progress,
+        weights=weights,
+        covariance=covariance,
+        store_blups=store_blups,
     )
     result = AnnData(obs=obs, var=var)
     write_results(result, results, key_added)

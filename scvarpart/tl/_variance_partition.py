@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,7 @@ from .._docs import (
     doc_batch_signal,
     doc_batch_size,
     doc_cells,
+    doc_covariance,
     doc_formula,
     doc_key_added,
     doc_layer,
@@ -29,6 +31,7 @@ from .._docs import (
     doc_params,
     doc_progress,
     doc_use_raw,
+    doc_weights,
 )
 from .._names import as_names
 from .._warn import warn
@@ -125,6 +128,25 @@ class _Prepared(NamedTuple):
     method: Literal["ML", "REML"]
     batch: list[str] | None
     signal: list[str] | None
+    model: dict  # the model's options besides the formula, as recorded in params
+
+
+def _covariance_record(covariance: Mapping[str, pd.DataFrame] | None) -> dict[str, str] | None:
+    """Per term with a known covariance, a SHA-256 of its matrix (levels and values).
+
+    Recorded in params instead of the matrix, which can be large: enough to tell
+    whether two results used the same one.
+    """
+    if not covariance:
+        return None
+    out = {}
+    for term, K in covariance.items():
+        frame = pd.DataFrame(K)
+        digest = hashlib.sha256()
+        digest.update("\x1f".join(map(str, frame.index)).encode())
+        digest.update(np.ascontiguousarray(frame.to_numpy(dtype=float)).tobytes())
+        out[str(term)] = digest.hexdigest()
+    return out
 
 
 def _cell_filter(obs: pd.DataFrame, cells: Mapping[str, Sequence] | None) -> np.ndarray | None:
@@ -189,7 +211,16 @@ def _warn_few_levels(design: Design, method: str) -> None:
     )
 
 
-def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None) -> _Prepared:
+def _prepare(
+    obs: pd.DataFrame,
+    formula: str,
+    method,
+    batch,
+    signal,
+    cells=None,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+) -> _Prepared:
     """Every check that needs only the design, before any data are touched."""
     method_u = _METHODS.get(str(method).upper())
     if method_u is None:
@@ -207,10 +238,13 @@ def _prepare(obs: pd.DataFrame, formula: str, method, batch, signal, cells=None)
             f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
             "response is each gene in turn. Write it as '~ ...'."
         )
-    design = build_design(parsed, obs, rows=_cell_filter(obs, cells))
+    design = build_design(
+        parsed, obs, rows=_cell_filter(obs, cells), weights=weights, covariance=covariance
+    )
     check_roles(batch_l, signal_l, design.components)
     _warn_few_levels(design, method_u)
-    return _Prepared(design, method_u, batch_l, signal_l)
+    model = {"weights": weights, "covariance": _covariance_record(covariance)}
+    return _Prepared(design, method_u, batch_l, signal_l, model)
 
 
 def _partition(
@@ -227,6 +261,7 @@ def _partition(
     progress: bool | None,
     genes: slice | None = None,
     min_cells: int = 0,
+    store_blups: bool = False,
 ) -> VarPartResult:
     """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`."""
     design = prep.design
@@ -263,6 +298,7 @@ def _partition(
             n_jobs=n_jobs,
             batch_size=batch_size,
             progress=bar,
+            store_blups=store_blups,
         )
     fitted = result.params
     result = replace(
@@ -272,6 +308,7 @@ def _partition(
             "method": fitted["method"],
             "batch": prep.batch,
             "signal": prep.signal,
+            **{k: v for k, v in prep.model.items() if v is not None},
             **params,
             "min_cells": min_cells,
             "n_obs": design.n_obs,
@@ -323,6 +360,8 @@ def write_results(adata: AnnData, result: VarPartResult, key_added: str) -> None
     doc_use_raw=doc_use_raw,
     doc_cells=doc_cells,
     doc_min_cells=doc_min_cells,
+    doc_weights=doc_weights,
+    doc_covariance=doc_covariance,
     doc_key_added=doc_key_added,
     doc_n_jobs=doc_n_jobs,
     doc_batch_size=doc_batch_size,
@@ -339,6 +378,9 @@ def variance_partition(
     use_raw: bool = False,
     cells: Mapping[str, Sequence] | None = None,
     min_cells: int = 0,
+    weights: str | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
+    store_blups: bool = False,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -366,6 +408,11 @@ def variance_partition(
     {doc_use_raw}
     {doc_cells}
     {doc_min_cells}
+    {doc_weights}
+    {doc_covariance}
+    store_blups
+        Also store the conditional modes (BLUPs) of every random term's effects, genes
+        x levels, and their conditional variances (:func:`scvarpart.get.blups`).
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -400,6 +447,14 @@ def variance_partition(
             Fixed effects, genes x columns of the fixed design (``"(Intercept)"``,
             ...), and their standard errors (lme4's ``fixef`` and
             ``sqrt(diag(vcov))``).
+        ``adata.varm[f"{{key_added}}_varcorr"]``
+            Every random term's coefficient variances and covariances (lme4's
+            ``VarCorr``; tidy with :func:`scvarpart.get.varcorr_df`).
+        ``adata.varm[f"{{key_added}}_theta"]``, ``..._gradient``, ``..._hessian``
+            lme4's covariance parameters at the optimum, with the criterion's gradient
+            and Hessian there.
+        ``adata.varm[f"{{key_added}}_blup_{{term}}"]``, ``..._blupvar_{{term}}``
+            With ``store_blups``: each term's BLUPs and conditional variances.
         ``adata.uns[key_added]``
             ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
             genes without estimates and why) and ``result_keys`` (the ``var``
@@ -459,7 +514,7 @@ def variance_partition(
         raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     check_var_names(adata.var_names)
-    prep = _prepare(adata.obs, formula, method, batch, signal, cells)
+    prep = _prepare(adata.obs, formula, method, batch, signal, cells, weights, covariance)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
         prep,
@@ -468,6 +523,7 @@ def variance_partition(
         adata.var_names,
         params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells)},
         min_cells=min_cells,
+        store_blups=store_blups,
         key_added=key_added,
         n_jobs=n_jobs,
         batch_size=batch_size,

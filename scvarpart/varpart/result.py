@@ -14,6 +14,13 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_variance"]    variances, genes x components
     varm[f"{key}_beta"]        fixed effects, genes x columns of X
     varm[f"{key}_beta_se"]     their standard errors
+    varm[f"{key}_varcorr"]     every term's coefficient variances and covariances
+                               (columns "term|coef" and "term|coef|coef"), as lme4's VarCorr
+    varm[f"{key}_theta"]       lme4's covariance parameters theta at the optimum, and
+    varm[f"{key}_gradient"]    the criterion's gradient and
+    varm[f"{key}_hessian"]     Hessian in theta there (columns "theta_i|theta_j")
+    varm[f"{key}_blup_{term}"] conditional modes of a term's effects, genes x levels
+    varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
                                singular, converged, loglik
     uns[key]                   params, components, summary, errors, result_keys
@@ -52,7 +59,18 @@ PER_GENE_FIELDS: dict[str, type] = {
     "loglik": np.float64,
 }
 # varm tables: attribute of the result -> suffix of the key ("" for the key itself)
-_TABLES = {"fractions": "", "variance": "_variance", "beta": "_beta", "beta_se": "_beta_se"}
+_TABLES = {
+    "fractions": "",
+    "variance": "_variance",
+    "beta": "_beta",
+    "beta_se": "_beta_se",
+    "varcorr": "_varcorr",
+    "theta": "_theta",
+    "gradient": "_gradient",
+    "hessian": "_hessian",
+}
+# per-term tables: attribute -> prefix of the key's suffix (the term's name follows)
+_TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
 # What results stored before uns[key]["result_keys"] existed occupy.
 _LEGACY_VAR = ("rho", "mean", "singular", "converged", "loglik")
 _LEGACY_VARM = ("", "_variance")
@@ -139,6 +157,21 @@ class VarPartResult:
         estimates. ``None`` for results stored before they were kept.
     beta_se
         Their standard errors, ``sqrt(diag(vcov))`` as lme4 reports them.
+    varcorr
+        Genes x entries of every random term's covariance matrix, as lme4's
+        ``VarCorr``: ``"term|coef"`` variances and ``"term|coef|coef"`` covariances
+        (:meth:`varcorr_table` adds standard deviations and correlations).
+    theta
+        Genes x lme4's covariance parameters at the optimum (see
+        :mod:`scvarpart.lmm.terms`).
+    gradient, hessian
+        The criterion's gradient (genes x theta) and Hessian (genes x
+        ``"theta_i|theta_j"``) in ``theta`` at the optimum, for standard errors. The
+        Hessian is exact, or the average information for the blocked engine.
+    blups, blup_var
+        With ``store_blups``: per random term, the conditional modes (BLUPs) of its
+        effects, genes x levels (``"level|coef"`` for terms with slopes), and their
+        conditional variances (as lme4's ``condVar``, given the fixed effects).
     key
         The key it was read from (:meth:`read`), named in messages; ``None`` for a
         result not read from an AnnData.
@@ -152,18 +185,40 @@ class VarPartResult:
     beta: pd.DataFrame | None = None
     beta_se: pd.DataFrame | None = None
     key: str | None = None
+    varcorr: pd.DataFrame | None = None
+    theta: pd.DataFrame | None = None
+    gradient: pd.DataFrame | None = None
+    hessian: pd.DataFrame | None = None
+    blups: Mapping[str, pd.DataFrame] | None = None
+    blup_var: Mapping[str, pd.DataFrame] | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""
         genes = self.fractions.index
-        for name in ("variance", "per_gene", "beta", "beta_se"):
-            table = getattr(self, name)
+        for name, table in self._tables().items():
             if table is not None and not table.index.equals(genes):
                 raise ValueError(
                     f"The {name} table is not indexed by the genes of the fractions, in order."
                 )
         if not self.variance.columns.equals(self.fractions.columns):
             raise ValueError("The variance and fractions tables have different components.")
+
+    def _tables(self) -> dict[str, pd.DataFrame | None]:
+        """Every genes x something table but the fractions, by name."""
+        out = {n: getattr(self, n) for n in _TABLES if n != "fractions"}
+        out["per_gene"] = self.per_gene
+        for n in _TERM_TABLES:
+            for term, table in (getattr(self, n) or {}).items():
+                out[f"{n}[{term}]"] = table
+        return out
+
+    def _stored_tables(self, key: str) -> dict[str, pd.DataFrame]:
+        """The varm tables under ``key``: name -> table."""
+        out = {f"{key}{s}": getattr(self, n) for n, s in _TABLES.items()}
+        for n, s in _TERM_TABLES.items():
+            for term, table in (getattr(self, n) or {}).items():
+                out[f"{key}{s}{term}"] = table
+        return {k: v for k, v in out.items() if v is not None}
 
     # -- what it holds ---------------------------------------------------------------
 
@@ -241,14 +296,15 @@ class VarPartResult:
         def rows(table: pd.DataFrame | None) -> pd.DataFrame | None:
             return None if table is None else table.loc[index]
 
+        def term_rows(tables: Mapping[str, pd.DataFrame] | None):
+            return None if tables is None else {t: rows(v) for t, v in tables.items()}
+
         return replace(
             self,
-            fractions=rows(self.fractions),
-            variance=rows(self.variance),
             per_gene=rows(self.per_gene),
             errors=self.errors[self.errors.index.isin(index)],
-            beta=rows(self.beta),
-            beta_se=rows(self.beta_se),
+            **{n: rows(getattr(self, n)) for n in _TABLES},
+            **{n: term_rows(getattr(self, n)) for n in _TERM_TABLES},
         )
 
     def with_params(self, **params: Any) -> VarPartResult:
@@ -335,6 +391,61 @@ class VarPartResult:
             }
         )
 
+    def varcorr_table(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """Tidy ``VarCorr``: one row per gene and covariance entry.
+
+        Columns ``gene``, ``term``, ``var1``, ``var2`` (empty for a variance), ``vcov``
+        (variance or covariance) and ``sdcor`` (standard deviation, or correlation), as
+        lme4's ``as.data.frame(VarCorr(fit))``; the residual's row has term
+        ``"Residual"`` (see :func:`scvarpart.get.varcorr_df`).
+        """
+        if self.varcorr is None:
+            raise KeyError("This result has no VarCorr table: fit again to get it.")
+        index = self._genes(genes)
+        table = self.varcorr.loc[index]
+        parts = [str(c).split("|") for c in table.columns]
+        var_col = {tuple(p): str(c) for p, c in zip(parts, table.columns, strict=True)}
+        values = table.to_numpy()
+        sdcor = np.empty_like(values)
+        for j, p in enumerate(parts):
+            if len(p) == 3:
+                va = table[var_col[(p[0], p[1])]].to_numpy()
+                vb = table[var_col[(p[0], p[2])]].to_numpy()
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    sdcor[:, j] = values[:, j] / np.sqrt(va * vb)
+            else:
+                sdcor[:, j] = np.sqrt(values[:, j])
+        pad = [(*p, "", "")[:3] for p in parts]
+        return pd.DataFrame(
+            {
+                "gene": np.repeat(index.to_numpy(dtype=object), len(parts)),
+                "term": np.tile([p[0] for p in pad], len(index)),
+                "var1": np.tile([p[1] for p in pad], len(index)),
+                "var2": np.tile([p[2] for p in pad], len(index)),
+                "vcov": values.ravel(),
+                "sdcor": sdcor.ravel(),
+            }
+        )
+
+    def blup_table(self, term: str, genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """The conditional modes of ``term``'s effects, genes x levels.
+
+        See :func:`scvarpart.get.blups`.
+
+        Raises
+        ------
+        KeyError
+            Without stored BLUPs, or for a term without any, naming those with.
+        """
+        if not self.blups:
+            raise KeyError(
+                "This result has no BLUPs: fit with store_blups=True to keep the "
+                "conditional modes of the random effects."
+            )
+        if term not in self.blups:
+            raise KeyError(f"No BLUPs of {term!r}; terms with BLUPs: {list(self.blups)}.")
+        return self.blups[term].loc[self._genes(genes)]
+
     def batch_dominated(self, *, min_rho: float = 1.0, n_top: int | None = None) -> pd.DataFrame:
         """The batch-dominated genes, ranked (see :mod:`scvarpart.varpart.ranking`)."""
         return batch_dominated(
@@ -368,7 +479,7 @@ class VarPartResult:
         """The ``var`` columns and ``varm`` keys this result occupies under ``key``."""
         return {
             "var": [f"{key}_{f}" for f in self.per_gene.columns],
-            "varm": [f"{key}{s}" for n, s in _TABLES.items() if getattr(self, n) is not None],
+            "varm": list(self._stored_tables(key)),
         }
 
     def uns_entry(self, key: str) -> dict:
@@ -397,11 +508,7 @@ class VarPartResult:
             )
         uns = self.uns_entry(key)
         per_gene = {f"{key}_{c}": self.per_gene[c].to_numpy() for c in self.per_gene}
-        tables = {
-            f"{key}{s}": getattr(self, n)
-            for n, s in _TABLES.items()
-            if getattr(self, n) is not None
-        }
+        tables = self._stored_tables(key)
         stale = stored_keys(adata, key)
         # from here on nothing can fail: every value is aligned and complete
         adata.var.drop(columns=stale["var"], inplace=True)
@@ -437,17 +544,24 @@ class VarPartResult:
             n: (pd.DataFrame(adata.varm[f"{key}{s}"]) if f"{key}{s}" in keys["varm"] else None)
             for n, s in _TABLES.items()
         }
+        term_tables = {
+            n: {
+                k[len(key) + len(s) :]: pd.DataFrame(adata.varm[k])
+                for k in keys["varm"]
+                if k.startswith(f"{key}{s}")
+            }
+            or None
+            for n, s in _TERM_TABLES.items()
+        }
         errors = entry.get("errors")
         errors = _errors(pd.Series(dtype=str)) if errors is None else errors
         return cls(
-            fractions=tables["fractions"],
-            variance=tables["variance"],
             per_gene=per_gene,
             params=dict(entry["params"]),
             errors=errors,
-            beta=tables["beta"],
-            beta_se=tables["beta_se"],
             key=key,
+            **tables,  # type: ignore[arg-type]
+            **term_tables,
         )
 
     @classmethod
@@ -472,16 +586,20 @@ class VarPartResult:
             tables = [getattr(p, name) for p in parts]
             return None if any(t is None for t in tables) else pd.concat(tables)
 
+        def cat_terms(name: str) -> dict[str, pd.DataFrame] | None:
+            maps = [getattr(p, name) for p in parts]
+            if any(m is None for m in maps):
+                return None
+            return {t: pd.concat([m[t] for m in maps]) for t in maps[0]}
+
         errors = pd.concat([p.errors for p in parts])
         errors.index.name = "gene"
         return cls(
-            fractions=cat("fractions"),
-            variance=cat("variance"),
-            per_gene=cat("per_gene"),
+            per_gene=cat("per_gene"),  # type: ignore[arg-type]
             params=first.params,
             errors=errors,
-            beta=cat("beta"),
-            beta_se=cat("beta_se"),
+            **{n: cat(n) for n in _TABLES},  # type: ignore[arg-type]
+            **{n: cat_terms(n) for n in _TERM_TABLES},
         )
 
 
@@ -504,10 +622,13 @@ def assemble(
     beta_se: np.ndarray | None = None,
     columns: Sequence[str] = (),
     params: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> VarPartResult:
     """A :class:`VarPartResult` from per-gene arrays.
 
     ``rho`` is added from the variances when ``params`` names ``batch`` and ``signal``.
+    ``extra``: further tables of the result, by attribute (``varcorr``, ``theta``,
+    ``blups``, ...), already indexed by ``genes``.
     """
     params = dict(params or {})
     comps = list(components)
@@ -528,4 +649,5 @@ def assemble(
         beta_se=(
             None if beta_se is None else pd.DataFrame(beta_se, index=genes, columns=list(columns))
         ),
+        **dict(extra or {}),
     )
