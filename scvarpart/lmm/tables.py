@@ -30,9 +30,12 @@ def theta_names(terms: Sequence[ReTerm]) -> list[str]:
     """
     out = []
     for t in terms:
+        group = t.name
+        if "(Intercept)" not in t.coefficients:  # "g.x" of (0 + x|g): lme4 says "g.x"
+            group = group.removesuffix("." + ".".join(t.coefficients))
         for a, b in t.positions:
             ca, cb = t.coefficients[a], t.coefficients[b]
-            out.append(f"{t.name}.{ca}" if a == b else f"{t.name}.{ca}.{cb}")
+            out.append(f"{group}.{ca}" if a == b else f"{group}.{ca}.{cb}")
     return out
 
 
