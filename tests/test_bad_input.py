@@ -829,3 +829,116 @@ def test_warnings_point_at_the_callers_line(adata, stop_at_fit, prepare, formula
         run(adata, formula)
     w = next(w for w in rec if re.search(match, str(w.message)))
     assert w.filename == __file__, f"warning attributed to {w.filename}:{w.lineno}"
+
+
+# --- known covariances between levels and observation weights ------------------------
+
+
+def _kinship(adata: AnnData, change=None) -> pd.DataFrame:
+    """A positive definite K over the patients, optionally broken by ``change``."""
+    levels = [str(p) for p in adata.obs["patient"].cat.categories]
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(len(levels), 30))
+    K = pd.DataFrame(G @ G.T / 30 + 0.5 * np.eye(len(levels)), index=levels, columns=levels)
+    return K if change is None else change(K)
+
+
+def _drop_level(K):
+    return K.iloc[1:, 1:]
+
+
+def _asymmetric(K):
+    K = K.copy()
+    K.iloc[0, 1] += 0.3
+    return K
+
+
+def _indefinite(K):
+    return K - 2.0 * np.eye(len(K)) * K.to_numpy().diagonal().max()
+
+
+def _nan_entry(K):
+    K = K.copy()
+    K.iloc[2, 2] = np.nan
+    return K
+
+
+COVARIANCE_CASES = [
+    (
+        "missing-level",
+        _drop_level,
+        FORMULA,
+        ValueError,
+        r"has no row for 1 level\(s\) of 'patient'",
+    ),
+    ("not-symmetric", _asymmetric, FORMULA, ValueError, r"is not symmetric: K\["),
+    ("not-psd", _indefinite, FORMULA, ValueError, r"is not positive semi-definite"),
+    ("nan", _nan_entry, FORMULA, ValueError, r"NaN or infinite entries"),
+    ("array", lambda K: K.to_numpy(), FORMULA, TypeError, r"must be a pandas DataFrame"),
+    (
+        "slope-term",
+        None,
+        "~ log_umi + (log_umi|patient) + (1|chemistry)",
+        DesignError,
+        r"needs a random intercept \(1\|patient\)",
+    ),
+    (
+        "unknown-term",
+        None,
+        "~ log_umi + (1|chemistry) + (1|day)",
+        DesignError,
+        r"covariance= names \['patient'\], which are not random terms",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "formula", "exc", "match"),
+    [c[1:] for c in COVARIANCE_CASES],
+    ids=[c[0] for c in COVARIANCE_CASES],
+)
+def test_bad_covariance_is_refused_before_fit(adata, no_fit, change, formula, exc, match):
+    K = _kinship(adata, change)
+    snap = snapshot(adata)
+    with pytest.raises(exc, match=match):
+        run(adata, formula, covariance={"patient": K})
+    assert_unchanged(adata, snap)
+
+
+def _negative_weight(a):
+    a.obs["w"] = 1.0
+    a.obs.iloc[3, a.obs.columns.get_loc("w")] = -0.5
+
+
+def _nan_weight(a):
+    a.obs["w"] = 1.0
+    a.obs.iloc[5, a.obs.columns.get_loc("w")] = np.nan
+
+
+def _zero_weight(a):
+    a.obs["w"] = 1.0
+    a.obs.iloc[0, a.obs.columns.get_loc("w")] = 0.0
+
+
+def _text_weight(a):
+    a.obs["w"] = pd.Categorical(["high"] * a.n_obs)
+
+
+WEIGHT_CASES = [
+    ("negative", _negative_weight, "w", r"weights='w' must be positive and finite.*-0\.5"),
+    ("nan", _nan_weight, "w", r"weights='w' must be positive and finite.*nan"),
+    ("zero", _zero_weight, "w", r"weights='w' must be positive and finite.*0\.0"),
+    ("categorical", _text_weight, "w", r"weights='w' must be numeric"),
+    ("missing-column", _noop, "size_factor", r"weights='size_factor' is not a column"),
+]
+
+
+@pytest.mark.parametrize(
+    ("prepare", "column", "match"), [c[1:] for c in WEIGHT_CASES], ids=[c[0] for c in WEIGHT_CASES]
+)
+def test_bad_weights_are_refused_before_fit(adata, no_fit, prepare, column, match):
+    prepare(adata)
+    snap = snapshot(adata)
+    with pytest.raises(DesignError, match=re.compile(match, re.DOTALL)):
+        run(adata, weights=column)
+    assert_unchanged(adata, snap)

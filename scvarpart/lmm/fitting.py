@@ -358,7 +358,7 @@ def fit_lmm(
         terms=tuple(terms),
     )
     with _one_blas_thread():
-        fit.gradient, fit.hessian = _theta_derivatives(eng, fit.theta, normed)
+        fit.gradient, fit.hessian = _theta_derivatives(eng, np.asarray(fit.theta), normed)
     return fit
 
 

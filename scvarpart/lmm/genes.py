@@ -34,7 +34,7 @@ from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .fitting import choose_engine, fit_lmm
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
-from .tables import blup_tables, derivative_tables, varcorr_table
+from .tables import blup_tables, derivative_tables, heritability_table, varcorr_table
 
 __all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
 
@@ -417,6 +417,8 @@ def fit_stats(
     ok = fit_.error == ""
     extra = {"varcorr": varcorr_table(fit_, terms, stats.genes)}
     extra.update(derivative_tables(fit_, terms, stats.genes))
+    components = pd.DataFrame(variances, index=stats.genes, columns=stats.components)
+    extra["heritability"] = heritability_table(components, infos)
     if store_blups:
         extra.update(blup_tables(gram, response, infos, fit_, stats.genes))
     return assemble(

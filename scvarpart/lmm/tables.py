@@ -19,7 +19,13 @@ from .modes import conditional_modes
 from .random_terms import TermInfo
 from .terms import ReTerm
 
-__all__ = ["blup_tables", "derivative_tables", "theta_names", "varcorr_table"]
+__all__ = [
+    "blup_tables",
+    "derivative_tables",
+    "heritability_table",
+    "theta_names",
+    "varcorr_table",
+]
 
 
 def theta_names(terms: Sequence[ReTerm]) -> list[str]:
@@ -94,7 +100,7 @@ def blup_tables(
     """
     terms = [i.term for i in infos]
     modes, variances = conditional_modes(
-        gram, terms, fit.theta, response, [i.relfac for i in infos]
+        gram, terms, np.asarray(fit.theta), response, [i.relfac for i in infos]
     )
     blups, blup_var = {}, {}
     for info, m, v in zip(infos, modes, variances, strict=True):
@@ -102,3 +108,22 @@ def blup_tables(
         blups[info.term.name] = pd.DataFrame(m, index=genes, columns=cols)
         blup_var[info.term.name] = pd.DataFrame(v * fit.sigma2[:, None], index=genes, columns=cols)
     return {"blups": blups, "blup_var": blup_var}
+
+
+def heritability_table(variance: pd.DataFrame, infos: Sequence[TermInfo]) -> pd.DataFrame | None:
+    """Per term with a known covariance, ``V_term / (V_term + V_residual)``.
+
+    ``V_term`` is the variance the term contributes over the observations
+    (``sigma_K^2`` times the mean of ``K``'s diagonal over them) and ``V_residual`` the
+    residual component: with a kinship matrix, the expression heritability of GCTA
+    (Yang et al. 2011) and lme4qtl (Ziyatdinov et al. 2018), the other terms left
+    out. ``None`` without such terms.
+    """
+    names = [i.term.name for i in infos if i.relfac is not None]
+    if not names:
+        return None
+    residual = variance["Residual"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame(
+            {n: variance[n] / (variance[n] + residual) for n in names}, index=variance.index
+        )

@@ -19,6 +19,8 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_theta"]       lme4's covariance parameters theta at the optimum, and
     varm[f"{key}_gradient"]    the criterion's gradient and
     varm[f"{key}_hessian"]     Hessian in theta there (columns "theta_i|theta_j")
+    varm[f"{key}_h2"]          per term with a known covariance (kinship), the
+                               heritability-style ratio V_term / (V_term + V_residual)
     varm[f"{key}_blup_{term}"] conditional modes of a term's effects, genes x levels
     varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -68,6 +70,7 @@ _TABLES = {
     "theta": "_theta",
     "gradient": "_gradient",
     "hessian": "_hessian",
+    "heritability": "_h2",
 }
 # per-term tables: attribute -> prefix of the key's suffix (the term's name follows)
 _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
@@ -168,6 +171,10 @@ class VarPartResult:
         The criterion's gradient (genes x theta) and Hessian (genes x
         ``"theta_i|theta_j"``) in ``theta`` at the optimum, for standard errors. The
         Hessian is exact, or the average information for the blocked engine.
+    heritability
+        For models with a known covariance between the levels of a term (a kinship
+        matrix): genes x such terms, the term's variance over itself plus the residual
+        variance (expression heritability, as GCTA and lme4qtl report it).
     blups, blup_var
         With ``store_blups``: per random term, the conditional modes (BLUPs) of its
         effects, genes x levels (``"level|coef"`` for terms with slopes), and their
@@ -189,6 +196,7 @@ class VarPartResult:
     theta: pd.DataFrame | None = None
     gradient: pd.DataFrame | None = None
     hessian: pd.DataFrame | None = None
+    heritability: pd.DataFrame | None = None
     blups: Mapping[str, pd.DataFrame] | None = None
     blup_var: Mapping[str, pd.DataFrame] | None = None
 
@@ -303,8 +311,8 @@ class VarPartResult:
             self,
             per_gene=rows(self.per_gene),
             errors=self.errors[self.errors.index.isin(index)],
-            **{n: rows(getattr(self, n)) for n in _TABLES},
-            **{n: term_rows(getattr(self, n)) for n in _TERM_TABLES},
+            **cast(dict[str, Any], {n: rows(getattr(self, n)) for n in _TABLES}),
+            **cast(dict[str, Any], {n: term_rows(getattr(self, n)) for n in _TERM_TABLES}),
         )
 
     def with_params(self, **params: Any) -> VarPartResult:
@@ -560,8 +568,8 @@ class VarPartResult:
             params=dict(entry["params"]),
             errors=errors,
             key=key,
-            **tables,  # type: ignore[arg-type]
-            **term_tables,
+            **cast(dict[str, Any], tables),
+            **cast(dict[str, Any], term_tables),
         )
 
     @classmethod
@@ -595,11 +603,11 @@ class VarPartResult:
         errors = pd.concat([p.errors for p in parts])
         errors.index.name = "gene"
         return cls(
-            per_gene=cat("per_gene"),  # type: ignore[arg-type]
+            per_gene=cast(pd.DataFrame, cat("per_gene")),
             params=first.params,
             errors=errors,
-            **{n: cat(n) for n in _TABLES},  # type: ignore[arg-type]
-            **{n: cat_terms(n) for n in _TERM_TABLES},
+            **cast(dict[str, Any], {n: cat(n) for n in _TABLES}),
+            **cast(dict[str, Any], {n: cat_terms(n) for n in _TERM_TABLES}),
         )
 
 
