@@ -468,7 +468,9 @@ class VarPartResult:
     def gene_table(self) -> pd.DataFrame:
         """Everything per gene in one flat table (the TSV of ``scvarpart report``).
 
-        Fractions, variances, fixed effects and standard errors, fields, error.
+        Fractions, variances, fixed effects and standard errors, the random terms'
+        variances and covariances (``varcorr_``), heritability-style ratios (``h2_``),
+        fields, error.
         """
         parts = [
             self.fractions.add_prefix("fraction_"),
@@ -476,6 +478,10 @@ class VarPartResult:
         ]
         if self.beta is not None and self.beta_se is not None:
             parts += [self.beta.add_prefix("beta_"), self.beta_se.add_prefix("beta_se_")]
+        if self.varcorr is not None:
+            parts.append(self.varcorr.add_prefix("varcorr_"))
+        if self.heritability is not None:
+            parts.append(self.heritability.add_prefix("h2_"))
         table = pd.concat([*parts, self.per_gene], axis=1)
         table["error"] = self.errors["reason"].reindex(table.index).fillna("")
         table.index.name = "gene"
