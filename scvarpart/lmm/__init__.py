@@ -1,4 +1,4 @@
-"""The likelihood and its optimiser: random-intercept LMMs fitted to many genes at once.
+"""The likelihood and its optimiser: linear mixed models fitted to many genes at once.
 
 The array-level entry points are :func:`fit`, :func:`response_stats` and
 :func:`fit_stats` (:mod:`.genes`); the engines below are their building blocks.
@@ -8,19 +8,25 @@ from ..varpart.result import VarPartResult
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fitting import LMMFit, choose_engine, fit_lmm
+from .general import GeneralDeviance
 from .genes import GeneStatistics, fit, fit_stats, response_stats
+from .modes import conditional_modes
 from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
+from .terms import ReTerm
 
 __all__ = [
     "BlockedDeviance",
     "DenseDeviance",
     "GeneStatistics",
+    "GeneralDeviance",
     "LMMFit",
     "NewtonOptions",
     "ProfiledDeviance",
+    "ReTerm",
     "VarPartResult",
     "choose_engine",
+    "conditional_modes",
     "fit",
     "fit_lmm",
     "fit_stats",

@@ -88,6 +88,19 @@ def conditional_modes(
     ------
     ValueError
         With more than :data:`MAX_MODES_SIZE` random effects.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": rng.choice(list("abcd"), 200), "t": rng.normal(size=200)})
+    >>> stats = svp.lmm.response_stats(rng.normal(size=(200, 3)), "~ (1 + t|donor)", obs=obs)
+    >>> terms = [info.term for info in stats.terms]
+    >>> theta = np.tile([0.5, 0.1, 0.3], (3, 1))  # lme4's theta of (1 + t|donor), per gene
+    >>> modes, variances = svp.lmm.conditional_modes(stats.gram, terms, theta, stats.response)
+    >>> modes[0].shape  # genes x (levels x coefficients)
+    (3, 8)
     """
     q = gram.n_levels
     if q > MAX_MODES_SIZE:
