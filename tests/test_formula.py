@@ -50,7 +50,11 @@ def test_response_and_variables():
         ("~ (x||g)", [RandomTerm(("g",)), RandomTerm(("g",), ("x",), False)]),
         (
             "~ (x + z||g)",
-            [RandomTerm(("g",)), RandomTerm(("g",), ("x",), False), RandomTerm(("g",), ("z",), False)],
+            [
+                RandomTerm(("g",)),
+                RandomTerm(("g",), ("x",), False),
+                RandomTerm(("g",), ("z",), False),
+            ],
         ),
         ("~ (0 + x||g)", [RandomTerm(("g",), ("x",), False)]),
         ("~ (x|a/b)", [RandomTerm(("a",), ("x",)), RandomTerm(("a", "b"), ("x",))]),

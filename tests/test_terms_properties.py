@@ -82,13 +82,13 @@ def test_scaling_a_gene_by_a_power_of_two_is_exact(kind):
 
 
 def test_boundary_variances_are_exactly_zero():
-    obs, Y, formula, options = _data("slopes")
+    obs, _, formula, options = _data("slopes")
     rng = np.random.default_rng(1)
     y = rng.normal(size=N_CELLS) + 0.8 * obs["time"].to_numpy()  # no patient, no batch
     res = _fit(obs, y[:, None], formula, options)
     assert res.per_gene["singular"].iloc[0]
     v = res.varcorr.iloc[0]
-    assert v["batch|(Intercept)"] == 0.0 or v["patient|time"] == 0.0 or v[
-        "patient|(Intercept)"
-    ] == 0.0
+    assert (
+        v["batch|(Intercept)"] == 0.0 or v["patient|time"] == 0.0 or v["patient|(Intercept)"] == 0.0
+    )
     assert (res.theta.iloc[0] == 0.0).any()
