@@ -38,6 +38,7 @@ from .storage.stores import is_zarr as _is_zarr
 from .storage.stores import open_store
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "check_output",
     "handle_sigterm_during_writes",
     "open_store",
+    "read_covariance_file",
     "read_results",
     "read_var",
     "reading",
@@ -495,3 +497,157 @@ def read_results(path: str | os.PathLike, what: str = "input") -> AnnData:
             key: ad.io.read_elem(root[key]) for key in ("obs", "var", "varm", "uns") if key in root
         }
     return AnnData(**elems)
+
+
+# ---------------------------------------------------------------------------------------
+# known covariances between levels (kinship matrices)
+
+#: Separator of a covariance file by its extension (after an optional ``.gz``).
+COVARIANCE_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+_COVARIANCE_LAYOUT = (
+    "a square levels x levels matrix with a header row of level names and the level "
+    "names as first column"
+)
+
+
+def _covariance_separator(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    sep = COVARIANCE_FORMATS.get(suffixes[-1]) if suffixes else None
+    if sep is None:
+        raise InputError(
+            f"the covariance file {path} must be named .csv (comma-separated), .tsv or .txt "
+            "(tab-separated), optionally gzipped (.csv.gz, ...): its extension tells how it "
+            "is read."
+        )
+    return sep
+
+
+def _first(mask, frame) -> tuple[str, str, object]:
+    """Row level, column level and value of the first True of ``mask`` (row-major)."""
+    import numpy as np
+
+    i, j = np.argwhere(np.asarray(mask))[0]
+    return frame.index[i], frame.columns[j], frame.iat[i, j]
+
+
+def read_covariance_file(path: str | os.PathLike) -> pd.DataFrame:  # noqa: C901
+    """Read a known covariance between the levels of a term (a kinship matrix).
+
+    A ``.csv`` (comma-separated) or ``.tsv``/``.txt`` (tab-separated) file, optionally
+    gzipped, holding a square matrix: a header row of level names, then one row per
+    level, its name first (``pandas.read_csv(path, index_col=0)``). Level names are read
+    as text (``007`` stays ``007``) and the numbers exactly (round trip), so a matrix
+    written by :meth:`pandas.DataFrame.to_csv` reads back bitwise.
+
+    Only the file's layout is checked here; whether the matrix is symmetric, positive
+    semi-definite and covers every modelled level is checked with the design
+    (:func:`scvarpart.design.relmat.relationship_factor`).
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    DataFrame
+        Levels x levels, float64, indexed by the level names (str), the columns in the
+        order of the rows.
+
+    Raises
+    ------
+    InputError
+        Naming the file, what is wrong and the fix: it does not exist or cannot be read,
+        has another extension, does not parse, is not square, its header and first
+        column do not name the same levels (or name one twice), or it has a non-numeric,
+        missing or infinite entry.
+    """
+    import numpy as np
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise InputError(f"the covariance file {path} {what}.")
+    sep = _covariance_separator(path)
+    kind = "comma-separated" if sep == "," else "tab-separated"
+    try:
+        # the header as written (read_csv renames a repeated name "a" to "a.1")
+        header = pd.read_csv(
+            path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False
+        ).iloc[0, 1:]
+        # level names as text; values parsed exactly ("round_trip": the default parser
+        # may be off by an ulp, and the results must equal the API's for the same matrix)
+        frame = pd.read_csv(
+            path,
+            sep=sep,
+            index_col=0,
+            dtype={0: str},
+            keep_default_na=False,
+            na_values=[""],
+            float_precision="round_trip",
+        )
+    except OSError as err:
+        raise InputError(
+            f"the covariance file {path} cannot be read: {err.strerror or err}."
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(
+            f"the covariance file {path} does not parse as a {kind} table ({err}); it must "
+            f"be {_COVARIANCE_LAYOUT}."
+        ) from None
+    n_rows, n_cols = frame.shape
+    if n_rows != n_cols or n_rows == 0 or len(header) != n_cols:
+        hint = ""
+        if n_cols == 0 and n_rows:  # one field per line: probably the other separator
+            if sep == "," and "\t" in str(frame.index[0]):
+                hint = " It looks tab-separated: name it .tsv."
+            elif sep == "\t" and "," in str(frame.index[0]):
+                hint = " It looks comma-separated: name it .csv."
+        raise InputError(
+            f"the covariance file {path} is not square: {n_rows} rows x {n_cols} columns of "
+            f"values as a {kind} table; it must be {_COVARIANCE_LAYOUT}.{hint}"
+        )
+    frame.columns = pd.Index(header.astype(str).to_numpy())
+    frame.index = pd.Index(frame.index.astype(str))
+    for axis, names in (("header row", frame.columns), ("first column", frame.index)):
+        if names.has_duplicates:
+            dup = names[names.duplicated()].unique()[:5].tolist()
+            raise InputError(
+                f"the covariance file {path} names levels more than once in its {axis}: "
+                f"{dup}; each level has one row and one column."
+            )
+    if not frame.index.equals(frame.columns):
+        only_header = frame.columns.difference(frame.index)
+        only_index = frame.index.difference(frame.columns)
+        if len(only_header) or len(only_index):
+            raise InputError(
+                f"the covariance file {path}: its header row and first column do not name "
+                f"the same levels (only in the header: {only_header[:5].tolist()}; only in "
+                f"the first column: {only_index[:5].tolist()}); it must be "
+                f"{_COVARIANCE_LAYOUT}."
+            )
+        frame = frame[frame.index]  # the same levels in another order: align the columns
+    text = frame.select_dtypes(include="object").columns  # columns with a non-number
+    if len(text):
+        block = frame[text]
+        wrong = pd.DataFrame(
+            {c: pd.to_numeric(block[c], errors="coerce").isna() & block[c].notna() for c in text}
+        )
+        if wrong.to_numpy().any():
+            row, column, value = _first(wrong, block)
+            raise InputError(
+                f"the covariance file {path} has non-numeric entries, e.g. {value!r} in row "
+                f"{row!r}, column {column!r}; every entry must be a number."
+            )
+    values = frame.to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    if not finite.all():
+        row, column, _ = _first(~finite, frame)
+        raise InputError(
+            f"the covariance file {path} has missing or infinite entries, e.g. in row "
+            f"{row!r}, column {column!r}; every entry must be a finite number."
+        )
+    return pd.DataFrame(values, index=frame.index, columns=frame.index)

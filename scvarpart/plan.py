@@ -6,13 +6,26 @@ Example (``plan.toml``)::
     method = "ML"
     batch = ["chemistry", "day", "operator"]
     signal = ["patient"]
+    weights = "w"             # obs column of observation weights (optional)
+    store_blups = true        # also store every random term's BLUPs (optional)
 
     [filters]
     min_cells = 10            # genes non-zero in fewer cells are not fitted
     cells = { qc = ["pass"] } # model only these cells
 
+    [covariance]              # known covariances between levels (optional)
+    patient = "kinship.csv"   # relative to the plan's folder
+
 The same keys in YAML work too. Unknown keys are an error: a plan says exactly
-what will be done. The SHA-256 of the file is recorded with the results.
+what will be done. The SHA-256 of the file is recorded with the results (and a
+fingerprint of each covariance file, by ``scvarpart fit``).
+
+A covariance file is a ``.csv`` (comma-separated) or ``.tsv``/``.txt``
+(tab-separated) file, optionally gzipped: a square matrix with a header row of
+level names and the level names as first column (see
+:func:`scvarpart._io.read_covariance_file`). Its path, if relative, is taken from
+the folder of the plan file as given (a symbolic link to a plan is not followed:
+a plan staged into a task folder beside its covariance files finds them there).
 """
 
 from __future__ import annotations
@@ -22,8 +35,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._names import as_names
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["AnalysisPlan", "PlanError", "read_plan"]
 
@@ -32,7 +49,19 @@ class PlanError(ValueError):
     """An analysis plan that cannot be read or is not valid."""
 
 
-_TOP = {"formula", "method", "batch", "signal", "layer", "use_raw", "key_added", "filters"}
+_TOP = {
+    "formula",
+    "method",
+    "batch",
+    "signal",
+    "layer",
+    "use_raw",
+    "key_added",
+    "weights",
+    "store_blups",
+    "filters",
+    "covariance",
+}
 _FILTERS = {"min_cells", "cells"}
 
 
@@ -49,11 +78,44 @@ class AnalysisPlan:
     key_added: str = "varpart"
     min_cells: int = 0
     cells: dict[str, list] | None = None
+    weights: str | None = None
+    #: Random term -> its covariance file (resolved against the plan's folder).
+    covariance: dict[str, str] | None = None
+    #: ``None``: the plan does not say (no BLUPs; ``scvarpart fit --store-blups`` may
+    #: add them), unlike an explicit ``false``.
+    store_blups: bool | None = None
     path: str = ""
     sha256: str = field(default="", compare=False)
 
-    def as_kwargs(self) -> dict:
-        """Keyword arguments of :func:`scvarpart.tl.variance_partition`."""
+    def read_covariance(self) -> dict[str, pd.DataFrame] | None:
+        """The plan's covariance matrices, read from their files.
+
+        Raises
+        ------
+        PlanError
+            Naming the plan, the term and the file, for a file that cannot be read or
+            is not a square matrix of numbers with the same levels as header and first
+            column.
+        """
+        if not self.covariance:
+            return None
+        from ._io import InputError, read_covariance_file
+
+        out = {}
+        for term, file in self.covariance.items():
+            try:
+                out[term] = read_covariance_file(file)
+            except InputError as err:
+                raise PlanError(f"The plan {self.path}, [covariance] {term}: {err}") from None
+        return out
+
+    def as_kwargs(self, *, read_covariance: bool = True) -> dict:
+        """Keyword arguments of :func:`scvarpart.tl.variance_partition`.
+
+        With ``read_covariance=False``, ``covariance`` is left out (for a caller that
+        reads the files itself, from :attr:`covariance`).
+        """
+        covariance = {"covariance": self.read_covariance()} if read_covariance else {}
         return {
             "formula": self.formula,
             "method": self.method,
@@ -64,6 +126,9 @@ class AnalysisPlan:
             "key_added": self.key_added,
             "min_cells": self.min_cells,
             "cells": self.cells,
+            "weights": self.weights,
+            **covariance,
+            "store_blups": bool(self.store_blups),
         }
 
 
@@ -75,6 +140,38 @@ def _names(value, key: str) -> list[str] | None:
         return as_names(value, f"Plan key {key!r}", split=True)
     except TypeError as err:
         raise PlanError(str(err)) from None
+
+
+def _covariance_files(value, plan: Path) -> dict[str, str] | None:
+    """The plan's ``[covariance]`` table: term -> file, relative to the plan's folder.
+
+    Only that the files exist is checked here; they are read before any data are.
+    """
+    if value is None:
+        return None
+    example = 'e.g. [covariance] with donor = "kinship.csv"'
+    if not isinstance(value, dict) or not value:
+        raise PlanError(
+            f"The plan's covariance must be a table of random terms and covariance files "
+            f"({example}), got {value!r} in {plan}."
+        )
+    out = {}
+    for term, file in value.items():
+        if not isinstance(file, str) or not file:
+            raise PlanError(
+                f"The plan's [covariance] {term} must be the path of a covariance file "
+                f"({example}), got {file!r} in {plan}."
+            )
+        # the folder of the plan as given, not of its target if it is a symbolic link
+        resolved = plan.parent / Path(file).expanduser()
+        if not resolved.is_file():
+            raise PlanError(
+                f"The plan {plan}, [covariance] {term}: the covariance file {resolved} "
+                f"{'is a folder' if resolved.is_dir() else 'does not exist'} (relative paths "
+                "are taken from the plan's folder)."
+            )
+        out[str(term)] = str(resolved)
+    return out
 
 
 # a sequence of checks of the plan's fields, each raising its own message naming the
@@ -129,6 +226,16 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
     layer = data.get("layer")
     if layer is not None and not isinstance(layer, str):
         raise PlanError(f"Plan layer must be a string, got {layer!r}.")
+    weights = data.get("weights")
+    if weights is not None and not (isinstance(weights, str) and weights):
+        raise PlanError(
+            f"Plan weights must be the name of an obs column of observation weights, got "
+            f"{weights!r}."
+        )
+    store_blups = data.get("store_blups")
+    if store_blups is not None and not isinstance(store_blups, bool):
+        raise PlanError(f"Plan store_blups must be true or false, got {store_blups!r}.")
+    covariance = _covariance_files(data.get("covariance"), path)
     return AnalysisPlan(
         formula=data["formula"],
         method=method,
@@ -139,6 +246,9 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         key_added=str(data.get("key_added", "varpart")),
         min_cells=min_cells,
         cells={k: v if isinstance(v, list) else [v] for k, v in cells.items()} if cells else None,
+        weights=weights,
+        covariance=covariance,
+        store_blups=store_blups,
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

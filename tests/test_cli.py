@@ -294,3 +294,140 @@ def test_results_do_not_depend_on_threads_or_blocks(work, tmp_path):
     pd.testing.assert_frame_equal(
         ad.read_h5ad(blocks).varm["varpart"], single.varm["varpart"], rtol=1e-10, atol=1e-12
     )
+
+
+# --- observation weights, kinship files, BLUPs ------------------------------------------
+
+KIN_FORMULA = "~ log_umi + (1|patient) + (1|day)"
+KIN_MODEL = ["--formula", KIN_FORMULA, "--method", "REML", "--batch", "day", "--signal", "patient"]
+
+
+def kinship_data(folder: Path, seed: int = 5) -> pd.DataFrame:
+    """``in.h5ad`` with a weights column ``w``, and a kinship matrix over its patients
+    written as ``kinship.csv`` and ``kinship.tsv``; returns the matrix."""
+    adata = svp.datasets.crossed_example(n_cells=300, n_genes=6, seed=seed)
+    rng = np.random.default_rng(seed)
+    adata.obs["w"] = rng.uniform(0.5, 2, adata.n_obs)
+    levels = adata.obs["patient"].cat.categories
+    genotypes = rng.normal(size=(len(levels), 50))
+    K = pd.DataFrame(
+        genotypes @ genotypes.T / 50 + 0.5 * np.eye(len(levels)), index=levels, columns=levels
+    )
+    adata.write_h5ad(folder / "in.h5ad")
+    K.to_csv(folder / "kinship.csv")
+    K.to_csv(folder / "kinship.tsv", sep="\t")
+    return K
+
+
+@pytest.fixture(scope="module")
+def kin(tmp_path_factory):
+    """The data, the API's result with weights, kinship and BLUPs, and the CLI's."""
+    folder = tmp_path_factory.mktemp("kinship")
+    K = kinship_data(folder)
+    expected = ad.read_h5ad(folder / "in.h5ad")
+    svp.tl.variance_partition(
+        expected,
+        KIN_FORMULA,
+        method="REML",
+        batch="day",
+        signal="patient",
+        weights="w",
+        covariance={"patient": K},
+        store_blups=True,
+        progress=False,
+    )
+    options = ["--weights", "w", "--covariance", f"patient={folder / 'kinship.csv'}"]
+    out = folder / "cli.h5ad"
+    ok(cli("fit", folder / "in.h5ad", *KIN_MODEL, *options, "--store-blups", "--quiet", "-o", out))
+    return {"folder": folder, "K": K, "expected": expected, "cli": out, "options": options}
+
+
+def assert_same_varm(result: ad.AnnData, expected: ad.AnnData, keys=None) -> None:
+    """Every result table of ``result`` bitwise equal to ``expected``'s."""
+    keys = [k for k in expected.varm if k.startswith("varpart")] if keys is None else keys
+    assert sorted(k for k in result.varm if k.startswith("varpart")) == sorted(keys)
+    for key in keys:
+        pd.testing.assert_frame_equal(result.varm[key], expected.varm[key], check_exact=True)
+
+
+@pytest.mark.parametrize("kinship", ["kinship.csv", "kinship.tsv", "kinship.tsv.gz"])
+def test_fit_with_weights_and_kinship_equals_the_api(kin, tmp_path, kinship):
+    folder = kin["folder"]
+    if kinship.endswith(".gz"):
+        kin["K"].to_csv(tmp_path / kinship, sep="\t")  # compression inferred from the name
+        path = tmp_path / kinship
+    else:
+        path = folder / kinship
+    out = tmp_path / "out.h5ad"
+    ok(
+        cli(
+            "fit", folder / "in.h5ad", *KIN_MODEL, "--weights", "w",
+            "--covariance", f"patient={path}", "--store-blups", "--quiet", "-o", out,
+        )
+    )  # fmt: skip
+    result = ad.read_h5ad(out)
+    assert_same_varm(result, kin["expected"])
+    pd.testing.assert_frame_equal(
+        result.var.filter(like="varpart"), kin["expected"].var.filter(like="varpart")
+    )
+    params, api = result.uns["varpart"]["params"], kin["expected"].uns["varpart"]["params"]
+    assert params["weights"] == "w" and params["covariance"] == api["covariance"]  # K's SHA-256
+    assert params["covariance_files"] == {"patient": path.name}
+    assert params["covariance_fingerprints"] == {"patient": file_fingerprint(path)}
+
+
+def test_store_blups_writes_the_blups_that_get_reads(kin, tmp_path):
+    result = ad.read_h5ad(kin["cli"])
+    for term in ("patient", "day"):
+        assert f"varpart_blup_{term}" in result.varm and f"varpart_blupvar_{term}" in result.varm
+        blups = svp.get.blups(result, term)
+        pd.testing.assert_frame_equal(blups, svp.get.blups(kin["expected"], term), check_exact=True)
+        assert blups.shape == (6, result.obs[term].nunique())
+    assert svp.get.blups(result, "patient", variance=True).notna().all().all()
+    # without --store-blups: no BLUPs, the same fractions
+    out = tmp_path / "no_blups.h5ad"
+    ok(cli("fit", kin["folder"] / "in.h5ad", *KIN_MODEL, *kin["options"], "--quiet", "-o", out))
+    plain = ad.read_h5ad(out)
+    assert not [k for k in plain.varm if "_blup" in k]
+    pd.testing.assert_frame_equal(plain.varm["varpart"], result.varm["varpart"], check_exact=True)
+    # report works on a result with weights, kinship and BLUPs
+    proc = ok(cli("report", kin["cli"], "--tsv", tmp_path / "r.tsv"))
+    assert "with observation weights 'w'; known covariance of 'patient' (kinship.csv)" in (
+        proc.stdout
+    )
+    assert len(pd.read_csv(tmp_path / "r.tsv", sep="\t")) == 6
+
+
+def test_chunks_with_kinship_merge_into_the_single_run_and_refuse_other_files(kin, tmp_path):
+    folder, single = kin["folder"], ad.read_h5ad(kin["cli"])
+    names = iter(range(100))
+
+    def chunk(i: int, *options) -> Path:
+        path = tmp_path / f"c{i}_{next(names)}.h5ad"
+        ok(
+            cli(
+                "fit", folder / "in.h5ad", *KIN_MODEL, *options, "--genes", f"{i}/2",
+                "--quiet", "-o", path,
+            )
+        )  # fmt: skip
+        return path
+
+    options = (*kin["options"], "--store-blups")
+    c1, c2 = chunk(1, *options), chunk(2, *options)
+    merged = tmp_path / "merged.h5ad"
+    ok(cli("merge", c2, c1, "--into", folder / "in.h5ad", "-o", merged))
+    combined = ad.read_h5ad(merged)
+    assert_same_varm(combined, single, [k for k in single.varm if k.startswith("varpart")])
+    assert repr(combined.uns["varpart"]["params"]) == repr(single.uns["varpart"]["params"])
+    into = ["--into", folder / "in.h5ad", "-o", tmp_path / "m.h5ad"]
+    # the same matrix from another file (TSV): another kinship file, refused
+    tsv = chunk(2, "--weights", "w", "--covariance", f"patient={folder / 'kinship.tsv'}",
+                "--store-blups")  # fmt: skip
+    proc = cli("merge", c1, tsv, *into)
+    assert proc.returncode == 5 and "different covariance files" in proc.stderr, proc.stderr
+    assert str(tsv) in proc.stderr
+    # no weights, or no BLUPs: other parameters
+    for other in (chunk(2, *kin["options"][2:], "--store-blups"), chunk(2, *kin["options"])):
+        proc = cli("merge", c1, other, *into)
+        assert proc.returncode == 5 and "different analysis parameters" in proc.stderr
+    assert not (tmp_path / "m.h5ad").exists()

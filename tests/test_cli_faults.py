@@ -428,3 +428,121 @@ print("OK")
     from scvarpart import pl, tl
 
     assert tl is svp.tl and callable(tl.variance_partition) and callable(pl.rho)
+
+
+# --- 7. bad weights and kinship files: one clear line, nothing written -------------------------
+
+
+def _kinship_cases():
+    """name -> (what to write, command-line options, exit code, words of the message)."""
+
+    def write(name, frame, **kw):
+        return lambda folder: frame().to_csv(folder / name, **kw)
+
+    def edited(edit):
+        def frame():
+            K = _K().astype(object)
+            edit(K)
+            return K
+
+        return frame
+
+    def set_(i, j, value):
+        return edited(lambda K: K.iat.__setitem__((i, j), value))
+
+    nsym = edited(lambda K: K.iat.__setitem__((0, 1), K.iat[0, 1] + 0.5))
+    cov = ["--covariance", "patient=bad/k.csv"]
+    return {
+        "missing file": (None, ["--covariance", "patient=bad/nope.csv"], 3,
+                         ["--covariance patient=bad/nope.csv", "does not exist"]),
+        "extension": (write("k.xlsx", _K), ["--covariance", "patient=bad/k.xlsx"], 3,
+                      ["bad/k.xlsx must be named .csv"]),
+        "not square": (write("k.csv", lambda: _K().iloc[:, :-1]), cov, 3,
+                       ["is not square: 12 rows x 11 columns", "header row of level names"]),
+        "other levels": (write("k.csv", lambda: _K().rename(columns={"P12": "P99"})), cov, 3,
+                         ["do not name the same levels", "'P99'", "'P12'"]),
+        "non-numeric": (write("k.csv", set_(2, 3, "abc")), cov, 3,
+                        ["non-numeric entries", "'abc' in row 'P03', column 'P04'"]),
+        "missing entry": (write("k.csv", set_(2, 3, None)), cov, 3,
+                          ["missing or infinite entries", "row 'P03', column 'P04'"]),
+        "tabs in a .csv": (write("k.csv", _K, sep="\t"), cov, 3,
+                           ["not square", "It looks tab-separated: name it .tsv"]),
+        "not symmetric": (write("k.csv", nsym), cov, 3,
+                          ["--covariance patient=bad/k.csv: covariance['patient'] is not sym"]),
+        "not PSD": (write("k.csv", set_(0, 0, -5.0)), cov, 3,
+                    ["not positive semi-definite", "--covariance patient=bad/k.csv"]),
+        "missing level": (write("k.csv", lambda: _K().drop(index="P12", columns="P12")), cov, 3,
+                          ["has no row for 1 level(s)", "'P12'", "--covariance patient="]),
+        "unknown term": (write("k.csv", _K), ["--covariance", "donor=bad/k.csv"], 3,
+                         ["['donor']", "not random terms", "Add (1|donor)"]),
+        "not TERM=PATH": (None, ["--covariance", "kinship.csv"], 2,
+                          ["--covariance expects TERM=PATH"]),
+        "term twice": (write("k.csv", _K), [*cov, *cov], 2, ["given twice"]),
+        "weights not a column": (None, ["--weights", "nope"], 3,
+                                 ["weights='nope' is not a column"]),
+        "weights categorical": (None, ["--weights", "day"], 3, ["must be numeric"]),
+    }  # fmt: skip
+
+
+def _K():
+    return _KINSHIP["K"].copy()
+
+
+_KINSHIP: dict = {}
+
+
+@pytest.fixture(scope="module")
+def kin_faults(tmp_path_factory) -> Path:
+    from test_cli import kinship_data
+
+    folder = tmp_path_factory.mktemp("kinship_faults")
+    _KINSHIP["K"] = kinship_data(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(_kinship_cases()))
+def test_bad_weights_and_kinship_files_exit_with_one_clear_line(kin_faults, tmp_path, case):
+    from test_cli import KIN_MODEL
+
+    make, options, code, words = _kinship_cases()[case]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    if make is not None:
+        make(bad)
+    files = [kin_faults / "in.h5ad", kin_faults / "kinship.csv", *bad.iterdir()]
+    before = [_md5(f) for f in files]
+    out = tmp_path / "out" / "o.h5ad"
+    out.parent.mkdir()
+    for genes in ([], ["--genes", "1/2"]):  # a whole fit and a chunk
+        proc = cli("fit", kin_faults / "in.h5ad", *KIN_MODEL, *options, *genes, "-o", out,
+                   cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        for word in words:
+            assert word in proc.stderr, proc.stderr
+    assert list(out.parent.iterdir()) == []  # nothing written, not even a temporary
+    assert [_md5(f) for f in files] == before  # the inputs untouched
+
+
+def test_non_positive_weights_name_the_cell(kin_faults, tmp_path):
+    from test_cli import KIN_MODEL
+
+    adata = ad.read_h5ad(kin_faults / "in.h5ad")
+    adata.obs.iloc[7, adata.obs.columns.get_loc("w")] = 0.0
+    adata.write_h5ad(tmp_path / "zero.h5ad")
+    out = tmp_path / "o.h5ad"
+    proc = cli("fit", tmp_path / "zero.h5ad", *KIN_MODEL, "--weights", "w", "-o", out)
+    _one_line_error(proc, "weights='w' must be positive and finite", "0.0")
+    assert not out.exists()
+
+
+def test_an_output_never_replaces_a_kinship_file(kin_faults, tmp_path):
+    from test_cli import KIN_MODEL
+
+    kinship = tmp_path / "k.csv"
+    kinship.write_bytes((kin_faults / "kinship.csv").read_bytes())
+    before = _md5(kinship)
+    proc = cli("fit", kin_faults / "in.h5ad", *KIN_MODEL, "--covariance", f"patient={kinship}",
+               "--force", "-o", kinship)  # fmt: skip
+    assert proc.returncode == 4 and "is an input" in proc.stderr, proc.stderr
+    assert _md5(kinship) == before

@@ -6,7 +6,8 @@ renders it as Nextflow would (its variables filled in, indentation stripped),
 and runs it with bash in a task directory of its own where the inputs are
 staged as symbolic links: SIMULATE -> FIT x N -> MERGE -> REPORT, as
 ``workflows/main.nf`` wires them. The merged result must equal one
-``scvarpart fit`` of the whole file. A real ``nextflow run`` runs when
+``scvarpart fit`` of the whole file, also with a kinship file staged into
+each FIT task and observation weights. A real ``nextflow run`` runs when
 ``nextflow`` is on PATH.
 """
 
@@ -21,8 +22,11 @@ import textwrap
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
+
+import scvarpart as svp
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
 MODULES = WORKFLOWS / "modules" / "local" / "scvarpart"
@@ -60,11 +64,20 @@ def output_patterns(module: str) -> list[str]:
     return [a or b for a, b in re.findall(r'path\("([^"]+)"\)|path "([^"]+)"', outputs)]
 
 
-def run_task(module: str, workdir: Path, inputs: list[Path], values: dict) -> dict[str, list]:
-    """Run a process like Nextflow: its own directory, inputs staged as links."""
+def run_task(
+    module: str, workdir: Path, inputs: list[Path], values: dict, staged: dict | None = None
+) -> dict[str, list]:
+    """Run a process like Nextflow: its own directory, inputs staged as links.
+
+    ``staged`` maps a name in the task directory (``covariance1/kinship.csv`` for a
+    ``stageAs: 'covariance?/*'`` input) to its source.
+    """
     workdir.mkdir(parents=True)
     for source in inputs:
         (workdir / source.name).symlink_to(source.resolve())
+    for name, source in (staged or {}).items():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).symlink_to(source.resolve())
     script = render(script_of(module), {"task.process": f"SCVARPART_{module.upper()}", **values})
     (workdir / ".command.sh").write_text(script)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -82,34 +95,60 @@ def run_task(module: str, workdir: Path, inputs: list[Path], values: dict) -> di
     return produced
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """SIMULATE -> FIT x 3 -> MERGE -> REPORT, as main.nf with -profile test runs them."""
-    work = tmp_path_factory.mktemp("nextflow_work")
-    meta_id, n_chunks = "example", 3
-    simulated = run_task(
-        "simulate",
-        work / "simulate",
-        [],
-        {"args": "--n-cells 1000 --n-genes 60", "prefix": meta_id, "meta.id": meta_id},
-    )
-    h5ad = simulated["*.h5ad"][0]
+def fit_options(
+    weights: str | None = None, covariance: dict[str, Path] | None = None, store_blups=False
+) -> tuple[dict[str, str], dict[str, Path]]:
+    """The FIT script's model variables, as its Groovy lines compute them from its
+    ``model`` and covariance inputs, and where the covariance files are staged."""
+    files = list((covariance or {}).items())
+    staged = {f"covariance{i + 1}/{path.name}": path for i, (_, path) in enumerate(files)}
+    terms = [term for term, _ in files]
+    values = {
+        "weights": f"--weights '{weights}'" if weights else "",
+        "store_blups": "--store-blups" if store_blups else "",
+        "covariance": " ".join(
+            f"--covariance '{t}={n}'" for t, n in zip(terms, staged, strict=True)
+        ),
+    }
+    return values, staged
+
+
+def test_the_fit_script_computes_its_options_as_the_test_does():
+    """The Groovy lines the chain tests emulate (fit_options) are the module's."""
+    text = (MODULES / "fit" / "main.nf").read_text()
+    assert "path(covariance_files, stageAs: 'covariance?/*')" in text
+    assert "\"--covariance '${pair[0]}=covariance${i + 1}/${pair[1]}'\"" in text
+    assert "def weights = model.weights ? \"--weights '${model.weights}'\" : ''" in text
+    assert "def store_blups = model.store_blups ? '--store-blups' : ''" in text
+    main = (WORKFLOWS / "main.nf").read_text()
+    assert "SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)" in main
+    assert "covariance.keySet() as List, covariance_files*.name, covariance_files" in main
+    config = (WORKFLOWS / "nextflow.config").read_text()
+    for name in ("weights", "covariance", "store_blups"):
+        assert re.search(rf"^\s+{name}\s+=", config, re.MULTILINE), name
+
+
+def run_chain(work: Path, h5ad: Path, plan: Path, n_chunks: int, options, meta_id: str) -> dict:
+    """FIT x n_chunks -> MERGE -> REPORT of ``h5ad``, as main.nf wires them."""
+    values, staged = options
     chunks = []
     for chunk in range(1, n_chunks + 1):
         out = run_task(
             "fit",
             work / f"fit{chunk}",
-            [h5ad, PLAN],
+            [h5ad, plan],
             {
                 "h5ad": h5ad.name,
-                "plan": PLAN.name,
+                "plan": plan.name,
                 "chunk": chunk,
                 "n_chunks": n_chunks,
                 "task.cpus": 1,
                 "args": "",
                 "prefix": meta_id,
                 "meta.id": meta_id,
+                **values,
             },
+            staged,
         )
         chunks += out["*.chunk*.h5ad"]
     merged = run_task(
@@ -133,21 +172,96 @@ def chain(tmp_path_factory):
     return {"input": h5ad, "merged": merged, "report": report, "work": work}
 
 
+def single_fit(h5ad: Path, plan: Path, output: Path, *options: object) -> ad.AnnData:
+    """One ``scvarpart fit`` of the whole file, in a new process as the tasks run."""
+    command = [sys.executable, "-m", "scvarpart", "fit", h5ad, "--plan", plan, *options]
+    proc = subprocess.run(
+        [*map(str, command), "--quiet", "-o", str(output)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return ad.read_h5ad(output)
+
+
+def assert_same_result(merged: ad.AnnData, single: ad.AnnData) -> None:
+    assert sorted(merged.varm) == sorted(single.varm)
+    for key in single.varm:
+        pd.testing.assert_frame_equal(merged.varm[key], single.varm[key], check_exact=True)
+    pd.testing.assert_frame_equal(merged.var, single.var, check_exact=True)
+    assert repr(merged.uns["varpart"]) == repr(single.uns["varpart"])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """SIMULATE -> FIT x 3 -> MERGE -> REPORT, as main.nf with -profile test runs them."""
+    work = tmp_path_factory.mktemp("nextflow_work")
+    meta_id, n_chunks = "example", 3
+    simulated = run_task(
+        "simulate",
+        work / "simulate",
+        [],
+        {"args": "--n-cells 1000 --n-genes 60", "prefix": meta_id, "meta.id": meta_id},
+    )
+    h5ad = simulated["*.h5ad"][0]
+    return run_chain(work, h5ad, PLAN, n_chunks, fit_options(), meta_id)
+
+
 # the chain (simulate, three fits, merge, report, and a single fit to compare) takes
 # ~35 s on 2 cores: run with -m slow, as .ci/run does
 @pytest.mark.slow
 def test_chain_reproduces_a_single_fit(chain, tmp_path):
-    single = tmp_path / "single.h5ad"
-    command = [sys.executable, "-m", "scvarpart", "fit", chain["input"], "--plan", PLAN]
-    proc = subprocess.run(
-        [*map(str, command), "--quiet", "-o", str(single)], capture_output=True, text=True
+    single = single_fit(chain["input"], PLAN, tmp_path / "single.h5ad")
+    assert_same_result(ad.read_h5ad(chain["merged"]), single)
+
+
+KINSHIP_PLAN = """formula = "~ log_umi + (1|patient) + (1|day)"
+method = "REML"
+batch = ["day"]
+signal = ["patient"]
+"""
+
+
+@pytest.fixture(scope="module")
+def kinship_chain(tmp_path_factory):
+    """FIT x 2 -> MERGE -> REPORT with a kinship file staged into each FIT task, weights
+    and BLUPs (main.nf's params.covariance, params.weights, params.store_blups)."""
+    data = tmp_path_factory.mktemp("kinship_data")
+    adata = svp.datasets.crossed_example(n_cells=300, n_genes=6, seed=3)
+    rng = np.random.default_rng(3)
+    adata.obs["w"] = rng.uniform(0.5, 2, adata.n_obs)
+    levels = adata.obs["patient"].cat.categories
+    genotypes = rng.normal(size=(len(levels), 50))
+    kinship = genotypes @ genotypes.T / 50 + 0.5 * np.eye(len(levels))
+    pd.DataFrame(kinship, index=levels, columns=levels).to_csv(data / "kinship.csv")
+    adata.write_h5ad(data / "cells.h5ad")
+    (data / "plan.toml").write_text(KINSHIP_PLAN)
+    options = fit_options("w", {"patient": data / "kinship.csv"}, store_blups=True)
+    work = tmp_path_factory.mktemp("nextflow_kinship_work")
+    return run_chain(work, data / "cells.h5ad", data / "plan.toml", 2, options, "cells")
+
+
+# four processes of ~5 s each (two fits, merge, report) and a single fit to compare
+@pytest.mark.slow
+def test_chain_with_kinship_and_weights_reproduces_a_single_fit(kinship_chain, tmp_path):
+    data = kinship_chain["input"].parent
+    single = single_fit(
+        kinship_chain["input"],
+        data / "plan.toml",
+        tmp_path / "single.h5ad",
+        "--weights",
+        "w",
+        "--covariance",
+        f"patient={data / 'kinship.csv'}",
+        "--store-blups",
     )
-    assert proc.returncode == 0, proc.stderr
-    a, b = ad.read_h5ad(single), ad.read_h5ad(chain["merged"])
-    for key in ("varpart", "varpart_variance"):
-        pd.testing.assert_frame_equal(b.varm[key], a.varm[key], check_exact=True)
-    pd.testing.assert_frame_equal(b.var, a.var, check_exact=True)
-    assert repr(b.uns["varpart"]) == repr(a.uns["varpart"])
+    merged = ad.read_h5ad(kinship_chain["merged"])
+    assert_same_result(merged, single)
+    params = merged.uns["varpart"]["params"]
+    assert params["weights"] == "w" and params["covariance_files"] == {"patient": "kinship.csv"}
+    assert params["covariance_fingerprints"]["patient"].startswith("blake2b:")
+    assert svp.get.blups(merged, "patient").shape == (6, 12)
+    report = kinship_chain["report"]["*.varpart_report.txt"][0].read_text()
+    assert "known covariance of 'patient' (kinship.csv)" in report
+    assert "observation weights 'w'" in report
 
 
 @pytest.mark.slow

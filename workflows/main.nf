@@ -13,6 +13,28 @@ include { SCVARPART_FIT      } from './modules/local/scvarpart/fit/main'
 include { SCVARPART_MERGE    } from './modules/local/scvarpart/merge/main'
 include { SCVARPART_REPORT   } from './modules/local/scvarpart/report/main'
 
+/*
+ * --covariance as term -> file: 'donor=kinship.csv,line=lines.tsv' on the command line,
+ * or a map in a config or params file (params.covariance = [donor: 'kinship.csv']).
+ */
+def covarianceFiles(value) {
+    if (!value) {
+        return [:]
+    }
+    if (value instanceof Map) {
+        return value.collectEntries { term, path -> [ (term.toString()): path.toString() ] }
+    }
+    def out = [:]
+    value.toString().tokenize(',').each { entry ->
+        def parts = entry.split('=', 2)
+        if (parts.size() != 2 || !parts[0].trim() || !parts[1].trim()) {
+            error "--covariance expects TERM=FILE[,TERM=FILE...], e.g. donor=kinship.csv; got '${entry}'"
+        }
+        out[parts[0].trim()] = parts[1].trim()
+    }
+    return out
+}
+
 workflow {
     if (!params.plan) {
         error "Give the analysis plan: --plan plan.toml (see workflows/README.md)"
@@ -22,6 +44,16 @@ workflow {
     }
     ch_plan = Channel.value(file(params.plan, checkIfExists: true))
     ch_versions = Channel.empty()
+
+    // kinship files are process inputs, staged into every FIT task (also where the work
+    // directory is on another file system than the launch directory)
+    def covariance = covarianceFiles(params.covariance)
+    def covariance_files = covariance.values().collect { file(it, checkIfExists: true) }
+    ch_covariance = Channel.value([ covariance.keySet() as List, covariance_files*.name, covariance_files ])
+    ch_model = Channel.value([
+        weights    : params.weights ?: null,
+        store_blups: params.store_blups.toString() == 'true'
+    ])
 
     if (params.input) {
         def input = file(params.input, checkIfExists: true)
@@ -38,7 +70,7 @@ workflow {
     ch_chunks = ch_input
         .combine(Channel.of(1..params.chunks))
         .map { meta, h5ad, chunk -> [ meta, h5ad, chunk, params.chunks ] }
-    SCVARPART_FIT(ch_chunks, ch_plan)
+    SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)
     ch_versions = ch_versions.mix(SCVARPART_FIT.out.versions.first())
 
     // gather: the chunks of each input, with the input itself

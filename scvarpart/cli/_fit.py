@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import __version__
 from .._io import (
@@ -17,12 +19,13 @@ from .._io import (
     write_results_file,
 )
 from .._names import as_names
-from ..plan import read_plan
+from ..plan import PlanError, read_plan
 from ..provenance import file_fingerprint, params_fingerprint
 from ._common import EXIT_CODES, CLIError, add_output, quiet_logging
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 
 __all__ = ["CHUNK_KEY", "add_parsers", "chunk_bounds"]
@@ -35,10 +38,33 @@ _EXAMPLES = """examples:
       --batch chemistry,day --signal patient -o cells.varpart.h5ad
   scvarpart fit cells.h5ad --plan plan.toml --n-jobs 8 -o cells.varpart.h5ad
   scvarpart fit cells.h5ad --plan plan.toml --genes 3/10 -o chunk3.h5ad   # then: merge
+  scvarpart fit cells.h5ad --formula "~ log_umi + (1|donor) + (1|day)" --weights w \\
+      --covariance donor=kinship.csv --store-blups -o cells.varpart.h5ad
+
+covariance files: .csv (comma-separated) or .tsv/.txt (tab-separated), optionally
+gzipped; a square matrix with a header row of level names and the level names as first
+column. Each file's fingerprint is recorded with the results, as the input's is.
+
+with --plan: the plan fixes the options it sets; --weights, --covariance TERM=PATH
+and --store-blups may complete a plan that does not set them (the plan's SHA-256, the
+options and the covariance files' fingerprints are all recorded).
 
 """
 
 _MODEL_OPTIONS = ("formula", "batch", "signal", "method", "layer", "use_raw", "key", "min_cells")
+
+
+class _CovarianceSource(NamedTuple):
+    """Where a term's covariance file comes from, to name it in errors."""
+
+    path: Path
+    origin: str  # "--covariance donor=k.csv" or "The plan p.toml, [covariance] donor"
+    from_plan: bool
+
+    @property
+    def described(self) -> str:
+        """The option, or the file and the plan's key: what the user wrote."""
+        return f"{self.origin} ({self.path})" if self.from_plan else self.origin
 
 
 def _names(text: str) -> list[str]:
@@ -47,6 +73,13 @@ def _names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give one or more comma-separated names")
     return names
+
+
+def _column(text: str) -> str:
+    """An obs column name (argparse type): not empty, which would mean no weights."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the name of an obs column")
+    return text
 
 
 def _chunk(text: str) -> tuple[int, int]:
@@ -68,6 +101,22 @@ def _cells(entries: list[str] | None) -> dict[str, list[str]] | None:
         if not sep or not column or not values:
             raise CLIError(f"--cells expects COLUMN=VALUE[,VALUE...], got {entry!r}", code=2)
         out[column] = _names(values)
+    return out
+
+
+def _covariance_options(entries: list[str] | None) -> dict[str, Path]:
+    """``--covariance TERM=PATH`` options as term -> path."""
+    out: dict[str, Path] = {}
+    for entry in entries or ():
+        term, sep, path = entry.partition("=")
+        term, path = term.strip(), path.strip()
+        if not sep or not term or not path:
+            raise CLIError(
+                f"--covariance expects TERM=PATH (e.g. donor=kinship.csv), got {entry!r}", code=2
+            )
+        if term in out:
+            raise CLIError(f"--covariance {term}=...: given twice; one file per term.", code=2)
+        out[term] = Path(path)
     return out
 
 
@@ -117,6 +166,28 @@ def add_parsers(sub) -> None:
         metavar="COLUMN=V1,V2",
         help="model only cells whose obs COLUMN is one of the values (repeatable)",
     )
+    model.add_argument(
+        "--weights",
+        type=_column,
+        metavar="COLUMN",
+        help="obs column of positive observation weights (residual variance sigma^2 / w, "
+        "as lme4's weights=)",
+    )
+    model.add_argument(
+        "--covariance",
+        action="append",
+        metavar="TERM=PATH",
+        help="known covariance between the levels of random intercept TERM, e.g. a donor "
+        "kinship matrix: a square .csv/.tsv file with level names as header and first "
+        "column (repeatable, one per term)",
+    )
+    model.add_argument(
+        "--store-blups",
+        action="store_true",
+        default=None,
+        help="also store every random term's BLUPs and conditional variances "
+        "(varm KEY_blup_TERM, KEY_blupvar_TERM; read with svp.get.blups)",
+    )
     execution = p.add_argument_group("execution (the results do not depend on these)")
     execution.add_argument(
         "--genes", type=_chunk, metavar="I/N", help="fit only the I-th of N chunks of genes"
@@ -129,20 +200,52 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _analysis(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The analysis parameters (from the plan or the options) and the plan's record."""
+def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _CovarianceSource]]:
+    """The analysis parameters, the plan's record and where each covariance comes from.
+
+    From the plan or the options. A plan fixes every key it sets: the options of those
+    keys are refused. ``--weights``, ``--covariance`` (per term) and ``--store-blups``
+    may complete a plan that does not set them, so that a workflow can stage a kinship
+    file and pass it to a pre-registered plan; they are recorded as the plan is.
+    """
     given = [o for o in _MODEL_OPTIONS if getattr(args, o) is not None] + (
         ["cells"] if args.cells else []
     )
+    options = _covariance_options(args.covariance)
+    sources = {
+        term: _CovarianceSource(path, f"--covariance {term}={path}", False)
+        for term, path in options.items()
+    }
     if args.plan:
         if given:
-            options = ", ".join("--" + o.replace("_", "-") for o in given)
-            raise CLIError(f"{options}: fixed by the plan {args.plan}; remove them.", code=2)
+            listing = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise CLIError(f"{listing}: fixed by the plan {args.plan}; remove them.", code=2)
         plan = read_plan(args.plan)
-        return plan.as_kwargs(), {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}
+        analysis = plan.as_kwargs(read_covariance=False)
+        fixed = [
+            option
+            for option, by_plan in (
+                ("--weights", args.weights is not None and plan.weights is not None),
+                ("--store-blups", args.store_blups is not None and plan.store_blups is not None),
+                *((f"--covariance {t}=...", t in (plan.covariance or {})) for t in options),
+            )
+            if by_plan
+        ]
+        if fixed:
+            raise CLIError(
+                f"{', '.join(fixed)}: fixed by the plan {args.plan}; remove them.", code=2
+            )
+        for term, file in (plan.covariance or {}).items():
+            origin = f"The plan {args.plan}, [covariance] {term}"
+            sources[term] = _CovarianceSource(Path(file), origin, True)
+        if args.weights is not None:
+            analysis["weights"] = args.weights
+        if args.store_blups:
+            analysis["store_blups"] = True
+        return analysis, {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}, sources
     if args.formula is None:
         raise CLIError("give the model: --formula (and --batch, --signal...) or --plan", code=2)
-    return {
+    analysis = {
         "formula": args.formula,
         "method": args.method or "ML",
         "batch": args.batch,
@@ -152,15 +255,58 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict]:
         "key_added": args.key or "varpart",
         "min_cells": args.min_cells or 0,
         "cells": _cells(args.cells),
-    }, {"plan": None, "plan_sha256": None}
+        "weights": args.weights,
+        "store_blups": bool(args.store_blups),
+    }
+    return analysis, {"plan": None, "plan_sha256": None}, sources
 
 
-def _check_files(args: argparse.Namespace) -> Path:
+def _read_covariance(sources: Mapping[str, _CovarianceSource]) -> dict[str, pd.DataFrame] | None:
+    """Every covariance file, read and checked for its layout before any data are read.
+
+    A file of the plan is a PlanError, of an option a CLIError: both name the file, the
+    term and the fix, and exit with code 3.
+    """
+    if not sources:
+        return None
+    from .._io import InputError, read_covariance_file
+
+    out = {}
+    for term, source in sources.items():
+        try:
+            out[term] = read_covariance_file(source.path)
+        except InputError as err:
+            message = f"{source.origin}: {err}"
+            raise (PlanError(message) if source.from_plan else CLIError(message)) from None
+    return out
+
+
+@contextmanager
+def _naming_covariance_files(sources: Mapping[str, _CovarianceSource]) -> Iterator[None]:
+    """Name the file in the design's errors about a covariance (not symmetric, ...).
+
+    The design checks the matrices (symmetric, positive semi-definite, every modelled
+    level present) and names them ``covariance['donor']``; on the command line the
+    user knows them by their files. The error stays a ValueError: exit code 3, as every
+    other error of the model.
+    """
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        about = [t for t in sources if "covariance" in text and repr(t) in text]
+        if not about:
+            raise
+        origins = "; ".join(sources[t].described for t in about)
+        raise ValueError(f"{origins}: {text}") from err
+
+
+def _check_files(args: argparse.Namespace, inputs: tuple) -> Path:
     """The input, checked with the output before any work.
 
-    The input opens as an AnnData file or store, the output is neither the input nor the
-    plan, does not exist (or --force) and can be written, and is of the kind --genes
-    writes.
+    The input opens as an AnnData file or store, the output is none of the inputs (the
+    input, the plan, the covariance files), does not exist (or --force) and can be
+    written, and is of the kind --genes writes.
     """
     source = check_input(args.input)
     if args.genes is None and _is_zarr(source) != _is_zarr(Path(args.output)):
@@ -168,14 +314,23 @@ def _check_files(args: argparse.Namespace) -> Path:
         raise CLIError(f"the output {args.output} must be a {kind}, as the input is.", code=2)
     if args.genes is not None and _is_zarr(Path(args.output)):
         raise CLIError(f"a chunk (--genes) is an .h5ad file; got -o {args.output}.", code=2)
-    inputs = (source, args.plan) if args.plan else (source,)
-    check_output(args.output, force=args.force, inputs=inputs)
+    check_output(args.output, force=args.force, inputs=(source, *inputs))
     return source
 
 
 def run(args: argparse.Namespace) -> int:
-    analysis, plan_record = _analysis(args)
-    source = _check_files(args)
+    analysis, plan_record, sources = _analysis(args)
+    for source_ in sources.values():  # the plan's files were checked when it was read
+        if not source_.from_plan and not source_.path.is_file():
+            what = "is a folder" if source_.path.is_dir() else "does not exist"
+            raise CLIError(
+                f"{source_.origin}: the covariance file {source_.path} {what}; give the path "
+                "of a .csv or .tsv file holding the matrix."
+            )
+    # every file besides the input: the output may replace none of them
+    others = (*([args.plan] if args.plan else []), *(s.path for s in sources.values()))
+    source = _check_files(args, others)
+    covariance = _read_covariance(sources)
     quiet_logging(args)
     from anndata import AnnData
 
@@ -183,11 +338,22 @@ def run(args: argparse.Namespace) -> int:
     from ..tl._variance_partition import write_results
 
     key = analysis["key_added"]
+    # a covariance file is recorded as the input is: by name and content fingerprint,
+    # which also stand for its matrix in the parameters' fingerprint (the matrix itself
+    # has no canonical JSON, and the file is what the user can check)
+    covariance_record = {
+        "covariance_files": {t: s.path.name for t, s in sources.items()} or None,
+        "covariance_fingerprints": {t: file_fingerprint(s.path) for t, s in sources.items()}
+        or None,
+    }
     provenance = {
         "input": source.name,
         "input_fingerprint": file_fingerprint(source),
+        **covariance_record,
         **plan_record,
-        "params_fingerprint": params_fingerprint({**analysis, **plan_record}),
+        "params_fingerprint": params_fingerprint(
+            {**analysis, "covariance": covariance_record["covariance_fingerprints"], **plan_record}
+        ),
     }
 
     genes = None
@@ -199,10 +365,11 @@ def run(args: argparse.Namespace) -> int:
         bounds = chunk_bounds(n_genes, n)
         genes = slice(int(bounds[i - 1]), int(bounds[i]))
 
-    with reading(source):
+    with reading(source), _naming_covariance_files(sources):
         _, var, partitioned = partition_file(
             source,
             **analysis,
+            covariance=covariance,
             n_jobs=args.n_jobs,
             batch_size=256,
             chunk_size=args.chunk_size,
@@ -218,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             lambda holder: write_results(holder, results, key),
             force=args.force,
-            inputs=(args.plan,) if args.plan else (),
+            inputs=others,
         )
         print(f"scvarpart fit: wrote {args.output} ({len(var)} genes, key {key!r})")
         return 0
@@ -233,11 +400,11 @@ def run(args: argparse.Namespace) -> int:
         "stop": genes.stop,
         "key": key,
         "input_fingerprint": provenance["input_fingerprint"],
+        "covariance_fingerprints": provenance["covariance_fingerprints"],
         "params_fingerprint": provenance["params_fingerprint"],
         "version": __version__,
     }
-    inputs = (source, args.plan) if args.plan else (source,)
-    write_h5ad_atomic(chunk, args.output, force=args.force, inputs=inputs)
+    write_h5ad_atomic(chunk, args.output, force=args.force, inputs=(source, *others))
     print(
         f"scvarpart fit: wrote chunk {i}/{n} (genes {genes.start + 1}-{genes.stop}) to "
         f"{args.output}"

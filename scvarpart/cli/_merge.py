@@ -31,8 +31,9 @@ def add_parsers(sub) -> None:
             "Gather the chunk files of 'scvarpart fit --genes I/N' into a copy of the input "
             "with the results of every gene: exactly what one 'scvarpart fit' of the whole "
             "file writes. Refuses chunks computed from another input, with other parameters "
-            "or another scvarpart version (each chunk carries fingerprints of both), and "
-            "reports missing or duplicated chunks."
+            "or another scvarpart version (each chunk carries fingerprints of the input, of "
+            "its covariance files and of the parameters), and reports missing or duplicated "
+            "chunks."
         ),
         epilog=_EXAMPLES + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,6 +50,7 @@ def _check_consistent(names: list[str], infos: list[dict]) -> dict:
     """The chunks' common provenance; MergeError naming the files that differ."""
     for field, what in (
         ("input_fingerprint", "inputs"),
+        ("covariance_fingerprints", "covariance files"),
         ("params_fingerprint", "analysis parameters"),
         ("version", "scvarpart versions"),
         ("n_chunks", "numbers of chunks"),
@@ -56,7 +58,8 @@ def _check_consistent(names: list[str], infos: list[dict]) -> dict:
     ):
         groups: dict[str, list[str]] = {}
         for name, info in zip(names, infos, strict=True):
-            groups.setdefault(str(info[field]), []).append(name)
+            # .get: a chunk of an older version may lack a field
+            groups.setdefault(str(info.get(field)), []).append(name)
         if len(groups) > 1:
             listing = "; ".join(f"{v}: {', '.join(files)}" for v, files in groups.items())
             raise MergeError(f"the chunks come from different {what} ({listing}).")

@@ -94,6 +94,14 @@ def run(args: argparse.Namespace) -> int:
         f"model {params['formula']} ({params['method']}), {params['n_obs']:,} cells, "
         f"{summary['n_genes']:,} genes"
     )
+    extras = [f"observation weights {params['weights']!r}"] if params.get("weights") else []
+    files = params.get("covariance_files") or {}
+    for term in params.get("covariance") or {}:
+        extras.append(
+            f"known covariance of {term!r}" + (f" ({files[term]})" if term in files else "")
+        )
+    if extras:
+        print("with " + "; ".join(extras))
     print(
         f"fitted {summary['n_genes'] - summary['n_failed']:,}; singular "
         f"{summary['n_singular']:,}; not converged {summary['n_not_converged']:,}; "

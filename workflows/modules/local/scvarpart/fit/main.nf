@@ -7,6 +7,11 @@ process SCVARPART_FIT {
     input:
     tuple val(meta), path(h5ad), val(chunk), val(n_chunks)
     path plan
+    // known covariances (kinship files): the terms, the files' names, and the files, staged
+    // as covariance1/NAME, covariance2/NAME, ... in the order of the terms (empty lists: none)
+    tuple val(covariance_terms), val(covariance_names), path(covariance_files, stageAs: 'covariance?/*')
+    // model options beside the plan: [weights: obs column or null, store_blups: true/false]
+    val model
 
     output:
     tuple val(meta), path("*.chunk*.h5ad"), emit: chunk
@@ -18,8 +23,13 @@ process SCVARPART_FIT {
     script:
     def args = task.ext.args ?: ''
     def prefix = task.ext.prefix ?: "${meta.id}"
+    def weights = model.weights ? "--weights '${model.weights}'" : ''
+    def store_blups = model.store_blups ? '--store-blups' : ''
+    def covariance = [covariance_terms, covariance_names].transpose().withIndex().collect { pair, i ->
+        "--covariance '${pair[0]}=covariance${i + 1}/${pair[1]}'"
+    }.join(' ')
     """
-    scvarpart fit ${h5ad} --plan ${plan} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
+    scvarpart fit ${h5ad} --plan ${plan} ${weights} ${covariance} ${store_blups} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

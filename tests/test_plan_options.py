@@ -1,0 +1,169 @@
+"""Analysis plans with observation weights, kinship files and BLUPs: ``weights``,
+``store_blups`` and the ``[covariance]`` table (paths relative to the plan's folder),
+the options that may complete a plan, and the plan's clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import anndata as ad
+import pandas as pd
+import pytest
+from test_cli import KIN_FORMULA, assert_same_varm, cli, kinship_data, ok
+
+import scvarpart as svp
+from scvarpart.plan import PlanError, read_plan
+from scvarpart.provenance import file_fingerprint
+
+MODEL = f"""formula = "{KIN_FORMULA}"
+method = "REML"
+batch = ["day"]
+signal = ["patient"]
+"""
+FULL = (
+    MODEL
+    + """weights = "w"
+store_blups = true
+
+[covariance]
+patient = "kinship.csv"
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Data, the API's result, and a plan with all three options fitted from another
+    working folder (so that the kinship path is found from the plan's folder)."""
+    folder = tmp_path_factory.mktemp("plan_options")
+    K = kinship_data(folder)
+    plans = folder / "plans"
+    plans.mkdir()
+    (plans / "kinship.csv").write_bytes((folder / "kinship.csv").read_bytes())
+    (plans / "plan.toml").write_text(FULL)
+    expected = ad.read_h5ad(folder / "in.h5ad")
+    svp.tl.variance_partition(
+        expected, KIN_FORMULA, method="REML", batch="day", signal="patient", weights="w",
+        covariance={"patient": K}, store_blups=True, progress=False,
+    )  # fmt: skip
+    out = folder / "planned.h5ad"
+    ok(cli("fit", folder / "in.h5ad", "--plan", "plans/plan.toml", "--quiet", "-o", out,
+           cwd=folder))  # fmt: skip
+    return {"folder": folder, "K": K, "expected": expected, "out": out}
+
+
+def test_a_plan_with_weights_kinship_and_blups_equals_the_api(planned):
+    result = ad.read_h5ad(planned["out"])
+    assert_same_varm(result, planned["expected"])
+    assert "varpart_blup_patient" in result.varm
+    params = result.uns["varpart"]["params"]
+    plan = planned["folder"] / "plans" / "plan.toml"
+    assert params["plan"] == "plan.toml"
+    assert params["plan_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert params["weights"] == "w"
+    assert params["covariance_files"] == {"patient": "kinship.csv"}
+    kinship = plan.parent / "kinship.csv"
+    assert params["covariance_fingerprints"] == {"patient": file_fingerprint(kinship)}
+    # the plan's keyword arguments, covariance read, are the API's
+    kwargs = read_plan(plan).as_kwargs()
+    assert kwargs["weights"] == "w" and kwargs["store_blups"] is True
+    pd.testing.assert_frame_equal(kwargs["covariance"]["patient"], planned["K"], check_exact=True)
+
+
+def test_the_same_plan_in_yaml(planned):
+    folder = planned["folder"]
+    (folder / "plans" / "plan.yaml").write_text(
+        f'formula: "{KIN_FORMULA}"\nmethod: REML\nbatch: [day]\nsignal: patient\n'
+        "weights: w\nstore_blups: true\ncovariance:\n  patient: kinship.csv\n"
+    )
+    out = folder / "yaml.h5ad"
+    ok(cli("fit", folder / "in.h5ad", "--plan", folder / "plans" / "plan.yaml", "--quiet",
+           "-o", out))  # fmt: skip
+    assert_same_varm(ad.read_h5ad(out), planned["expected"])
+
+
+def test_options_complete_a_plan_that_does_not_set_them(planned, tmp_path):
+    """How the workflow passes a staged kinship file: --covariance beside the plan."""
+    folder = planned["folder"]
+    (tmp_path / "model.toml").write_text(MODEL)
+    out = tmp_path / "completed.h5ad"
+    ok(
+        cli(
+            "fit", folder / "in.h5ad", "--plan", tmp_path / "model.toml", "--weights", "w",
+            "--covariance", f"patient={folder / 'kinship.csv'}", "--store-blups", "--quiet",
+            "-o", out,
+        )
+    )  # fmt: skip
+    result = ad.read_h5ad(out)
+    assert_same_varm(result, planned["expected"])
+    assert result.uns["varpart"]["params"]["plan"] == "model.toml"
+
+
+@pytest.mark.parametrize(
+    ("plan_text", "options", "match"),
+    [
+        (MODEL + 'weights = "w"\n', ["--weights", "log_umi"], "--weights: fixed by the plan"),
+        (MODEL + "store_blups = false\n", ["--store-blups"], "--store-blups: fixed by the plan"),
+        (FULL, ["--covariance", "patient=other.csv"], "--covariance patient=...: fixed by"),
+    ],
+)
+def test_options_the_plan_sets_are_refused(planned, tmp_path, plan_text, options, match):
+    folder = planned["folder"]
+    (tmp_path / "kinship.csv").write_bytes((folder / "kinship.csv").read_bytes())
+    (tmp_path / "plan.toml").write_text(plan_text)
+    proc = cli("fit", folder / "in.h5ad", "--plan", tmp_path / "plan.toml", *options,
+               "-o", tmp_path / "out.h5ad")  # fmt: skip
+    assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "kinship", "match"),
+    [
+        ('weights = 3\n', None, "Plan weights must be the name of an obs column"),
+        ("store_blups = 'yes'\n", None, "Plan store_blups must be true or false"),
+        ('covariance = "kinship.csv"\n', None, "must be a table of random terms and covariance"),
+        ('[covariance]\npatient = 1\n', None, "must be the path of a covariance file"),
+        ('[covariance]\npatient = "nope.csv"\n', None,
+         "nope.csv does not exist (relative paths are taken from the plan's folder)"),
+        ('[covariance]\npatient = "k.csv"\n', ",P01\nP01,x\n",
+         "plan.toml, [covariance] patient: the covariance file"),
+        ('[covariance]\npatient = "k.csv"\n', ",P01,P02\nP01,1,0\n", "is not square"),
+        ('[covariance]\npatient = "k.csv"\n', "asym",
+         "is not symmetric: K['P01', 'P02'] = "),
+    ],
+)  # fmt: skip
+def test_bad_plan_options_exit_3_naming_the_plan(planned, tmp_path, extra, kinship, match):
+    folder = planned["folder"]
+    if kinship == "asym":
+        K = planned["K"].copy()
+        K.iloc[0, 1] += 1.0
+        K.to_csv(tmp_path / "k.csv")
+    elif kinship is not None:
+        (tmp_path / "k.csv").write_text(kinship)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(MODEL + extra)
+    before = hashlib.md5((folder / "in.h5ad").read_bytes()).hexdigest()
+    out = tmp_path / "out" / "o.h5ad"
+    out.parent.mkdir()
+    proc = cli("fit", folder / "in.h5ad", "--plan", plan, "-o", out)
+    assert proc.returncode == 3, proc.stderr
+    assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    if "k.csv" in extra:  # the file and where it was named
+        assert str(tmp_path / "k.csv") in proc.stderr and "plan" in proc.stderr
+    assert list(out.parent.iterdir()) == []
+    assert hashlib.md5((folder / "in.h5ad").read_bytes()).hexdigest() == before
+
+
+def test_read_plan_resolves_covariance_files_against_its_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "k.csv").write_text(",a\na,1\n")
+    plan = tmp_path / "plan.toml"
+    plan.write_text('formula = "~ (1|a)"\n[covariance]\na = "sub/k.csv"\n')
+    read = read_plan(plan)
+    assert read.covariance == {"a": str(tmp_path / "sub" / "k.csv")}
+    assert read.weights is None and read.store_blups is None
+    assert read.as_kwargs()["store_blups"] is False
+    (tmp_path / "sub" / "k.csv").write_text(",a\na,x\n")
+    with pytest.raises(PlanError, match="non-numeric"):
+        read.as_kwargs()
