@@ -291,7 +291,7 @@ def fit_lmm(
     todo = np.flatnonzero(error == "")
     unit = _unit_scale(stats)
     normed = stats.scaled(1.0 / unit)
-    if strategy == "global" and isinstance(eng, DenseDeviance):
+    if strategy == "global" and isinstance(eng, DenseDeviance | BlockedDeviance):
         eng.prepare()  # the grid, factorised once here and shared by every batch
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
@@ -381,13 +381,8 @@ def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats):
             )
         return grad, hess
     gamma = theta[ok] ** 2
-    if isinstance(eng, DenseDeviance):
-        _, g_gamma, h_gamma = eng.derivatives(gamma, stats.subset(ok))
-    else:  # blocked: the average information in place of the Hessian
-        B1, B2 = eng._split(stats.subset(ok))
-        parts = [eng._derivatives(gamma[i], B1[i], B2[i], stats.ss[g]) for i, g in enumerate(ok)]
-        g_gamma = np.array([p[1] for p in parts]).reshape(len(ok), k)
-        h_gamma = np.array([p[2] for p in parts]).reshape(len(ok), k, k)
+    # blocked: the average information in place of the Hessian
+    _, g_gamma, h_gamma = eng.derivatives(gamma, stats.subset(ok))
     t = theta[ok]
     grad[ok] = 2 * t * g_gamma
     hess[ok] = 4 * t[:, :, None] * t[:, None, :] * h_gamma

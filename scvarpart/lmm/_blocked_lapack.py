@@ -1,0 +1,384 @@
+"""The blocked engine's dense path: LAPACK on a Schur complement whose factor fills in.
+
+Used by :class:`~scvarpart.lmm.blocked.BlockedDeviance` where a sparse factor of the
+Schur complement ``S`` would be nearly dense anyway (lme4's InstEval: 1,143 levels
+and fixed effects coupled through 2,972 students). The mathematics is that of
+:mod:`scvarpart.lmm.blocked`; here the exact gradient uses the dense inverse of ``S``.
+Python and NumPy, one gene at a time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from ..suffstats import DesignGram, ResponseStats
+from .grid import variance_grid
+from .newton import NewtonOptions, minimise_callable
+from .profiled import ProfiledDeviance
+from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
+
+__all__ = ["LapackSchur"]
+
+
+class _Factor(NamedTuple):
+    """The gene-independent factorisation at one ``gamma``."""
+
+    gamma: np.ndarray
+    w: np.ndarray  # 1 / (1 + gamma_1 d), the eliminated factor's weights
+    s: np.ndarray  # sqrt(gamma) of every remaining level, 1 for the fixed effects
+    N: np.ndarray  # G_22 - gamma_1 E' diag(w) E
+    L: np.ndarray  # lower Cholesky factor of S = s s' * N + I (levels)
+    logdet_v: float
+    logdet_x: float
+
+
+class LapackSchur(ProfiledDeviance):
+    """Profiled deviance, exact gradient and average information, one gene at a time.
+
+    The largest factor is eliminated.
+
+    Parameters
+    ----------
+    gram
+        Cross-products of the design.
+    reml
+        REML criterion instead of the ML deviance.
+    """
+
+    def __init__(self, gram: DesignGram, reml: bool):
+        super().__init__(gram, reml)
+        sizes = np.asarray(gram.factor_sizes)
+        self.big = int(np.argmax(sizes))
+        level_factor = gram.level_factor
+        self.idx1 = np.flatnonzero(level_factor == self.big)
+        self.idx2 = np.flatnonzero(level_factor != self.big)
+        self.rest_factor = level_factor[self.idx2]
+        self.q2 = len(self.idx2)
+        C = gram.ZtZ.tocsr()
+        self.d = C.diagonal()[self.idx1]
+        # E = [C12, Z1'X] (sparse, q1 x m); G22 = [[C22, Z2'X], [X'Z2, X'X]]
+        C12 = C[self.idx1][:, self.idx2]
+        self.E = sp.hstack([C12, sp.csr_matrix(gram.ZtX[self.idx1])]).tocsr()
+        self.Et = self.E.T.tocsr()
+        self.C1R = C12
+        C22 = C[self.idx2][:, self.idx2].toarray()
+        Z2X = gram.ZtX[self.idx2]
+        self.G22 = np.block([[C22, Z2X], [Z2X.T, gram.XtX]])
+        self.outer = _outer_products(self.E)
+        # levels of each remaining factor, as positions among the q2 levels
+        self.rest_levels = [np.flatnonzero(self.rest_factor == j) for j in range(self.k)]
+        self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))
+        self._last: _Factor | None = None
+        self._grid = None
+
+    # -- the factorisation -------------------------------------------------------
+
+    def _factor(self, gamma: np.ndarray) -> _Factor | None:
+        """Factorise at ``gamma``.
+
+        The last factorisation is kept: Newton's method asks for derivatives where it
+        last evaluated.
+        """
+        last = self._last
+        if last is not None and np.array_equal(last.gamma, gamma):
+            return last
+        t1 = gamma[self.big]
+        w = 1.0 / (t1 * self.d + 1.0)
+        s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
+        m = len(s)
+        N = self.G22 - t1 * (self.outer @ w).reshape(m, m)
+        S = N * s[:, None] * s[None, :]
+        S[np.arange(self.q2), np.arange(self.q2)] += 1.0
+        try:
+            L = scipy.linalg.cholesky(S, lower=True, check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        logdiag = np.log(np.diagonal(L))
+        fac = _Factor(
+            gamma=gamma.copy(),
+            w=w,
+            s=s,
+            N=N,
+            L=L,
+            logdet_v=float(-np.log(w).sum() + 2 * logdiag[: self.q2].sum()),
+            logdet_x=float(2 * logdiag[self.q2 :].sum()),
+        )
+        self._last = fac
+        return fac
+
+    def _residual(self, fac: _Factor, B1: np.ndarray, B2: np.ndarray, ss: np.ndarray):
+        """``r2`` of genes (rows of ``B1``, ``B2``) and ``c = L^-1 rhs`` (columns)."""
+        t1 = fac.gamma[self.big]
+        wb1 = B1 * fac.w
+        yy = ss - t1 * np.einsum("gl,gl->g", wb1, B1)
+        rhs = (B2 - t1 * (self.Et @ wb1.T).T) * fac.s
+        c = scipy.linalg.solve_triangular(fac.L, rhs.T, lower=True, check_finite=False)
+        return yy - np.einsum("mg,mg->g", c, c), c
+
+    def derivatives(self, gamma: np.ndarray, stats: ResponseStats):
+        """Criterion, exact gradient and average information of every gene at ``gamma``."""
+        B1, B2 = self._split(stats)
+        parts = [self._derivatives(gamma[i], B1[i], B2[i], stats.ss[i]) for i in range(len(gamma))]
+        dev = np.array([p[0] for p in parts])
+        grad = np.array([p[1] for p in parts]).reshape(len(gamma), self.k)
+        hess = np.array([p[2] for p in parts]).reshape(len(gamma), self.k, self.k)
+        return dev, grad, hess
+
+    def prepare(self) -> None:
+        """Nothing to prepare: the grid is factorised per batch."""
+
+    def _split(self, stats: ResponseStats):
+        return stats.ZtY[:, self.idx1], np.concatenate([stats.ZtY[:, self.idx2], stats.XtY], 1)
+
+    def _objective(self, fac: _Factor, r2):
+        return self.criterion(fac.logdet_v, fac.logdet_x, r2)
+
+    def deviance(self, gamma: np.ndarray, stats: ResponseStats) -> np.ndarray:
+        """Deviance (ML) or REML criterion of each gene at ``gamma`` (``G x k``)."""
+        B1, B2 = self._split(stats)
+        return np.array(
+            [self._objective_at(gamma[i], B1[i], B2[i], stats.ss[i]) for i in range(len(stats))]
+        )
+
+    def estimates(
+        self, gamma: np.ndarray, stats: ResponseStats
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Deviance, residual variance ``sigma^2`` and fixed effects (centred X)."""
+        G = len(stats)
+        dev = np.full(G, np.nan)
+        sigma2 = np.full(G, np.nan)
+        beta = np.full((G, self.p), np.nan)
+        B1, B2 = self._split(stats)
+        for i in range(G):
+            fac = self._factor(gamma[i]) if np.isfinite(gamma[i]).all() else None
+            if fac is None:
+                continue
+            r2, c = self._residual(fac, B1[i : i + 1], B2[i : i + 1], stats.ss[i : i + 1])
+            dev[i] = self._objective(fac, r2)[0]
+            sol = scipy.linalg.solve_triangular(fac.L, c[:, 0], lower=True, trans="T")
+            sigma2[i] = r2[0] / self.nu
+            beta[i] = sol[self.q2 :]
+        return dev, sigma2, beta
+
+    def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor of ``X'V^-1 X`` at each row of ``gamma``.
+
+        ``G x p x p``, NaN rows where it does not exist: the trailing block of the
+        factor of the Schur complement.
+        """
+        out = np.full((len(gamma), self.p, self.p), np.nan)
+        for i, g in enumerate(gamma):
+            fac = self._factor(g) if np.isfinite(g).all() else None
+            if fac is not None:
+                out[i] = fac.L[self.q2 :, self.q2 :]
+        return out
+
+    # -- derivatives ---------------------------------------------------------------
+
+    def _traces(self, fac: _Factor) -> np.ndarray:
+        """``tr D_jj`` per factor: ``tr C~_jj - <A, F_j F_j'>`` (gene-independent)."""
+        m = len(fac.s)
+        rows = m if self.reml else self.q2  # Q = Z'PZ (REML) or M = Z'V^-1 Z (ML)
+        A = np.zeros((m, m))
+        if rows:
+            Linv = scipy.linalg.lapack.dtrtri(fac.L[:rows, :rows], lower=1)[0]
+            A[:rows, :rows] = Linv.T @ Linv
+        A *= fac.s[:, None] * fac.s[None, :]
+        tr = np.empty(self.k)
+        K2 = (self.outer @ fac.w**2).reshape(m, m)
+        tr[self.big] = np.dot(self.d, fac.w) - np.vdot(A, K2)
+        NR = fac.N[:, : self.q2]
+        AN = A @ NR
+        per_level = np.einsum("ml,ml->l", NR, AN)
+        diagN = np.diagonal(fac.N)[: self.q2]
+        for j in range(self.k):
+            if j != self.big:
+                lv = self.rest_levels[j]
+                tr[j] = diagN[lv].sum() - per_level[lv].sum()
+        return tr
+
+    def _q_product(self, fac: _Factor, U1: np.ndarray, UR: np.ndarray):
+        """``Q u``, that is ``(C~ - F' S^-1 F) u``, of a vector ``u``.
+
+        ``u`` is given by its eliminated-level part ``U1`` and its remaining-level part
+        ``UR``.
+        """
+        s, N = fac.s, fac.N
+        wu = fac.w * U1
+        Fu = s * (self.Et @ wu + N[:, : self.q2] @ UR)
+        z = s * scipy.linalg.cho_solve((fac.L, True), Fu, check_finite=False)
+        out1 = self.d * wu + fac.w * (self.C1R @ UR) - fac.w * (self.E @ z)
+        outR = (self.Et @ wu)[: self.q2] + N[: self.q2, : self.q2] @ UR - (N @ z)[: self.q2]
+        return out1, outR
+
+    def _derivatives(self, gamma: np.ndarray, b1, b2, ss):
+        """Objective, exact gradient and average information of one gene."""
+        fac = self._factor(gamma)
+        if fac is None:
+            return np.nan, np.full(self.k, np.nan), np.full((self.k, self.k), np.nan)
+        r2, c = self._residual(fac, b1[None], b2[None], np.array([ss]))
+        r2 = float(r2[0])
+        f = float(self._objective(fac, np.array([r2]))[0])
+        t1 = gamma[self.big]
+        # u = Z'Py from c-hat = L^-T c
+        sc = fac.s * scipy.linalg.solve_triangular(
+            fac.L, c[:, 0], lower=True, trans="T", check_finite=False
+        )
+        wb1 = fac.w * b1
+        u1 = wb1 - fac.w * (self.E @ sc)
+        uR = b2[: self.q2] - (fac.N @ sc)[: self.q2] - t1 * (self.Et @ wb1)[: self.q2]
+        parts = []
+        for j in range(self.k):
+            if j == self.big:
+                parts.append((u1, np.zeros(self.q2)))
+            else:
+                v = np.zeros(self.q2)
+                v[self.rest_levels[j]] = uR[self.rest_levels[j]]
+                parts.append((np.zeros(len(u1)), v))
+        uu = np.array([p1 @ p1 + pR @ pR for p1, pR in parts])
+        Qu = [self._q_product(fac, p1, pR) for p1, pR in parts]
+        uQu = np.array([[pi1 @ q1 + piR @ qR for (q1, qR) in Qu] for (pi1, piR) in parts])
+        nu = self.nu
+        grad = self._traces(fac) - nu * uu / r2
+        ai = nu * (uQu / r2 - np.outer(uu, uu) / r2**2)
+        return f, grad, 0.5 * (ai + ai.T)
+
+    # -- the search ------------------------------------------------------------------
+
+    @property
+    def grid(self):
+        """The coarse grid of the global search.
+
+        A point costs a factorisation of ``S``, shared by all genes.
+        """
+        if self._grid is None:
+            self._grid = variance_grid(self.k, level=-1)
+        return self._grid
+
+    def _screen(self, B1, B2, ss) -> np.ndarray:
+        """Every gene's criterion at every grid point.
+
+        ``G x N``, +inf where it cannot be evaluated.
+        """
+        grid = self.grid
+        values = np.full((len(ss), len(grid)), np.inf)
+        for p, gamma in enumerate(grid.gamma):
+            fac = self._factor(gamma)
+            if fac is None:
+                continue
+            r2, _ = self._residual(fac, B1, B2, ss)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = self._objective(fac, r2)
+            values[:, p] = np.where(np.isfinite(f), f, np.inf)
+        return values
+
+    def _descend(self, x, b1, b2, ss, known=()):
+        return minimise_callable(
+            x,
+            lambda g: self._objective_at(g, b1, b2, ss),
+            lambda g: self._derivatives(g, b1, b2, ss),
+            self.options,
+            known,
+        )
+
+    def _objective_at(self, gamma, b1, b2, ss) -> float:
+        """One gene's criterion at ``gamma`` (NaN where it cannot be evaluated)."""
+        fac = self._factor(gamma)
+        if fac is None:
+            return np.nan
+        r2, _ = self._residual(fac, b1[None], b2[None], np.array([ss]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(self._objective(fac, r2)[0])
+
+    def minimise(self, gamma0: np.ndarray, stats: ResponseStats):
+        """Newton's method from ``gamma0`` only (a local optimum).
+
+        Returns the minimisers, objective, residual variance, fixed effects,
+        convergence flags and iterations.
+        """
+        B1, B2 = self._split(stats)
+        X = np.array(gamma0, dtype=float)
+        converged = np.zeros(len(stats), dtype=bool)
+        n_iter = np.zeros(len(stats), dtype=int)
+        for g in range(len(stats)):
+            _, converged[g], n_iter[g], _ = self._descend(X[g], B1[g], B2[g], stats.ss[g])
+        dev, sigma2, beta = self.estimates(X, stats)
+        return X, dev, sigma2, beta, converged, n_iter
+
+    def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
+        """The global optimum of every gene.
+
+        The strategy of :mod:`.search`, on a coarser grid, also starting from ``gamma0``
+        (NaN rows for none), where the criterion is ``f0``.
+
+        Returns the optima ``(G, k)``, the objective, the residual variance and
+        fixed effects (centred X) at them, convergence flags, Newton iterations
+        and the number of descents.
+        """
+        G, k = len(stats), self.k
+        B1, B2 = self._split(stats)
+        values = self._screen(B1, B2, stats.ss)
+        grid = self.grid
+        X = np.full((G, k), np.nan)
+        converged = np.zeros(G, dtype=bool)
+        n_iter = np.zeros(G, dtype=int)
+        descents = np.zeros(G, dtype=int)
+        bound = np.empty(len(grid))
+        for g in range(G):
+            b1, b2, ss = B1[g], B2[g], stats.ss[g]
+            i0 = int(np.argmin(values[g]))
+            x = gamma0[g].copy()
+            first = i0  # many levels: the grid's best point is no candidate
+            if not f0[g] <= values[g, i0]:
+                if not np.isfinite(values[g, i0]):
+                    continue
+                x = grid.gamma[i0].copy()
+            best, conv, it, _ = self._descend(x, b1, b2, ss)
+            best = best if np.isfinite(best) else np.inf
+            known = [x.copy()]
+            total, count = it, 1
+            candidate_bounds(
+                grid.face, grid.edge, grid.nb_ptr, grid.nb_idx, values[g], first, False, bound
+            )
+            for i in np.argsort(bound, kind="mergesort"):
+                if count > MAX_EXTRA_STARTS or bound[i] == np.inf:
+                    break
+                if not bound[i] < best:
+                    continue
+                trial = grid.gamma[i].copy()
+                f, c, it, abandoned = self._descend(trial, b1, b2, ss, known)
+                total, count = total + it, count + 1
+                if abandoned or not np.isfinite(f):
+                    continue
+                known.append(trial.copy())
+                if f < best - TIE * max(1.0, abs(best)):
+                    best, conv, x = f, c, trial
+            X[g], converged[g], n_iter[g], descents[g] = x, conv, total, count
+        dev, sigma2, beta = self.estimates(np.nan_to_num(X, nan=1.0), stats)
+        bad = ~np.isfinite(X).all(axis=1)
+        dev[bad], sigma2[bad], beta[bad] = np.nan, np.nan, np.nan
+        return X, dev, sigma2, beta, converged, n_iter, descents
+
+
+def _outer_products(E: sp.csr_matrix) -> sp.csr_matrix:
+    """The map ``w -> vec(E' diag(w) E)`` as a sparse matrix (``m^2 x q1``).
+
+    Each row ``l`` of ``E`` contributes the outer product of its few non-zeros;
+    precomputing them turns the weighted product, needed at every evaluation,
+    into one sparse matrix-vector product.
+    """
+    m = E.shape[1]
+    per_row = np.diff(E.indptr)
+    row_of = np.repeat(np.arange(E.shape[0]), per_row)  # row of each non-zero
+    partners = per_row[row_of]  # each non-zero pairs with every one of its row
+    left = np.repeat(np.arange(E.nnz), partners)
+    first = np.repeat(np.cumsum(partners) - partners, partners)
+    right = E.indptr[row_of[left]] + (np.arange(len(left)) - first)
+    return sp.csr_matrix(
+        (E.data[left] * E.data[right], (E.indices[left] * m + E.indices[right], row_of[left])),
+        shape=(m * m, E.shape[0]),
+    )
