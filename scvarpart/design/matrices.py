@@ -531,7 +531,11 @@ def _observation_weights(data: pd.DataFrame, column: str) -> np.ndarray:
     if not isinstance(column, str):
         raise TypeError(f"weights= must be the name of an obs column, got {column!r}.")
     if column not in data.columns:
-        raise DesignError(f"weights={column!r} is not a column of the table of observations.")
+        avail = ", ".join(map(repr, list(data.columns)[:30]))
+        raise DesignError(
+            f"weights={column!r} is not a column of the table of observations. Available "
+            f"columns: {avail}."
+        )
     s = data[column]
     if _is_categorical(s):
         raise DesignError(f"weights={column!r} must be numeric, but the column is {s.dtype}.")

@@ -311,6 +311,7 @@ def _partition(
             **{k: v for k, v in prep.model.items() if v is not None},
             **params,
             "min_cells": min_cells,
+            "store_blups": store_blups,
             "n_obs": design.n_obs,
             "n_obs_dropped": int((~design.keep).sum()),
             "engine": fitted["engine"],
