@@ -19,6 +19,7 @@ from ..suffstats import DesignGram, ResponseStats
 from .grid import variance_grid
 from .newton import NewtonOptions, minimise_callable
 from .profiled import ProfiledDeviance
+from ._sparse_kernel import columns, dense_weighted_gram
 from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
 
 __all__ = ["LapackSchur"]
@@ -68,7 +69,12 @@ class LapackSchur(ProfiledDeviance):
         C22 = C[self.idx2][:, self.idx2].toarray()
         Z2X = gram.ZtX[self.idx2]
         self.G22 = np.block([[C22, Z2X], [Z2X.T, gram.XtX]])
-        self.outer = _outer_products(self.E)
+        self.E.sort_indices()
+        Ep, Ei = self.E.indptr.astype(np.int64), self.E.indices.astype(np.int64)
+        Ex = self.E.data.astype(float)
+        self._rows = (Ep, Ei, Ex)
+        self._cols = columns(Ep, Ei, Ex, self.G22.shape[0])
+        self.tau = 1e-6 * self.gamma_scale  # below: traces without dividing by gamma_j
         # levels of each remaining factor, as positions among the q2 levels
         self.rest_levels = [np.flatnonzero(self.rest_factor == j) for j in range(self.k)]
         self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))
@@ -90,7 +96,7 @@ class LapackSchur(ProfiledDeviance):
         w = 1.0 / (t1 * self.d + 1.0)
         s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
         m = len(s)
-        N = self.G22 - t1 * (self.outer @ w).reshape(m, m)
+        N = self.G22 - t1 * self._gram(w)
         S = N * s[:, None] * s[None, :]
         S[np.arange(self.q2), np.arange(self.q2)] += 1.0
         try:
@@ -109,6 +115,13 @@ class LapackSchur(ProfiledDeviance):
         )
         self._last = fac
         return fac
+
+    def _gram(self, weight: np.ndarray) -> np.ndarray:
+        """``E' diag(weight) E``, dense."""
+        m = self.G22.shape[0]
+        out = np.empty((m, m))
+        dense_weighted_gram(*self._rows, *self._cols, np.ascontiguousarray(weight), out)
+        return out
 
     def _residual(self, fac: _Factor, B1: np.ndarray, B2: np.ndarray, ss: np.ndarray):
         """``r2`` of genes (rows of ``B1``, ``B2``) and ``c = L^-1 rhs`` (columns)."""
@@ -180,25 +193,32 @@ class LapackSchur(ProfiledDeviance):
     # -- derivatives ---------------------------------------------------------------
 
     def _traces(self, fac: _Factor) -> np.ndarray:
-        """``tr D_jj`` per factor: ``tr C~_jj - <A, F_j F_j'>`` (gene-independent)."""
+        """``tr D_jj`` per factor (gene-independent), as in :mod:`.blocked`.
+
+        From ``S_r^-1`` (``r`` the rows of ``D``): the eliminated factor's from
+        ``<s s' * S_r^-1, E' diag(w^2) E>``, another's from the diagonal of ``S_r^-1``,
+        or near ``gamma_j = 0`` from ``N_j' S_r^-1 N_j``.
+        """
         m = len(fac.s)
         rows = m if self.reml else self.q2  # Q = Z'PZ (REML) or M = Z'V^-1 Z (ML)
-        A = np.zeros((m, m))
-        if rows:
-            Linv = scipy.linalg.lapack.dtrtri(fac.L[:rows, :rows], lower=1)[0]
-            A[:rows, :rows] = Linv.T @ Linv
-        A *= fac.s[:, None] * fac.s[None, :]
         tr = np.empty(self.k)
-        K2 = (self.outer @ fac.w**2).reshape(m, m)
+        # S_r^-1 from the factor (LAPACK's dpotri, lower triangle), scaled by s s'
+        A = np.tril(scipy.linalg.lapack.dpotri(fac.L[:rows, :rows], lower=1)[0])
+        diag_inv = np.diagonal(A)[: self.q2].copy()
+        A = (A + np.tril(A, -1)) * fac.s[:rows, None] * fac.s[None, :rows]  # lower, doubled
+        K2 = self._gram(fac.w**2)[:rows, :rows]
         tr[self.big] = np.dot(self.d, fac.w) - np.vdot(A, K2)
-        NR = fac.N[:, : self.q2]
-        AN = A @ NR
-        per_level = np.einsum("ml,ml->l", NR, AN)
-        diagN = np.diagonal(fac.N)[: self.q2]
         for j in range(self.k):
-            if j != self.big:
-                lv = self.rest_levels[j]
-                tr[j] = diagN[lv].sum() - per_level[lv].sum()
+            lv = self.rest_levels[j] if j != self.big else None
+            if lv is None:
+                continue
+            if fac.gamma[j] >= self.tau[j]:
+                tr[j] = (len(lv) - diag_inv[lv].sum()) / fac.gamma[j]
+                continue
+            W = scipy.linalg.solve_triangular(  # L_r^-1 (s * N[:, lv])
+                fac.L[:rows, :rows], fac.s[:rows, None] * fac.N[:rows, lv], lower=True
+            )
+            tr[j] = np.diagonal(fac.N)[lv].sum() - np.einsum("rl,rl->", W, W)
         return tr
 
     def _q_product(self, fac: _Factor, U1: np.ndarray, UR: np.ndarray):
@@ -362,23 +382,3 @@ class LapackSchur(ProfiledDeviance):
         bad = ~np.isfinite(X).all(axis=1)
         dev[bad], sigma2[bad], beta[bad] = np.nan, np.nan, np.nan
         return X, dev, sigma2, beta, converged, n_iter, descents
-
-
-def _outer_products(E: sp.csr_matrix) -> sp.csr_matrix:
-    """The map ``w -> vec(E' diag(w) E)`` as a sparse matrix (``m^2 x q1``).
-
-    Each row ``l`` of ``E`` contributes the outer product of its few non-zeros;
-    precomputing them turns the weighted product, needed at every evaluation,
-    into one sparse matrix-vector product.
-    """
-    m = E.shape[1]
-    per_row = np.diff(E.indptr)
-    row_of = np.repeat(np.arange(E.shape[0]), per_row)  # row of each non-zero
-    partners = per_row[row_of]  # each non-zero pairs with every one of its row
-    left = np.repeat(np.arange(E.nnz), partners)
-    first = np.repeat(np.cumsum(partners) - partners, partners)
-    right = E.indptr[row_of[left]] + (np.arange(len(left)) - first)
-    return sp.csr_matrix(
-        (E.data[left] * E.data[right], (E.indices[left] * m + E.indices[right], row_of[left])),
-        shape=(m * m, E.shape[0]),
-    )

@@ -37,6 +37,8 @@ from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
 __all__ = [
     "SparseDesign",
     "analyse",
+    "columns",
+    "dense_weighted_gram",
     "deviance_batch",
     "estimates_batch",
     "factor",
@@ -198,7 +200,7 @@ def _row_pattern(Lp, Li, m):
     return Rp, Rc, Rpos
 
 
-def _columns(Ep: np.ndarray, Ei: np.ndarray, Ex: np.ndarray, m2: int):
+def columns(Ep: np.ndarray, Ei: np.ndarray, Ex: np.ndarray, m2: int):
     """``E`` by columns, each entry with its position in the rows' storage."""
     rows = np.repeat(np.arange(len(Ep) - 1), np.diff(Ep))
     order = np.lexsort((rows, Ei))  # by column, then row
@@ -254,7 +256,7 @@ def build_design(
     for i, j, v in zip(inv[Gc.row], inv[Gc.col], Gc.data, strict=True):
         if i >= j:
             G[_find(Lp, Li, i, j)] = v
-    Cp, Ci, Cx, Cu = _columns(Ep, Ei, Ex, m2)
+    Cp, Ci, Cx, Cu = columns(Ep, Ei, Ex, m2)
     rf = rest_factor[adj_order[:q2]]
     k = len(tau)
     members = np.argsort(rf, kind="stable").astype(np.int64)
@@ -1043,3 +1045,23 @@ def fixed_factors(gammas, dz):
             for t in range(dz.Lp[j], dz.Lp[j + 1]):
                 out[g, dz.Li[t] - q2, j - q2] = w.L[t]
     return out
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def dense_weighted_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, weight, out):
+    """``out = E' diag(weight) E``, dense, from ``E`` by rows and by columns (:func:`_columns`).
+
+    Rows' columns ascend; column by column, every product once, in order of the rows.
+    """
+    m = out.shape[0]
+    for b in range(m):
+        col = out[b]  # row b of the symmetric result: its column b
+        col[:] = 0.0
+        for t in range(Cp[b], Cp[b + 1]):
+            lv = Ci[t]
+            f = weight[lv] * Cx[t]
+            for u in range(Cu[t], Ep[lv + 1]):
+                col[Ei[u]] += f * Ex[u]
+    for b in range(m):
+        for a in range(b + 1, m):
+            out[b, a] = out[a, b] = out[b, a]

@@ -38,6 +38,32 @@ class Moments(NamedTuple):
     a_inv: np.ndarray  # (k + 1, k + 1) inverse of MINQUE(0)'s expectations
 
 
+# Levels above which the sums of moments() are taken from the sparse Z'Z rather than a
+# dense q x q matrix (rounding differs slightly; both are exact sums).
+_DENSE_LEVELS = 1000
+
+
+def _sparse_sums(gram: DesignGram, xx_inv_xz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Block sums of ``Q0 * Q0`` and of ``diag(Q0)`` by factor, ``Q0 = Z'Z - Z'X H``.
+
+    ``|C - R|^2 = |C|^2 - 2 <C, R> + |R|^2`` blockwise, with ``<C, R>`` over the
+    non-zeros of ``C = Z'Z`` and ``|R_ij|^2 = <X_i'X_i, H_j H_j'>`` for the rank-``p``
+    ``R = Z'X H``: no ``q x q`` matrix.
+    """
+    k, lf = len(gram.factor_sizes), gram.level_factor
+    C = gram.ZtZ.tocoo()
+    R = np.einsum("ep,pe->e", gram.ZtX[C.row], xx_inv_xz[:, C.col])
+    pair = lf[C.row] * k + lf[C.col]
+    sums = np.bincount(pair, weights=C.data * (C.data - 2 * R), minlength=k * k).reshape(k, k)
+    for i in range(k):
+        Xi = gram.ZtX[lf == i]
+        for j in range(k):
+            Hj = xx_inv_xz[:, lf == j]
+            sums[i, j] += np.vdot(Xi.T @ Xi, Hj @ Hj.T)
+    diag = gram.ZtZ.diagonal() - np.einsum("qp,pq->q", gram.ZtX, xx_inv_xz)
+    return sums, np.bincount(lf, weights=diag, minlength=k)
+
+
 def moments(gram: DesignGram) -> Moments:
     """The gene-independent parts of the MINQUE(0) and one-way ANOVA estimators.
 
@@ -45,13 +71,16 @@ def moments(gram: DesignGram) -> Moments:
     InstEval-like designs): computed once per fit, not once per batch of genes.
     """
     n, p, k = gram.n_obs, gram.n_fixed, len(gram.factor_sizes)
-    C = gram.ZtZ.toarray()
     xx_inv_xz = np.linalg.solve(gram.XtX, gram.ZtX.T)
-    Q0 = C - gram.ZtX @ xx_inv_xz
     B = (gram.level_factor[None, :] == np.arange(k)[:, None]).astype(float)
     A = np.empty((k + 1, k + 1))
-    A[:k, :k] = B @ (Q0 * Q0) @ B.T
-    A[:k, k] = A[k, :k] = B @ np.diag(Q0)
+    if gram.n_levels <= _DENSE_LEVELS:
+        Q0 = gram.ZtZ.toarray() - gram.ZtX @ xx_inv_xz
+        A[:k, :k] = B @ (Q0 * Q0) @ B.T
+        A[:k, k] = A[k, :k] = B @ np.diag(Q0)
+    else:
+        A[:k, :k], A[:k, k] = _sparse_sums(gram, xx_inv_xz)
+        A[k, :k] = A[:k, k]
     A[k, k] = n - p
     return Moments(
         n_obs=n,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
 from .starts import quadratic
@@ -70,13 +71,13 @@ def _levels_residual(gram: DesignGram, stats: ResponseStats, factors) -> np.ndar
         # not diagonal (slopes, a known covariance): no closed-form elimination
         idx1, idxR = idx1[:0], np.flatnonzero(np.isin(lf, factors))
     d = C.diagonal()[idx1]
-    E = np.concatenate([C[idx1][:, idxR].toarray(), gram.ZtX[idx1]], axis=1)
+    E = sp.hstack([C[idx1][:, idxR], sp.csr_matrix(gram.ZtX[idx1])]).tocsr()
     CRR = C[idxR][:, idxR].toarray()
     GRR = np.block([[CRR, gram.ZtX[idxR]], [gram.ZtX[idxR].T, gram.XtX]])
-    T = GRR - (E.T / d) @ E
+    T = GRR - (E.T @ sp.diags(1.0 / d) @ E).toarray()  # sparse: thousands of levels
     b1 = stats.ZtY[:, idx1]
     b2 = np.concatenate([stats.ZtY[:, idxR], stats.XtY], axis=1)
-    r = b2 - np.einsum("gl,lm->gm", b1 / d, E)
+    r = b2 - (E.T @ (b1 / d).T).T
     return stats.ss - np.einsum("gl,l->g", b1 * b1, 1.0 / d) - _pinv_quadratic(T, r)
 
 
