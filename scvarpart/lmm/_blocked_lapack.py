@@ -16,10 +16,10 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
+from ._sparse_kernel import columns, dense_weighted_gram
 from .grid import variance_grid
 from .newton import NewtonOptions, minimise_callable
 from .profiled import ProfiledDeviance
-from ._sparse_kernel import columns, dense_weighted_gram
 from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
 
 __all__ = ["LapackSchur"]
@@ -95,7 +95,6 @@ class LapackSchur(ProfiledDeviance):
         t1 = gamma[self.big]
         w = 1.0 / (t1 * self.d + 1.0)
         s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
-        m = len(s)
         N = self.G22 - t1 * self._gram(w)
         S = N * s[:, None] * s[None, :]
         S[np.arange(self.q2), np.arange(self.q2)] += 1.0
@@ -120,7 +119,8 @@ class LapackSchur(ProfiledDeviance):
         """``E' diag(weight) E``, dense."""
         m = self.G22.shape[0]
         out = np.empty((m, m))
-        dense_weighted_gram(*self._rows, *self._cols, np.ascontiguousarray(weight), out)
+        (Ep, Ei, Ex), (Cp, Ci, Cx, Cu) = self._rows, self._cols
+        dense_weighted_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, np.ascontiguousarray(weight), out)
         return out
 
     def _residual(self, fac: _Factor, B1: np.ndarray, B2: np.ndarray, ss: np.ndarray):

@@ -39,10 +39,13 @@ __all__ = [
     "analyse",
     "columns",
     "dense_weighted_gram",
-    "deviance_batch",
-    "estimates_batch",
+    "evaluate_batch",
     "factor",
+    "factor_points",
     "fixed_factors",
+    "minimise_batch",
+    "search_batch",
+    "solve",
     "symbolic",
     "workspace",
 ]
@@ -83,7 +86,7 @@ class SparseDesign(NamedTuple):
 
 
 @nb.njit(cache=True)
-def _eliminate(adj, n_free, limit):
+def _eliminate(adj, n_free, limit):  # noqa: C901 (one compiled loop nest, as in _dense_kernel)
     """Minimum-degree elimination of the first ``n_free`` nodes, then the rest in order.
 
     ``adj`` (dense, symmetric, no diagonal) is filled in place. Returns the order
@@ -325,8 +328,7 @@ class _Work(NamedTuple):
     x: np.ndarray  # (m2,) scratch
     y: np.ndarray  # (m2,) scratch
     z: np.ndarray  # (m2,) scratch
-    mark: np.ndarray  # (m2,) scratch, False between uses
-    acc: np.ndarray  # (m2,) accumulator of _weighted_gram, 0 between uses
+    acc: np.ndarray  # (m2,) accumulator, 0 between uses
     c: np.ndarray  # (m2,) L^-1 rhs of the gene solved last
     b1: np.ndarray  # (q1,) the gene's Z_1'y
     b2: np.ndarray  # (m2,) its [Z_R'y, X'y]
@@ -357,7 +359,6 @@ def workspace(dz, k):
         np.zeros(m2),
         np.zeros(m2),
         np.zeros(m2),
-        np.zeros(m2, dtype=np.bool_),
         np.zeros(m2),
         np.zeros(m2),
         np.empty(q1),
@@ -399,7 +400,7 @@ def _cholesky(dz, L, x):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def factor(gamma, dz, w):
+def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_kernel)
     """Factorise ``S`` at ``gamma`` into ``w`` (kept while ``gamma`` is unchanged).
 
     Returns whether it exists.
@@ -560,7 +561,7 @@ def _selected_inverse(dz, w, lim):
     ``j``, which is a clique of the filled graph, so every ``Z_ik`` is on the pattern.
     """
     Lp, Li = dz.Lp, dz.Li
-    L, Z, acc, lj, mark = w.L, w.Z, w.x, w.y, w.mark
+    L, Z, acc, lj = w.L, w.Z, w.x, w.acc
     for t in range(Li.shape[0]):
         Z[t] = 0.0
     for j in range(lim - 1, -1, -1):
@@ -570,19 +571,18 @@ def _selected_inverse(dz, w, lim):
             hi += 1
         for t in range(Lp[j] + 1, hi):
             acc[Li[t]] = 0.0
-            lj[Li[t]] = L[t]
-            mark[Li[t]] = True
+            lj[Li[t]] = L[t]  # 0 off the pattern of column j: adds nothing below
         for tk in range(Lp[j] + 1, hi):
             k = Li[tk]
             lkj = L[tk]
-            acc[k] += lkj * Z[Lp[k]]
+            a = acc[k] + lkj * Z[Lp[k]]
             for t in range(Lp[k] + 1, Lp[k + 1]):
                 i = Li[t]
                 if i >= lim:
                     break
-                if mark[i]:
-                    acc[i] += lkj * Z[t]  # Z_ik with i > k
-                    acc[k] += lj[i] * Z[t]  # Z_ki = Z_ik for row k
+                acc[i] += lkj * Z[t]  # Z_ik with i > k (rows off column j's pattern unused)
+                a += lj[i] * Z[t]  # Z_ki = Z_ik for row k
+            acc[k] = a
         diag = 1.0 / ljj
         for t in range(Lp[j] + 1, hi):
             zij = -acc[Li[t]] / ljj
@@ -590,7 +590,7 @@ def _selected_inverse(dz, w, lim):
             diag -= L[t] * zij
         Z[Lp[j]] = diag / ljj
         for t in range(Lp[j] + 1, hi):
-            mark[Li[t]] = False
+            lj[Li[t]] = 0.0
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)

@@ -66,7 +66,7 @@ _SMALL = 300
 _TRACE_SWITCH = 1e-6
 
 
-def _contiguous(stats: ResponseStats):
+def _contiguous(stats: ResponseStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.ascontiguousarray(stats.ZtY),
         np.ascontiguousarray(stats.XtY),
