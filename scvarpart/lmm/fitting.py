@@ -374,11 +374,8 @@ def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats):
     G, k = theta.shape
     grad, hess = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
     ok = np.flatnonzero(np.isfinite(theta).all(axis=1))
-    if isinstance(eng, GeneralDeviance):
-        for g in ok:
-            _, grad[g], hess[g] = eng._derivatives(
-                theta[g], stats.ZtY[g], stats.XtY[g], stats.ss[g]
-            )
+    if isinstance(eng, GeneralDeviance):  # in theta already, one compiled call
+        _, grad[ok], hess[ok] = eng.derivatives(theta[ok], stats.subset(ok))
         return grad, hess
     gamma = theta[ok] ** 2
     # blocked: the average information in place of the Hessian

@@ -83,12 +83,15 @@ def _line_search(x, f, grad, step, lower, evaluate, max_step):
     return None, np.nan
 
 
+_DEFAULT = BoxOptions()
+
+
 def minimise_box(
     x: np.ndarray,
     evaluate: Callable[[np.ndarray], float],
     derivatives: Derivatives,
     lower: np.ndarray,
-    opt: BoxOptions = BoxOptions(),
+    opt: BoxOptions = _DEFAULT,
     known: Sequence[np.ndarray] = (),
 ) -> tuple[float, bool, int, bool]:
     """Minimise from ``x`` (updated in place) subject to ``x >= lower``.
