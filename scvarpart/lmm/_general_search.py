@@ -37,6 +37,7 @@ class SearchOptions(NamedTuple):
     below: np.ndarray  # (k,) parameters below a diagonal one in its column of T
     even: np.ndarray  # (k,) diagonal parameters alone in their column (criterion even)
     threshold: np.ndarray  # (k,) theta above which a diagonal parameter steps in log
+    scale: np.ndarray  # (k,) theta at which its coefficient's variance starts to show
     nxt: np.ndarray  # (k,) of a diagonal parameter: the next diagonal one of its T (-1: none)
     tol: float = 1e-10
     stall_tol: float = 1e-6
@@ -97,7 +98,7 @@ def scratch(k):
 def _choose_modes(x, sc, opt):
     """The coordinates of each parameter at ``x`` (see :data:`LINEAR`)."""
     for j in range(x.shape[0]):
-        if opt.below[j] >= 0 and opt.lower[j] == 0.0 and x[j] > opt.threshold[j]:
+        if x[j] > opt.threshold[j]:
             mode = LOG
         elif opt.even[j]:
             mode = SQUARE
@@ -190,13 +191,17 @@ def _reduced_step(sc):  # noqa: C901
 
 @nb.njit(cache=True, nogil=True)
 def _near(x, y, opt):
-    """Whether ``x`` is near ``y``: relatively in log above the threshold, else absolutely."""
+    """Whether ``x`` is near ``y`` in every parameter.
+
+    Relatively, in log, for random intercepts above their threshold; otherwise within
+    ``near`` times the parameter's scale plus its size.
+    """
     for j in range(x.shape[0]):
         a, b, t = x[j], y[j], opt.threshold[j]
-        if opt.lower[j] == 0.0 and a > t and b > t:
+        if a > t and b > t:
             if abs(math.log(a / b)) > 4.0 * opt.near:
                 return False
-        elif abs(a - b) > opt.near * (t if opt.lower[j] == 0.0 else 1.0 + abs(b)):
+        elif abs(a - b) > opt.near * (opt.scale[j] + abs(b)):
             return False
     return True
 
@@ -233,7 +238,7 @@ def _active_set(sc, opt):
     for j in range(k):
         width = eps
         if sc.mode[j] == SQUARE:  # gamma is small: within a fraction of its scale
-            width = min(eps, 1e-2 * opt.threshold[j] ** 2)
+            width = min(eps, 1e-2 * opt.scale[j] ** 2)
         sc.at_bound[j] = sc.y[j] - sc.ylow[j] <= width and sc.grad[j] > 0.0
         if sc.at_bound[j] and sc.y[j] != sc.ylow[j]:
             pending = True
@@ -334,7 +339,7 @@ def _step_length(sc, opt):
             t = min(t, log_growth / s)
         elif sc.mode[j] == SQUARE:
             if sc.step[j] > 0.0:
-                t = min(t, (opt.max_growth * sc.y[j] + opt.threshold[j] ** 2) / s)
+                t = min(t, (opt.max_growth * sc.y[j] + opt.scale[j] ** 2) / s)
         else:
             t = min(t, opt.max_step * (1.0 + abs(sc.y[j])) / s)
     return t

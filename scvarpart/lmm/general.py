@@ -163,21 +163,24 @@ def general_design(
 def search_options(gram: DesignGram, terms: list[ReTerm]) -> SearchOptions:
     """Bounds and coordinates of every parameter for the search.
 
-    A random intercept's scale is the ``theta`` at which its levels' means start to
-    inform its variance, ``sqrt(levels / observations)`` (their sum of squares of ``Z``
-    for a known covariance); above it the parameter steps in ``log theta``.
+    The scale of coefficient ``a`` of a term is the ``theta`` at which its levels start
+    to inform its variance, ``sqrt(levels / sum z_a^2)`` over the observations (for a
+    random intercept ``sqrt(levels / observations)``; the sum of squares of ``Z R`` for
+    a known covariance). A random intercept above its scale steps in ``log theta``.
     """
     diag = np.asarray(sp.csr_matrix(gram.ZtZ).diagonal())
-    lower, below, even, threshold, nxt = [], [], [], [], []
+    lower, below, even, threshold, scales, nxt = [], [], [], [], [], []
     offset = toff = 0
     for t in terms:
         r, pos = t.n_coef, [tuple(p) for p in t.positions]
+        sums = [diag[offset + a : offset + t.n_columns : r].sum() for a in range(r)]
         for a, b in pos:
             diagonal = a == b
+            scale = np.sqrt(t.n_levels / sums[a]) if sums[a] > 0 else 1.0
             lower.append(0.0 if diagonal else -np.inf)
             below.append(r - 1 - b if diagonal else 0)
             even.append(diagonal and b == r - 1)
-            scale = np.sqrt(t.n_levels / diag[offset : offset + t.n_columns].sum())
+            scales.append(scale)
             threshold.append(scale if (diagonal and r == 1) else np.inf)
             nxt.append(toff + pos.index((b + 1, b + 1)) if diagonal and b + 1 < r else -1)
         offset += t.n_columns
@@ -187,6 +190,7 @@ def search_options(gram: DesignGram, terms: list[ReTerm]) -> SearchOptions:
         below=np.array(below, dtype=np.int64),
         even=np.array(even),
         threshold=np.array(threshold),
+        scale=np.array(scales),
         nxt=np.array(nxt, dtype=np.int64),
     )
 
