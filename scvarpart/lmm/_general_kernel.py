@@ -82,7 +82,8 @@ class Work(NamedTuple):
     Lb: np.ndarray  # (r1, r1, l1) Cholesky factors of T'C_l T + I
     H: np.ndarray  # (r1, r1, l1) H_l = L_l^-1 T'
     HEt: np.ndarray  # (m2, q1) (H_l E_l)'
-    HE: np.ndarray  # (q1, m2) H_l E_l
+    HE: np.ndarray  # (q1, m2p) H_l E_l, columns padded with zeros to a multiple of 4
+    GN: np.ndarray  # (m2p, m2p) HE' HE
     Nt: np.ndarray  # (m2, m2) [Z_R X]' V_1^-1 [Z_R X]
     NP: np.ndarray  # (m2, m2) Nt P
     L: np.ndarray  # (m2, m2) Cholesky factor of S = P' Nt P + diag(I, 0)
@@ -103,8 +104,8 @@ class Work(NamedTuple):
     QRR: np.ndarray  # (q2, q2)
     YY: np.ndarray  # (r1, r1, l1) Y_l'Y_l
     QL: np.ndarray  # (r1, r1, l1) diagonal blocks K_l - Y_l'Y_l
-    Gc: np.ndarray  # (r1, r1, m2, m2) sum_l Y_l[:, a] Y_l[:, c]' (a <= c)
-    YT: np.ndarray  # (r1, l1, m2) the eliminated term's columns of Y, transposed
+    Gc: np.ndarray  # (r1, r1, m2p, m2p) sum_l Y_l[:, a] Y_l[:, c]' (a <= c)
+    YT: np.ndarray  # (r1, l1, m2p) the eliminated term's columns of Y, transposed (padded)
     Rk: np.ndarray  # (k, m2, m2) sum_l Y_l A_k Y_l'
     PA: np.ndarray  # (k, r1, r1, l1) QL A_k per level
     PY: np.ndarray  # (k, r1, r1, l1) YY A_k per level
@@ -131,12 +132,14 @@ def workspace(dz, k):
     m2 = q2 + dz.p
     q = q1 + q2
     nR = dz.rt_col.shape[0]
+    m2p = (m2 + 3) // 4 * 4  # for the 2 x 4 tiles of _gram_tiles
     return Work(
         np.zeros((nR + 1, rmax, rmax)),
         np.zeros((r1, r1, l1)),
         np.zeros((r1, r1, l1)),
         np.zeros((m2, q1)),
-        np.zeros((q1, m2)),
+        np.zeros((q1, m2p)),
+        np.zeros((m2p, m2p)),
         np.zeros((m2, m2)),
         np.zeros((m2, m2)),
         np.zeros((m2, m2)),
@@ -157,8 +160,8 @@ def workspace(dz, k):
         np.zeros((q2, q2)),
         np.zeros((r1, r1, l1)),
         np.zeros((r1, r1, l1)),
-        np.zeros((r1, r1, m2, m2)),
-        np.zeros((r1, l1, m2)),
+        np.zeros((r1, r1, m2p, m2p)),
+        np.zeros((r1, l1, m2p)),
         np.zeros((k, m2, m2)),
         np.zeros((k, r1, r1, l1)),
         np.zeros((k, r1, r1, l1)),
@@ -320,38 +323,46 @@ def _axpy(alpha, x, y):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _gram(A, a0, At, n, length, G, symmetric):
-    """``G[:n, :n] = A[:n, a0:a0+length] B'`` given ``At`` (``B``'s transpose).
+def _gram_tiles(At, Bt, n, length, G, symmetric):
+    """``G[i, j] = sum_t At[t, i] Bt[t, j]`` for ``i, j < n`` (``G`` at least ``n4 x n4``).
 
-    ``B = A`` where ``symmetric``: then only the upper triangle is summed, and mirrored.
-    Row by row of ``G`` (two at a time), each a sum of multiples of rows of ``At``:
-    contiguous updates, vectorised without reassociating any sum (every entry adds its
-    products in the order of the columns of ``A``; mirrored entries are the same sums).
+    ``At`` and ``Bt`` have their columns padded with zeros to ``n4``, a multiple of 4:
+    the sums run in blocks of 2 x 4 entries, eight independent chains of products whose
+    operands load together, each entry adding its products in the order of ``t`` (no
+    reassociation). Where ``symmetric`` (``At`` is ``Bt``), only blocks on or above the
+    diagonal are summed, and mirrored.
     """
-    i = 0
-    while i + 1 < n:
-        j0 = i if symmetric else 0
-        G0, G1 = G[i], G[i + 1]
-        A0, A1 = A[i], A[i + 1]
-        for j in range(j0, n):
-            G0[j] = 0.0
-            G1[j] = 0.0
-        for t in range(length):
-            y0, y1 = A0[a0 + t], A1[a0 + t]
-            Ar = At[t]
-            for j in range(j0, n):
-                G0[j] += y0 * Ar[j]
-                G1[j] += y1 * Ar[j]
-        i += 2
-    if i < n:
-        Gi, Ai = G[i], A[i]
-        for j in range(i if symmetric else 0, n):
-            Gi[j] = 0.0
-        for t in range(length):
-            y = Ai[a0 + t]
-            Ar = At[t]
-            for j in range(i if symmetric else 0, n):
-                Gi[j] += y * Ar[j]
+    n4 = (n + 3) // 4 * 4
+    for i0 in range(0, n4, 2):
+        for j0 in range((i0 // 4) * 4 if symmetric else 0, n4, 4):
+            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
+            for t in range(length):
+                a = At[t]
+                b = Bt[t]
+                u0 = a[i0]
+                u1 = a[i0 + 1]
+                v0 = b[j0]
+                v1 = b[j0 + 1]
+                v2 = b[j0 + 2]
+                v3 = b[j0 + 3]
+                c00 += u0 * v0
+                c01 += u0 * v1
+                c02 += u0 * v2
+                c03 += u0 * v3
+                c10 += u1 * v0
+                c11 += u1 * v1
+                c12 += u1 * v2
+                c13 += u1 * v3
+            G0 = G[i0]
+            G1 = G[i0 + 1]
+            G0[j0] = c00
+            G0[j0 + 1] = c01
+            G0[j0 + 2] = c02
+            G0[j0 + 3] = c03
+            G1[j0] = c10
+            G1[j0 + 1] = c11
+            G1[j0 + 2] = c12
+            G1[j0 + 3] = c13
     if symmetric:
         for i in range(n):
             for j in range(i):
@@ -451,16 +462,16 @@ def _eliminate_levels(C1, E1t, T, Lb, H, HEt, r1, l1):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _reduced_gram(GWW, HEt, HE, Nt):
-    """``Nt = G_WW - HE' HE`` (with ``HE`` the transpose of ``HEt``, filled here)."""
+def _reduced_gram(GWW, HEt, HE, GN, Nt):
+    """``Nt = G_WW - HE' HE`` (``HE``, the transpose of ``HEt`` padded, filled here)."""
     m2, q1 = HEt.shape
     for i in range(m2):
         for t in range(q1):
             HE[t, i] = HEt[i, t]
-    _gram(HEt, 0, HE, m2, q1, Nt, True)
+    _gram_tiles(HE, HE, m2, q1, GN, True)
     for i in range(m2):
         for j in range(m2):
-            Nt[i, j] = GWW[i, j] - Nt[i, j]
+            Nt[i, j] = GWW[i, j] - GN[i, j]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -505,7 +516,7 @@ def factor_design(theta, dz, w):
         logdet_1 = _eliminate_levels(dz.C1, dz.E1t, w.T[nR], w.Lb, w.H, w.HEt, dz.r1, dz.l1)
         if not np.isfinite(logdet_1):
             return np.nan, np.nan
-    _reduced_gram(dz.GWW, w.HEt, w.HE, w.Nt)
+    _reduced_gram(dz.GWW, w.HEt, w.HE, w.GN, w.Nt)
     q2 = dz.idxR.shape[0]
     logdet_v, logdet_x = _schur_factor(w.Nt, w.NP, w.L, q2, dz.rt_col, dz.rt_lev, dz.rt_r, w.T)
     return logdet_1 + logdet_v, logdet_x
@@ -814,7 +825,11 @@ def _residual_parts(u, A, span, K1, K1Rt, Nt, Y, V, KV, YV, l1, r1):
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _gram_blocks(Y, YT, Gc, rows, l1, r1):
-    """``Gc[a, c] = sum_l Y_l[:, a] Y_l[:, c]'`` for ``a <= c`` (``rows x rows``)."""
+    """``Gc[a, c] = sum_l Y_l[:, a] Y_l[:, c]'`` for ``a <= c`` (``rows x rows``).
+
+    ``YT`` (the columns of ``Y``, transposed) keeps zeros beyond ``rows`` from its
+    allocation: ``rows`` is the same at every call.
+    """
     for c in range(r1):
         for i in range(rows):
             Yi = Y[i]
@@ -822,7 +837,7 @@ def _gram_blocks(Y, YT, Gc, rows, l1, r1):
                 YT[c, t, i] = Yi[c * l1 + t]
     for a in range(r1):
         for c in range(a, r1):
-            _gram(Y, a * l1, YT[c], rows, l1, Gc[a, c], a == c)
+            _gram_tiles(YT[a], YT[c], rows, l1, Gc[a, c], a == c)
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
