@@ -451,6 +451,10 @@ def estimates_at(x, zy, xy, ss, dz, w, dev, r2, beta, g):
         fixed_effects(dz, w, beta[g])
 
 
+# Fraction of its scale below which a diagonal entry of a term with several
+# coefficients counts as (nearly) rank-deficient.
+_DEGENERATE = 0.1
+
 # Relative improvement of the criterion below which a later descent does not replace an
 # earlier one (which of two descents to one optimum ends lower is rounding).
 TIE = 1e-10
@@ -476,14 +480,25 @@ def _candidates(gene_starts, fixed_starts, opt, cand):
 
 
 @nb.njit(cache=True, nogil=True)
+def _degenerate(x, opt):
+    """Whether a diagonal entry of a term with several coefficients is below its scale."""
+    for j in range(x.shape[0]):
+        several = opt.nxt[j] >= 0 or (opt.even[j] and opt.threshold[j] == np.inf)
+        if several and x[j] < _DEGENERATE * opt.scale[j]:
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
 def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough, buf, x):
     """The best optimum of one gene over its candidate starts, into ``x``.
 
     Screens the candidates by their criterion (thorough: every one; otherwise the
     gene's own and the first shared one) and descends from them best first: thorough,
     from every one, abandoning descents that come near an optimum found before;
-    otherwise until a descent converges. Returns (criterion, converged, Newton
-    iterations, descents).
+    otherwise until a descent converges, and once more from lme4's start (the first
+    shared one) where a term of several coefficients ends near rank-deficient. Returns
+    (criterion, converged, Newton iterations, descents).
     """
     cand, vals, known, trial = buf
     n, own = _candidates(gene_starts, fixed_starts, opt, cand)
@@ -501,9 +516,15 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     descents = 0
     n_known = 0
     x[:] = np.nan
+    second = False
     for i in order:
         if converged and not thorough:
-            break
+            # a covariance of several coefficients near rank-deficient: such optima
+            # often have a rival basin, which lme4's start finds
+            if second or own == n or not _degenerate(x, opt):
+                break
+            second = True
+            i = own
         trial[:] = cand[i]
         f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known)
         n_iter += it

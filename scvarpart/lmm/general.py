@@ -42,11 +42,14 @@ compiled (:mod:`._general_kernel`); a batch of genes is one call without the GIL
 **Search** (:mod:`._general_search`): projected Newton (Bertsekas 1982) with the exact
 Hessian, stepping in ``gamma = theta^2`` for a diagonal entry alone in its column of
 ``T`` (where the criterion is smooth at 0 with a derivative that need not vanish
-there), in ``log theta`` for random intercepts above their scale, else in ``theta``;
-``T``'s columns are turned and rotated where a diagonal entry at 0 would otherwise stop
-a descent at a point that is no optimum of the covariance. It starts from moment
-estimates (:mod:`._general_starts`), lme4's start and faces of it, best first; with
-few observations per random effect, from all of them.
+there), in ``log theta`` for other diagonal entries above their scale, else in
+``theta``; ``T``'s columns are turned and rotated where a diagonal entry at 0 would
+otherwise stop a descent at a point that is no optimum of the covariance. With few
+observations per random effect (``thorough``) it descends from moment estimates
+(:mod:`._general_starts`), lme4's start and faces of it, best first, abandoning
+descents that come near an optimum found before; with many, from the better of the
+moment estimates and lme4's start, and from lme4's start too where a term of several
+coefficients ends near rank-deficient (such optima often have a rival).
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def search_options(gram: DesignGram, terms: list[ReTerm]) -> SearchOptions:
             below.append(r - 1 - b if diagonal else 0)
             even.append(diagonal and b == r - 1)
             scales.append(scale)
-            threshold.append(scale if (diagonal and r == 1) else np.inf)
+            threshold.append(scale if diagonal and (r == 1 or b < r - 1) else np.inf)
             nxt.append(toff + pos.index((b + 1, b + 1)) if diagonal and b + 1 < r else -1)
         offset += t.n_columns
         toff += t.n_theta
