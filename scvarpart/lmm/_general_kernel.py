@@ -810,15 +810,20 @@ def _residual_parts(u, A, span, K1, K1Rt, Nt, Y, V, KV, YV, l1, r1):
             for b in range(r):
                 acc += A[a, b] * u[c0 + b * step]
             V[c0 + a * step] = acc
-    # K V: K_l blocks and K_1R on the eliminated term, Nt_RR on the others
-    _apply_blocks(K1, V[:q1], KV[:q1], l1, r1)
-    V1 = V[:q1]
-    for i in range(q2):
-        Ki = K1Rt[i]
-        KV[q1 + i] = _dot(Ki, V1) + _dot(Nt[i, :q2], V[q1:])
-        _axpy(V[q1 + i], Ki, KV[:q1])
+    # K V, over V's support: the eliminated term's (K_l blocks, K_1R) or another's
     lo = first if first >= q1 else 0
     hi = first + n_lev * r if first >= q1 else q1
+    if first < q1:
+        _apply_blocks(K1, V[:q1], KV[:q1], l1, r1)
+        V1 = V[:q1]
+        for i in range(q2):
+            KV[q1 + i] = _dot(K1Rt[i], V1)
+    else:
+        KV[:q1] = 0.0
+        for c in range(lo, hi):
+            _axpy(V[c], K1Rt[c - q1], KV[:q1])
+        for i in range(q2):
+            KV[q1 + i] = _dot(Nt[i, lo - q1 : hi - q1], V[lo:hi])
     for t in range(Y.shape[0]):
         YV[t] = _dot(Y[t, lo:hi], V[lo:hi])
 
@@ -1024,11 +1029,7 @@ def derivatives(theta, dz, w, r2, grad, hess, square):
         _residual_parts(
             w.u, w.A[j], span, w.K1, w.K1Rt, w.Nt, w.Y, w.V[j], w.KV[j], w.YV[j], l1, r1
         )
-    for j in range(k):
-        for m in range(j, k):
-            h = -hess[j, m] + _second(dz, w, square, j, m, r2)
-            hess[j, m] = h
-            hess[m, j] = h
+    _second(w.V, w.KV, w.YV, w.SQ, w.SU, dr2, dz.par_slot, dz.par_a, dz.par_b, square, nu, r2, hess)
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -1041,23 +1042,26 @@ def _trace(S, A, r):
     return acc
 
 
-@nb.njit(cache=True, nogil=True)
-def _second(dz, w, square, j, m, r2):
-    """The Hessian's entry ``(j, m)`` but for ``-tr(Q dG_j Q dG_m)``.
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _second(V, KV, YV, SQ, SU, dr2, slot, pa, pb, square, nu, r2, hess):
+    """Adds all but ``-tr(Q dG_j Q dG_m)`` to the Hessian (which holds that trace).
 
     ``tr(Q d2Gamma) + nu (d2 r2 / r2 - d r2_j d r2_m / r2^2)``, with ``d2 r2 = 2 v_j'Q v_m
     - u' d2Gamma u`` (``v = dGamma u``; ``d2Gamma`` is 0 in ``gamma`` and between
     different columns of ``T``).
     """
-    vq = _dot(w.V[j], w.KV[m]) - _dot(w.YV[j], w.YV[m])
-    h = 0.0
-    d2r2 = 2.0 * vq
-    sj = dz.par_slot[j]
-    if dz.par_slot[m] == sj and dz.par_b[j] == dz.par_b[m] and not (square[j] or square[m]):
-        a, c = dz.par_a[j], dz.par_a[m]
-        h += 2.0 * w.SQ[sj, a, c]
-        d2r2 -= 2.0 * w.SU[sj, a, c]
-    return h + dz.nu * (d2r2 / r2 - w.dr2[j] * w.dr2[m] / (r2 * r2))
+    k = V.shape[0]
+    for j in range(k):
+        for m in range(j, k):
+            d2r2 = 2.0 * (_dot(V[j], KV[m]) - _dot(YV[j], YV[m]))
+            h = -hess[j, m]
+            s = slot[j]
+            if slot[m] == s and pb[j] == pb[m] and not (square[j] or square[m]):
+                h += 2.0 * SQ[s, pa[j], pa[m]]
+                d2r2 -= 2.0 * SU[s, pa[j], pa[m]]
+            h += nu * (d2r2 / r2 - dr2[j] * dr2[m] / (r2 * r2))
+            hess[j, m] = h
+            hess[m, j] = h
 
 
 @nb.njit(cache=True, nogil=True)
