@@ -58,6 +58,8 @@ _FLAT = 1e-6
 
 
 class Scratch(NamedTuple):
+    """Scratch arrays of one descent (``k`` parameters), allocated once per batch."""
+
     grad: np.ndarray  # in the mixed coordinates
     hess: np.ndarray
     step: np.ndarray
@@ -76,6 +78,7 @@ class Scratch(NamedTuple):
 
 @nb.njit(cache=True, nogil=True)
 def scratch(k):
+    """A :class:`Scratch` for ``k`` parameters."""
     return Scratch(
         np.empty(k),
         np.empty((k, k)),
@@ -193,8 +196,8 @@ def _reduced_step(sc):  # noqa: C901
 def _near(x, y, opt):
     """Whether ``x`` is near ``y`` in every parameter.
 
-    Relatively, in log, for random intercepts above their threshold; otherwise within
-    ``near`` times the parameter's scale plus its size.
+    Relatively, in log, for diagonal entries above their threshold (those that step in
+    log); otherwise within ``near`` times the parameter's scale plus its size.
     """
     for j in range(x.shape[0]):
         a, b, t = x[j], y[j], opt.threshold[j]
