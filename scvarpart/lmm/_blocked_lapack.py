@@ -79,6 +79,7 @@ class LapackSchur(ProfiledDeviance):
         self.rest_levels = [np.flatnonzero(self.rest_factor == j) for j in range(self.k)]
         self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))
         self._last: _Factor | None = None
+        self._last_gram: tuple[float, np.ndarray] | None = None
         self._grid = None
 
     # -- the factorisation -------------------------------------------------------
@@ -95,8 +96,10 @@ class LapackSchur(ProfiledDeviance):
         t1 = gamma[self.big]
         w = 1.0 / (t1 * self.d + 1.0)
         s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
-        N = self.G22 - t1 * self._gram(w)
-        S = N * s[:, None] * s[None, :]
+        N = self._weighted_gram(t1, w) * -t1
+        N += self.G22
+        S = N * s[:, None]
+        S *= s[None, :]
         S[np.arange(self.q2), np.arange(self.q2)] += 1.0
         try:
             L = scipy.linalg.cholesky(S, lower=True, check_finite=False)
@@ -114,6 +117,16 @@ class LapackSchur(ProfiledDeviance):
         )
         self._last = fac
         return fac
+
+    def _weighted_gram(self, t1: float, w: np.ndarray) -> np.ndarray:
+        """``E' diag(w) E`` for the eliminated ratio ``t1``, kept for the next call.
+
+        Grid points that share ``t1`` share it: the screen visits them in a row.
+        """
+        last = self._last_gram  # one read: batches may run in threads
+        if last is None or last[0] != t1:
+            last = self._last_gram = (t1, self._gram(w))
+        return last[1]
 
     def _gram(self, weight: np.ndarray) -> np.ndarray:
         """``E' diag(weight) E``, dense."""
@@ -286,8 +299,9 @@ class LapackSchur(ProfiledDeviance):
         """
         grid = self.grid
         values = np.full((len(ss), len(grid)), np.inf)
-        for p, gamma in enumerate(grid.gamma):
-            fac = self._factor(gamma)
+        # points sharing the eliminated factor's ratio in a row: one E' diag(w) E each
+        for p in np.argsort(grid.gamma[:, self.big], kind="stable"):
+            fac = self._factor(grid.gamma[p])
             if fac is None:
                 continue
             r2, _ = self._residual(fac, B1, B2, ss)

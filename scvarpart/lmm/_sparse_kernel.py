@@ -215,17 +215,16 @@ def analyse(adj: np.ndarray, n_free: int, max_fill: float):
     """A fill-reducing order and the pattern of ``L``, or ``None`` where ``L`` is dense.
 
     Dense: more than ``max_fill`` of its strict lower triangle is structurally
-    non-zero. The better (fewer entries of ``L``) of minimum degree and the
-    given order is taken; the last ``len(adj) - n_free`` nodes stay last.
+    non-zero under minimum degree. The better (fewer entries of ``L``) of minimum
+    degree and the given order is taken; the last ``len(adj) - n_free`` nodes stay
+    last.
     """
     m = adj.shape[0]
-    limit = int(max_fill * m * (m - 1) / 2)
-    md, fill_md = _eliminate(adj.copy(), n_free, limit)
-    natural, fill_nat = _eliminate(adj.copy(), 0, limit)
-    candidates = [(f, o) for f, o in ((fill_md, md), (fill_nat, natural)) if len(o)]
-    if not candidates:
+    md, fill_md = _eliminate(adj.copy(), n_free, int(max_fill * m * (m - 1) / 2))
+    if not len(md):  # the given order is rarely better: not worth a second count
         return None
-    order = min(candidates, key=lambda c: c[0])[1]
+    natural, _ = _eliminate(adj.copy(), 0, fill_md - 1)  # stops once no better
+    order = natural if len(natural) else md
     Lp, Li = symbolic(adj, order)
     return order, Lp, Li
 

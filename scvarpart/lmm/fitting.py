@@ -204,7 +204,9 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
         bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
         x[bad], dev[bad] = np.nan, np.nan
         beta_cov = eng.fixed_covariance(x, sigma2)
-    return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov
+        theta = x if isinstance(eng, GeneralDeviance) else np.sqrt(x)
+        grad, hess = _theta_derivatives(eng, theta, stats)
+    return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov, grad, hess
 
 
 def _unit_scale(stats: ResponseStats) -> np.ndarray:
@@ -319,10 +321,13 @@ def fit_lmm(
     n_iter = np.zeros(G, dtype=int)
     descents = np.zeros(G, dtype=int)
     beta_cov = np.full((G, p, p), np.nan)
+    # in theta at each optimum: scale-free, the same in the gene's own units
+    gradient, hessian = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
     if results:  # batches are consecutive pieces of `todo`
         parts = [np.concatenate(column) for column in zip(*results, strict=True)]
         gamma[todo], sigma2[todo], beta[todo], deviance[todo] = parts[:4]
-        converged[todo], n_iter[todo], descents[todo], beta_cov[todo] = parts[4:]
+        converged[todo], n_iter[todo], descents[todo], beta_cov[todo] = parts[4:8]
+        gradient[todo], hessian[todo] = parts[8:]
     # back to the gene's own units (exact: the units are powers of two)
     sigma2 *= unit**2
     beta *= unit[:, None]
@@ -334,6 +339,7 @@ def fit_lmm(
     bad = error != ""
     gamma[bad], sigma2[bad], beta[bad], deviance[bad] = np.nan, np.nan, np.nan, np.nan
     beta_cov[bad] = np.nan
+    gradient[bad], hessian[bad] = np.nan, np.nan
     converged[bad] = False
 
     # back to the uncentred parametrisation: the intercept absorbs the means,
@@ -356,9 +362,9 @@ def fit_lmm(
         beta_cov=beta_cov,
         theta=gamma if general else np.sqrt(gamma),
         terms=tuple(terms),
+        gradient=gradient,
+        hessian=hessian,
     )
-    with _one_blas_thread():
-        fit.gradient, fit.hessian = _theta_derivatives(eng, np.asarray(fit.theta), normed)
     return fit
 
 
