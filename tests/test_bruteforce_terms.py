@@ -6,7 +6,9 @@ explicitly, profiles ``beta`` and ``sigma^2`` by generalised least squares, and
 minimises the ML deviance or REML criterion over ``theta`` with L-BFGS-B from many
 starts. No code is shared with the package. The package's optimum must be at least
 as good as the best the brute force finds, and its reported criterion must be the
-dense likelihood's value at its own estimates.
+dense likelihood's value at its own estimates. At those estimates, the BLUPs and
+their conditional variances must be the dense formulas' ``Sigma Z' V^-1 (y - X beta)``
+and ``Sigma - Sigma Z' V^-1 Z Sigma``.
 """
 
 from __future__ import annotations
@@ -75,10 +77,9 @@ def _blocks(obs, formula, options):
     return [(Zg * t[:, None], 1, None), (Zh, 1, None)]
 
 
-def _criterion(theta, y, X, blocks, w, reml):
-    n, p = X.shape
-    V = np.diag(1.0 / w)
-    pos = 0
+def _term_covariances(theta, blocks):
+    """Per term, the covariance of its effects over ``sigma^2`` (levels x coefficients)."""
+    out, pos = [], 0
     for Z, r, K in blocks:
         m = r * (r + 1) // 2
         rows, cols = [], []
@@ -91,16 +92,38 @@ def _criterion(theta, y, X, blocks, w, reml):
         pos += m
         S = T @ T.T
         levels = Z.shape[1] // r
-        cov = np.kron(np.eye(levels), S) if K is None else K * S[0, 0]
+        out.append(np.kron(np.eye(levels), S) if K is None else K * S[0, 0])
+    return out
+
+
+def _gls(theta, y, X, blocks, w):
+    """``V`` over ``sigma^2``, its inverse, ``X'V^-1X``, the GLS ``beta`` and residuals."""
+    V = np.diag(1.0 / w)
+    for (Z, _, _), cov in zip(blocks, _term_covariances(theta, blocks), strict=True):
         V += Z @ cov @ Z.T
     Vi = np.linalg.inv(V)
     A = X.T @ Vi @ X
     beta = np.linalg.solve(A, X.T @ Vi @ y)
-    res = y - X @ beta
+    return V, Vi, A, y - X @ beta
+
+
+def _criterion(theta, y, X, blocks, w, reml):
+    n, p = X.shape
+    V, Vi, A, res = _gls(theta, y, X, blocks, w)
     nu = n - p if reml else n
     r2 = res @ Vi @ res
     dev = np.linalg.slogdet(V)[1] + nu * (1 + np.log(2 * np.pi * r2 / nu))
     return dev + (np.linalg.slogdet(A)[1] if reml else 0.0)
+
+
+def _blups(theta, sigma2, y, X, blocks, w):
+    """Per term, ``E(b | y)`` and ``diag Var(b | y)`` given ``beta`` (lme4's condVar)."""
+    _, Vi, _, res = _gls(theta, y, X, blocks, w)
+    out = []
+    for (Z, _, _), cov in zip(blocks, _term_covariances(theta, blocks), strict=True):
+        CZ = cov @ Z.T
+        out.append((CZ @ Vi @ res, sigma2 * np.diag(cov - CZ @ Vi @ CZ.T)))
+    return out
 
 
 def _lower(blocks):
@@ -127,6 +150,13 @@ def _brute(y, X, blocks, w, reml, seed, starts):
 
 
 KINDS = ["slope", "uncorrelated", "kinship", "weights"]
+# the package's names of the terms of each kind, in the order of _blocks
+TERM_NAMES = {
+    "slope": ["g", "h"],
+    "uncorrelated": ["g", "g.t"],
+    "kinship": ["g", "h"],
+    "weights": ["g.t", "h"],
+}
 
 
 def _check(kind, reml, seed, starts):
@@ -156,3 +186,23 @@ def test_optimum_at_least_as_good_as_brute_force(kind, reml, seed):
 @pytest.mark.parametrize("seed", range(2, 30))
 def test_optimum_at_least_as_good_as_brute_force_many(kind, reml, seed):
     _check(kind, reml, seed, starts=25)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_blups_are_the_dense_conditional_means_and_variances(kind, seed):
+    """BLUPs and conditional variances from the statistics = the n x n formulas."""
+    obs, y, formula, options = _design(kind, seed)
+    res = svp.lmm.fit(formula, y[:, None], obs=obs, method="REML", store_blups=True, **options)
+    X = np.column_stack([np.ones(N), obs["x"]])
+    blocks = _blocks(obs, formula, options)
+    w = obs["w"].to_numpy() if "weights" in options else np.ones(N)
+    theta = res.theta.iloc[0].to_numpy()
+    sigma2 = res.variance["Residual"].iloc[0]
+    if "weights" in options:  # the residual component is sigma^2 mean(1/w)
+        sigma2 /= np.mean(1.0 / w)
+    for name, (mode, var) in zip(
+        TERM_NAMES[kind], _blups(theta, sigma2, y, X, blocks, w), strict=True
+    ):
+        np.testing.assert_allclose(res.blups[name].iloc[0], mode, atol=1e-9 * np.abs(y).max())
+        np.testing.assert_allclose(res.blup_var[name].iloc[0], var, rtol=1e-8, atol=1e-14)

@@ -1,7 +1,7 @@
 """The compiled general engine (random slopes, known covariances, weights).
 
 Its criterion, gradient and Hessian against finite differences and against the dense
-NumPy reference (:mod:`scvarpart.lmm._general_reference`, checked against lme4); its
+NumPy reference (``tests/reference_general.py``, checked against lme4); its
 search against the reference's on random designs; and its fits against lme4 on every
 gene of the simulated slope, kinship and weights datasets (``tests/data/lme4_terms``).
 """
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from conftest import DATA
+from reference_general import ReferenceGeneralDeviance
 
 import scvarpart as svp
 from scvarpart.lmm import fit_lmm
-from scvarpart.lmm._general_reference import ReferenceGeneralDeviance
 from scvarpart.lmm.general import GeneralDeviance
 from scvarpart.lmm.terms import ReTerm
 from scvarpart.suffstats import DesignGram, ResponseStats

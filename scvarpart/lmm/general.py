@@ -61,7 +61,6 @@ import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
 from ._general_kernel import DERIVATIVES, DEVIANCE, ESTIMATES, GeneralDesign
-from ._general_reference import ReferenceGeneralDeviance
 from ._general_search import FACTORS, MINIMISE, SEARCH, Batch, SearchOptions, run_batch
 from ._general_starts import MomentStarts
 from .profiled import ProfiledDeviance
@@ -313,15 +312,6 @@ class GeneralDeviance(ProfiledDeviance):
     def fixed_factor(self, gamma: np.ndarray) -> np.ndarray:
         """Lower Cholesky factor of ``X'V^-1 X`` at each row (``G x p x p``, NaN if none)."""
         return self._run(FACTORS, gamma).factors
-
-    def modes(self, theta: np.ndarray, stats: ResponseStats) -> tuple[np.ndarray, np.ndarray]:
-        """Conditional modes ``Lambda u`` of the random effects and their variances.
-
-        Returns ``(G, q)`` modes and ``(G, q)`` conditional variances over ``sigma^2``
-        (lme4's ``condVar``, which treats ``beta`` as known); dense algebra of the size
-        of the whole system, gene by gene.
-        """
-        return ReferenceGeneralDeviance(self.gram, self.terms, self.reml).modes(theta, stats)
 
     # -- the search -------------------------------------------------------------------
 

@@ -2,28 +2,42 @@
 
 At the optimum ``theta`` of a gene, the random effects' conditional modes are
 ``b = Lambda u`` with ``u`` the random-effect part of the solution of the penalised
-system ``Omega [u; beta] = P' [Z'y; X'y]`` (notation of :mod:`.general`), and their
+system ``Omega [u; beta] = [Lambda'Z'y; X'y]`` (notation of :mod:`.general`), and their
 conditional covariance given ``beta`` is ``sigma^2 Lambda Omega_uu^-1 Lambda'``, as lme4's
 ``ranef(condVar = TRUE)``. For a term with a known covariance ``K = R R'`` between its
-levels the effects on the levels are ``R b`` (:mod:`scvarpart.design.relmat`). Everything
-comes from the sufficient statistics; a dense factorisation of the size of ``Omega``
-per gene.
+levels the effects on the levels are ``R b`` (:mod:`scvarpart.design.relmat`).
+
+Everything comes from the sufficient statistics. As the engines do, the largest term
+with independent levels (``e``) is eliminated level by level: its block ``A`` of
+``Omega`` is block diagonal (``r x r`` per level), which leaves the dense Schur
+complement ``S = C - B' A^-1 B`` over the other terms' levels and the fixed effects.
+Then ``Omega_uu^-1`` is ``S_RR^-1`` on the other levels (``S_RR`` the levels' block of
+``S``) and, on level ``l`` of ``e``, ``A_l^-1 + A_l^-1 B_l S_RR^-1 B_l' A_l^-1`` with
+``B_l`` that level's (sparse) rows of ``B``. The per-gene cost is a factorisation of
+``S``: thousands of levels of one factor (cells' donors, InstEval's students) cost
+nothing beyond their number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
-from .terms import ReTerm, lambda_matrix
+from .terms import ReTerm
 
-__all__ = ["MAX_MODES_SIZE", "conditional_modes"]
+__all__ = ["MAX_DENSE_SIZE", "conditional_modes"]
 
-#: Largest number of random effects for which modes are computed (dense algebra).
-MAX_MODES_SIZE = 3000
+#: Largest Schur complement (levels of the terms not eliminated plus fixed effects) for
+#: which modes are computed: it is factorised densely, gene by gene.
+MAX_DENSE_SIZE = 6000
+
+# Rows of B S_RR^-1 formed at a time (dense, rows x levels): bounds the memory.
+_CHUNK = 2048
 
 
 def _term_blocks(terms: Sequence[ReTerm]) -> list[slice]:
@@ -31,29 +45,134 @@ def _term_blocks(terms: Sequence[ReTerm]) -> list[slice]:
     return [slice(int(b - t.n_columns), int(b)) for t, b in zip(terms, stops, strict=True)]
 
 
-def _gene_modes(G, terms, theta, zy, xy, relfacs, blocks):
+def _eliminated(terms: Sequence[ReTerm]) -> int | None:
+    """The term with most columns among those with independent levels (``None``: none)."""
+    free = [j for j, t in enumerate(terms) if t.diagonal]
+    return max(free, key=lambda j: terms[j].n_columns) if free else None
+
+
+def _lambda(terms: Sequence[ReTerm], theta: np.ndarray) -> sp.csr_matrix:
+    """``Lambda`` (``q x q``, sparse block diagonal) at ``theta``."""
+    blocks, start = [], 0
+    for t in terms:
+        T = t.factor(theta[start : start + t.n_theta])
+        blocks.append(sp.kron(sp.identity(t.n_levels), T, format="csr"))
+        start += t.n_theta
+    return sp.block_diag(blocks, format="csr")
+
+
+class _Split(NamedTuple):
+    """The design's cross-products split into the eliminated term and the rest."""
+
+    e: np.ndarray  # columns of Z in the eliminated term
+    rest: np.ndarray  # the other columns of Z
+    r: int  # coefficients per level of the eliminated term
+    Zee: sp.csr_matrix  # Z_e'Z_e
+    ZeR: sp.csr_matrix  # Z_e'Z_R
+    G_rest: np.ndarray  # [[Z_R'Z_R, Z_R'X], [X'Z_R, X'X]], dense
+    ZeX: np.ndarray  # Z_e'X
+
+
+def _split(gram: DesignGram, terms: Sequence[ReTerm]) -> _Split:
+    blocks = _term_blocks(terms)
+    j = _eliminated(terms)
+    q = gram.n_levels
+    e = np.arange(q)[blocks[j]] if j is not None else np.arange(0)
+    rest = np.setdiff1d(np.arange(q), e)
+    m = len(rest) + gram.n_fixed
+    if m > MAX_DENSE_SIZE:
+        raise ValueError(
+            f"BLUPs need a dense factorisation of {m} rows per gene (the levels of every "
+            f"term but the largest, plus the fixed effects); at most {MAX_DENSE_SIZE} are "
+            "supported. Fit without store_blups, or with fewer levels in the smaller terms."
+        )
+    ZtZ = gram.ZtZ.tocsr()
+    ZRX = gram.ZtX[rest]
+    G_rest = np.block([[ZtZ[rest][:, rest].toarray(), ZRX], [ZRX.T, gram.XtX]])
+    r = terms[j].n_coef if j is not None else 1
+    return _Split(e, rest, r, ZtZ[e][:, e], ZtZ[e][:, rest], G_rest, gram.ZtX[e])
+
+
+def _level_blocks(M: sp.csr_matrix, r: int) -> np.ndarray:
+    """The ``r x r`` diagonal blocks of a block-diagonal sparse matrix, ``(l, r, r)``."""
+    n = M.shape[0] // r
+    out = np.empty((n, r, r))
+    for a in range(r):
+        for b in range(r):
+            out[:, a, b] = M[a::r, b::r].diagonal()
+    return out
+
+
+def _gene_modes(sp_: _Split, terms, theta, zy, xy, relfacs, blocks):
     """Modes and conditional variances (over ``sigma^2``) of one gene, by term."""
-    q = len(zy)
-    lam = lambda_matrix(list(terms), theta)
-    GP = G.copy()
-    GP[:, :q] = G[:, :q] @ lam
-    omega = GP.copy()
-    omega[:q] = lam.T @ GP[:q]
-    omega[np.arange(q), np.arange(q)] += 1.0
-    L = scipy.linalg.cholesky(omega, lower=True, check_finite=False)
-    s = scipy.linalg.cho_solve((L, True), np.concatenate([lam.T @ zy, xy]), check_finite=False)
-    b = lam @ s[:q]
-    A = scipy.linalg.solve_triangular(L[:q, :q], lam.T, lower=True, check_finite=False)
+    lam = _lambda(terms, theta)
+    e, rest, r = sp_.e, sp_.rest, sp_.r
+    le, lr = lam[e][:, e], lam[rest][:, rest]
+    n_rest, p = len(rest), len(xy)
+    # A = Lambda_e' Z_e'Z_e Lambda_e + I, level by level; B = Lambda_e' Z_e' [Z_R Lambda_R, X]
+    A = _level_blocks((le.T @ sp_.Zee @ le).tocsr(), r) + np.eye(r)
+    A_inv = np.linalg.inv(A)
+    B = sp.hstack([le.T @ sp_.ZeR @ lr, sp.csr_matrix(le.T @ sp_.ZeX)]).tocsr()
+    Ai = sp.block_diag(list(A_inv), format="csr") if len(e) else sp.csr_matrix((0, 0))
+    scale = sp.block_diag([lr, sp.identity(p)], format="csr")
+    C = scale.T @ (scale.T @ sp_.G_rest).T  # Lambda~' G_rest Lambda~ (symmetric), dense
+    C[np.arange(n_rest), np.arange(n_rest)] += 1.0
+    AiB = Ai @ B
+    S = C - (B.T @ AiB).toarray() if len(e) else C
+    L = scipy.linalg.cholesky(S, lower=True, check_finite=False)
+    rhs_e = le.T @ zy[e]
+    rhs = np.concatenate([lr.T @ zy[rest], xy]) - B.T @ (Ai @ rhs_e)
+    x = scipy.linalg.cho_solve((L, True), rhs, check_finite=False)
+    u = np.empty(len(zy))
+    u[rest] = x[:n_rest]
+    u[e] = Ai @ (rhs_e - B @ x)
+    b = lam @ u
+    W = _conditional_covariance(L[:n_rest, :n_rest], AiB[:, :n_rest], A_inv, r)
+    return _by_term(b, W, lam, e, rest, relfacs, blocks, r)
+
+
+def _conditional_covariance(L_RR, AiB_R, A_inv, r):
+    """``Omega_uu^-1``: dense on the other levels, ``r x r`` blocks on the eliminated ones.
+
+    ``L_RR`` factors ``S_RR``; ``A_l^-1 B_l S_RR^-1 B_l' A_l^-1`` is formed from the
+    sparse rows of ``A^-1 B``, a chunk of levels at a time.
+    """
+    S_inv = scipy.linalg.cho_solve((L_RR, True), np.eye(len(L_RR)), check_finite=False)
+    blocks = A_inv.copy()
+    rows = AiB_R.tocsr()
+    for a in range(0, rows.shape[0], _CHUNK * r):
+        part = rows[a : a + _CHUNK * r]
+        PS = np.asarray(part @ S_inv)  # (chunk x levels) dense
+        for i in range(r):
+            for j in range(r):
+                prod = part[i::r].multiply(PS[j::r]).sum(axis=1)
+                blocks[a // r : a // r + part.shape[0] // r, i, j] += np.asarray(prod).ravel()
+    return S_inv, blocks
+
+
+def _by_term(b, W, lam, e, rest, relfacs, blocks, r):
+    """Split the modes and the diagonal of ``Lambda W Lambda'`` by term."""
+    S_inv, W_e = W
+    n = len(b)
+    var = np.empty(n)
+    if len(e):  # Lambda_e W_e Lambda_e', level block by level block (T W_l T')
+        T = lam[e[:r]][:, e[:r]].toarray()
+        var[e] = np.einsum("ia,lab,ib->li", T, W_e, T).ravel()
+    lr = lam[rest][:, rest]
+    LW = (lr @ S_inv) if len(rest) else np.zeros((0, 0))
+    var[rest] = np.einsum("ij,ij->i", LW, lr.toarray()) if len(rest) else 0.0
+    where = np.empty(n, dtype=np.intp)
+    where[rest] = np.arange(len(rest))
     modes, variances = [], []
     for sl, R in zip(blocks, relfacs, strict=True):
-        Ab = A[:, sl]
         if R is None:
             modes.append(b[sl])
-            variances.append(np.einsum("ij,ij->j", Ab, Ab))
-        else:  # effects on the levels: R b, with covariance R C R'
-            RA = Ab @ R.T
+            variances.append(var[sl])
+        else:  # effects on the levels: R b, with covariance R C R' (C over the rest)
+            idx = where[np.arange(n)[sl]]
+            C = LW[np.ix_(idx, idx)] @ lr[idx][:, idx].T.toarray()
             modes.append(R @ b[sl])
-            variances.append(np.einsum("ij,ij->j", RA, RA))
+            variances.append(np.einsum("ij,jk,ik->i", R, C, R))
     return modes, variances
 
 
@@ -87,7 +206,8 @@ def conditional_modes(
     Raises
     ------
     ValueError
-        With more than :data:`MAX_MODES_SIZE` random effects.
+        Where the terms other than the largest one with independent levels have more
+        than :data:`MAX_DENSE_SIZE` levels (with the fixed effects).
 
     Examples
     --------
@@ -102,20 +222,14 @@ def conditional_modes(
     >>> modes[0].shape  # genes x (levels x coefficients)
     (3, 8)
     """
-    q = gram.n_levels
-    if q > MAX_MODES_SIZE:
-        raise ValueError(
-            f"The model has {q} random effects; BLUPs are computed with dense algebra for "
-            f"at most {MAX_MODES_SIZE}. Fit without store_blups, or with fewer levels."
-        )
     relfacs = list(relfacs) if relfacs is not None else [None] * len(terms)
+    split = _split(gram, terms)
     blocks = _term_blocks(terms)
-    G = np.block([[gram.ZtZ.toarray(), gram.ZtX], [gram.ZtX.T, gram.XtX]])
     n_genes = len(stats)
     modes = [np.full((n_genes, t.n_columns), np.nan) for t in terms]
     variances = [np.full((n_genes, t.n_columns), np.nan) for t in terms]
     for g in np.flatnonzero(np.isfinite(theta).all(axis=1)):
-        m, v = _gene_modes(G, terms, theta[g], stats.ZtY[g], stats.XtY[g], relfacs, blocks)
+        m, v = _gene_modes(split, terms, theta[g], stats.ZtY[g], stats.XtY[g], relfacs, blocks)
         for j in range(len(terms)):
             modes[j][g], variances[j][g] = m[j], v[j]
     return modes, variances

@@ -1,6 +1,6 @@
 """NumPy reference of :class:`~scvarpart.lmm.general.GeneralDeviance`: dense, gene by gene.
 
-The engine before it was compiled, kept to check the compiled one against (the tests)
+The engine before it was compiled, kept in the tests to check the compiled one against
 and as the statement of the mathematics in its plainest form: every matrix has the
 size of the whole penalised system. Its results were checked against lme4.
 
@@ -8,7 +8,7 @@ Profiled deviance for any random-effect terms: slopes, known covariances, weight
 
 The model of one gene is ``y = X beta + Z Lambda u + e`` with ``u ~ N(0, sigma^2 I)``,
 ``e ~ N(0, sigma^2 W^-1)`` and ``Lambda`` the block-diagonal relative covariance factor
-of the terms (:mod:`.terms`), linear in ``theta``. With weights the cross-products are
+of the terms (:mod:`scvarpart.lmm.terms`), linear in ``theta``. With weights the cross-products are
 weighted (``Z'WZ``, ..., from the one pass) and the deviance gains ``-sum(log w)``.
 Everything follows from the penalised system of Bates et al. (2015, lme4), with
 ``G = [[Z'Z, Z'X], [X'Z, X'X]]`` and ``P = diag(Lambda, I_p)``::
@@ -17,7 +17,7 @@ Everything follows from the penalised system of Bates et al. (2015, lme4), with
     r2    = y'y - b' Omega^-1 b,   b = P' [Z'y; X'y]
     log|V| = log|Omega_uu|,   log|V| + log|X'V^-1X| = log|Omega|
 
-(:mod:`.profiled` turns them into the ML deviance or REML criterion.) With ``D_k = d
+(:mod:`scvarpart.lmm.profiled` turns them into the ML deviance or REML criterion.) With ``D_k = d
 Lambda / d theta_k``, ``E_k = diag(D_k, 0)``, ``s = Omega^-1 b`` and ``M`` the matrix
 whose log-determinant the criterion holds (``Omega_uu`` for ML, ``Omega`` for REML)::
 
@@ -29,7 +29,7 @@ whose log-determinant the criterion holds (``Omega_uu`` for ML, ``Omega`` for RE
 
 (``b`` is linear in ``theta``, so ``b_k`` is constant; the ``r2`` derivatives follow
 from ``ds = Omega^-1 v``.) The exact gradient and Hessian feed the projected Newton
-method of :mod:`.projected`. Per gene and evaluation this costs dense products of the
+method of :mod:`reference_projected`. Per gene and evaluation this costs dense products of the
 size of ``Omega``: the engine for designs with up to a few hundred random effects.
 """
 
@@ -40,11 +40,11 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
+from reference_projected import BoxOptions, minimise_box
 
-from ..suffstats import DesignGram, ResponseStats
-from .profiled import ProfiledDeviance
-from .projected import BoxOptions, minimise_box
-from .terms import ReTerm, lambda_matrix, theta_patterns
+from scvarpart.lmm.profiled import ProfiledDeviance
+from scvarpart.lmm.terms import ReTerm, lambda_matrix, theta_patterns
+from scvarpart.suffstats import DesignGram, ResponseStats
 
 __all__ = ["ReferenceGeneralDeviance"]
 
@@ -169,26 +169,6 @@ class ReferenceGeneralDeviance(ProfiledDeviance):
             if sys is not None:
                 out[i] = sys.L[self.q :, self.q :]
         return out
-
-    def modes(self, theta: np.ndarray, stats: ResponseStats) -> tuple[np.ndarray, np.ndarray]:
-        """Conditional modes ``Lambda u`` of the random effects and their variances.
-
-        Returns ``(G, q)`` modes and ``(G, q)`` conditional variances over ``sigma^2``
-        (the diagonal of ``Lambda Omega_uu^-1 Lambda'``, as lme4's ``condVar``, which
-        treats ``beta`` as known).
-        """
-        G, q = len(stats), self.q
-        modes, cvar = np.full((G, q), np.nan), np.full((G, q), np.nan)
-        for g in range(G):
-            f, _, s = self._gene(theta[g], stats.ZtY[g], stats.XtY[g], stats.ss[g])
-            if s is None or not np.isfinite(f):
-                continue
-            sys = self._system(theta[g])
-            assert sys is not None  # factorised by _gene just now
-            modes[g] = sys.lam @ s[:q]
-            A = scipy.linalg.solve_triangular(sys.L[:q, :q], sys.lam.T, lower=True)
-            cvar[g] = np.einsum("ij,ij->j", A, A)
-        return modes, cvar
 
     # -- derivatives ------------------------------------------------------------------
 
