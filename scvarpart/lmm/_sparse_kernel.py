@@ -67,10 +67,9 @@ class SparseDesign(NamedTuple):
     Rc: np.ndarray  # column of each
     Rpos: np.ndarray  # position in Li
     G: np.ndarray  # G_RR on L's positions (0 on fill)
-    Cp: np.ndarray  # (m2 + 1,) E by columns: rows Ci, values Cx,
-    Ci: np.ndarray
-    Cx: np.ndarray
-    Cu: np.ndarray  # and each one's position in the rows' storage (Ei, Ex)
+    Pp: np.ndarray  # (q1 + 1,) products E_li E_lj (i >= j) of row l: Pval[Pp[l]:Pp[l + 1]],
+    Ppos: np.ndarray  # each one's position (i, j) in L's storage
+    Pval: np.ndarray
     zy_col: np.ndarray  # (q1 + q2,) column of Z'y of each eliminated level, then each in L's order
     rest_factor: np.ndarray  # (q2,) factor of each remaining level (L's order)
     fstart: np.ndarray  # (k + 1,) remaining levels of factor j: members[fstart[j]:fstart[j + 1]]
@@ -203,6 +202,29 @@ def _row_pattern(Lp, Li, m):
     return Rp, Rc, Rpos
 
 
+@nb.njit(cache=True)
+def _row_pairs(Ep, Ei, Ex, Lp, Li):
+    """Each row's products ``E_li E_lj`` (``i >= j``) and their positions in ``L``'s storage.
+
+    ``E'E`` is on ``L``'s pattern (it is part of the graph of ``S``). Returns (Pp, Ppos, Pval).
+    """
+    q1 = Ep.shape[0] - 1
+    Pp = np.zeros(q1 + 1, dtype=np.int64)
+    for lv in range(q1):
+        r = Ep[lv + 1] - Ep[lv]
+        Pp[lv + 1] = Pp[lv] + r * (r + 1) // 2
+    Ppos = np.empty(Pp[q1], dtype=np.int64)
+    Pval = np.empty(Pp[q1])
+    for lv in range(q1):
+        n = Pp[lv]
+        for a in range(Ep[lv], Ep[lv + 1]):  # column Ei[a], rows from it on
+            for b in range(a, Ep[lv + 1]):
+                Ppos[n] = _find(Lp, Li, Ei[b], Ei[a])
+                Pval[n] = Ex[a] * Ex[b]
+                n += 1
+    return Pp, Ppos, Pval
+
+
 def columns(Ep: np.ndarray, Ei: np.ndarray, Ex: np.ndarray, m2: int):
     """``E`` by columns, each entry with its position in the rows' storage."""
     rows = np.repeat(np.arange(len(Ep) - 1), np.diff(Ep))
@@ -258,7 +280,7 @@ def build_design(
     for i, j, v in zip(inv[Gc.row], inv[Gc.col], Gc.data, strict=True):
         if i >= j:
             G[_find(Lp, Li, i, j)] = v
-    Cp, Ci, Cx, Cu = columns(Ep, Ei, Ex, m2)
+    Pp, Ppos, Pval = _row_pairs(Ep, Ei, Ex, Lp, Li)
     rf = rest_factor[adj_order[:q2]]
     k = len(tau)
     members = np.argsort(rf, kind="stable").astype(np.int64)
@@ -274,10 +296,9 @@ def build_design(
         Rc=Rc,
         Rpos=Rpos,
         G=G,
-        Cp=Cp,
-        Ci=Ci,
-        Cx=Cx,
-        Cu=Cu,
+        Pp=Pp,
+        Ppos=Ppos,
+        Pval=Pval,
         zy_col=np.concatenate([zy_idx1, zy_idx2[adj_order[:q2]]]).astype(np.int64),
         rest_factor=rf.astype(np.int64),
         fstart=fstart,
@@ -294,24 +315,29 @@ def build_design(
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _weighted_gram(dz, weight, K, acc):
-    """``K = E' diag(weight) E`` on ``L``'s positions, column by column.
+def _weighted_gram(dz, weight, K):
+    """``K = E' diag(weight) E`` on ``L``'s positions.
 
-    Column ``b`` gathers the rows of ``E`` with an entry in it, each from that entry on
-    (rows ascend in L's order): every product once, in order of the rows, on data that
-    stays in cache (``acc`` is 0 on entry and on return).
+    Row by row, each row's products scaled and added at their positions: no index
+    search, and each entry's sum runs over the rows in order.
     """
-    Lp, Li, Ep, Ei, Ex = dz.Lp, dz.Li, dz.Ep, dz.Ei, dz.Ex
-    m2 = Lp.shape[0] - 1
-    for b in range(m2):
-        for t in range(dz.Cp[b], dz.Cp[b + 1]):
-            lv = dz.Ci[t]
-            f = weight[lv] * dz.Cx[t]
-            for u in range(dz.Cu[t], Ep[lv + 1]):
-                acc[Ei[u]] += f * Ex[u]
-        for t in range(Lp[b], Lp[b + 1]):
-            K[t] = acc[Li[t]]
-            acc[Li[t]] = 0.0
+    K[:] = 0.0
+    for lv in range(dz.Pp.shape[0] - 1):
+        f = weight[lv]
+        for t in range(dz.Pp[lv], dz.Pp[lv + 1]):
+            K[dz.Ppos[t]] += f * dz.Pval[t]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _weighted_inner(dz, weight, T):
+    """``<T, E' diag(weight) E>`` over ``L``'s positions (``T`` holds each pair's weight)."""
+    total = 0.0
+    for lv in range(dz.Pp.shape[0] - 1):
+        acc = 0.0
+        for t in range(dz.Pp[lv], dz.Pp[lv + 1]):
+            acc += dz.Pval[t] * T[dz.Ppos[t]]
+        total += weight[lv] * acc
+    return total
 
 
 class _Work(NamedTuple):
@@ -331,12 +357,13 @@ class _Work(NamedTuple):
     c: np.ndarray  # (m2,) L^-1 rhs of the gene solved last
     b1: np.ndarray  # (q1,) the gene's Z_1'y
     b2: np.ndarray  # (m2,) its [Z_R'y, X'y]
-    u1: np.ndarray  # (q1,)
-    uR: np.ndarray  # (m2,)
+    u1: np.ndarray  # (q1,) u = Z'Py, eliminated part
+    uR: np.ndarray  # (m2,) remaining part
     v1: np.ndarray  # (q1,) scratch
     vR: np.ndarray  # (m2,) scratch
-    Q1: np.ndarray  # (k, q1) Q v_j, eliminated part
-    QR: np.ndarray  # (k, m2) Q v_j, remaining part
+    uu: np.ndarray  # (k,) |u_j|^2 of each factor's part u_j
+    F: np.ndarray  # (k, m2) F u_j (see derivatives)
+    Fc: np.ndarray  # (k, m2) L^-1 (s * F u_j)
 
 
 @nb.njit(cache=True)
@@ -366,7 +393,8 @@ def workspace(dz, k):
         np.empty(m2),
         np.empty(q1),
         np.empty(m2),
-        np.empty((k, q1)),
+        np.empty(k),
+        np.empty((k, m2)),
         np.empty((k, m2)),
     )
 
@@ -423,7 +451,7 @@ def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_ke
     for i in range(m2):
         w.s[i] = math.sqrt(gamma[dz.rest_factor[i]]) if i < q2 else 1.0
     N, L, s = w.N, w.L, w.s
-    _weighted_gram(dz, w.w, w.K, w.acc)
+    _weighted_gram(dz, w.w, w.K)
     for t in range(N.shape[0]):
         N[t] = dz.G[t] - g1 * w.K[t]
     for j in range(m2):
@@ -609,46 +637,6 @@ def _n_product(dz, N, v, out):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _q_product(dz, w, U1, UR, out1, outR):
-    """``Q v`` of ``v = (U1, UR)`` (eliminated and remaining levels; ``UR`` 0 on fixed).
-
-    ``Q = C~ - F' S^-1 F`` (see :mod:`scvarpart.lmm.blocked`).
-    """
-    q1 = dz.d.shape[0]
-    m2 = dz.Lp.shape[0] - 1
-    q2 = m2 - dz.p
-    Ep, Ei, Ex = dz.Ep, dz.Ei, dz.Ex
-    wv, s = w.w, w.s
-    Fu, z, NU = w.x, w.y, w.z
-    _n_product(dz, w.N, UR, NU)  # N[:, levels] UR
-    Fu[:] = NU
-    for lv in range(q1):
-        f = wv[lv] * U1[lv]
-        for t in range(Ep[lv], Ep[lv + 1]):
-            Fu[Ei[t]] += Ex[t] * f
-    for i in range(m2):
-        Fu[i] *= s[i]
-    _forward(dz.Lp, dz.Li, w.L, Fu, 0)
-    _backward(dz.Lp, dz.Li, w.L, Fu, z)
-    for i in range(m2):
-        z[i] *= s[i]
-    for lv in range(q1):
-        acc = 0.0
-        for t in range(Ep[lv], Ep[lv + 1]):
-            c = Ei[t]
-            acc += Ex[t] * ((UR[c] if c < q2 else 0.0) - z[c])
-        out1[lv] = wv[lv] * (dz.d[lv] * U1[lv] + acc)
-    _n_product(dz, w.N, z, Fu)
-    for i in range(m2):
-        outR[i] = NU[i] - Fu[i] if i < q2 else 0.0
-    for lv in range(q1):
-        f = wv[lv] * U1[lv]
-        for t in range(Ep[lv], Ep[lv + 1]):
-            if Ei[t] < q2:
-                outR[Ei[t]] += Ex[t] * f
-
-
-@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _explicit_trace(dz, w, j, lim):
     """``sum_l N_ll - |L_lim^-1 (s * N[:, l])_lim|^2`` over the levels ``l`` of factor ``j``.
 
@@ -682,7 +670,7 @@ def _explicit_trace(dz, w, j, lim):
 def _traces(gamma, dz, w, tr):
     """``tr M_jj`` (ML) or ``tr Q_jj`` (REML) of every factor: ``d log|V| / d gamma_j``.
 
-    For the eliminated factor ``sum_l d_l w_l - <A, s s' * E' diag(w^2) E>``; for a
+    For the eliminated factor ``sum_l d_l w_l - <s s' * Z, E' diag(w^2) E>``; for a
     remaining factor ``sum_l (1 - Z_ll) / gamma_j`` (``Lambda M Lambda = I - S^-1``
     on its levels), or the explicit sum near ``gamma_j = 0``.
     """
@@ -691,18 +679,17 @@ def _traces(gamma, dz, w, tr):
     lim = m2 if dz.reml else q2
     _selected_inverse(dz, w, lim)
     q1 = dz.d.shape[0]
-    Lp, Li, s, Z, K = dz.Lp, dz.Li, w.s, w.Z, w.K
+    Lp, Li, s, Z, T = dz.Lp, dz.Li, w.s, w.Z, w.K
     w2 = w.v1
     acc = 0.0
     for lv in range(q1):
         w2[lv] = w.w[lv] * w.w[lv]
         acc += dz.d[lv] * w.w[lv]
-    _weighted_gram(dz, w2, K, w.acc)
-    for j in range(m2):
-        col = 0.0
+    for j in range(m2):  # s s' * Z, off-diagonal entries twice (both triangles)
+        T[Lp[j]] = s[j] * s[j] * Z[Lp[j]]
         for t in range(Lp[j] + 1, Lp[j + 1]):
-            col += s[Li[t]] * Z[t] * K[t]
-        acc -= s[j] * (s[j] * Z[Lp[j]] * K[Lp[j]] + 2.0 * col)
+            T[t] = 2.0 * s[Li[t]] * s[j] * Z[t]
+    acc -= _weighted_inner(dz, w2, T)
     k = gamma.shape[0]
     for j in range(k):
         if j == dz.big:
@@ -739,50 +726,78 @@ def _residual_vector(gamma, dz, w):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _part(dz, w, j, v1, vR):
-    """``v = u`` on the levels of factor ``j``, 0 elsewhere; returns ``|v|^2``."""
-    v1[:] = 0.0
-    vR[:] = 0.0
+def _f_product(dz, w, j, out):
+    """``out = F v = [E' diag(w), N[:, R]] v`` of ``v = u`` on factor ``j``'s levels.
+
+    ``s * out`` is ``F~ v`` (:mod:`scvarpart.lmm.dense`), and its first ``q2`` entries
+    are ``C~ v`` on the remaining levels. Returns ``|v|^2``.
+    """
     uu = 0.0
     if j == dz.big:
-        for lv in range(v1.shape[0]):
-            v1[lv] = w.u1[lv]
-            uu += v1[lv] * v1[lv]
-    else:
-        for m in range(dz.fstart[j], dz.fstart[j + 1]):
-            lv = dz.members[m]
-            vR[lv] = w.uR[lv]
-            uu += vR[lv] * vR[lv]
+        out[:] = 0.0
+        for lv in range(dz.d.shape[0]):
+            f = w.w[lv] * w.u1[lv]
+            uu += w.u1[lv] * w.u1[lv]
+            for t in range(dz.Ep[lv], dz.Ep[lv + 1]):
+                out[dz.Ei[t]] += dz.Ex[t] * f
+        return uu
+    vR = w.vR
+    vR[:] = 0.0
+    for m in range(dz.fstart[j], dz.fstart[j + 1]):
+        lv = dz.members[m]
+        vR[lv] = w.uR[lv]
+        uu += vR[lv] * vR[lv]
+    _n_product(dz, w.N, vR, out)
     return uu
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _level_product(dz, w, i, j):
+    """``v_i' C~ v_j`` (``v_i = u`` on factor ``i``'s levels), from ``w.F[j] = C~ v_j``.
+
+    On the eliminated levels ``C~ = diag(w d)``, where only ``i = j`` meets; any pair
+    with it is taken from the other side.
+    """
+    total = 0.0
+    if i == dz.big and j == i:
+        for lv in range(dz.d.shape[0]):
+            total += w.w[lv] * dz.d[lv] * w.u1[lv] * w.u1[lv]
+        return total
+    if i == dz.big:
+        i, j = j, i
+    for m in range(dz.fstart[i], dz.fstart[i + 1]):
+        lv = dz.members[m]
+        total += w.uR[lv] * w.F[j, lv]
+    return total
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def derivatives(gamma, dz, w, r2, grad, hess):
     """Exact gradient and average information in ``gamma`` of the gene solved last.
 
-    Average information: ``nu (u_i' Q_ij u_j / r2 - |u_i|^2 |u_j|^2 / r2^2)``.
+    Average information: ``nu (u_i' Q_ij u_j / r2 - |u_i|^2 |u_j|^2 / r2^2)`` with
+    ``u_i' Q_ij u_j = v_i' C~ v_j - c_i' c_j`` (``v_j = u`` on factor ``j``'s levels, 0
+    elsewhere; ``c_j = W v_j = L^-1 (s * F v_j)``, :mod:`scvarpart.lmm.blocked`): a
+    forward solve per factor.
     """
     k = gamma.shape[0]
     nu = dz.nu
     _traces(gamma, dz, w, grad)
     _residual_vector(gamma, dz, w)
-    uu = np.empty(k)
+    uu, F, c = w.uu, w.F, w.Fc
     for j in range(k):
-        uu[j] = _part(dz, w, j, w.v1, w.vR)
-        _q_product(dz, w, w.v1, w.vR, w.Q1[j], w.QR[j])
+        uu[j] = _f_product(dz, w, j, F[j])
         grad[j] -= nu * uu[j] / r2
+        for i in range(c.shape[1]):
+            c[j, i] = w.s[i] * F[j, i]
+        _forward(dz.Lp, dz.Li, w.L, c[j], 0)
     for i in range(k):
-        _part(dz, w, i, w.v1, w.vR)
-        for j in range(k):
-            uq = 0.0
-            for lv in range(w.v1.shape[0]):
-                uq += w.v1[lv] * w.Q1[j, lv]
-            for lv in range(w.vR.shape[0]):
-                uq += w.vR[lv] * w.QR[j, lv]
-            hess[i, j] = nu * (uq / r2 - uu[i] * uu[j] / (r2 * r2))
-    for i in range(k):
-        for j in range(i):
-            h = 0.5 * (hess[i, j] + hess[j, i])
+        for j in range(i + 1):
+            cc = 0.0
+            for m in range(c.shape[1]):
+                cc += c[i, m] * c[j, m]
+            a = 0.5 * (_level_product(dz, w, i, j) + _level_product(dz, w, j, i))
+            h = nu * ((a - cc) / r2 - uu[i] * uu[j] / (r2 * r2))
             hess[i, j] = h
             hess[j, i] = h
 
@@ -812,12 +827,13 @@ def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known):
     """Projected Newton from ``x`` (updated in place) for the gene loaded in ``w``.
 
     The method of :func:`scvarpart.lmm.newton._minimise_gene`, with this engine's
-    evaluations. Returns (criterion, converged, iterations, abandoned).
+    evaluations. Returns (criterion, converged, iterations, abandoned, whether
+    ``grad`` and ``hess`` are those at ``x``).
     """
     k = x.shape[0]
     f = _value_and_derivatives(x, ss, dz, w, grad, hess)
     if not np.isfinite(f):
-        return f, False, 0, False
+        return f, False, 0, False, False
     logc = np.empty(k, dtype=np.bool_)
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
@@ -825,7 +841,7 @@ def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known):
         pending_bound = _active_set(x, grad, opt, logc, bound)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < opt.tol and not pending_bound:
-            return f, True, it, False
+            return f, True, it, False, True
         t = _step_length(x, grad, hess, step, logc, bound, opt)
         accepted = False
         ft = r2t = np.nan
@@ -837,19 +853,19 @@ def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known):
                 break
             t *= 0.5
         if not accepted:
-            return f, positive and decrement < opt.stall_tol, it + 1, False
+            return f, positive and decrement < opt.stall_tol, it + 1, False, True
         final = _final_step(x, trial, t, positive, decrement, pending_bound, opt)
         x[:] = trial
         f = ft
         if final:
-            return f, True, it + 1, False
+            return f, True, it + 1, False, False
         for m in range(n_known):
             if _near(x, known[m], opt.threshold):
-                return f, False, it + 1, True
+                return f, False, it + 1, True, False
         f = _derivatives_at(x, dz, w, ft, r2t, grad, hess)
         if not np.isfinite(f):
-            return f, False, it + 1, False
-    return f, False, opt.max_iter, False
+            return f, False, it + 1, False, False
+    return f, False, opt.max_iter, False, True
 
 
 class GridFactors(NamedTuple):
@@ -912,10 +928,12 @@ def _screen(gf, ss, dz, w, values):
 
 
 @nb.njit(cache=True, nogil=True)
-def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, known):
+def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, known, at_x):
     """Global search for the gene loaded in ``w`` (as :func:`.search._search_gene`).
 
-    The optimum is written into ``x``; returns (converged, iterations, descents).
+    The optimum is written into ``x``, and where the descent that found it ended with
+    them, the gradient and average information there into ``at_x`` (gradient, then
+    the matrix). Returns (converged, iterations, descents, whether ``at_x`` is set).
     """
     _screen(gf, ss, dz, w, values)
     i0 = int(np.argmin(values))
@@ -923,11 +941,12 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     if not (f_moment <= values[i0]):
         if not np.isfinite(values[i0]):
             x[:] = np.nan
-            return False, 0, 0
+            return False, 0, 0, False
         x[:] = gf.gamma[i0]
-    best, converged, n_iter, _ = minimise_gene(x, ss, dz, w, opt, grad, hess, known, 0)
+    best, converged, n_iter, _, fresh = minimise_gene(x, ss, dz, w, opt, grad, hess, known, 0)
     if not np.isfinite(best):
         best = np.inf
+    held = fresh and _hold(grad, hess, at_x)
     descents = 1
     known[0] = x
     n_known = 1
@@ -938,7 +957,9 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         if not bound[i] < best:
             continue
         trial[:] = gf.gamma[i]
-        f, conv, it, abandoned = minimise_gene(trial, ss, dz, w, opt, grad, hess, known, n_known)
+        f, conv, it, abandoned, fresh = minimise_gene(
+            trial, ss, dz, w, opt, grad, hess, known, n_known
+        )
         n_iter += it
         descents += 1
         if abandoned or not np.isfinite(f):
@@ -948,7 +969,27 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         if f < best - TIE * max(1.0, abs(best)):
             best, converged = f, conv
             x[:] = trial
-    return converged, n_iter, descents
+            held = fresh and _hold(grad, hess, at_x)
+    return converged, n_iter, descents, held
+
+
+@nb.njit(cache=True, nogil=True)
+def _hold(grad, hess, at_x):
+    """Copy ``grad`` and ``hess`` into ``at_x`` (``k + k * k``); returns True."""
+    k = grad.shape[0]
+    at_x[:k] = grad
+    at_x[k:] = hess.ravel()
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _derivatives_into(x, ss, dz, w, grad, hess):
+    """Gradient and average information at ``x`` (unchanged where no criterion)."""
+    if not np.all(np.isfinite(x)):
+        return
+    f, r2 = solve(x, ss, dz, w)
+    if np.isfinite(f):
+        derivatives(x, dz, w, r2, grad, hess)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -965,42 +1006,60 @@ def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
     """Global search for every gene of a batch, from the moment estimates ``X0`` too.
 
     Returns the optima, criterion, ``r2``, fixed effects, convergence flags,
-    iterations and descents.
+    iterations, descents, and the gradient and average information at the optima
+    (taken from the search where its last Newton iteration was there).
     """
     G, k = X0.shape
     N = gf.gamma.shape[0]
     w = workspace(dz, k)
     X, dev, r2, beta, converged, n_iter = batch_results(X0, dz.p)
     descents = np.zeros(G, dtype=np.int64)
+    grads, hessians = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
     grad = np.empty(k)
     hess = np.empty((k, k))
     values = np.empty(N)
     bound = np.empty(N)
     trial = np.empty(k)
     known = np.empty((MAX_EXTRA_STARTS + 1, k))
+    at_x = np.empty(k + k * k)
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)
-        converged[g], n_iter[g], descents[g] = _search_gene(
-            gf, ss[g], dz, w, opt, grad, hess, values, X[g], F0[g], trial, bound, known
+        converged[g], n_iter[g], descents[g], held = _search_gene(
+            gf, ss[g], dz, w, opt, grad, hess, values, X[g], F0[g], trial, bound, known, at_x
         )
+        if held:
+            grads[g] = at_x[:k]
+            hessians[g] = at_x[k:].reshape(k, k)
+        else:
+            _derivatives_into(X[g], ss[g], dz, w, grads[g], hessians[g])
         _estimates_at(X[g], ss[g], dz, w, dev, r2, beta, g)
-    return X, dev, r2, beta, converged, n_iter, descents
+    return X, dev, r2, beta, converged, n_iter, descents, grads, hessians
 
 
 @nb.njit(cache=True, nogil=True)
 def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
-    """Newton's method from ``X0`` only, every gene of a batch."""
+    """Newton's method from ``X0`` only, every gene of a batch.
+
+    Returns as :func:`search_batch`, without the descents.
+    """
     G, k = X0.shape
     w = workspace(dz, k)
     X, dev, r2, beta, converged, n_iter = batch_results(X0, dz.p)
+    grads, hessians = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
     grad = np.empty(k)
     hess = np.empty((k, k))
     none = np.empty((0, k))
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)
-        _, converged[g], n_iter[g], _ = minimise_gene(X[g], ss[g], dz, w, opt, grad, hess, none, 0)
+        _, converged[g], n_iter[g], _, fresh = minimise_gene(
+            X[g], ss[g], dz, w, opt, grad, hess, none, 0
+        )
+        if fresh:
+            grads[g], hessians[g] = grad, hess
+        else:
+            _derivatives_into(X[g], ss[g], dz, w, grads[g], hessians[g])
         _estimates_at(X[g], ss[g], dz, w, dev, r2, beta, g)
-    return X, dev, r2, beta, converged, n_iter
+    return X, dev, r2, beta, converged, n_iter, grads, hessians
 
 
 @nb.njit(cache=True, nogil=True)

@@ -33,13 +33,16 @@ near 0 where that difference cancels, ``sum_l N_ll - |L^-1 (s * N[:, l])|^2`` by
 sparse solve per level. No ``q x q`` matrix is formed. The Hessian is replaced by
 the average information matrix (Gilmour, Thompson & Cullis 1995) of the profiled
 criterion, ``nu (u_i' Q_ij u_j / r2 - |u_i|^2 |u_j|^2 / r2^2)``, positive
-semi-definite and equal to the Hessian in expectation, from ``k`` products with
-``Q``. Newton's method with it converges to a point where the exact gradient
-satisfies the optimality conditions.
+semi-definite and equal to the Hessian in expectation. With ``Q = C~ - W'W``
+(:mod:`.dense`: ``C~`` the first two terms of ``M``, ``W = L^-1 F~``) it takes a
+forward solve per factor, ``W u_j``. Newton's method with it converges to a point
+where the exact gradient satisfies the optimality conditions.
 
 **Search.** As :mod:`.search` on the coarse grid (level -1): the factorisations
 at the grid points are made once per fit and shared by every gene, whose screen
-is then a sparse triangular solve per point.
+is then a sparse triangular solve per point. The gradient and average information
+at each optimum are returned with it: mostly those of the last Newton iteration,
+which converged there.
 """
 
 from __future__ import annotations
@@ -202,17 +205,19 @@ class BlockedDeviance(ProfiledDeviance):
         """Newton's method from ``gamma0`` only (a local optimum).
 
         Returns the minimisers, objective, residual variance, fixed effects,
-        convergence flags and iterations.
+        convergence flags and iterations; when sparse, also the gradient and average
+        information at the minimisers (``G x k``, ``G x k x k``), mostly those of the
+        last Newton iteration.
         """
         if self.lapack is not None:
             return self.lapack.minimise(gamma0, stats)
-        X, dev, r2, beta, converged, n_iter = sk.minimise_batch(
+        X, dev, r2, beta, converged, n_iter, grad, hess = sk.minimise_batch(
             np.ascontiguousarray(gamma0, dtype=np.float64),
             *_contiguous(stats),
             self.design,
             self.options,
         )
-        return X, dev, r2 / self.nu, beta, converged, n_iter
+        return X, dev, r2 / self.nu, beta, converged, n_iter, grad, hess
 
     def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
         """The global optimum of every gene (:mod:`.search`, coarse grid).
@@ -220,11 +225,12 @@ class BlockedDeviance(ProfiledDeviance):
         Also starting from ``gamma0`` (NaN rows for none), where the criterion is
         ``f0``. Returns the optima ``(G, k)``, the objective, the residual variance and
         fixed effects (centred X) at them, convergence flags, Newton iterations and
-        the number of descents.
+        the number of descents; when sparse, also the gradient and average
+        information at the optima, as :meth:`minimise`.
         """
         if self.lapack is not None:
             return self.lapack.search(stats, gamma0, f0)
-        X, dev, r2, beta, converged, n_iter, descents = sk.search_batch(
+        X, dev, r2, beta, converged, n_iter, descents, grad, hess = sk.search_batch(
             self.grid,
             np.ascontiguousarray(gamma0, dtype=np.float64),
             np.ascontiguousarray(f0, dtype=np.float64),
@@ -232,7 +238,7 @@ class BlockedDeviance(ProfiledDeviance):
             self.design,
             self.options,
         )
-        return X, dev, r2 / self.nu, beta, converged, n_iter, descents
+        return X, dev, r2 / self.nu, beta, converged, n_iter, descents, grad, hess
 
 
 def _factor_grid(grid, dz: sk.SparseDesign) -> sk.GridFactors:

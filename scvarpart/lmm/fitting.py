@@ -189,7 +189,8 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
     """Fit one batch of genes, BLAS single-threaded.
 
     ``n_jobs`` is the only parallelism: many BLAS threads per worker would
-    oversubscribe the cores.
+    oversubscribe the cores. An engine may also return the gradient and Hessian in
+    its parameters at the optima (``at_optima``), which saves evaluating them again.
     """
     with _one_blas_thread():
         if m is None:  # no moment estimates in theta: the engine's own starts
@@ -197,15 +198,19 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
         else:
             x0, f0 = moment_start(eng, m, stats)
         if strategy == "global":
-            x, dev, sigma2, beta, converged, n_iter, descents = eng.search(stats, x0, f0)
+            x, dev, sigma2, beta, converged, n_iter, descents, *at_optima = eng.search(
+                stats, x0, f0
+            )
         else:
-            x, dev, sigma2, beta, converged, n_iter = eng.minimise(np.nan_to_num(x0, nan=1), stats)
+            x, dev, sigma2, beta, converged, n_iter, *at_optima = eng.minimise(
+                np.nan_to_num(x0, nan=1), stats
+            )
             descents = np.ones(len(stats), dtype=int)
         bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
         x[bad], dev[bad] = np.nan, np.nan
         beta_cov = eng.fixed_covariance(x, sigma2)
         theta = x if isinstance(eng, GeneralDeviance) else np.sqrt(x)
-        grad, hess = _theta_derivatives(eng, theta, stats)
+        grad, hess = _theta_derivatives(eng, theta, stats, *at_optima)
     return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov, grad, hess
 
 
@@ -368,14 +373,15 @@ def fit_lmm(
     return fit
 
 
-def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats):
+def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats, *at_optima: np.ndarray):
     """The criterion's gradient and Hessian in ``theta`` at each gene's optimum.
 
     The criterion of a gene in its own units differs by a constant from that of the
     scaled statistics: the derivatives in ``theta`` (scale-free) are the same. The
     scalar engines work in ``gamma = theta^2``: ``g_theta = 2 theta g_gamma`` and
     ``H_theta = 4 theta theta' * H_gamma + diag(2 g_gamma)``. NaN for genes without
-    an optimum.
+    an optimum. ``at_optima``: ``g_gamma`` and ``H_gamma`` of every gene where the
+    engine's search returned them, else they are evaluated here.
     """
     G, k = theta.shape
     grad, hess = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
@@ -383,9 +389,11 @@ def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats):
     if isinstance(eng, GeneralDeviance):  # in theta already, one compiled call
         _, grad[ok], hess[ok] = eng.derivatives(theta[ok], stats.subset(ok))
         return grad, hess
-    gamma = theta[ok] ** 2
     # blocked: the average information in place of the Hessian
-    _, g_gamma, h_gamma = eng.derivatives(gamma, stats.subset(ok))
+    if at_optima:
+        g_gamma, h_gamma = (a[ok] for a in at_optima)
+    else:
+        _, g_gamma, h_gamma = eng.derivatives(theta[ok] ** 2, stats.subset(ok))
     t = theta[ok]
     grad[ok] = 2 * t * g_gamma
     hess[ok] = 4 * t[:, :, None] * t[:, None, :] * h_gamma
