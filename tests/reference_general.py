@@ -77,6 +77,8 @@ class ReferenceGeneralDeviance(ProfiledDeviance):
         REML criterion instead of the ML deviance.
     """
 
+    coordinates = "theta"
+
     def __init__(self, gram: DesignGram, terms: list[ReTerm], reml: bool):
         super().__init__(gram, reml)
         self.terms = list(terms)
@@ -171,6 +173,15 @@ class ReferenceGeneralDeviance(ProfiledDeviance):
         return out
 
     # -- derivatives ------------------------------------------------------------------
+
+    def derivatives(self, theta: np.ndarray, stats: ResponseStats):
+        """Criterion, gradient and Hessian of every gene at its row of ``theta``."""
+        parts = [
+            self._derivatives(theta[g], stats.ZtY[g], stats.XtY[g], stats.ss[g])
+            for g in range(len(stats))
+        ]
+        dev, grad, hess = (np.array(column) for column in zip(*parts, strict=True))
+        return dev, grad.reshape(len(theta), self.k), hess.reshape(len(theta), self.k, self.k)
 
     def _derivatives(self, theta, zy, xy, ss):
         """Criterion, gradient and Hessian of one gene at ``theta``."""

@@ -220,6 +220,8 @@ class GeneralDeviance(ProfiledDeviance):
         REML criterion instead of the ML deviance.
     """
 
+    coordinates = "theta"
+
     def __init__(self, gram: DesignGram, terms: list[ReTerm], reml: bool):
         super().__init__(gram, reml)
         self.terms = list(terms)
