@@ -111,7 +111,11 @@ class ProfiledDeviance(ABC):
         """
 
     def prepare(self) -> None:
-        """Compute what every batch of genes shares (a grid), before they run in threads."""
+        """Compute what every batch of genes shares (a grid), before they run in threads.
+
+        Nothing by default.
+        """
+        return
 
     def to_theta(self, x: np.ndarray) -> np.ndarray:
         """lme4's ``theta`` at the engine's points ``x``."""
