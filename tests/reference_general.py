@@ -64,17 +64,9 @@ class _System(NamedTuple):
 
 
 class ReferenceGeneralDeviance(ProfiledDeviance):
-    """Profiled deviance, exact gradient and Hessian in lme4's ``theta``, gene by gene.
+    """:class:`~scvarpart.lmm.general.GeneralDeviance`'s criterion and search, dense.
 
-    Parameters
-    ----------
-    gram
-        Cross-products of the design (weighted, with weights), ``Z`` in the columns of
-        ``terms``.
-    terms
-        The random-effect terms, in the order of the columns of ``Z``.
-    reml
-        REML criterion instead of the ML deviance.
+    Takes the same arguments; every matrix has the size of the whole system.
     """
 
     coordinates = "theta"
@@ -82,9 +74,7 @@ class ReferenceGeneralDeviance(ProfiledDeviance):
     def __init__(self, gram: DesignGram, terms: list[ReTerm], reml: bool):
         super().__init__(gram, reml)
         self.terms = list(terms)
-        self.q = sum(t.n_columns for t in terms)
-        if self.q != gram.n_levels:
-            raise ValueError(f"The terms have {self.q} columns; Z'Z has {gram.n_levels}.")
+        self.q = gram.n_levels
         self.k = sum(t.n_theta for t in terms)
         self.lower = np.concatenate([t.lower for t in terms])
         self.theta0 = np.concatenate([t.theta0 for t in terms])
