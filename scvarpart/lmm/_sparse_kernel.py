@@ -54,6 +54,22 @@ _FASTMATH = {"contract"}
 _LOG_2PI = math.log(2 * math.pi)
 
 
+class Pattern(NamedTuple):
+    """``L``'s pattern (:class:`SparseDesign`) in unsigned integers, for the inner loops.
+
+    Numba checks every signed index for a negative value (counting from the end);
+    unsigned indices skip that, which makes the factorisation and the selected
+    inverse about twice as fast.
+    """
+
+    Lp: np.ndarray
+    Li: np.ndarray
+    Rp: np.ndarray
+    Rc: np.ndarray
+    Rpos: np.ndarray
+    Lend: np.ndarray  # (m2,) end of each column's rows below lim (levels for ML, all for REML)
+
+
 class SparseDesign(NamedTuple):
     """Design constants, levels in the factorisation's order (fixed effects last)."""
 
@@ -75,6 +91,7 @@ class SparseDesign(NamedTuple):
     fstart: np.ndarray  # (k + 1,) remaining levels of factor j: members[fstart[j]:fstart[j + 1]]
     members: np.ndarray
     tau: np.ndarray  # (k,) below this variance ratio, a factor's trace is summed explicitly
+    u: Pattern
     big: int
     p: int
     nu: float
@@ -283,6 +300,9 @@ def build_design(
     Pp, Ppos, Pval = _row_pairs(Ep, Ei, Ex, Lp, Li)
     rf = rest_factor[adj_order[:q2]]
     k = len(tau)
+    lim = m2 if reml else q2
+    Lend = np.array([Lp[j] + np.searchsorted(Li[Lp[j] : Lp[j + 1]], lim) for j in range(m2)])
+    unsigned = Pattern(*(a.astype(np.uint64) for a in (Lp, Li, Rp, Rc, Rpos, Lend)))
     members = np.argsort(rf, kind="stable").astype(np.int64)
     fstart = np.searchsorted(rf[members], np.arange(k + 1)).astype(np.int64)
     return SparseDesign(
@@ -304,6 +324,7 @@ def build_design(
         fstart=fstart,
         members=members,
         tau=np.ascontiguousarray(tau, dtype=float),
+        u=unsigned,
         big=int(big),
         p=int(p),
         nu=float(nu),
@@ -400,12 +421,12 @@ def workspace(dz, k):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _cholesky(dz, L, x):
-    """Left-looking Cholesky factorisation in place of ``L`` (holding ``S``).
+def _cholesky(u, L, x):
+    """Left-looking Cholesky factorisation in place of ``L`` (holding ``S``; pattern ``u``).
 
     Returns False where ``S`` is not positive definite.
     """
-    Lp, Li, Rp, Rc, Rpos = dz.Lp, dz.Li, dz.Rp, dz.Rc, dz.Rpos
+    Lp, Li, Rp, Rc, Rpos = u.Lp, u.Li, u.Rp, u.Rc, u.Rpos
     m2 = Lp.shape[0] - 1
     for j in range(m2):
         for t in range(Lp[j], Lp[j + 1]):
@@ -459,7 +480,7 @@ def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_ke
             L[t] = s[Li[t]] * s[j] * N[t]
         if j < q2:
             L[Lp[j]] += 1.0
-    w.ok[0] = _cholesky(dz, L, w.x)
+    w.ok[0] = _cholesky(dz.u, L, w.x)
     if not w.ok[0]:
         return False
     logdet_x = 0.0
@@ -547,7 +568,7 @@ def solve(gamma, ss, dz, w):
     c = w.c
     for i in range(c.shape[0]):
         c[i] *= w.s[i]
-    _forward(dz.Lp, dz.Li, w.L, c, 0)
+    _forward(dz.u.Lp, dz.u.Li, w.L, c, 0)
     r2 = yy
     for i in range(c.shape[0]):
         r2 -= c[i] * c[i]
@@ -579,7 +600,7 @@ def fixed_effects(dz, w, beta):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _selected_inverse(dz, w, lim):
+def _selected_inverse(dz, w):
     """Entries of ``S_lim^-1`` on ``L``'s pattern into ``w.Z`` (Takahashi's recurrences).
 
     ``S_lim`` is the leading ``lim x lim`` block of ``S`` (all of it for REML, the
@@ -587,15 +608,14 @@ def _selected_inverse(dz, w, lim):
     it: ``Z_ij = -(sum_k L_kj Z_ik) / L_jj`` over ``k`` in the pattern of column
     ``j``, which is a clique of the filled graph, so every ``Z_ik`` is on the pattern.
     """
-    Lp, Li = dz.Lp, dz.Li
+    Lp, Li, end = dz.u.Lp, dz.u.Li, dz.u.Lend
     L, Z, acc, lj = w.L, w.Z, w.x, w.acc
+    lim = Lp.shape[0] - 1 if dz.reml else Lp.shape[0] - 1 - dz.p
     for t in range(Li.shape[0]):
         Z[t] = 0.0
     for j in range(lim - 1, -1, -1):
         ljj = L[Lp[j]]
-        hi = Lp[j] + 1
-        while hi < Lp[j + 1] and Li[hi] < lim:
-            hi += 1
+        hi = end[j]
         for t in range(Lp[j] + 1, hi):
             acc[Li[t]] = 0.0
             lj[Li[t]] = L[t]  # 0 off the pattern of column j: adds nothing below
@@ -603,10 +623,8 @@ def _selected_inverse(dz, w, lim):
             k = Li[tk]
             lkj = L[tk]
             a = acc[k] + lkj * Z[Lp[k]]
-            for t in range(Lp[k] + 1, Lp[k + 1]):
+            for t in range(Lp[k] + 1, end[k]):
                 i = Li[t]
-                if i >= lim:
-                    break
                 acc[i] += lkj * Z[t]  # Z_ik with i > k (rows off column j's pattern unused)
                 a += lj[i] * Z[t]  # Z_ki = Z_ik for row k
             acc[k] = a
@@ -656,7 +674,7 @@ def _explicit_trace(dz, w, j, lim):
             start = min(start, Rc[r])
         for t in range(Lp[lv], Lp[lv + 1]):
             v[Li[t]] = s[Li[t]] * N[t]
-        _forward(Lp, Li, w.L, v, start)
+        _forward(dz.u.Lp, dz.u.Li, w.L, v, start)
         acc = N[Lp[lv]]
         for i in range(start, m2):
             if i < lim:
@@ -677,7 +695,7 @@ def _traces(gamma, dz, w, tr):
     m2 = dz.Lp.shape[0] - 1
     q2 = m2 - dz.p
     lim = m2 if dz.reml else q2
-    _selected_inverse(dz, w, lim)
+    _selected_inverse(dz, w)
     q1 = dz.d.shape[0]
     Lp, Li, s, Z, T = dz.Lp, dz.Li, w.s, w.Z, w.K
     w2 = w.v1
@@ -710,7 +728,7 @@ def _residual_vector(gamma, dz, w):
     m2 = dz.Lp.shape[0] - 1
     g1 = gamma[dz.big]
     xs, sc = w.x, w.y
-    _backward(dz.Lp, dz.Li, w.L, w.c, xs)
+    _backward(dz.u.Lp, dz.u.Li, w.L, w.c, xs)
     for i in range(m2):
         sc[i] = w.s[i] * xs[i]
     _n_product(dz, w.N, sc, w.uR)
@@ -790,7 +808,7 @@ def derivatives(gamma, dz, w, r2, grad, hess):
         grad[j] -= nu * uu[j] / r2
         for i in range(c.shape[1]):
             c[j, i] = w.s[i] * F[j, i]
-        _forward(dz.Lp, dz.Li, w.L, c[j], 0)
+        _forward(dz.u.Lp, dz.u.Li, w.L, c[j], 0)
     for i in range(k):
         for j in range(i + 1):
             cc = 0.0
@@ -919,7 +937,7 @@ def _screen(gf, ss, dz, w, values):
             s = gf.s[p]
             for i in range(m2):
                 c[i] = s[i] * base[i]
-            _forward(dz.Lp, dz.Li, gf.L[p], c, 0)
+            _forward(dz.u.Lp, dz.u.Li, gf.L[p], c, 0)
             r2 = yy
             for i in range(m2):
                 r2 -= c[i] * c[i]
