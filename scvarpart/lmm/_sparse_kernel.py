@@ -54,8 +54,8 @@ _FASTMATH = {"contract"}
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class Pattern(NamedTuple):
-    """``L``'s pattern (:class:`SparseDesign`) in unsigned integers, for the inner loops.
+class Indices(NamedTuple):
+    """Index arrays of :class:`SparseDesign` in unsigned integers, for the inner loops.
 
     Numba checks every signed index for a negative value (counting from the end);
     unsigned indices skip that, which makes the factorisation and the selected
@@ -68,6 +68,10 @@ class Pattern(NamedTuple):
     Rc: np.ndarray
     Rpos: np.ndarray
     Lend: np.ndarray  # (m2,) end of each column's rows below lim (levels for ML, all for REML)
+    Ep: np.ndarray
+    Ei: np.ndarray
+    Pp: np.ndarray
+    Ppos: np.ndarray
 
 
 class SparseDesign(NamedTuple):
@@ -91,7 +95,7 @@ class SparseDesign(NamedTuple):
     fstart: np.ndarray  # (k + 1,) remaining levels of factor j: members[fstart[j]:fstart[j + 1]]
     members: np.ndarray
     tau: np.ndarray  # (k,) below this variance ratio, a factor's trace is summed explicitly
-    u: Pattern
+    u: Indices
     big: int
     p: int
     nu: float
@@ -199,6 +203,15 @@ def _find(Lp, Li, i, j):
 
 
 @nb.njit(cache=True)
+def _positions(Lp, Li, rows, cols):
+    """Positions of the entries ``(rows[e], cols[e])``, ``rows >= cols``, in ``L``'s storage."""
+    out = np.empty(rows.shape[0], dtype=np.int64)
+    for e in range(rows.shape[0]):
+        out[e] = _find(Lp, Li, rows[e], cols[e])
+    return out
+
+
+@nb.njit(cache=True)
 def _row_pattern(Lp, Li, m):
     """The pattern of ``L`` by rows, left of the diagonal: (Rp, Rc, Rpos)."""
     Rp = np.zeros(m + 1, dtype=np.int64)
@@ -287,22 +300,21 @@ def build_design(
     Ei = inv[Ec.indices].astype(np.int64)
     Ep = Ec.indptr.astype(np.int64)
     Ex = Ec.data.astype(float)
-    for r in range(len(Ep) - 1):  # each row's columns ascending in L's order
-        seg = slice(Ep[r], Ep[r + 1])
-        o = np.argsort(Ei[seg], kind="stable")
-        Ei[seg], Ex[seg] = Ei[seg][o], Ex[seg][o]
+    o = np.lexsort((Ei, np.repeat(np.arange(len(Ep) - 1), np.diff(Ep))))
+    Ei, Ex = Ei[o], Ex[o]  # each row's columns ascending in L's order
     Rp, Rc, Rpos = _row_pattern(Lp, Li, m2)
     Gc = sp.coo_matrix(G22)
+    i, j = inv[Gc.row], inv[Gc.col]
     G = np.zeros(len(Li))
-    for i, j, v in zip(inv[Gc.row], inv[Gc.col], Gc.data, strict=True):
-        if i >= j:
-            G[_find(Lp, Li, i, j)] = v
+    G[_positions(Lp, Li, i[i >= j], j[i >= j])] = Gc.data[i >= j]
     Pp, Ppos, Pval = _row_pairs(Ep, Ei, Ex, Lp, Li)
     rf = rest_factor[adj_order[:q2]]
     k = len(tau)
     lim = m2 if reml else q2
-    Lend = np.array([Lp[j] + np.searchsorted(Li[Lp[j] : Lp[j + 1]], lim) for j in range(m2)])
-    unsigned = Pattern(*(a.astype(np.uint64) for a in (Lp, Li, Rp, Rc, Rpos, Lend)))
+    column = np.repeat(np.arange(m2), np.diff(Lp))
+    Lend = Lp[1:] - np.bincount(column[Li >= lim], minlength=m2)  # rows ascend
+    index = (Lp, Li, Rp, Rc, Rpos, Lend, Ep, Ei, Pp, Ppos)
+    unsigned = Indices(*(a.astype(np.uint64) for a in index))
     members = np.argsort(rf, kind="stable").astype(np.int64)
     fstart = np.searchsorted(rf[members], np.arange(k + 1)).astype(np.int64)
     return SparseDesign(
@@ -342,21 +354,23 @@ def _weighted_gram(dz, weight, K):
     Row by row, each row's products scaled and added at their positions: no index
     search, and each entry's sum runs over the rows in order.
     """
+    Pp, Ppos = dz.u.Pp, dz.u.Ppos
     K[:] = 0.0
-    for lv in range(dz.Pp.shape[0] - 1):
+    for lv in range(Pp.shape[0] - 1):
         f = weight[lv]
-        for t in range(dz.Pp[lv], dz.Pp[lv + 1]):
-            K[dz.Ppos[t]] += f * dz.Pval[t]
+        for t in range(Pp[lv], Pp[lv + 1]):
+            K[Ppos[t]] += f * dz.Pval[t]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _weighted_inner(dz, weight, T):
     """``<T, E' diag(weight) E>`` over ``L``'s positions (``T`` holds each pair's weight)."""
+    Pp, Ppos = dz.u.Pp, dz.u.Ppos
     total = 0.0
-    for lv in range(dz.Pp.shape[0] - 1):
+    for lv in range(Pp.shape[0] - 1):
         acc = 0.0
-        for t in range(dz.Pp[lv], dz.Pp[lv + 1]):
-            acc += dz.Pval[t] * T[dz.Ppos[t]]
+        for t in range(Pp[lv], Pp[lv + 1]):
+            acc += dz.Pval[t] * T[Ppos[t]]
         total += weight[lv] * acc
     return total
 
@@ -460,7 +474,7 @@ def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_ke
     if same:
         return w.ok[0]
     w.gamma[:] = gamma
-    d, Lp, Li = dz.d, dz.Lp, dz.Li
+    d, Lp, Li = dz.d, dz.u.Lp, dz.u.Li
     q1 = d.shape[0]
     m2 = Lp.shape[0] - 1
     q2 = m2 - dz.p
@@ -543,8 +557,8 @@ def _reduced_rhs(g1, inv_a, b1, b2, ss, dz, out):
         z = b1[lv] * inv_a[lv]
         yy -= g1 * b1[lv] * z
         f = g1 * z
-        for t in range(dz.Ep[lv], dz.Ep[lv + 1]):
-            out[dz.Ei[t]] -= f * dz.Ex[t]
+        for t in range(dz.u.Ep[lv], dz.u.Ep[lv + 1]):
+            out[dz.u.Ei[t]] -= f * dz.Ex[t]
     return yy
 
 
@@ -641,7 +655,7 @@ def _selected_inverse(dz, w):
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _n_product(dz, N, v, out):
     """``out = N v`` (``N`` symmetric, its lower triangle on ``L``'s positions)."""
-    Lp, Li = dz.Lp, dz.Li
+    Lp, Li = dz.u.Lp, dz.u.Li
     m2 = Lp.shape[0] - 1
     out[:] = 0.0
     for j in range(m2):
@@ -697,7 +711,7 @@ def _traces(gamma, dz, w, tr):
     lim = m2 if dz.reml else q2
     _selected_inverse(dz, w)
     q1 = dz.d.shape[0]
-    Lp, Li, s, Z, T = dz.Lp, dz.Li, w.s, w.Z, w.K
+    Lp, Li, s, Z, T = dz.u.Lp, dz.u.Li, w.s, w.Z, w.K
     w2 = w.v1
     acc = 0.0
     for lv in range(q1):
@@ -737,9 +751,9 @@ def _residual_vector(gamma, dz, w):
     for lv in range(q1):
         wb = w.w[lv] * w.b1[lv]
         acc = 0.0
-        for t in range(dz.Ep[lv], dz.Ep[lv + 1]):
-            acc += dz.Ex[t] * sc[dz.Ei[t]]
-            w.uR[dz.Ei[t]] -= g1 * dz.Ex[t] * wb
+        for t in range(dz.u.Ep[lv], dz.u.Ep[lv + 1]):
+            acc += dz.Ex[t] * sc[dz.u.Ei[t]]
+            w.uR[dz.u.Ei[t]] -= g1 * dz.Ex[t] * wb
         w.u1[lv] = wb - w.w[lv] * acc
 
 
@@ -756,8 +770,8 @@ def _f_product(dz, w, j, out):
         for lv in range(dz.d.shape[0]):
             f = w.w[lv] * w.u1[lv]
             uu += w.u1[lv] * w.u1[lv]
-            for t in range(dz.Ep[lv], dz.Ep[lv + 1]):
-                out[dz.Ei[t]] += dz.Ex[t] * f
+            for t in range(dz.u.Ep[lv], dz.u.Ep[lv + 1]):
+                out[dz.u.Ei[t]] += dz.Ex[t] * f
         return uu
     vR = w.vR
     vR[:] = 0.0
