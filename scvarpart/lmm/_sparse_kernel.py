@@ -96,6 +96,7 @@ class SparseDesign(NamedTuple):
     members: np.ndarray
     tau: np.ndarray  # (k,) below this variance ratio, a factor's trace is summed explicitly
     u: Indices
+    dense: int  # columns from this one on are full to the last row (a dense trailing block)
     big: int
     p: int
     nu: float
@@ -313,6 +314,7 @@ def build_design(
     lim = m2 if reml else q2
     column = np.repeat(np.arange(m2), np.diff(Lp))
     Lend = Lp[1:] - np.bincount(column[Li >= lim], minlength=m2)  # rows ascend
+    partial = np.flatnonzero(np.diff(Lp) < m2 - np.arange(m2))
     index = (Lp, Li, Rp, Rc, Rpos, Lend, Ep, Ei, Pp, Ppos)
     unsigned = Indices(*(a.astype(np.uint64) for a in index))
     members = np.argsort(rf, kind="stable").astype(np.int64)
@@ -337,6 +339,7 @@ def build_design(
         members=members,
         tau=np.ascontiguousarray(tau, dtype=float),
         u=unsigned,
+        dense=int(partial[-1] + 1) if len(partial) else 0,
         big=int(big),
         p=int(p),
         nu=float(nu),
@@ -435,10 +438,11 @@ def workspace(dz, k):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _cholesky(u, L, x):
+def _cholesky(u, dense, L, x):
     """Left-looking Cholesky factorisation in place of ``L`` (holding ``S``; pattern ``u``).
 
-    Returns False where ``S`` is not positive definite.
+    Columns from ``dense`` on are full below the diagonal: there the update is a
+    contiguous (vectorised) loop. Returns False where ``S`` is not positive definite.
     """
     Lp, Li, Rp, Rc, Rpos = u.Lp, u.Li, u.Rp, u.Rc, u.Rpos
     m2 = Lp.shape[0] - 1
@@ -448,6 +452,10 @@ def _cholesky(u, L, x):
         for r in range(Rp[j], Rp[j + 1]):
             k, pos = Rc[r], Rpos[r]
             ljk = L[pos]
+            if k >= dense:  # rows j, j + 1, ... at pos, pos + 1, ...
+                for o in range(Lp[k + 1] - pos):
+                    x[j + o] -= L[pos + o] * ljk
+                continue
             for t in range(pos, Lp[k + 1]):
                 x[Li[t]] -= L[t] * ljk
         diag = x[j]
@@ -494,7 +502,7 @@ def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_ke
             L[t] = s[Li[t]] * s[j] * N[t]
         if j < q2:
             L[Lp[j]] += 1.0
-    w.ok[0] = _cholesky(dz.u, L, w.x)
+    w.ok[0] = _cholesky(dz.u, dz.dense, L, w.x)
     if not w.ok[0]:
         return False
     logdet_x = 0.0
@@ -509,8 +517,12 @@ def factor(gamma, dz, w):  # noqa: C901 (one compiled loop nest, as in _dense_ke
 
 
 @nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _forward(Lp, Li, L, c, start):
-    """``c = L^-1 c`` in place, for a ``c`` that is 0 before index ``start``."""
+def _forward(u, dense, L, c, start):
+    """``c = L^-1 c`` in place, for a ``c`` that is 0 before index ``start``.
+
+    Pattern ``u``, full below the diagonal from column ``dense`` on (contiguous loops).
+    """
+    Lp, Li = u.Lp, u.Li
     m2 = Lp.shape[0] - 1
     for j in range(start, m2):
         cj = c[j]
@@ -518,6 +530,10 @@ def _forward(Lp, Li, L, c, start):
             continue
         cj /= L[Lp[j]]
         c[j] = cj
+        if j >= dense:
+            for o in range(Lp[j + 1] - Lp[j] - 1):
+                c[j + 1 + o] -= L[Lp[j] + 1 + o] * cj
+            continue
         for t in range(Lp[j] + 1, Lp[j + 1]):
             c[Li[t]] -= L[t] * cj
 
@@ -582,7 +598,7 @@ def solve(gamma, ss, dz, w):
     c = w.c
     for i in range(c.shape[0]):
         c[i] *= w.s[i]
-    _forward(dz.u.Lp, dz.u.Li, w.L, c, 0)
+    _forward(dz.u, dz.dense, w.L, c, 0)
     r2 = yy
     for i in range(c.shape[0]):
         r2 -= c[i] * c[i]
@@ -688,7 +704,7 @@ def _explicit_trace(dz, w, j, lim):
             start = min(start, Rc[r])
         for t in range(Lp[lv], Lp[lv + 1]):
             v[Li[t]] = s[Li[t]] * N[t]
-        _forward(dz.u.Lp, dz.u.Li, w.L, v, start)
+        _forward(dz.u, dz.dense, w.L, v, start)
         acc = N[Lp[lv]]
         for i in range(start, m2):
             if i < lim:
@@ -822,7 +838,7 @@ def derivatives(gamma, dz, w, r2, grad, hess):
         grad[j] -= nu * uu[j] / r2
         for i in range(c.shape[1]):
             c[j, i] = w.s[i] * F[j, i]
-        _forward(dz.u.Lp, dz.u.Li, w.L, c[j], 0)
+        _forward(dz.u, dz.dense, w.L, c[j], 0)
     for i in range(k):
         for j in range(i + 1):
             cc = 0.0
@@ -951,7 +967,7 @@ def _screen(gf, ss, dz, w, values):
             s = gf.s[p]
             for i in range(m2):
                 c[i] = s[i] * base[i]
-            _forward(dz.u.Lp, dz.u.Li, gf.L[p], c, 0)
+            _forward(dz.u, dz.dense, gf.L[p], c, 0)
             r2 = yy
             for i in range(m2):
                 r2 -= c[i] * c[i]
