@@ -9,8 +9,12 @@ without the GIL, so threads fit batches of genes in parallel.
 
 Storage: ``L`` by columns (``Lp``, ``Li``; the diagonal first in each column, rows
 ascending), and the same positions hold ``N``, ``S`` and the selected inverse
-``Z`` (the entries of ``S^-1`` on the pattern of ``L``). Every sum is accumulated
-in a fixed order: a gene's result does not depend on its batch.
+``Z`` (the entries of ``S^-1`` on the pattern of ``L``). The inner loops index with
+unsigned copies of the index arrays (:class:`Indices`), and where the columns of
+``L`` are full to the last row (its dense trailing block) with contiguous loops.
+``E' diag(w) E`` is summed from each row's products, precomputed with their
+positions in ``L``. Every sum is accumulated in a fixed order: a gene's result does
+not depend on its batch.
 """
 
 from __future__ import annotations
