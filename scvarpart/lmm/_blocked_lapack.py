@@ -50,6 +50,8 @@ class LapackSchur(ProfiledDeviance):
         REML criterion instead of the ML deviance.
     """
 
+    hessian = "average information"
+
     def __init__(self, gram: DesignGram, reml: bool):
         super().__init__(gram, reml)
         sizes = np.asarray(gram.factor_sizes)
@@ -153,9 +155,6 @@ class LapackSchur(ProfiledDeviance):
         grad = np.array([p[1] for p in parts]).reshape(len(gamma), self.k)
         hess = np.array([p[2] for p in parts]).reshape(len(gamma), self.k, self.k)
         return dev, grad, hess
-
-    def prepare(self) -> None:
-        """Nothing to prepare: the grid is factorised per batch."""
 
     def _split(self, stats: ResponseStats):
         return stats.ZtY[:, self.idx1], np.concatenate([stats.ZtY[:, self.idx2], stats.XtY], 1)

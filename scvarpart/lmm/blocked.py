@@ -119,6 +119,8 @@ class BlockedDeviance(ProfiledDeviance):
         REML criterion instead of the ML deviance.
     """
 
+    hessian = "average information"
+
     def __init__(self, gram: DesignGram, reml: bool):
         super().__init__(gram, reml)
         self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))

@@ -209,8 +209,8 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
         bad = ~np.isfinite(x).all(axis=1) | ~np.isfinite(dev)
         x[bad], dev[bad] = np.nan, np.nan
         beta_cov = eng.fixed_covariance(x, sigma2)
-        theta = x if isinstance(eng, GeneralDeviance) else np.sqrt(x)
-        grad, hess = _theta_derivatives(eng, theta, stats, *at_optima)
+        # in theta, scale-free: the same in the gene's own units
+        grad, hess = eng.theta_derivatives(eng.to_theta(x), stats, *at_optima)
     return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov, grad, hess
 
 
@@ -298,13 +298,14 @@ def fit_lmm(
     todo = np.flatnonzero(error == "")
     unit = _unit_scale(stats)
     normed = stats.scaled(1.0 / unit)
-    if strategy == "global" and isinstance(eng, DenseDeviance | BlockedDeviance):
-        eng.prepare()  # the grid, factorised once here and shared by every batch
+    if strategy == "global":
+        eng.prepare()  # a grid, factorised once here and shared by every batch
 
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
     results = []
     with _one_blas_thread():  # and in _fit_batch: also inside process workers
-        m = None if isinstance(eng, GeneralDeviance) else moments(gram)  # once, shared
+        # moment estimates of gamma, once; engines in theta make their own starts
+        m = moments(gram) if eng.coordinates == "gamma" else None
         jobs = ((eng, m, normed.subset(b), strategy) for b in batches)
         if n_jobs in (None, 1) or len(batches) <= 1:
             outputs = (_fit_batch(*job) for job in jobs)
@@ -353,9 +354,8 @@ def fit_lmm(
     T = np.eye(p)
     T[0, 1:] = -gram.x_mean[1:]
     beta_cov = np.einsum("ij,gjk,lk->gil", T, beta_cov, T)
-    general = isinstance(eng, GeneralDeviance)
     fit = LMMFit(
-        gamma=_ratios(gamma, terms) if general else gamma,
+        gamma=_ratios(gamma, terms) if eng.coordinates == "theta" else gamma,
         sigma2=sigma2,
         beta=beta,
         deviance=deviance,
@@ -365,40 +365,12 @@ def fit_lmm(
         reml=reml,
         descents=descents,
         beta_cov=beta_cov,
-        theta=gamma if general else np.sqrt(gamma),
+        theta=eng.to_theta(gamma),
         terms=tuple(terms),
         gradient=gradient,
         hessian=hessian,
     )
     return fit
-
-
-def _theta_derivatives(eng, theta: np.ndarray, stats: ResponseStats, *at_optima: np.ndarray):
-    """The criterion's gradient and Hessian in ``theta`` at each gene's optimum.
-
-    The criterion of a gene in its own units differs by a constant from that of the
-    scaled statistics: the derivatives in ``theta`` (scale-free) are the same. The
-    scalar engines work in ``gamma = theta^2``: ``g_theta = 2 theta g_gamma`` and
-    ``H_theta = 4 theta theta' * H_gamma + diag(2 g_gamma)``. NaN for genes without
-    an optimum. ``at_optima``: ``g_gamma`` and ``H_gamma`` of every gene where the
-    engine's search returned them, else they are evaluated here.
-    """
-    G, k = theta.shape
-    grad, hess = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
-    ok = np.flatnonzero(np.isfinite(theta).all(axis=1))
-    if isinstance(eng, GeneralDeviance):  # in theta already, one compiled call
-        _, grad[ok], hess[ok] = eng.derivatives(theta[ok], stats.subset(ok))
-        return grad, hess
-    # blocked: the average information in place of the Hessian
-    if at_optima:
-        g_gamma, h_gamma = (a[ok] for a in at_optima)
-    else:
-        _, g_gamma, h_gamma = eng.derivatives(theta[ok] ** 2, stats.subset(ok))
-    t = theta[ok]
-    grad[ok] = 2 * t * g_gamma
-    hess[ok] = 4 * t[:, :, None] * t[:, None, :] * h_gamma
-    hess[ok] += np.einsum("gi,ij->gij", 2 * g_gamma, np.eye(k))
-    return grad, hess
 
 
 def _ratios(theta: np.ndarray, terms: list[ReTerm]) -> np.ndarray:

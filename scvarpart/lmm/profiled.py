@@ -107,7 +107,8 @@ class ProfiledDeviance(ABC):
         """The global optimum of every gene, also starting from ``x0`` (criterion ``f0``).
 
         ``x0`` has NaN rows for no start. Returns what :meth:`minimise` returns and the
-        number of descents.
+        number of descents; an engine that has them may append the gradient and Hessian
+        at the optima (both methods), for :meth:`theta_derivatives`.
         """
 
     def prepare(self) -> None:
@@ -122,22 +123,28 @@ class ProfiledDeviance(ABC):
         return np.sqrt(x) if self.coordinates == "gamma" else x
 
     def theta_derivatives(
-        self, theta: np.ndarray, stats: ResponseStats
+        self, theta: np.ndarray, stats: ResponseStats, *at_optima: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The criterion's gradient and Hessian (or average information) in ``theta``.
 
-        NaN for genes whose ``theta`` is not finite. From ``gamma = theta^2``:
-        ``g_theta = 2 theta g_gamma`` and ``H_theta = 4 theta theta' * H_gamma +
-        diag(2 g_gamma)``.
+        NaN for genes whose ``theta`` is not finite. ``at_optima``: the gradient and
+        Hessian in the engine's coordinates at these points, where its search returned
+        them; else they are evaluated here. From ``gamma = theta^2``: ``g_theta = 2
+        theta g_gamma`` and ``H_theta = 4 theta theta' * H_gamma + diag(2 g_gamma)``.
         """
         G, k = theta.shape
         grad, hess = np.full((G, k), np.nan), np.full((G, k, k), np.nan)
         ok = np.flatnonzero(np.isfinite(theta).all(axis=1))
-        if self.coordinates == "theta":
-            _, grad[ok], hess[ok] = self.derivatives(theta[ok], stats.subset(ok))
-            return grad, hess
         t = theta[ok]
-        _, g_gamma, h_gamma = self.derivatives(t**2, stats.subset(ok))
+        if at_optima:
+            g_x, h_x = (a[ok] for a in at_optima)
+        else:
+            x = t if self.coordinates == "theta" else t**2
+            _, g_x, h_x = self.derivatives(x, stats.subset(ok))
+        if self.coordinates == "theta":
+            grad[ok], hess[ok] = g_x, h_x
+            return grad, hess
+        g_gamma, h_gamma = g_x, h_x
         grad[ok] = 2 * t * g_gamma
         hess[ok] = 4 * t[:, :, None] * t[:, None, :] * h_gamma
         hess[ok] += np.einsum("gi,ij->gij", 2 * g_gamma, np.eye(k))
