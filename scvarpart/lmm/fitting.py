@@ -214,6 +214,29 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
     return x, sigma2, beta, dev, converged, n_iter, descents, beta_cov, grad, hess
 
 
+def _fit_batches(eng, normed: ResponseStats, todo, strategy, batch_size, n_jobs, progress):
+    """Fit the genes ``todo`` in batches, in parallel threads; the batches' results."""
+    if strategy == "global":
+        eng.prepare()  # a grid, factorised once here and shared by every batch
+    # moment estimates of gamma, once; engines in theta make their own starts
+    m = moments(eng.gram) if eng.coordinates == "gamma" else None
+    batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
+    jobs = ((eng, m, normed.subset(b), strategy) for b in batches)
+    if n_jobs in (None, 1) or len(batches) <= 1:
+        outputs = (_fit_batch(*job) for job in jobs)
+    else:
+        # threads by default: the kernels release the GIL and share the data
+        outputs = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+            delayed(_fit_batch)(*job) for job in jobs
+        )
+    results = []
+    for b, out in zip(batches, outputs, strict=True):
+        results.append(out)
+        if progress is not None:
+            progress(len(b), len(todo))
+    return results
+
+
 def _unit_scale(stats: ResponseStats) -> np.ndarray:
     """A power of two near each gene's standard deviation (1 where it is 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -288,36 +311,21 @@ def fit_lmm(
         terms = [ReTerm(f"factor {j}", s) for j, s in enumerate(gram.factor_sizes)]
     if engine == "auto":
         engine = choose_engine(gram, terms)
-    eng = _make_engine(gram, reml, engine, terms)
-    G, k, p = len(stats), eng.n_params, gram.n_fixed
+    G, p = len(stats), gram.n_fixed
     names = factor_names or [t.name for t in terms]
-
     error = np.full(G, "", dtype=object) if exclude is None else np.array(exclude, dtype=object)
-    rest = np.flatnonzero(error == "")
-    error[rest] = unfittable_reasons(gram, stats.subset(rest), names)
-    todo = np.flatnonzero(error == "")
     unit = _unit_scale(stats)
-    normed = stats.scaled(1.0 / unit)
-    if strategy == "global":
-        eng.prepare()  # a grid, factorised once here and shared by every batch
-
-    batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)]
-    results = []
-    with _one_blas_thread():  # and in _fit_batch: also inside process workers
-        # moment estimates of gamma, once; engines in theta make their own starts
-        m = moments(gram) if eng.coordinates == "gamma" else None
-        jobs = ((eng, m, normed.subset(b), strategy) for b in batches)
-        if n_jobs in (None, 1) or len(batches) <= 1:
-            outputs = (_fit_batch(*job) for job in jobs)
-        else:
-            # threads by default: the kernels release the GIL and share the data
-            outputs = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-                delayed(_fit_batch)(*job) for job in jobs
-            )
-        for b, out in zip(batches, outputs, strict=True):
-            results.append(out)
-            if progress is not None:
-                progress(len(b), len(todo))
+    # BLAS single-threaded throughout (and in _fit_batch, for process workers): n_jobs is
+    # the only parallelism, and a BLAS pool woken by one call spins on a core the
+    # workers need
+    with _one_blas_thread():
+        eng = _make_engine(gram, reml, engine, terms)
+        rest = np.flatnonzero(error == "")
+        error[rest] = unfittable_reasons(gram, stats.subset(rest), names)
+        todo = np.flatnonzero(error == "")
+        normed = stats.scaled(1.0 / unit)
+        results = _fit_batches(eng, normed, todo, strategy, batch_size, n_jobs, progress)
+    k = eng.n_params
 
     gamma = np.full((G, k), np.nan)
     sigma2 = np.full(G, np.nan)
