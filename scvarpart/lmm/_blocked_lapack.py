@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba as nb
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
@@ -23,6 +24,38 @@ from .profiled import ProfiledDeviance
 from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
 
 __all__ = ["LapackSchur"]
+
+
+@nb.njit(cache=True, nogil=True)
+def _schur(G22, K, t1, s, q2):
+    """``N = G22 - t1 K`` and the lower triangle of ``S = s s' * N + I`` (levels), one pass.
+
+    The upper triangle of ``S`` is left unset: only LAPACK's Cholesky reads ``S``.
+    """
+    m = G22.shape[0]
+    N = np.empty((m, m))
+    S = np.empty((m, m))
+    for i in range(m):
+        si = s[i]
+        for j in range(m):
+            N[i, j] = G22[i, j] - t1 * K[i, j]
+        for j in range(i + 1):
+            S[i, j] = N[i, j] * si * s[j]
+        if i < q2:
+            S[i, i] += 1.0
+    return N, S
+
+
+@nb.njit(cache=True, nogil=True)
+def _scaled_inner(A, K, s, rows):
+    """``<s s' * A, K>`` over the leading ``rows``, symmetric ``A`` by its lower triangle."""
+    total = 0.0
+    for i in range(rows):
+        acc = 0.0
+        for j in range(i):
+            acc += A[i, j] * s[j] * K[i, j]
+        total += s[i] * (2.0 * acc + A[i, i] * s[i] * K[i, i])
+    return total
 
 
 class _Factor(NamedTuple):
@@ -98,13 +131,9 @@ class LapackSchur(ProfiledDeviance):
         t1 = gamma[self.big]
         w = 1.0 / (t1 * self.d + 1.0)
         s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
-        N = self._weighted_gram(t1, w) * -t1
-        N += self.G22
-        S = N * s[:, None]
-        S *= s[None, :]
-        S[np.arange(self.q2), np.arange(self.q2)] += 1.0
-        try:
-            L = scipy.linalg.cholesky(S, lower=True, check_finite=False)
+        N, S = _schur(self.G22, self._weighted_gram(t1, w), t1, s, self.q2)
+        try:  # LAPACK reads S's lower triangle only, and zeroes L's upper one
+            L = scipy.linalg.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             return None
         logdiag = np.log(np.diagonal(L))
@@ -214,12 +243,11 @@ class LapackSchur(ProfiledDeviance):
         m = len(fac.s)
         rows = m if self.reml else self.q2  # Q = Z'PZ (REML) or M = Z'V^-1 Z (ML)
         tr = np.empty(self.k)
-        # S_r^-1 from the factor (LAPACK's dpotri, lower triangle), scaled by s s'
-        A = np.tril(scipy.linalg.lapack.dpotri(fac.L[:rows, :rows], lower=1)[0])
+        # S_r^-1 from the factor (LAPACK's dpotri: its lower triangle is set)
+        A = scipy.linalg.lapack.dpotri(fac.L[:rows, :rows], lower=1)[0]
         diag_inv = np.diagonal(A)[: self.q2].copy()
-        A = (A + np.tril(A, -1)) * fac.s[:rows, None] * fac.s[None, :rows]  # lower, doubled
-        K2 = self._gram(fac.w**2)[:rows, :rows]
-        tr[self.big] = np.dot(self.d, fac.w) - np.vdot(A, K2)
+        K2 = self._gram(fac.w**2)
+        tr[self.big] = np.dot(self.d, fac.w) - _scaled_inner(A, K2, fac.s, rows)
         for j in range(self.k):
             lv = self.rest_levels[j] if j != self.big else None
             if lv is None:
