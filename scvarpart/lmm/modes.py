@@ -128,7 +128,7 @@ def _gene_modes(sp_: _Split, terms, theta, zy, xy, relfacs, blocks):
     u[e] = Ai @ (rhs_e - B @ x)
     b = lam @ u
     W = _conditional_covariance(L[:n_rest, :n_rest], AiB[:, :n_rest], A_inv, r)
-    return _by_term(b, W, lam, e, rest, relfacs, blocks, r)
+    return _by_term(b, W, le, lr, e, rest, relfacs, blocks, r)
 
 
 def _conditional_covariance(L_RR, AiB_R, A_inv, r):
@@ -150,15 +150,14 @@ def _conditional_covariance(L_RR, AiB_R, A_inv, r):
     return S_inv, blocks
 
 
-def _by_term(b, W, lam, e, rest, relfacs, blocks, r):
+def _by_term(b, W, le, lr, e, rest, relfacs, blocks, r):
     """Split the modes and the diagonal of ``Lambda W Lambda'`` by term."""
     S_inv, W_e = W
     n = len(b)
     var = np.empty(n)
     if len(e):  # Lambda_e W_e Lambda_e', level block by level block (T W_l T')
-        T = lam[e[:r]][:, e[:r]].toarray()
+        T = le[:r, :r].toarray()  # the eliminated term's T, the same on every level
         var[e] = np.einsum("ia,lab,ib->li", T, W_e, T).ravel()
-    lr = lam[rest][:, rest]
     LW = (lr @ S_inv) if len(rest) else np.zeros((0, 0))
     var[rest] = np.einsum("ij,ij->i", LW, lr.toarray()) if len(rest) else 0.0
     where = np.empty(n, dtype=np.intp)
