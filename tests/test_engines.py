@@ -155,3 +155,31 @@ def test_many_cells_per_level_search_finds_the_best_of_many_descents(seed):
             best = np.nanmin(dev) + engine.nu * np.log(unit[g] ** 2)
             assert fit.deviance[g] <= best + 1e-9 * abs(best)
             assert fit.converged[g]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+def test_blocked_engines_lapack_path_matches_its_sparse_path(seed, reml, monkeypatch):
+    """The LAPACK path (for Schur complements that fill in) on designs the sparse one fits.
+
+    The same optima as the dense engine; the same gradient and average information as
+    the sparse path at each optimum, including genes with variances at 0, where the
+    LAPACK path factorises only the rows of ``S`` that are not the identity's.
+    """
+    from scvarpart.lmm import blocked
+
+    design, Y = _large_design(seed)
+    sparse = _fit(design, Y, reml)
+    monkeypatch.setattr(blocked.sk, "analyse", lambda *args: None)
+    assert blocked.BlockedDeviance(design_gram(design), reml).lapack is not None
+    lapack = _fit(design, Y, reml)
+    dense = _fit(design, Y, reml, engine="dense")
+    assert lapack.converged.all()
+    np.testing.assert_allclose(lapack.deviance, dense.deviance, rtol=1e-10)
+    assert (lapack.gamma == 0).any(), "no gene with a variance at 0: the test needs one"
+    # at the same point: the sparse path's derivatives at the LAPACK path's optima
+    np.testing.assert_allclose(lapack.deviance, sparse.deviance, rtol=1e-10)
+    at = np.isclose(lapack.gamma, sparse.gamma, rtol=1e-6, atol=1e-9).all(axis=1)
+    assert at.sum() >= len(at) // 2
+    np.testing.assert_allclose(lapack.gradient[at], sparse.gradient[at], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lapack.hessian[at], sparse.hessian[at], rtol=1e-5, atol=1e-5)

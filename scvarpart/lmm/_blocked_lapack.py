@@ -9,7 +9,7 @@ Python and NumPy, one gene at a time.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
@@ -17,7 +17,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..suffstats import DesignGram, ResponseStats
-from ._sparse_kernel import columns, dense_weighted_gram
+from ._sparse_kernel import columns
 from .grid import variance_grid
 from .newton import NewtonOptions, minimise_callable
 from .profiled import ProfiledDeviance
@@ -27,47 +27,111 @@ __all__ = ["LapackSchur"]
 
 
 @nb.njit(cache=True, nogil=True)
-def _schur(G22, K, t1, s, q2):
-    """``N = G22 - t1 K`` and the lower triangle of ``S = s s' * N + I`` (levels), one pass.
+def _upper_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, weight, out):
+    """The upper triangle of ``out = E' diag(weight) E``, from ``E`` by rows and by columns.
 
-    The upper triangle of ``S`` is left unset: only LAPACK's Cholesky reads ``S``.
+    ``E`` by columns is :func:`~._sparse_kernel.columns`'s; rows' columns ascend.
+    Row ``b`` of the result: every product of column ``b`` with a later column, in
+    order of ``E``'s rows. The strict lower triangle is left unset.
     """
-    m = G22.shape[0]
-    N = np.empty((m, m))
-    S = np.empty((m, m))
-    for i in range(m):
-        si = s[i]
-        for j in range(m):
-            N[i, j] = G22[i, j] - t1 * K[i, j]
-        for j in range(i + 1):
-            S[i, j] = N[i, j] * si * s[j]
-        if i < q2:
-            S[i, i] += 1.0
-    return N, S
+    m = out.shape[0]
+    for b in range(m):
+        row = out[b]
+        row[b:] = 0.0
+        for t in range(Cp[b], Cp[b + 1]):
+            lv = Ci[t]
+            f = weight[lv] * Cx[t]
+            for u in range(Cu[t], Ep[lv + 1]):
+                row[Ei[u]] += f * Ex[u]
 
 
 @nb.njit(cache=True, nogil=True)
-def _scaled_inner(A, K, s, rows):
-    """``<s s' * A, K>`` over the leading ``rows``, symmetric ``A`` by its lower triangle."""
+def _schur(G22, K, kidx, t1, s, active, q2):
+    """The lower triangle of ``S = s s' * (G22 - t1 K) + I`` (levels) on ``active`` rows.
+
+    ``K``'s upper triangle is read at ``kidx`` (``active`` for a full ``K``, or
+    ``0..n-1`` for ``K`` on the active rows only). Returned in Fortran order, which
+    LAPACK factorises in place, with the upper triangle 0: LAPACK reads the lower one
+    and leaves the upper as it is, so that the factor is a triangular matrix.
+    """
+    n = len(active)
+    out = np.empty((n, n))  # out[j, i] is S's (i, j): out.T is S in Fortran order
+    for j in range(n):
+        a, ka = active[j], kidx[j]
+        sa = s[a]
+        out[j, :j] = 0.0
+        for i in range(j, n):  # G22 symmetric, K by its upper triangle: rows a, ka
+            b = active[i]
+            out[j, i] = (G22[a, b] - t1 * K[ka, kidx[i]]) * sa * s[b]
+        if a < q2:
+            out[j, j] += 1.0
+    return out.T
+
+
+@nb.njit(cache=True, nogil=True)
+def _symmetric_n(G22, K, t1):
+    """``N = G22 - t1 K``, every entry, from ``K``'s upper triangle."""
+    m = G22.shape[0]
+    N = np.empty((m, m))
+    for i in range(m):
+        for j in range(i, m):
+            N[i, j] = N[j, i] = G22[i, j] - t1 * K[i, j]
+    return N
+
+
+@nb.njit(cache=True, nogil=True)
+def _rows_inner(Ep, Ei, Ex, weight, A, s, rows):
+    """``<s s' * A, E' diag(weight) E>`` over the leading ``rows``, ``A`` by its lower triangle.
+
+    Row by row of ``E`` (columns ascending): ``sum_l weight_l (s e_l)' A (s e_l)``,
+    without forming ``E' diag(weight) E``.
+    """
     total = 0.0
-    for i in range(rows):
+    for lv in range(len(Ep) - 1):
         acc = 0.0
-        for j in range(i):
-            acc += A[i, j] * s[j] * K[i, j]
-        total += s[i] * (2.0 * acc + A[i, i] * s[i] * K[i, i])
+        for u in range(Ep[lv], Ep[lv + 1]):
+            a = Ei[u]
+            if a >= rows:
+                break
+            va = Ex[u] * s[a]
+            cross = 0.0
+            for v in range(u + 1, Ep[lv + 1]):
+                b = Ei[v]
+                if b >= rows:
+                    break
+                cross += A[b, a] * Ex[v] * s[b]
+            acc += va * (va * A[a, a] + 2.0 * cross)
+        total += weight[lv] * acc
     return total
 
 
-class _Factor(NamedTuple):
-    """The gene-independent factorisation at one ``gamma``."""
+@dataclass(eq=False)
+class _Factor:
+    """The gene-independent factorisation at one ``gamma``.
+
+    Levels whose variance ratio is 0 (``s = 0``) have rows of the identity in ``S``,
+    and so in its factor: ``L`` is the factor of ``S`` on the other rows only,
+    ``active``. The grid of the search has many such points, each a factorisation
+    of a matrix much smaller than ``S``.
+    """
 
     gamma: np.ndarray
     w: np.ndarray  # 1 / (1 + gamma_1 d), the eliminated factor's weights
     s: np.ndarray  # sqrt(gamma) of every remaining level, 1 for the fixed effects
-    N: np.ndarray  # G_22 - gamma_1 E' diag(w) E
-    L: np.ndarray  # lower Cholesky factor of S = s s' * N + I (levels)
+    active: np.ndarray  # rows of S that are not rows of the identity, ascending
+    L: np.ndarray  # lower Cholesky factor of S = s s' * N + I (levels) on `active`
     logdet_v: float
     logdet_x: float
+    dense: tuple[np.ndarray, np.ndarray] | None = None  # (L on every row, N), on demand
+
+    def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
+        """``L^-1 rhs`` (or ``L^-T rhs``) of the factor on every row."""
+        a = self.active
+        out = np.array(rhs, dtype=float)
+        out[a] = scipy.linalg.solve_triangular(
+            self.L, out[a], lower=True, trans=trans, check_finite=False
+        )
+        return out
 
 
 class LapackSchur(ProfiledDeviance):
@@ -100,6 +164,7 @@ class LapackSchur(ProfiledDeviance):
         C12 = C[self.idx1][:, self.idx2]
         self.E = sp.hstack([C12, sp.csr_matrix(gram.ZtX[self.idx1])]).tocsr()
         self.Et = self.E.T.tocsr()
+        self.E_csc = self.E.tocsc()
         self.C1R = C12
         C22 = C[self.idx2][:, self.idx2].toarray()
         Z2X = gram.ZtX[self.idx2]
@@ -131,26 +196,43 @@ class LapackSchur(ProfiledDeviance):
         t1 = gamma[self.big]
         w = 1.0 / (t1 * self.d + 1.0)
         s = np.concatenate([np.sqrt(gamma[self.rest_factor]), np.ones(self.p)])
-        N, S = _schur(self.G22, self._weighted_gram(t1, w), t1, s, self.q2)
-        try:  # LAPACK reads S's lower triangle only, and zeroes L's upper one
-            L = scipy.linalg.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
+        active = np.flatnonzero(s)
+        K, kidx = self._active_gram(t1, w, active)
+        S = _schur(self.G22, K, kidx, t1, s, active, self.q2)
+        L, info = scipy.linalg.lapack.dpotrf(S, lower=1, overwrite_a=1, clean=0)
+        if info != 0:
             return None
         logdiag = np.log(np.diagonal(L))
+        n_levels = len(active) - self.p  # the fixed effects' rows are the last
         fac = _Factor(
             gamma=gamma.copy(),
             w=w,
             s=s,
-            N=N,
+            active=active,
             L=L,
-            logdet_v=float(-np.log(w).sum() + 2 * logdiag[: self.q2].sum()),
-            logdet_x=float(2 * logdiag[self.q2 :].sum()),
+            logdet_v=float(-np.log(w).sum() + 2 * logdiag[:n_levels].sum()),
+            logdet_x=float(2 * logdiag[n_levels:].sum()),
         )
         self._last = fac
         return fac
 
+    def _active_gram(self, t1: float, w: np.ndarray, active: np.ndarray):
+        """``E' diag(w) E`` for ``S`` on the ``active`` rows, and where to read it.
+
+        A few active rows (variance ratios of the large factors at 0) get a product
+        of their own columns of ``E``; otherwise the whole product, kept for the
+        next call.
+        """
+        if t1 == 0:  # K is multiplied by 0: G22 stands in for it (finite, its shape)
+            return self.G22, active
+        if 4 * len(active) > self.G22.shape[0]:
+            return self._weighted_gram(t1, w), active
+        Ea = self.E_csc[:, active]
+        K = (Ea.T @ Ea.multiply(w[:, None])).toarray()
+        return K, np.arange(len(active))
+
     def _weighted_gram(self, t1: float, w: np.ndarray) -> np.ndarray:
-        """``E' diag(w) E`` for the eliminated ratio ``t1``, kept for the next call.
+        """``E' diag(w) E`` (its upper triangle) for the ratio ``t1``, kept for the next call.
 
         Grid points that share ``t1`` share it: the screen visits them in a row.
         """
@@ -159,12 +241,26 @@ class LapackSchur(ProfiledDeviance):
             last = self._last_gram = (t1, self._gram(w))
         return last[1]
 
+    def _dense(self, fac: _Factor) -> tuple[np.ndarray, np.ndarray]:
+        """The factor on every row and ``N = G22 - t1 E' diag(w) E``, for derivatives."""
+        if fac.dense is None:
+            m = len(fac.s)
+            if len(fac.active) == m:
+                L = fac.L
+            else:
+                L = np.eye(m, order="F")
+                L[np.ix_(fac.active, fac.active)] = fac.L
+            t1 = fac.gamma[self.big]
+            N = self.G22 if t1 == 0 else _symmetric_n(self.G22, self._weighted_gram(t1, fac.w), t1)
+            fac.dense = (L, N)
+        return fac.dense
+
     def _gram(self, weight: np.ndarray) -> np.ndarray:
-        """``E' diag(weight) E``, dense."""
+        """The upper triangle of ``E' diag(weight) E``, dense."""
         m = self.G22.shape[0]
         out = np.empty((m, m))
         (Ep, Ei, Ex), (Cp, Ci, Cx, Cu) = self._rows, self._cols
-        dense_weighted_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, np.ascontiguousarray(weight), out)
+        _upper_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, np.ascontiguousarray(weight), out)
         return out
 
     def _residual(self, fac: _Factor, B1: np.ndarray, B2: np.ndarray, ss: np.ndarray):
@@ -173,7 +269,7 @@ class LapackSchur(ProfiledDeviance):
         wb1 = B1 * fac.w
         yy = ss - t1 * np.einsum("gl,gl->g", wb1, B1)
         rhs = (B2 - t1 * (self.Et @ wb1.T).T) * fac.s
-        c = scipy.linalg.solve_triangular(fac.L, rhs.T, lower=True, check_finite=False)
+        c = fac.solve(rhs.T)  # rows of the identity in L: rhs's, 0 as s is
         return yy - np.einsum("mg,mg->g", c, c), c
 
     def derivatives(self, gamma: np.ndarray, stats: ResponseStats):
@@ -213,7 +309,7 @@ class LapackSchur(ProfiledDeviance):
                 continue
             r2, c = self._residual(fac, B1[i : i + 1], B2[i : i + 1], stats.ss[i : i + 1])
             dev[i] = self._objective(fac, r2)[0]
-            sol = scipy.linalg.solve_triangular(fac.L, c[:, 0], lower=True, trans="T")
+            sol = fac.solve(c[:, 0], trans="T")
             sigma2[i] = r2[0] / self.nu
             beta[i] = sol[self.q2 :]
         return dev, sigma2, beta
@@ -228,7 +324,7 @@ class LapackSchur(ProfiledDeviance):
         for i, g in enumerate(gamma):
             fac = self._factor(g) if np.isfinite(g).all() else None
             if fac is not None:
-                out[i] = fac.L[self.q2 :, self.q2 :]
+                out[i] = fac.L[-self.p :, -self.p :]
         return out
 
     # -- derivatives ---------------------------------------------------------------
@@ -243,11 +339,12 @@ class LapackSchur(ProfiledDeviance):
         m = len(fac.s)
         rows = m if self.reml else self.q2  # Q = Z'PZ (REML) or M = Z'V^-1 Z (ML)
         tr = np.empty(self.k)
+        L, N = self._dense(fac)
         # S_r^-1 from the factor (LAPACK's dpotri: its lower triangle is set)
-        A = scipy.linalg.lapack.dpotri(fac.L[:rows, :rows], lower=1)[0]
+        A = scipy.linalg.lapack.dpotri(L[:rows, :rows], lower=1)[0]
         diag_inv = np.diagonal(A)[: self.q2].copy()
-        K2 = self._gram(fac.w**2)
-        tr[self.big] = np.dot(self.d, fac.w) - _scaled_inner(A, K2, fac.s, rows)
+        Ep, Ei, Ex = self._rows
+        tr[self.big] = np.dot(self.d, fac.w) - _rows_inner(Ep, Ei, Ex, fac.w**2, A, fac.s, rows)
         for j in range(self.k):
             lv = self.rest_levels[j] if j != self.big else None
             if lv is None:
@@ -256,9 +353,9 @@ class LapackSchur(ProfiledDeviance):
                 tr[j] = (len(lv) - diag_inv[lv].sum()) / fac.gamma[j]
                 continue
             W = scipy.linalg.solve_triangular(  # L_r^-1 (s * N[:, lv])
-                fac.L[:rows, :rows], fac.s[:rows, None] * fac.N[:rows, lv], lower=True
+                L[:rows, :rows], fac.s[:rows, None] * N[:rows, lv], lower=True
             )
-            tr[j] = np.diagonal(fac.N)[lv].sum() - np.einsum("rl,rl->", W, W)
+            tr[j] = np.diagonal(N)[lv].sum() - np.einsum("rl,rl->", W, W)
         return tr
 
     def _q_product(self, fac: _Factor, U1: np.ndarray, UR: np.ndarray):
@@ -267,10 +364,11 @@ class LapackSchur(ProfiledDeviance):
         ``u`` is given by its eliminated-level part ``U1`` and its remaining-level part
         ``UR``.
         """
-        s, N = fac.s, fac.N
+        s = fac.s
+        L, N = self._dense(fac)
         wu = fac.w * U1
         Fu = s * (self.Et @ wu + N[:, : self.q2] @ UR)
-        z = s * scipy.linalg.cho_solve((fac.L, True), Fu, check_finite=False)
+        z = s * scipy.linalg.cho_solve((L, True), Fu, check_finite=False)
         out1 = self.d * wu + fac.w * (self.C1R @ UR) - fac.w * (self.E @ z)
         outR = (self.Et @ wu)[: self.q2] + N[: self.q2, : self.q2] @ UR - (N @ z)[: self.q2]
         return out1, outR
@@ -285,12 +383,11 @@ class LapackSchur(ProfiledDeviance):
         f = float(self._objective(fac, np.array([r2]))[0])
         t1 = gamma[self.big]
         # u = Z'Py from c-hat = L^-T c
-        sc = fac.s * scipy.linalg.solve_triangular(
-            fac.L, c[:, 0], lower=True, trans="T", check_finite=False
-        )
+        sc = fac.s * fac.solve(c[:, 0], trans="T")
+        N = self._dense(fac)[1]
         wb1 = fac.w * b1
         u1 = wb1 - fac.w * (self.E @ sc)
-        uR = b2[: self.q2] - (fac.N @ sc)[: self.q2] - t1 * (self.Et @ wb1)[: self.q2]
+        uR = b2[: self.q2] - (N @ sc)[: self.q2] - t1 * (self.Et @ wb1)[: self.q2]
         parts = []
         for j in range(self.k):
             if j == self.big:

@@ -42,7 +42,6 @@ __all__ = [
     "SparseDesign",
     "analyse",
     "columns",
-    "dense_weighted_gram",
     "evaluate_batch",
     "factor",
     "factor_points",
@@ -1155,23 +1154,3 @@ def fixed_factors(gammas, dz):
             for t in range(dz.Lp[j], dz.Lp[j + 1]):
                 out[g, dz.Li[t] - q2, j - q2] = w.L[t]
     return out
-
-
-@nb.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def dense_weighted_gram(Ep, Ei, Ex, Cp, Ci, Cx, Cu, weight, out):
-    """``out = E' diag(weight) E``, dense, from ``E`` by rows and by columns (:func:`_columns`).
-
-    Rows' columns ascend; column by column, every product once, in order of the rows.
-    """
-    m = out.shape[0]
-    for b in range(m):
-        col = out[b]  # row b of the symmetric result: its column b
-        col[:] = 0.0
-        for t in range(Cp[b], Cp[b + 1]):
-            lv = Ci[t]
-            f = weight[lv] * Cx[t]
-            for u in range(Cu[t], Ep[lv + 1]):
-                col[Ei[u]] += f * Ex[u]
-    for b in range(m):
-        for a in range(b + 1, m):
-            out[b, a] = out[a, b] = out[b, a]
