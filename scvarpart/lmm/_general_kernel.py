@@ -468,7 +468,7 @@ def _reduced_gram(GWW, HEt, HE, GN, Nt):
     for i in range(m2):
         for t in range(q1):
             HE[t, i] = HEt[i, t]
-    _gram_tiles(HE, HE, m2, q1, GN, True)
+    _gram_tiles(HE, HE, m2, q1, GN, np.bool_(True))
     for i in range(m2):
         for j in range(m2):
             Nt[i, j] = GWW[i, j] - GN[i, j]
@@ -949,7 +949,7 @@ def _logdet_hessian(dz, w, rows, square, out):  # noqa: C901
     q2 = dz.idxR.shape[0]
     out[:, :] = 0.0
     ks = np.empty(k, dtype=np.int64)
-    nk = 0
+    nk = np.int64(0)
     for j in range(k):
         if dz.par_slot[j] == nR:
             ks[nk] = j
@@ -1004,7 +1004,7 @@ def derivatives(theta, dz, w, r2, grad, hess, square):
     nu = dz.nu
     nR = dz.rt_col.shape[0]
     l1, r1 = dz.l1, dz.r1
-    _backward(w.L, w.c, w.sol, 0)
+    _backward(w.L, w.c, w.sol, np.int64(0))
     _p_vec(w.sol, w.xhat, dz.rt_col, dz.rt_lev, dz.rt_r, w.T)
     _level_inverses(dz.C1, w.T[nR], w.F, w.K1, r1, l1)
     _score_vector(dz.E1t, w.F, w.Nt, w.z1, w.wy, w.xhat, w.hz, w.u, l1, r1)

@@ -70,7 +70,7 @@ class Scratch(NamedTuple):
     square: np.ndarray
     y: np.ndarray  # the point in the mixed coordinates
     ylow: np.ndarray  # their lower bounds
-    Hr: np.ndarray
+    Hr: np.ndarray  # (k * k,): n x n C-contiguous views for any n (one compiled eigen)
     Vr: np.ndarray
     idx: np.ndarray
     coarse: np.ndarray  # (2,) see _reduced_step
@@ -90,8 +90,8 @@ def scratch(k):
         np.empty(k, dtype=np.bool_),
         np.empty(k),
         np.empty(k),
-        np.empty((k, k)),
-        np.empty((k, k)),
+        np.empty(k * k),
+        np.empty(k * k),
         np.empty(k, dtype=np.int64),
         np.zeros(2),
     )
@@ -153,8 +153,8 @@ def _reduced_step(sc):  # noqa: C901
             n += 1
     if n == 0:
         return 0.0, True, False
-    Hr = sc.Hr[:n, :n]
-    Vr = sc.Vr[:n, :n]
+    Hr = sc.Hr[: n * n].reshape((n, n))
+    Vr = sc.Vr[: n * n].reshape((n, n))
     for a in range(n):
         for b in range(n):
             Hr[a, b] = sc.hess[sc.idx[a], sc.idx[b]]
@@ -517,7 +517,7 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     converged = False
     n_iter = 0
     descents = 0
-    n_known = 0
+    n_known = np.int64(0)
     x[:] = np.nan
     second = False
     for i in order:
@@ -614,7 +614,7 @@ def run_batch(task, X0, gene_starts, fixed_starts, ZtY, XtY, ss, dz, opt, thorou
         if task == MINIMISE:
             x[:] = X0[g]
             f, out.converged[g], out.n_iter[g], _ = minimise_gene(
-                x, zy, xy, s_, dz, w, sc, opt, none, 0
+                x, zy, xy, s_, dz, w, sc, opt, none, np.int64(0)
             )
             out.descents[g] = 1
             if not np.isfinite(f):

@@ -601,7 +601,7 @@ def solve(gamma, ss, dz, w):
     c = w.c
     for i in range(c.shape[0]):
         c[i] *= w.s[i]
-    _forward(dz.u, dz.dense, w.L, c, 0)
+    _forward(dz.u, dz.dense, w.L, c, np.int64(0))
     r2 = yy
     for i in range(c.shape[0]):
         r2 -= c[i] * c[i]
@@ -841,7 +841,7 @@ def derivatives(gamma, dz, w, r2, grad, hess):
         grad[j] -= nu * uu[j] / r2
         for i in range(c.shape[1]):
             c[j, i] = w.s[i] * F[j, i]
-        _forward(dz.u, dz.dense, w.L, c[j], 0)
+        _forward(dz.u, dz.dense, w.L, c[j], np.int64(0))
     for i in range(k):
         for j in range(i + 1):
             cc = 0.0
@@ -970,7 +970,7 @@ def _screen(gf, ss, dz, w, values):
             s = gf.s[p]
             for i in range(m2):
                 c[i] = s[i] * base[i]
-            _forward(dz.u, dz.dense, gf.L[p], c, 0)
+            _forward(dz.u, dz.dense, gf.L[p], c, np.int64(0))
             r2 = yy
             for i in range(m2):
                 r2 -= c[i] * c[i]
@@ -994,14 +994,17 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
             x[:] = np.nan
             return False, 0, 0, False
         x[:] = gf.gamma[i0]
-    best, converged, n_iter, _, fresh = minimise_gene(x, ss, dz, w, opt, grad, hess, known, 0)
+    best, converged, n_iter, _, fresh = minimise_gene(
+        x, ss, dz, w, opt, grad, hess, known, np.int64(0)
+    )
     if not np.isfinite(best):
         best = np.inf
     held = fresh and _hold(grad, hess, at_x)
     descents = 1
     known[0] = x
-    n_known = 1
-    candidate_bounds(gf.face, gf.edge, gf.nb_ptr, gf.nb_idx, values, first, False, bound)
+    n_known = np.int64(1)
+    no = np.bool_(False)
+    candidate_bounds(gf.face, gf.edge, gf.nb_ptr, gf.nb_idx, values, first, no, bound)
     for i in np.argsort(bound, kind="mergesort"):
         if descents > MAX_EXTRA_STARTS or bound[i] == np.inf:
             break
@@ -1103,7 +1106,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)
         _, converged[g], n_iter[g], _, fresh = minimise_gene(
-            X[g], ss[g], dz, w, opt, grad, hess, none, 0
+            X[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0)
         )
         if fresh:
             grads[g], hessians[g] = grad, hess

@@ -315,12 +315,14 @@ def _search_gene(
             return np.nan, False, 0, 0
         x[:] = gf.gamma[i0]
         first = i0
-    best, converged, n_iter, _ = _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, 0)
+    best, converged, n_iter, _ = _minimise_gene(
+        x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0)
+    )
     if not np.isfinite(best):
         best = np.inf
     descents = 1
     known[0] = x
-    n_known = 1
+    n_known = np.int64(1)
     # candidate basins, most promising first
     candidate_bounds(gf.face, gf.edge, gf.nb_ptr, gf.nb_idx, values, first, gf.thorough, bound)
     n_cand = 0
