@@ -114,7 +114,7 @@ html_show_sourcelink = False
 
 # -- Build-time steps -------------------------------------------------------------------
 # Public modules of the API reference, and the page that lists their names.
-API_MODULES = ("tl", "pl", "get", "varpart", "lmm", "datasets")
+API_MODULES = ("pp", "tl", "pl", "get", "varpart", "lmm", "datasets")
 API_PAGE = HERE / "api.md"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-MODULES = ("tl", "pl", "get", "lmm", "varpart", "datasets")
+MODULES = ("pp", "tl", "pl", "get", "lmm", "varpart", "datasets")
 # Examples that need something this test cannot provide; each is marked
 # `# doctest: +SKIP` in its docstring, and its function has another example line or
 # is listed here with why.

@@ -22,10 +22,11 @@ def add_parsers(sub) -> None:
         help="summarise a result and write its per-gene table as TSV",
         description=(
             "Print a summary of the variance partition stored in an .h5ad file or .zarr store "
-            "(the model, the median fraction of each component, singular, non-converged and "
-            "failed fits, the most batch-dominated genes) and write the per-gene results "
-            "(fractions, variances, rho, flags, errors) as a TSV file. Rerunning it on the "
-            "same result succeeds and leaves the TSV as it is; a TSV holding anything else "
+            "(the model, the design audit, the median fraction of each component, singular, "
+            "non-converged and failed fits, the most batch-dominated genes) and write the "
+            "per-gene results (fractions, variances, rho, flags, errors) as a TSV file. "
+            "Rerunning it on the same result succeeds and leaves the TSV as it is; a TSV "
+            "holding anything else "
             "(another result, another key, an older fit) is only replaced with --force."
         ),
         epilog=_EXAMPLES + EXIT_CODES,
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['n_singular']:,}; not converged {summary['n_not_converged']:,}; "
         f"failed {summary['n_failed']:,}"
     )
+    if res.design is not None:
+        print("\n" + res.design.to_text())
     print(f"\n{'component':<24}{'median fraction':>16}  role")
     for comp in res.components:
         role = "batch" if comp in batch else "signal" if comp in signal else ""

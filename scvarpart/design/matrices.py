@@ -8,7 +8,7 @@ or level at fault.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -393,14 +393,15 @@ def _check_fixed_variables(f: Formula, data: pd.DataFrame, selected: bool) -> No
             )
 
 
-def _check_rank(X: np.ndarray, columns: list[str]) -> None:
+def _rank_problems(X: np.ndarray, columns: list[str]) -> Iterator[str]:
     norms = np.linalg.norm(X, axis=0)
     zero = [columns[j] for j in np.flatnonzero(norms == 0)]
     if zero:
-        raise DesignError(
+        yield (
             f"The fixed-effect design is rank deficient: column(s) {zero} are all zero. "
             "Remove these terms or the levels they code."
         )
+        return
     # Unpivoted QR in model order: a tiny |R_jj| means column j is a combination of
     # the columns before it, so the later (usually the offending) column is named.
     R = scipy.linalg.qr(X / norms, mode="r")[0]
@@ -409,7 +410,7 @@ def _check_rank(X: np.ndarray, columns: list[str]) -> None:
     bad = [columns[j] for j in np.flatnonzero(diag <= tol)]
     if bad:
         rank = X.shape[1] - len(bad)
-        raise DesignError(
+        yield (
             f"The fixed-effect design is rank deficient (rank {rank} < {X.shape[1]} "
             f"columns): {bad} can be written as combinations of the columns before them, "
             "e.g. a covariate that is constant, two covariates that are proportional, or a "
@@ -417,8 +418,8 @@ def _check_rank(X: np.ndarray, columns: list[str]) -> None:
         )
 
 
-def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> None:
-    """Refuse a grouping factor whose levels the fixed effects already separate.
+def _random_not_fixed_problems(X: np.ndarray, factors: list[GroupingFactor]) -> Iterator[str]:
+    """Grouping factors whose levels the fixed effects already separate.
 
     Every level's indicator is then a combination of fixed-effect columns, and the
     factor's variance cannot be told from them (under REML the criterion keeps falling
@@ -426,6 +427,8 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
     """
     XtX_inv = np.linalg.pinv(X.T @ X)
     for f in factors:
+        if f.n_levels < 2:  # the intercept: named by _factor_problems already
+            continue
         if f.values is None:
             # per-level column sums Z'X (bincount: np.add.at is ~10x slower on many cells)
             sums = np.column_stack(
@@ -444,15 +447,15 @@ def _check_random_not_fixed(X: np.ndarray, factors: list[GroupingFactor]) -> Non
         residual = total - np.einsum("lp,pq,lq->", sums, XtX_inv, sums)
         if residual <= 1e-9 * total:
             term = f"(1|{f.name})" if f.values is None else f"the random term {f.name!r}"
-            raise DesignError(
+            yield (
                 f"The levels of {f.name!r} are determined by the fixed effects (each is a "
                 "combination of fixed-effect columns), so its variance cannot be told apart "
                 f"from them. Remove {term} or the fixed effect that codes its levels."
             )
 
 
-def _check_residual_identifiable(X: np.ndarray, factors: list[GroupingFactor]) -> None:
-    """Refuse designs whose fixed effects and levels together fit every observation.
+def _residual_problems(X: np.ndarray, factors: list[GroupingFactor]) -> Iterator[str]:
+    """Fixed effects and levels that together fit every observation.
 
     The residual variance cannot be estimated then (under ML the likelihood of every
     gene is unbounded).
@@ -465,35 +468,37 @@ def _check_residual_identifiable(X: np.ndarray, factors: list[GroupingFactor]) -
     rank = np.linalg.matrix_rank(np.concatenate([X, Z], axis=1))
     if rank >= n:
         names = ", ".join(repr(f.name) for f in factors)
-        raise DesignError(
+        yield (
             f"The fixed effects and the levels of {names} together fit all {n} observations "
             f"exactly ({rank} independent columns), so no residual variance is left to "
             "estimate. Remove a fixed effect or a grouping factor, or add observations."
         )
 
 
-def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]) -> None:
+def _factor_problems(
+    factors: list[GroupingFactor], n: int, fixed_names: list[str]
+) -> Iterator[str]:
     for f in factors:
         if f.n_levels < 2:
             only = f.levels[0] if f.n_levels else "none"
-            raise DesignError(
+            yield (
                 f"Grouping factor {f.name!r} has a single level ({only!r}); a variance "
                 f"cannot be estimated from one group. Remove (1|{f.name}) from the formula."
             )
         if f.n_levels >= n:
-            raise DesignError(
+            yield (
                 f"Grouping factor {f.name!r} has a different level for every observation "
                 f"({f.n_levels} levels for {n} observations), so its variance cannot be "
                 f"separated from the residual. Remove (1|{f.name}) from the formula."
             )
-        if f.n_columns >= n:
-            raise DesignError(
+        elif f.n_columns >= n:
+            yield (
                 f"The random term {f.name!r} has {f.n_columns} coefficients ({f.n_levels} "
                 f"levels x {f.n_coef}) for {n} observations, so its variances cannot be "
                 "separated from the residual. Remove a slope, or add observations."
             )
         if f.name in fixed_names:
-            raise DesignError(
+            yield (
                 f"{f.name!r} is both a fixed effect and the grouping factor of "
                 f"(1|{f.name}). Use it as one or the other."
             )
@@ -503,11 +508,34 @@ def _check_factors(factors: list[GroupingFactor], n: int, fixed_names: list[str]
             if a.n_levels == b.n_levels:
                 pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
                 if len(pairs) == a.n_levels:
-                    raise DesignError(
+                    yield (
                         f"Grouping factors {a.name!r} and {b.name!r} define the same groups "
                         "(every level of one matches one level of the other), so their "
                         "variances cannot be told apart. Keep only one of them."
                     )
+
+
+def _size_problems(design: Design) -> Iterator[str]:
+    n, X, factors = design.n_obs, design.X, design.factors
+    n_params = X.shape[1] + sum(f.n_coef * (f.n_coef + 1) // 2 for f in factors) + 1
+    if n <= n_params:
+        yield (
+            f"{n} observations are too few for {n_params} parameters ({X.shape[1]} fixed "
+            f"effects, {len(factors)} random variances and the residual variance)."
+        )
+
+
+def design_problems(design: Design) -> Iterator[str]:
+    """Every reason why ``design`` cannot be fitted, as a message naming the fix.
+
+    Lazily, cheapest first: :func:`build_design` raises the first; the design audit
+    (:func:`~scvarpart.design.audit.audit_design`) lists them all.
+    """
+    yield from _factor_problems(design.factors, design.n_obs, list(design.fixed_terms))
+    yield from _size_problems(design)
+    yield from _rank_problems(design.X, design.columns)
+    yield from _random_not_fixed_problems(design.X, design.factors)
+    yield from _residual_problems(design.X, design.factors)
 
 
 def _check_covariance_terms(f: Formula, covariance: Mapping | None) -> None:
@@ -670,17 +698,7 @@ def build_design(
         keep=keep,
         weights=None if weights is None else _observation_weights(data, weights),
     )
-    if not check:
-        return design
-    _check_factors(factors, n, list(fixed_terms))
-
-    n_params = X.shape[1] + sum(f.n_coef * (f.n_coef + 1) // 2 for f in factors) + 1
-    if n <= n_params:
-        raise DesignError(
-            f"{n} observations are too few for {n_params} parameters ({X.shape[1]} fixed "
-            f"effects, {len(factors)} random variances and the residual variance)."
-        )
-    _check_rank(X, columns)
-    _check_random_not_fixed(X, factors)
-    _check_residual_identifiable(X, factors)
+    if check:
+        for problem in design_problems(design):
+            raise DesignError(problem)
     return design

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 from anndata import AnnData
 
 from .._docs import doc_adata_fitted, doc_adata_rho, doc_key, doc_min_rho, doc_params
+from ..design import DesignAudit
 from ..varpart.result import VarPartResult
 from ..varpart.result import stored_keys as result_keys
 
@@ -16,6 +17,7 @@ __all__ = [
     "beta_df",
     "blups",
     "check_var_names",
+    "design",
     "result",
     "result_keys",
     "rho_df",
@@ -315,3 +317,48 @@ def batch_dominated(
     ['batch_fraction', 'signal_fraction', 'rho']
     """
     return result(adata, key=key).batch_dominated(min_rho=min_rho, n_top=n_top)
+
+
+@doc_params(doc_key=doc_key)
+def design(adata: AnnData, *, key: str = "varpart") -> DesignAudit:
+    """The design audit stored under ``key``: its terms, pairs of terms and problems.
+
+    Stored by :func:`scvarpart.pp.check_design` and by every
+    :func:`scvarpart.tl.variance_partition` fit.
+
+    Parameters
+    ----------
+    adata
+        Annotated data after :func:`~scvarpart.pp.check_design` or a fit.
+    {doc_key}
+
+    Returns
+    -------
+    DesignAudit
+        ``terms`` and ``pairs`` (DataFrames), ``errors``, ``warnings``, ``ok``;
+        ``print()`` shows it as a table.
+
+    Raises
+    ------
+    KeyError
+        When nothing under ``key`` holds an audit, saying how to make one.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=500, n_genes=5, seed=1)
+    >>> svp.pp.check_design(adata, svp.datasets.EXAMPLE_FORMULA, show=False)
+    >>> pairs = svp.get.design(adata).pairs
+    >>> pairs.loc[pairs["relation"] != "", ["term", "other", "relation"]].head(3)
+           term      other           relation
+    0   patient  chemistry  partially crossed
+    1   patient        day  partially crossed
+    2   patient   operator  partially crossed
+    """
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "design" not in entry:
+        raise KeyError(
+            f"No design audit under key {key!r}: run svp.pp.check_design(adata, formula, "
+            f"key_added={key!r}) or svp.tl.variance_partition(..., key_added={key!r})."
+        )
+    return DesignAudit.from_dict(entry["design"])

@@ -7,9 +7,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._cells import cell_filter
 from ..design import Design, build_design
 from ..storage.select import select_expression
-from ..tl._variance_partition import _cell_filter
 from ..varpart import VarPartResult
 
 __all__ = ["fitted_design", "gene_values"]
@@ -32,7 +32,7 @@ def fitted_design(
                 f"key {key!r})."
             ) from None
         formula, cells = str(params["formula"]), params.get("cells")
-    return build_design(formula, adata.obs, rows=_cell_filter(adata.obs, cells), check=check)
+    return build_design(formula, adata.obs, rows=cell_filter(adata.obs, cells), check=check)
 
 
 def gene_values(adata: AnnData, name: str, layer: str | None, use_raw: bool) -> np.ndarray:

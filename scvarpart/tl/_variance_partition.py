@@ -16,6 +16,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .. import lmm
+from .._cells import cell_filter, cell_lists
 from .._docs import (
     doc_adata,
     doc_batch_signal,
@@ -35,7 +36,8 @@ from .._docs import (
 )
 from .._names import as_names
 from .._warn import warn
-from ..design import Design, build_design, parse_formula
+from ..design import Design, DesignAudit, audit_design, build_design, parse_formula
+from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
 from ..storage.matrix import is_dask_array, storage_format
 from ..storage.select import select_expression
@@ -51,9 +53,6 @@ _COUNT_CHECK_GENES = 100
 # log1p of normalised counts stays below ~15 (log1p of a million CPM is 13.8): larger
 # non-negative values have not been log-transformed (TPM, FPKM, normalised counts).
 _UNLOGGED_MAX = 50.0
-# Under ML a grouping factor with fewer levels than this has a variance biased towards
-# 0 (often exactly 0): the fit is warned about, with REML suggested.
-_FEW_LEVELS = 5
 
 
 @functools.cache
@@ -107,17 +106,9 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
         )
 
 
-def _lists(cells: Mapping[str, Sequence]) -> dict[str, list]:
-    """``cells`` as a plain dict of lists (a single value becomes a list of one)."""
-    return {
-        str(k): [v] if isinstance(v, str | int | float | bool) else list(v)
-        for k, v in cells.items()
-    }
-
-
 def _plain(cells: Mapping[str, Sequence] | None) -> dict[str, list] | None:
     """``cells`` as a plain dict of lists, to record in ``uns`` (h5ad-writable)."""
-    return _lists(cells) if cells else None
+    return cell_lists(cells) if cells else None
 
 
 _METHODS: dict[str, Literal["ML", "REML"]] = {"ML": "ML", "REML": "REML"}
@@ -129,6 +120,7 @@ class _Prepared(NamedTuple):
     batch: list[str] | None
     signal: list[str] | None
     model: dict  # the model's options besides the formula, as recorded in params
+    audit: DesignAudit
 
 
 def _covariance_record(covariance: Mapping[str, pd.DataFrame] | None) -> dict[str, str] | None:
@@ -147,27 +139,6 @@ def _covariance_record(covariance: Mapping[str, pd.DataFrame] | None) -> dict[st
         digest.update(np.ascontiguousarray(frame.to_numpy(dtype=float)).tobytes())
         out[str(term)] = digest.hexdigest()
     return out
-
-
-def _cell_filter(obs: pd.DataFrame, cells: Mapping[str, Sequence] | None) -> np.ndarray | None:
-    """Mask of the cells whose obs values are among the allowed ones, per column."""
-    if not cells:
-        return None
-    rows = np.ones(len(obs), dtype=bool)
-    for column, allowed in _lists(cells).items():
-        if column not in obs.columns:
-            raise KeyError(
-                f"cells= filters on {column!r}, which is not a column of obs; available: "
-                f"{list(obs.columns)[:30]}."
-            )
-        values = obs[column]
-        absent = [v for v in allowed if not (values == v).any()]
-        if absent:
-            warn(f"cells= keeps {column!r} values {absent}, which no cell has.")
-        rows &= values.isin(allowed).to_numpy()
-    if not rows.any():
-        raise ValueError(f"cells={dict(cells)!r} keeps no cell.")
-    return rows
 
 
 def check_options(
@@ -199,7 +170,7 @@ def check_options(
 
 def _warn_few_levels(design: Design, method: str) -> None:
     """ML shrinks the variance of a factor with few levels towards 0: say so, once."""
-    few = [f for f in design.factors if f.n_levels < _FEW_LEVELS]
+    few = [f for f in design.factors if f.n_levels < FEW_LEVELS]
     if method != "ML" or not few:
         return
     listing = ", ".join(f"{f.name!r} ({f.n_levels} levels)" for f in few)
@@ -209,6 +180,22 @@ def _warn_few_levels(design: Design, method: str) -> None:
         f"estimated as 0: {listing}. method='REML' corrects most of this bias; ML is "
         "variancePartition's default (see 'ML or REML' in the README)."
     )
+
+
+def _warn_weak(audit: DesignAudit) -> None:
+    """Components the design separates only weakly, besides few levels: say so, once.
+
+    Few levels are the ML warning's (:func:`_warn_few_levels`); under REML they make an
+    estimate imprecise, not biased, which its interval shows.
+    """
+    weak = [
+        w for w, k in zip(audit.warnings, audit.warning_kinds, strict=True) if k != "few levels"
+    ]
+    if weak:
+        warn(
+            "The design separates some components only weakly (the whole audit: "
+            "svp.pp.check_design, or svp.get.design after the fit):\n- " + "\n- ".join(weak)
+        )
 
 
 def _prepare(
@@ -239,12 +226,14 @@ def _prepare(
             "response is each gene in turn. Write it as '~ ...'."
         )
     design = build_design(
-        parsed, obs, rows=_cell_filter(obs, cells), weights=weights, covariance=covariance
+        parsed, obs, rows=cell_filter(obs, cells), weights=weights, covariance=covariance
     )
     check_roles(batch_l, signal_l, design.components)
+    audit = audit_design(design)
     _warn_few_levels(design, method_u)
+    _warn_weak(audit)
     model = {"weights": weights, "covariance": _covariance_record(covariance)}
-    return _Prepared(design, method_u, batch_l, signal_l, model)
+    return _Prepared(design, method_u, batch_l, signal_l, model, audit)
 
 
 def _partition(
@@ -317,6 +306,7 @@ def _partition(
             "engine": fitted["engine"],
             "versions": dict(_versions()),  # a copy: the cached record stays as it is
         },
+        design=prep.audit,
     )
     summary = result.summary
     logg.info(

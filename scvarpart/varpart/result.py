@@ -25,7 +25,8 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
                                singular, converged, loglik
-    uns[key]                   params, components, summary, errors, result_keys
+    uns[key]                   params, components, summary, errors, result_keys, and
+                               design (the design audit, :class:`~scvarpart.design.DesignAudit`)
 
 ``uns[key]["result_keys"]`` records exactly the ``var`` columns and ``varm`` keys
 written, so a user's column that merely starts with the key is never taken for a
@@ -43,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .._names import as_names
+from ..design import DesignAudit
 from .fractions import RESIDUAL, rho
 from .ranking import batch_dominated
 
@@ -182,6 +184,10 @@ class VarPartResult:
     key
         The key it was read from (:meth:`read`), named in messages; ``None`` for a
         result not read from an AnnData.
+    design
+        The audit of the design the genes were fitted with
+        (:func:`~scvarpart.design.audit_design`): terms, pairs of terms, warnings.
+        ``None`` for results fitted without one (the array-level :mod:`scvarpart.lmm`).
     """
 
     fractions: pd.DataFrame
@@ -199,6 +205,7 @@ class VarPartResult:
     heritability: pd.DataFrame | None = None
     blups: Mapping[str, pd.DataFrame] | None = None
     blup_var: Mapping[str, pd.DataFrame] | None = None
+    design: DesignAudit | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""
@@ -498,13 +505,16 @@ class VarPartResult:
 
     def uns_entry(self, key: str) -> dict:
         """What is stored in ``uns[key]``."""
-        return {
+        entry = {
             "params": self.params,
             "components": self.components,
             "summary": self.summary,
             "errors": self.errors,
             "result_keys": self.layout(key),
         }
+        if self.design is not None:
+            entry["design"] = self.design.to_dict()
+        return entry
 
     def write(self, adata: AnnData, key: str) -> None:
         """Store the result in ``adata`` under ``key``.
@@ -569,11 +579,13 @@ class VarPartResult:
         }
         errors = entry.get("errors")
         errors = _errors(pd.Series(dtype=str)) if errors is None else errors
+        design = entry.get("design")
         return cls(
             per_gene=per_gene,
             params=dict(entry["params"]),
             errors=errors,
             key=key,
+            design=None if design is None else DesignAudit.from_dict(design),
             **cast(dict[str, Any], tables),
             **cast(dict[str, Any], term_tables),
         )
@@ -612,6 +624,7 @@ class VarPartResult:
             per_gene=cast(pd.DataFrame, cat("per_gene")),
             params=first.params,
             errors=errors,
+            design=first.design,  # the same analysis: the same design
             **cast(dict[str, Any], {n: cat(n) for n in _TABLES}),
             **cast(dict[str, Any], {n: cat_terms(n) for n in _TERM_TABLES}),
         )
