@@ -33,6 +33,7 @@ from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .fitting import choose_engine, fit_lmm
+from .lrt import check_testable, variance_tests
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
 from .tables import blup_tables, derivative_tables, heritability_table, varcorr_table
 
@@ -334,6 +335,7 @@ def fit_stats(
     engine: Literal["auto", "dense", "blocked", "general"] = "auto",
     progress: Progress = None,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
 ) -> VarPartResult:
     """Fit the model to every gene from its sufficient statistics.
 
@@ -358,6 +360,11 @@ def fit_stats(
     store_blups
         Also keep the conditional modes (BLUPs) of every random term's effects and
         their conditional variances (``blups``, ``blup_var`` of the result).
+    test
+        ``"lrt"``: the likelihood-ratio test of each random term's variance = 0 per
+        gene, by refitting without the term from the same statistics
+        (:mod:`scvarpart.lmm.lrt`): ``lrt``, ``pvalue`` and ``qvalue`` of the result
+        (Benjamini-Hochberg over the genes, per term).
 
     Returns
     -------
@@ -379,6 +386,8 @@ def fit_stats(
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
+    if test not in (None, "lrt"):
+        raise ValueError(f"test must be None or 'lrt', got {test!r}.")
     batch_l, signal_l = as_names(batch, "batch"), as_names(signal, "signal")
     check_roles(batch_l, signal_l, stats.components)
     _check_finite(stats)
@@ -393,6 +402,8 @@ def fit_stats(
     )
     infos = stats.terms or scalar_infos(stats.factors, gram.factor_sizes)
     terms = [t.term for t in infos]
+    if test == "lrt":
+        check_testable([t.name for t in terms], [t.n_theta for t in terms])
     engine = choose_engine(gram, terms) if engine == "auto" else engine
     fit_ = fit_lmm(
         gram,
@@ -421,6 +432,21 @@ def fit_stats(
     extra["heritability"] = heritability_table(components, infos)
     if store_blups:
         extra.update(blup_tables(gram, response, infos, fit_, stats.genes))
+    if test == "lrt":
+        tests = variance_tests(
+            gram,
+            response,
+            terms,
+            fit_.deviance,
+            fit_.theta,
+            reml=method_u == "REML",
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+        )
+        names = [t.name for t in terms]
+        for field in ("statistic", "pvalue", "qvalue"):
+            table = pd.DataFrame(getattr(tests, field), index=stats.genes, columns=names)
+            extra["lrt" if field == "statistic" else field] = table
     return assemble(
         stats.genes,
         stats.components,
@@ -464,6 +490,7 @@ def fit(
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
 ) -> VarPartResult:
     """Fit a linear mixed model to every gene (column) of ``Y``.
 
@@ -500,4 +527,5 @@ def fit(
         n_jobs=n_jobs,
         batch_size=batch_size,
         store_blups=store_blups,
+        test=test,
     )

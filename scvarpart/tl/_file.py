@@ -32,7 +32,14 @@ from ..storage.matrix import default_chunk_rows
 from ..storage.select import select_expression
 from ..storage.stores import open_store
 from ..varpart import VarPartResult
-from ._variance_partition import _partition, _plain, _prepare, check_options, write_results
+from ._variance_partition import (
+    _check_test,
+    _partition,
+    _plain,
+    _prepare,
+    check_options,
+    write_results,
+)
 
 __all__ = ["partition_file", "variance_partition_file"]
 
@@ -81,6 +88,7 @@ def partition_file(
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
     """The file's ``obs`` and ``var`` (of ``genes``) and the result.
 
@@ -100,6 +108,7 @@ def partition_file(
             "read it, run adata.var_names_make_unique() and write it again",
         )
         prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance)
+        _check_test(test, prep.design)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
         elem, source = expression.matrix, expression.source
         Y = _lazy_matrix(elem, len(var), chunk_size, dask)
@@ -117,6 +126,7 @@ def partition_file(
             progress=progress,
             genes=genes,
             store_blups=store_blups,
+            test=test,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 
@@ -149,6 +159,7 @@ def variance_partition_file(
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -180,6 +191,8 @@ def variance_partition_file(
     {doc_covariance}
     store_blups
         Also store every random term's BLUPs, as :func:`variance_partition` does.
+    test
+        ``"lrt"``: test each random term's variance = 0, as :func:`variance_partition`.
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -246,6 +259,7 @@ def variance_partition_file(
         weights=weights,
         covariance=covariance,
         store_blups=store_blups,
+        test=test,
     )
     result = AnnData(obs=obs, var=var)
     write_results(result, results, key_added)

@@ -39,6 +39,7 @@ from .._warn import warn
 from ..design import Design, DesignAudit, audit_design, build_design, parse_formula
 from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
+from ..lmm.lrt import check_testable
 from ..storage.matrix import is_dask_array, storage_format
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
@@ -198,6 +199,15 @@ def _warn_weak(audit: DesignAudit) -> None:
         )
 
 
+def _check_test(test, design: Design) -> None:
+    """``test=`` is known, and its terms testable: checked before the data are read."""
+    if test not in (None, "lrt"):
+        raise ValueError(f"test must be None or 'lrt', got {test!r}.")
+    if test == "lrt":
+        factors = design.factors
+        check_testable([f.name for f in factors], [f.n_coef * (f.n_coef + 1) // 2 for f in factors])
+
+
 def _prepare(
     obs: pd.DataFrame,
     formula: str,
@@ -251,6 +261,7 @@ def _partition(
     genes: slice | None = None,
     min_cells: int = 0,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
 ) -> VarPartResult:
     """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`."""
     design = prep.design
@@ -288,6 +299,7 @@ def _partition(
             batch_size=batch_size,
             progress=bar,
             store_blups=store_blups,
+            test=test,
         )
     fitted = result.params
     result = replace(
@@ -301,6 +313,7 @@ def _partition(
             **params,
             "min_cells": min_cells,
             "store_blups": store_blups,
+            **({"test": test} if test else {}),
             "n_obs": design.n_obs,
             "n_obs_dropped": int((~design.keep).sum()),
             "engine": fitted["engine"],
@@ -372,6 +385,7 @@ def variance_partition(
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
+    test: Literal["lrt"] | None = None,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -404,6 +418,12 @@ def variance_partition(
     store_blups
         Also store the conditional modes (BLUPs) of every random term's effects, genes
         x levels, and their conditional variances (:func:`scvarpart.get.blups`).
+    test
+        ``"lrt"``: per gene, the likelihood-ratio test of each random term's variance
+        = 0 (the null distribution a 50:50 mixture of chi-squared with 0 and 1 degrees
+        of freedom), refitting without the term from the same sufficient statistics;
+        Benjamini-Hochberg q-values over the genes, per term. For terms with one
+        variance (random intercepts, known covariances).
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -446,6 +466,8 @@ def variance_partition(
             and Hessian there.
         ``adata.varm[f"{{key_added}}_blup_{{term}}"]``, ``..._blupvar_{{term}}``
             With ``store_blups``: each term's BLUPs and conditional variances.
+        ``adata.varm[f"{{key_added}}_lrt"]``, ``..._pvalue``, ``..._qvalue``
+            With ``test="lrt"``: genes x random terms, the test of each variance = 0.
         ``adata.uns[key_added]``
             ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
             genes without estimates and why) and ``result_keys`` (the ``var``
@@ -506,6 +528,7 @@ def variance_partition(
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     check_var_names(adata.var_names)
     prep = _prepare(adata.obs, formula, method, batch, signal, cells, weights, covariance)
+    _check_test(test, prep.design)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
         prep,
@@ -515,6 +538,7 @@ def variance_partition(
         params={"layer": layer, "use_raw": use_raw, "cells": _plain(cells)},
         min_cells=min_cells,
         store_blups=store_blups,
+        test=test,
         key_added=key_added,
         n_jobs=n_jobs,
         batch_size=batch_size,

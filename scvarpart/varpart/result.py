@@ -21,6 +21,9 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_hessian"]     Hessian in theta there (columns "theta_i|theta_j")
     varm[f"{key}_h2"]          per term with a known covariance (kinship), the
                                heritability-style ratio V_term / (V_term + V_residual)
+    varm[f"{key}_lrt"]         with test="lrt": per random term, the likelihood-ratio
+    varm[f"{key}_pvalue"]      statistic of its variance = 0, its p-value (50:50
+    varm[f"{key}_qvalue"]      chi-squared(0)/(1) mixture) and Benjamini-Hochberg q-value
     varm[f"{key}_blup_{term}"] conditional modes of a term's effects, genes x levels
     varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
@@ -73,6 +76,9 @@ _TABLES = {
     "gradient": "_gradient",
     "hessian": "_hessian",
     "heritability": "_h2",
+    "lrt": "_lrt",
+    "pvalue": "_pvalue",
+    "qvalue": "_qvalue",
 }
 # per-term tables: attribute -> prefix of the key's suffix (the term's name follows)
 _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
@@ -184,6 +190,11 @@ class VarPartResult:
     key
         The key it was read from (:meth:`read`), named in messages; ``None`` for a
         result not read from an AnnData.
+    lrt, pvalue, qvalue
+        With ``test="lrt"``: genes x random terms, the likelihood-ratio statistic of
+        the term's variance = 0, its p-value (a 50:50 mixture of chi-squared with 0
+        and 1 degrees of freedom, :mod:`scvarpart.lmm.lrt`) and its Benjamini-Hochberg
+        q-value over the genes.
     design
         The audit of the design the genes were fitted with
         (:func:`~scvarpart.design.audit_design`): terms, pairs of terms, warnings.
@@ -206,6 +217,9 @@ class VarPartResult:
     blups: Mapping[str, pd.DataFrame] | None = None
     blup_var: Mapping[str, pd.DataFrame] | None = None
     design: DesignAudit | None = None
+    lrt: pd.DataFrame | None = None
+    pvalue: pd.DataFrame | None = None
+    qvalue: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""

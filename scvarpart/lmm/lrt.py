@@ -1,0 +1,194 @@
+"""Likelihood-ratio tests of variance components, from the sufficient statistics.
+
+For each random term with one variance (a random intercept, or a term with a known
+covariance between its levels), the model without the term is fitted to every gene
+from the same statistics (its columns of ``Z`` dropped; without any random term left,
+the linear model in closed form), and the statistic is twice the difference of the
+maximised log-likelihoods, ML or REML, of the two models (``LRT = criterion_without -
+criterion_with``; REML compares models with the same fixed effects, as here).
+
+Under the null hypothesis the variance lies on the boundary of its parameter space,
+so the statistic is not chi-squared with one degree of freedom: it follows a 50:50
+mixture of a point mass at 0 and chi-squared(1) (Self & Liang 1987; Stram & Lee 1994),
+and the p-value is ``chi2.sf(LRT, 1) / 2`` for ``LRT > 0``, 1 otherwise. With several
+random terms the mixture is an approximation (exact for one term with balanced data,
+conservative otherwise); Crainiceanu & Ruppert (2004) give the exact finite-sample
+distribution of the restricted LRT with one variance, which RLRsim simulates.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.stats
+
+from ..suffstats import DesignGram, ResponseStats
+from .fitting import fit_lmm
+from .profiled import _LOG_2PI
+from .starts import quadratic
+from .terms import ReTerm
+
+__all__ = [
+    "VarianceTests",
+    "benjamini_hochberg",
+    "check_testable",
+    "linear_model_criterion",
+    "mixture_pvalue",
+    "variance_tests",
+]
+
+
+class VarianceTests(NamedTuple):
+    """Per gene and random term: the statistic, p-value and Benjamini-Hochberg q-value."""
+
+    statistic: np.ndarray  # (G, k); NaN for a gene without estimates
+    pvalue: np.ndarray
+    qvalue: np.ndarray
+
+
+def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int):
+    """The design and statistics of the model without term ``j``."""
+    start = int(sum(gram.factor_sizes[:j]))
+    stop = start + gram.factor_sizes[j]
+    keep = np.r_[0:start, stop : gram.n_levels]
+    reduced = DesignGram(
+        n_obs=gram.n_obs,
+        factor_sizes=gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :],
+        ZtZ=gram.ZtZ.tocsr()[keep][:, keep],
+        ZtX=gram.ZtX[keep],
+        XtX=gram.XtX,
+        x_mean=gram.x_mean,
+        weight_sum=gram.weight_sum,
+        log_weights=gram.log_weights,
+    )
+    stats = ResponseStats(
+        n_obs=response.n_obs,
+        mean=response.mean,
+        ss=response.ss,
+        ZtY=response.ZtY[:, keep],
+        XtY=response.XtY,
+        n_nonzero=response.n_nonzero,
+    )
+    return reduced, stats, terms[:j] + terms[j + 1 :]
+
+
+def check_testable(names: list[str], n_params: list[int]) -> None:
+    """Refuse to test terms with several covariance parameters (before any fit).
+
+    Raises
+    ------
+    ValueError
+        Naming the terms with random slopes.
+    """
+    several = [name for name, n in zip(names, n_params, strict=True) if n != 1]
+    if several:
+        raise ValueError(
+            f"test='lrt' tests random terms with one variance (random intercepts, known "
+            f"covariances); {several} have a covariance matrix of several coefficients, "
+            "whose null distribution is another mixture. Test a model without their "
+            "slopes (or with uncorrelated slopes, (x||g)), or leave test unset."
+        )
+
+
+def linear_model_criterion(gram: DesignGram, response: ResponseStats, reml: bool) -> np.ndarray:
+    """ML deviance or REML criterion of the model without random effects, per gene.
+
+    The profiled criterion of the engines (:meth:`ProfiledDeviance.criterion`) with
+    ``V = I``: ``log|V| = 0``, ``r2`` the residual sum of squares of least squares.
+    """
+    n, p = gram.n_obs, gram.n_fixed
+    nu = n - p if reml else n
+    r2 = response.ss - quadratic(response.XtY, np.linalg.inv(gram.XtX))
+    logdet_x = np.linalg.slogdet(gram.XtX)[1] if reml else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev = logdet_x + nu * (1 + _LOG_2PI + np.log(r2 / nu)) - gram.log_weights
+    return np.where(r2 > 0, dev, np.nan)
+
+
+def mixture_pvalue(statistic: np.ndarray) -> np.ndarray:
+    """P-values of the 50:50 mixture of chi-squared(0) and chi-squared(1).
+
+    1 where the statistic is 0 (or below, by rounding); NaN stays NaN.
+    """
+    stat = np.asarray(statistic, dtype=float)
+    with np.errstate(invalid="ignore"):
+        p = np.where(stat > 0, 0.5 * scipy.stats.chi2.sf(stat, 1), 1.0)
+    return np.where(np.isnan(stat), np.nan, p)
+
+
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of each column over its finite p-values (NaN kept).
+
+    The step-up adjustment of R's ``p.adjust(method = "BH")``.
+    """
+    P = np.atleast_2d(np.asarray(pvalues, dtype=float).T).T
+    out = np.full(P.shape, np.nan)
+    for c in range(P.shape[1]):
+        ok = np.flatnonzero(np.isfinite(P[:, c]))
+        m = len(ok)
+        if not m:
+            continue
+        order = ok[np.argsort(P[ok, c], kind="stable")]
+        scaled = P[order, c] * m / np.arange(1, m + 1)
+        out[order, c] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return out.reshape(np.shape(pvalues))
+
+
+def variance_tests(
+    gram: DesignGram,
+    response: ResponseStats,
+    terms: list[ReTerm],
+    deviance: np.ndarray,
+    theta: np.ndarray,
+    *,
+    reml: bool,
+    n_jobs: int | None = 1,
+    batch_size: int = 256,
+) -> VarianceTests:
+    """The likelihood-ratio test of each random term's variance = 0, for every gene.
+
+    Parameters
+    ----------
+    gram, response
+        The statistics the full model was fitted from.
+    terms
+        Its random terms, in the order of ``Z``'s columns; each must have one variance.
+    deviance
+        The full model's criterion per gene (NaN for genes without estimates).
+    theta
+        Its covariance parameters per gene (one per term): where a term's is 0, the
+        optimum lies in the smaller model, whose criterion is then the same and the
+        statistic exactly 0 (a refit would differ by rounding only).
+    reml
+        The criterion: REML or ML (the full model's).
+    n_jobs, batch_size
+        As :func:`~scvarpart.lmm.fit_lmm`, for the refits.
+
+    Returns
+    -------
+    A :class:`VarianceTests`, genes x terms.
+    """
+    check_testable([t.name for t in terms], [t.n_theta for t in terms])
+    G, k = len(response), len(terms)
+    stat = np.full((G, k), np.nan)
+    skip = np.where(np.isfinite(deviance), "", "no estimates in the full model")
+    for j in range(k):
+        if k == 1:
+            null = linear_model_criterion(gram, response, reml)
+        else:
+            reduced, stats, rest = _without(gram, response, terms, j)
+            null = fit_lmm(
+                reduced,
+                stats,
+                reml=reml,
+                n_jobs=n_jobs,
+                batch_size=batch_size,
+                terms=rest,
+                exclude=skip,
+            ).deviance
+        # the full model contains the reduced one: a negative difference is rounding
+        stat[:, j] = np.where(theta[:, j] == 0, 0.0, np.maximum(null - deviance, 0.0))
+        stat[np.isnan(deviance), j] = np.nan
+    pvalue = mixture_pvalue(stat)
+    return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
