@@ -438,7 +438,7 @@ def fit_stats(
             response,
             terms,
             fit_.deviance,
-            fit_.theta,
+            fit_.gamma,
             reml=method_u == "REML",
             n_jobs=n_jobs,
             batch_size=batch_size,

@@ -140,7 +140,7 @@ def variance_tests(
     response: ResponseStats,
     terms: list[ReTerm],
     deviance: np.ndarray,
-    theta: np.ndarray,
+    ratios: np.ndarray,
     *,
     reml: bool,
     n_jobs: int | None = 1,
@@ -156,10 +156,10 @@ def variance_tests(
         Its random terms, in the order of ``Z``'s columns; each must have one variance.
     deviance
         The full model's criterion per gene (NaN for genes without estimates).
-    theta
-        Its covariance parameters per gene (one per term): where a term's is 0, the
-        optimum lies in the smaller model, whose criterion is then the same and the
-        statistic exactly 0 (a refit would differ by rounding only).
+    ratios
+        Its variance ratios ``sigma_j^2 / sigma^2`` per gene and term: where a term's
+        is 0, the optimum lies in the smaller model, whose criterion is then the same
+        and the statistic exactly 0 (a refit would differ by rounding only).
     reml
         The criterion: REML or ML (the full model's).
     n_jobs, batch_size
@@ -188,7 +188,7 @@ def variance_tests(
                 exclude=skip,
             ).deviance
         # the full model contains the reduced one: a negative difference is rounding
-        stat[:, j] = np.where(theta[:, j] == 0, 0.0, np.maximum(null - deviance, 0.0))
+        stat[:, j] = np.where(ratios[:, j] == 0, 0.0, np.maximum(null - deviance, 0.0))
         stat[np.isnan(deviance), j] = np.nan
     pvalue = mixture_pvalue(stat)
     return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
