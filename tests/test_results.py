@@ -188,6 +188,36 @@ def test_concat_of_gene_chunks_is_the_whole_result(fitted):
         VarPartResult.concat([parts[0], other])
 
 
+def test_concat_adjusts_the_qvalues_over_all_genes(fitted):
+    """Each chunk's q-values are over its own genes: the combined result's are the
+    Benjamini-Hochberg q-values of all p-values, those of one fit of every gene."""
+    from scvarpart.lmm import lrt
+    from scvarpart.varpart.multiple import benjamini_hochberg
+
+    assert lrt.benjamini_hochberg is benjamini_hochberg  # one implementation
+    formula, obs, Y = "~ log_umi + (1|patient) + (1|day)", fitted.obs, fitted.X
+
+    def fit(a: int, b: int, **kw) -> VarPartResult:
+        genes = fitted.var_names[a:b]
+        return svp.lmm.fit(formula, Y[:, a:b], obs=obs, var_names=genes, method="REML", **kw)
+
+    whole = fit(0, 30, test="lrt")
+    parts = [fit(a, b, test="lrt") for a, b in ((0, 7), (7, 20), (20, 30))]
+    combined = VarPartResult.concat(parts)
+    _assert_same(combined, whole)
+    for name in ("lrt", "pvalue", "qvalue"):
+        pd.testing.assert_frame_equal(
+            getattr(combined, name), getattr(whole, name), check_exact=True
+        )
+    assert np.isnan(combined.qvalue.iloc[0]).all()  # the constant gene: no test
+    assert not pd.concat([p.qvalue for p in parts]).equals(whole.qvalue)
+    # with and without tests: not one analysis
+    with pytest.raises(ValueError, match=r"different analyses \(tests differ\)"):
+        VarPartResult.concat([parts[0], fit(7, 30)])
+    with pytest.raises(ValueError, match=r"different analyses \(test, tests differ\)"):
+        VarPartResult.concat([fit(0, 7), parts[1].with_params(test="lrt")])
+
+
 def test_subset_and_misaligned_tables(fitted):
     res = svp.get.result(fitted)
     genes = list(fitted.var_names[[4, 1]])

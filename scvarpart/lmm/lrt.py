@@ -24,6 +24,7 @@ import numpy as np
 import scipy.stats
 
 from ..suffstats import DesignGram, ResponseStats
+from ..varpart.multiple import benjamini_hochberg
 from .fitting import fit_lmm
 from .profiled import _LOG_2PI
 from .starts import quadratic
@@ -115,24 +116,6 @@ def mixture_pvalue(statistic: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         p = np.where(stat > 0, 0.5 * scipy.stats.chi2.sf(stat, 1), 1.0)
     return np.where(np.isnan(stat), np.nan, p)
-
-
-def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values of each column over its finite p-values (NaN kept).
-
-    The step-up adjustment of R's ``p.adjust(method = "BH")``.
-    """
-    P = np.atleast_2d(np.asarray(pvalues, dtype=float).T).T
-    out = np.full(P.shape, np.nan)
-    for c in range(P.shape[1]):
-        ok = np.flatnonzero(np.isfinite(P[:, c]))
-        m = len(ok)
-        if not m:
-            continue
-        order = ok[np.argsort(P[ok, c], kind="stable")]
-        scaled = P[order, c] * m / np.arange(1, m + 1)
-        out[order, c] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return out.reshape(np.shape(pvalues))
 
 
 def variance_tests(

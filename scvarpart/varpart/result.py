@@ -49,6 +49,7 @@ import pandas as pd
 from .._names import as_names
 from ..design import DesignAudit
 from .fractions import RESIDUAL, rho
+from .multiple import benjamini_hochberg
 from .ranking import batch_dominated
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
 _LEGACY_VAR = ("rho", "mean", "singular", "converged", "loglik")
 _LEGACY_VARM = ("", "_variance")
 # The params that define an analysis: results to combine must agree on them.
-_ANALYSIS = ("formula", "method", "batch", "signal")
+_ANALYSIS = ("formula", "method", "batch", "signal", "test")
 
 
 def _names(value: Any) -> list[str]:
@@ -608,18 +609,25 @@ class VarPartResult:
     def concat(cls, parts: Sequence[VarPartResult]) -> VarPartResult:
         """The result of all genes from results of consecutive gene chunks.
 
-        The chunks come from the same analysis: their ``params`` and components must
-        agree.
+        The chunks come from the same analysis: their ``params`` (formula, method,
+        batch, signal, test) and components must agree, and either all or none have
+        tests. The q-values are adjusted again over all genes (Benjamini-Hochberg of
+        the combined p-values, each chunk's being over its own genes only): the
+        combined result is that of one fit of every gene.
         """
         if not parts:
             raise ValueError("No results to combine.")
         first = parts[0]
         for part in parts[1:]:
-            same = [str(part.params.get(k)) == str(first.params.get(k)) for k in _ANALYSIS]
-            if part.components != first.components or not all(same):
+            differ = [k for k in _ANALYSIS if str(part.params.get(k)) != str(first.params.get(k))]
+            if part.components != first.components:
+                differ.insert(0, "components")
+            if (part.pvalue is None) != (first.pvalue is None):
+                differ.append("tests")
+            if differ:
                 raise ValueError(
-                    "The results come from different analyses (components, formula or "
-                    "method differ); they cannot be combined."
+                    f"The results come from different analyses ({', '.join(differ)} "
+                    "differ); they cannot be combined."
                 )
 
         def cat(name: str) -> pd.DataFrame | None:
@@ -634,12 +642,17 @@ class VarPartResult:
 
         errors = pd.concat([p.errors for p in parts])
         errors.index.name = "gene"
+        tables = {n: cat(n) for n in _TABLES}
+        pvalue = tables["pvalue"]
+        if pvalue is not None:  # a q-value depends on every gene's p-value
+            q = benjamini_hochberg(pvalue.to_numpy(dtype=float))
+            tables["qvalue"] = pd.DataFrame(q, index=pvalue.index, columns=pvalue.columns)
         return cls(
             per_gene=cast(pd.DataFrame, cat("per_gene")),
             params=first.params,
             errors=errors,
             design=first.design,  # the same analysis: the same design
-            **cast(dict[str, Any], {n: cat(n) for n in _TABLES}),
+            **cast(dict[str, Any], tables),
             **cast(dict[str, Any], {n: cat_terms(n) for n in _TERM_TABLES}),
         )
 
