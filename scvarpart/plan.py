@@ -8,6 +8,7 @@ Example (``plan.toml``)::
     signal = ["patient"]
     weights = "w"             # obs column of observation weights (optional)
     store_blups = true        # also store every random term's BLUPs (optional)
+    test = "lrt"              # likelihood-ratio test of each random term (optional)
 
     [filters]
     min_cells = 10            # genes non-zero in fewer cells are not fitted
@@ -59,10 +60,12 @@ _TOP = {
     "key_added",
     "weights",
     "store_blups",
+    "test",
     "filters",
     "covariance",
 }
 _FILTERS = {"min_cells", "cells"}
+_TESTS = ("lrt",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class AnalysisPlan:
     #: ``None``: the plan does not say (no BLUPs; ``scvarpart fit --store-blups`` may
     #: add them), unlike an explicit ``false``.
     store_blups: bool | None = None
+    #: ``"lrt"``: the likelihood-ratio test of each random term's variance = 0;
+    #: ``None``: the plan does not say (no tests; ``scvarpart fit --test lrt`` may add
+    #: them).
+    test: str | None = None
     path: str = ""
     sha256: str = field(default="", compare=False)
 
@@ -113,7 +120,8 @@ class AnalysisPlan:
         """Keyword arguments of :func:`scvarpart.tl.variance_partition`.
 
         With ``read_covariance=False``, ``covariance`` is left out (for a caller that
-        reads the files itself, from :attr:`covariance`).
+        reads the files itself, from :attr:`covariance`). ``test`` is there only when
+        the plan asks for a test (as in the parameters the fit records).
         """
         covariance = {"covariance": self.read_covariance()} if read_covariance else {}
         return {
@@ -129,6 +137,7 @@ class AnalysisPlan:
             "weights": self.weights,
             **covariance,
             "store_blups": bool(self.store_blups),
+            **({"test": self.test} if self.test else {}),
         }
 
 
@@ -235,6 +244,12 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
     store_blups = data.get("store_blups")
     if store_blups is not None and not isinstance(store_blups, bool):
         raise PlanError(f"Plan store_blups must be true or false, got {store_blups!r}.")
+    test = data.get("test")
+    if test is not None and test not in _TESTS:
+        raise PlanError(
+            f"Plan test must be one of {list(_TESTS)} (the likelihood-ratio test of each "
+            f"random term's variance = 0), or left out for none; got {test!r} in {path}."
+        )
     covariance = _covariance_files(data.get("covariance"), path)
     return AnalysisPlan(
         formula=data["formula"],
@@ -249,6 +264,7 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         weights=weights,
         covariance=covariance,
         store_blups=store_blups,
+        test=test,
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

@@ -296,6 +296,74 @@ def test_results_do_not_depend_on_threads_or_blocks(work, tmp_path):
     )
 
 
+# --- likelihood-ratio tests (--test lrt) ------------------------------------------------
+
+
+def test_fit_with_test_lrt_stores_the_tests_of_the_api(work, tmp_path):
+    out = tmp_path / "lrt.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, "--test", "lrt", "--quiet", "-o", out))
+    result, single = ad.read_h5ad(out), ad.read_h5ad(work / "full.h5ad")
+    expected = svp.tl.variance_partition(
+        ad.read_h5ad(work / "in.h5ad"), FORMULA, batch=["chemistry", "day", "operator"],
+        signal="patient", test="lrt", inplace=False, progress=False,
+    )  # fmt: skip
+    terms = ["patient", "chemistry", "day", "operator"]
+    for name in ("lrt", "pvalue", "qvalue"):
+        table = result.varm[f"varpart_{name}"]
+        assert list(table.columns) == terms
+        pd.testing.assert_frame_equal(table, getattr(expected, name), check_exact=True)
+    assert result.uns["varpart"]["params"]["test"] == "lrt"
+    assert "test" not in single.uns["varpart"]["params"]
+    # the tests change nothing else
+    pd.testing.assert_frame_equal(result.varm["varpart"], single.varm["varpart"], check_exact=True)
+    assert (
+        result.uns["varpart"]["params"]["params_fingerprint"]
+        != (single.uns["varpart"]["params"]["params_fingerprint"])
+    )
+    # an unknown test is a usage error; terms with slopes are refused before any fit
+    proc = cli("fit", work / "in.h5ad", *MODEL, "--test", "wald", "-o", tmp_path / "x.h5ad")
+    assert proc.returncode == 2 and "invalid choice: 'wald'" in proc.stderr
+    slopes = ["--formula", "~ (1 + log_umi|patient) + (1|day)", "--test", "lrt"]
+    proc = cli("fit", work / "in.h5ad", *slopes, "-o", tmp_path / "x.h5ad")
+    assert proc.returncode == 3 and "['patient'] have a covariance matrix" in proc.stderr
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_chunks_with_test_lrt_merge_into_the_single_run_with_qvalues_over_all_genes(work, tmp_path):
+    """The q-values of a chunk are adjusted over its genes only: merge adjusts them again
+    over all genes, so that the merged result is the single fit's, bit for bit."""
+    single = tmp_path / "single.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, "--test", "lrt", "--quiet", "-o", single))
+    chunks = []
+    for i in (1, 2, 3):
+        chunks.append(tmp_path / f"lrt{i}.h5ad")
+        ok(cli("fit", work / "in.h5ad", *MODEL, "--test", "lrt", "--genes", f"{i}/3",
+               "--quiet", "-o", chunks[-1]))  # fmt: skip
+    merged = tmp_path / "merged.h5ad"
+    ok(cli("merge", *reversed(chunks), "--into", work / "in.h5ad", "-o", merged))
+    combined, expected = ad.read_h5ad(merged), ad.read_h5ad(single)
+    assert_same_varm(combined, expected)
+    assert {"varpart_lrt", "varpart_pvalue", "varpart_qvalue"} <= set(combined.varm)
+    pd.testing.assert_frame_equal(combined.var, expected.var, check_exact=True)
+    assert repr(combined.uns["varpart"]) == repr(expected.uns["varpart"])
+    # which is not what the chunks hold
+    q = expected.varm["varpart_qvalue"]
+    in_chunks = pd.concat([ad.read_h5ad(c).varm["varpart_qvalue"] for c in chunks])
+    assert not in_chunks.equals(q)
+    pd.testing.assert_frame_equal(
+        pd.concat([ad.read_h5ad(c).varm["varpart_pvalue"] for c in chunks]),
+        expected.varm["varpart_pvalue"],
+        check_exact=True,
+    )
+    # chunks fitted with and without the tests are not merged
+    plain = tmp_path / "plain2.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, "--genes", "2/3", "--quiet", "-o", plain))
+    proc = cli("merge", chunks[0], plain, chunks[2], "--into", work / "in.h5ad",
+               "-o", tmp_path / "m.h5ad")  # fmt: skip
+    assert proc.returncode == 5 and "different analysis parameters" in proc.stderr
+    assert str(plain) in proc.stderr and not (tmp_path / "m.h5ad").exists()
+
+
 # --- observation weights, kinship files, BLUPs ------------------------------------------
 
 KIN_FORMULA = "~ log_umi + (1|patient) + (1|day)"

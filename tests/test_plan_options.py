@@ -1,6 +1,6 @@
-"""Analysis plans with observation weights, kinship files and BLUPs: ``weights``,
-``store_blups`` and the ``[covariance]`` table (paths relative to the plan's folder),
-the options that may complete a plan, and the plan's clear errors."""
+"""Analysis plans with observation weights, kinship files, BLUPs and tests: ``weights``,
+``store_blups``, ``test`` and the ``[covariance]`` table (paths relative to the plan's
+folder), the options that may complete a plan, and the plan's clear errors."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ def test_options_complete_a_plan_that_does_not_set_them(planned, tmp_path):
     [
         (MODEL + 'weights = "w"\n', ["--weights", "log_umi"], "--weights: fixed by the plan"),
         (MODEL + "store_blups = false\n", ["--store-blups"], "--store-blups: fixed by the plan"),
+        (MODEL + 'test = "lrt"\n', ["--test", "lrt"], "--test: fixed by the plan"),
         (FULL, ["--covariance", "patient=other.csv"], "--covariance patient=...: fixed by"),
     ],
 )
@@ -122,6 +123,9 @@ def test_options_the_plan_sets_are_refused(planned, tmp_path, plan_text, options
     [
         ('weights = 3\n', None, "Plan weights must be the name of an obs column"),
         ("store_blups = 'yes'\n", None, "Plan store_blups must be true or false"),
+        ('test = "wald"\n', None, "Plan test must be one of ['lrt']"),
+        ("test = true\n", None, "Plan test must be one of ['lrt']"),
+        ('test = ["lrt"]\n', None, "or left out for none; got ['lrt'] in"),
         ('covariance = "kinship.csv"\n', None, "must be a table of random terms and covariance"),
         ('[covariance]\npatient = 1\n', None, "must be the path of a covariance file"),
         ('[covariance]\npatient = "nope.csv"\n', None,
@@ -162,8 +166,43 @@ def test_read_plan_resolves_covariance_files_against_its_folder(tmp_path):
     plan.write_text('formula = "~ (1|a)"\n[covariance]\na = "sub/k.csv"\n')
     read = read_plan(plan)
     assert read.covariance == {"a": str(tmp_path / "sub" / "k.csv")}
-    assert read.weights is None and read.store_blups is None
-    assert read.as_kwargs()["store_blups"] is False
+    assert read.weights is None and read.store_blups is None and read.test is None
+    assert read.as_kwargs()["store_blups"] is False and "test" not in read.as_kwargs()
     (tmp_path / "sub" / "k.csv").write_text(",a\na,x\n")
     with pytest.raises(PlanError, match="non-numeric"):
         read.as_kwargs()
+
+
+def test_a_plan_with_test_lrt_and_the_option_completing_a_plan_fit_the_same(planned, tmp_path):
+    """``test = "lrt"`` in the plan (TOML or YAML), and ``--test lrt`` beside a plan
+    without it: the tests of the API, recorded as the plan and the option."""
+    folder = planned["folder"]
+    expected = svp.tl.variance_partition(
+        ad.read_h5ad(folder / "in.h5ad"), KIN_FORMULA, method="REML", batch="day",
+        signal="patient", test="lrt", inplace=False, progress=False,
+    )  # fmt: skip
+    (tmp_path / "lrt.toml").write_text(MODEL + 'test = "lrt"\n')
+    (tmp_path / "lrt.yaml").write_text(
+        f'formula: "{KIN_FORMULA}"\nmethod: REML\nbatch: [day]\nsignal: patient\ntest: lrt\n'
+    )
+    (tmp_path / "model.toml").write_text(MODEL)
+    assert read_plan(tmp_path / "lrt.toml").as_kwargs()["test"] == "lrt"
+    runs = {
+        "toml": ["--plan", tmp_path / "lrt.toml"],
+        "yaml": ["--plan", tmp_path / "lrt.yaml"],
+        "option": ["--plan", tmp_path / "model.toml", "--test", "lrt"],
+    }
+    fingerprints = {}
+    for name, options in runs.items():
+        out = tmp_path / f"{name}.h5ad"
+        ok(cli("fit", folder / "in.h5ad", *options, "--quiet", "-o", out))
+        result = ad.read_h5ad(out)
+        for table in ("lrt", "pvalue", "qvalue"):
+            pd.testing.assert_frame_equal(
+                result.varm[f"varpart_{table}"], getattr(expected, table), check_exact=True
+            )
+        params = result.uns["varpart"]["params"]
+        assert params["test"] == "lrt"
+        fingerprints[name] = params["params_fingerprint"]
+    # the plans differ (their SHA-256 is part of the parameters)
+    assert len(set(fingerprints.values())) == 3

@@ -7,7 +7,8 @@ and runs it with bash in a task directory of its own where the inputs are
 staged as symbolic links: SIMULATE -> FIT x N -> MERGE -> REPORT, as
 ``workflows/main.nf`` wires them. The merged result must equal one
 ``scvarpart fit`` of the whole file, also with a kinship file staged into
-each FIT task and observation weights. A real ``nextflow run`` runs when
+each FIT task, observation weights, BLUPs and likelihood-ratio tests (whose q-values
+MERGE adjusts over all genes). A real ``nextflow run`` runs when
 ``nextflow`` is on PATH.
 """
 
@@ -96,7 +97,10 @@ def run_task(
 
 
 def fit_options(
-    weights: str | None = None, covariance: dict[str, Path] | None = None, store_blups=False
+    weights: str | None = None,
+    covariance: dict[str, Path] | None = None,
+    store_blups=False,
+    test: str | None = None,
 ) -> tuple[dict[str, str], dict[str, Path]]:
     """The FIT script's model variables, as its Groovy lines compute them from its
     ``model`` and covariance inputs, and where the covariance files are staged."""
@@ -106,6 +110,7 @@ def fit_options(
     values = {
         "weights": f"--weights '{weights}'" if weights else "",
         "store_blups": "--store-blups" if store_blups else "",
+        "test": f"--test {test}" if test else "",
         "covariance": " ".join(
             f"--covariance '{t}={n}'" for t, n in zip(terms, staged, strict=True)
         ),
@@ -120,11 +125,13 @@ def test_the_fit_script_computes_its_options_as_the_test_does():
     assert "\"--covariance '${pair[0]}=covariance${i + 1}/${pair[1]}'\"" in text
     assert "def weights = model.weights ? \"--weights '${model.weights}'\" : ''" in text
     assert "def store_blups = model.store_blups ? '--store-blups' : ''" in text
+    assert "def test = model.test ? \"--test ${model.test}\" : ''" in text
     main = (WORKFLOWS / "main.nf").read_text()
     assert "SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)" in main
     assert "covariance.keySet() as List, covariance_files*.name, covariance_files" in main
+    assert "test       : params.test ? params.test.toString() : null" in main
     config = (WORKFLOWS / "nextflow.config").read_text()
-    for name in ("weights", "covariance", "store_blups"):
+    for name in ("weights", "covariance", "store_blups", "test"):
         assert re.search(rf"^\s+{name}\s+=", config, re.MULTILINE), name
 
 
@@ -222,8 +229,9 @@ signal = ["patient"]
 
 @pytest.fixture(scope="module")
 def kinship_chain(tmp_path_factory):
-    """FIT x 2 -> MERGE -> REPORT with a kinship file staged into each FIT task, weights
-    and BLUPs (main.nf's params.covariance, params.weights, params.store_blups)."""
+    """FIT x 2 -> MERGE -> REPORT with a kinship file staged into each FIT task, weights,
+    BLUPs and tests (main.nf's params.covariance, params.weights, params.store_blups,
+    params.test)."""
     data = tmp_path_factory.mktemp("kinship_data")
     adata = svp.datasets.crossed_example(n_cells=300, n_genes=6, seed=3)
     rng = np.random.default_rng(3)
@@ -234,7 +242,7 @@ def kinship_chain(tmp_path_factory):
     pd.DataFrame(kinship, index=levels, columns=levels).to_csv(data / "kinship.csv")
     adata.write_h5ad(data / "cells.h5ad")
     (data / "plan.toml").write_text(KINSHIP_PLAN)
-    options = fit_options("w", {"patient": data / "kinship.csv"}, store_blups=True)
+    options = fit_options("w", {"patient": data / "kinship.csv"}, store_blups=True, test="lrt")
     work = tmp_path_factory.mktemp("nextflow_kinship_work")
     return run_chain(work, data / "cells.h5ad", data / "plan.toml", 2, options, "cells")
 
@@ -252,9 +260,13 @@ def test_chain_with_kinship_and_weights_reproduces_a_single_fit(kinship_chain, t
         "--covariance",
         f"patient={data / 'kinship.csv'}",
         "--store-blups",
+        "--test",
+        "lrt",
     )
     merged = ad.read_h5ad(kinship_chain["merged"])
-    assert_same_result(merged, single)
+    assert_same_result(merged, single)  # the q-values too: adjusted over all genes
+    assert list(merged.varm["varpart_qvalue"].columns) == ["patient", "day"]
+    assert merged.uns["varpart"]["params"]["test"] == "lrt"
     params = merged.uns["varpart"]["params"]
     assert params["weights"] == "w" and params["covariance_files"] == {"patient": "kinship.csv"}
     assert params["covariance_fingerprints"]["patient"].startswith("blake2b:")

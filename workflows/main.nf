@@ -42,6 +42,9 @@ workflow {
     if (params.chunks < 1) {
         error "--chunks must be at least 1"
     }
+    if (params.test && params.test.toString() != 'lrt') {
+        error "--test must be lrt (the likelihood-ratio test of each random term's variance), got '${params.test}'"
+    }
     ch_plan = Channel.value(file(params.plan, checkIfExists: true))
     ch_versions = Channel.empty()
 
@@ -52,7 +55,8 @@ workflow {
     ch_covariance = Channel.value([ covariance.keySet() as List, covariance_files*.name, covariance_files ])
     ch_model = Channel.value([
         weights    : params.weights ?: null,
-        store_blups: params.store_blups.toString() == 'true'
+        store_blups: params.store_blups.toString() == 'true',
+        test       : params.test ? params.test.toString() : null
     ])
 
     if (params.input) {

@@ -40,14 +40,19 @@ _EXAMPLES = """examples:
   scvarpart fit cells.h5ad --plan plan.toml --genes 3/10 -o chunk3.h5ad   # then: merge
   scvarpart fit cells.h5ad --formula "~ log_umi + (1|donor) + (1|day)" --weights w \\
       --covariance donor=kinship.csv --store-blups -o cells.varpart.h5ad
+  scvarpart fit cells.h5ad --plan plan.toml --test lrt -o cells.varpart.h5ad
 
 covariance files: .csv (comma-separated) or .tsv/.txt (tab-separated), optionally
 gzipped; a square matrix with a header row of level names and the level names as first
 column. Each file's fingerprint is recorded with the results, as the input's is.
 
-with --plan: the plan fixes the options it sets; --weights, --covariance TERM=PATH
-and --store-blups may complete a plan that does not set them (the plan's SHA-256, the
-options and the covariance files' fingerprints are all recorded).
+with --plan: the plan fixes the options it sets; --weights, --covariance TERM=PATH,
+--store-blups and --test may complete a plan that does not set them (the plan's
+SHA-256, the options and the covariance files' fingerprints are all recorded).
+
+--test lrt: per gene and random term, the likelihood-ratio test of the term's
+variance = 0 (varm KEY_lrt, KEY_pvalue, KEY_qvalue); random intercepts and terms with
+a known covariance only. Chunks are merged with their q-values adjusted over all genes.
 
 """
 
@@ -188,6 +193,14 @@ def add_parsers(sub) -> None:
         help="also store every random term's BLUPs and conditional variances "
         "(varm KEY_blup_TERM, KEY_blupvar_TERM; read with svp.get.blups)",
     )
+    model.add_argument(
+        "--test",
+        choices=["lrt"],
+        help="lrt: per gene, the likelihood-ratio test of each random term's variance = 0 "
+        "(varm KEY_lrt, KEY_pvalue, KEY_qvalue: statistic, p-value of the 50:50 "
+        "chi-squared(0)/(1) mixture, Benjamini-Hochberg q-value over the genes); random "
+        "intercepts and known covariances only",
+    )
     execution = p.add_argument_group("execution (the results do not depend on these)")
     execution.add_argument(
         "--genes", type=_chunk, metavar="I/N", help="fit only the I-th of N chunks of genes"
@@ -204,9 +217,10 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
     """The analysis parameters, the plan's record and where each covariance comes from.
 
     From the plan or the options. A plan fixes every key it sets: the options of those
-    keys are refused. ``--weights``, ``--covariance`` (per term) and ``--store-blups``
-    may complete a plan that does not set them, so that a workflow can stage a kinship
-    file and pass it to a pre-registered plan; they are recorded as the plan is.
+    keys are refused. ``--weights``, ``--covariance`` (per term), ``--store-blups`` and
+    ``--test`` may complete a plan that does not set them, so that a workflow can stage
+    a kinship file and pass it to a pre-registered plan; they are recorded as the plan
+    is. ``test`` is among the parameters only when a test is asked for.
     """
     given = [o for o in _MODEL_OPTIONS if getattr(args, o) is not None] + (
         ["cells"] if args.cells else []
@@ -227,6 +241,7 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             for option, by_plan in (
                 ("--weights", args.weights is not None and plan.weights is not None),
                 ("--store-blups", args.store_blups is not None and plan.store_blups is not None),
+                ("--test", args.test is not None and plan.test is not None),
                 *((f"--covariance {t}=...", t in (plan.covariance or {})) for t in options),
             )
             if by_plan
@@ -242,6 +257,8 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             analysis["weights"] = args.weights
         if args.store_blups:
             analysis["store_blups"] = True
+        if args.test is not None:
+            analysis["test"] = args.test
         return analysis, {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}, sources
     if args.formula is None:
         raise CLIError("give the model: --formula (and --batch, --signal...) or --plan", code=2)
@@ -257,6 +274,7 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
         "cells": _cells(args.cells),
         "weights": args.weights,
         "store_blups": bool(args.store_blups),
+        **({"test": args.test} if args.test else {}),
     }
     return analysis, {"plan": None, "plan_sha256": None}, sources
 

@@ -10,7 +10,8 @@ process SCVARPART_FIT {
     // known covariances (kinship files): the terms, the files' names, and the files, staged
     // as covariance1/NAME, covariance2/NAME, ... in the order of the terms (empty lists: none)
     tuple val(covariance_terms), val(covariance_names), path(covariance_files, stageAs: 'covariance?/*')
-    // model options beside the plan: [weights: obs column or null, store_blups: true/false]
+    // model options beside the plan: [weights: obs column or null, store_blups: true/false,
+    // test: 'lrt' or null]
     val model
 
     output:
@@ -25,11 +26,12 @@ process SCVARPART_FIT {
     def prefix = task.ext.prefix ?: "${meta.id}"
     def weights = model.weights ? "--weights '${model.weights}'" : ''
     def store_blups = model.store_blups ? '--store-blups' : ''
+    def test = model.test ? "--test ${model.test}" : ''
     def covariance = [covariance_terms, covariance_names].transpose().withIndex().collect { pair, i ->
         "--covariance '${pair[0]}=covariance${i + 1}/${pair[1]}'"
     }.join(' ')
     """
-    scvarpart fit ${h5ad} --plan ${plan} ${weights} ${covariance} ${store_blups} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
+    scvarpart fit ${h5ad} --plan ${plan} ${weights} ${covariance} ${store_blups} ${test} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
