@@ -16,8 +16,9 @@ e.g. summed over the shards of a dataset. Every function here returns the same
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
+from .bootstrap import design_factor, simulate_statistics
 from .fitting import choose_engine, fit_lmm
 from .lrt import check_testable, variance_tests
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
@@ -323,6 +325,72 @@ def _check_finite(stats: GeneStatistics) -> None:
         )
 
 
+# Percentiles of the replicates without interpolation: rho may be inf in some
+_EMPIRICAL = "inverted_cdf"
+
+
+def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
+    """``n_boot``, ``seed`` and ``ci`` are usable: checked before any data are read."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise ValueError(f"n_boot={n_boot!r} must be a non-negative integer (0: no bootstrap).")
+    if 0 < n_boot < 20:
+        raise ValueError(
+            f"n_boot={n_boot} replicates are too few for percentile intervals; use at least "
+            "20 (hundreds for 95% intervals), or 0 for none."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+    if isinstance(ci, bool) or not isinstance(ci, float | int) or not 0 < ci < 1:
+        raise ValueError(f"ci={ci!r} must be a level between 0 and 1, e.g. 0.95.")
+
+
+def _bootstrap(stats, fit_, terms, *, n_boot, seed, ci, method, batch, signal, **fit_options):
+    """Percentile intervals of each gene's fractions and rho from ``n_boot`` refits.
+
+    Returns the lower and upper bounds of the fractions (genes x components) and of
+    ``rho`` (``None`` without batch and signal).
+    """
+    ok = np.flatnonzero(fit_.error == "")
+    beta_c = fit_.beta[ok].copy()  # the centred parametrisation the statistics use
+    beta_c[:, 0] += beta_c[:, 1:] @ stats.gram.x_mean[1:]
+    genes = stats.genes[ok]
+    sim = simulate_statistics(
+        design_factor(stats.gram),
+        terms,
+        beta_c,
+        fit_.sigma2[ok],
+        fit_.theta[ok],
+        [str(g) for g in genes],
+        n_boot,
+        seed,
+    )
+    names = pd.Index([f"{g}#{k}" for g in genes for k in range(n_boot)])
+    boot = fit_stats(
+        replace(stats, response=sim, genes=names),
+        method=method,
+        batch=batch,
+        signal=signal,
+        **fit_options,
+    )
+    tail = (1 - ci) / 2
+    comps = stats.components
+    F = boot.fractions.to_numpy().reshape(len(ok), n_boot, len(comps))
+    low = pd.DataFrame(np.nan, index=stats.genes, columns=comps)
+    high = low.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a gene none refitted
+        low.iloc[ok] = np.nanquantile(F, tail, axis=1, method=_EMPIRICAL)
+        high.iloc[ok] = np.nanquantile(F, 1 - tail, axis=1, method=_EMPIRICAL)
+        if "rho" not in boot.per_gene:
+            return low, high, None, None
+        R = boot.per_gene["rho"].to_numpy().reshape(len(ok), n_boot)
+        rho_low = np.full(len(stats.genes), np.nan)
+        rho_high = rho_low.copy()
+        rho_low[ok] = np.nanquantile(R, tail, axis=1, method=_EMPIRICAL)
+        rho_high[ok] = np.nanquantile(R, 1 - tail, axis=1, method=_EMPIRICAL)
+    return low, high, rho_low, rho_high
+
+
 def fit_stats(
     stats: GeneStatistics,
     *,
@@ -336,6 +404,9 @@ def fit_stats(
     progress: Progress = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    ci: float = 0.95,
 ) -> VarPartResult:
     """Fit the model to every gene from its sufficient statistics.
 
@@ -365,6 +436,16 @@ def fit_stats(
         gene, by refitting without the term from the same statistics
         (:mod:`scvarpart.lmm.lrt`): ``lrt``, ``pvalue`` and ``qvalue`` of the result
         (Benjamini-Hochberg over the genes, per term).
+    n_boot
+        Parametric bootstrap replicates per gene (0: none): the statistics are
+        simulated from each gene's fitted model and refitted
+        (:mod:`scvarpart.lmm.bootstrap`); percentile intervals of the fractions
+        (``boot_low``, ``boot_high``) and of ``rho`` (per-gene fields
+        ``rho_boot_low``, ``rho_boot_high``).
+    seed
+        The bootstrap's seed; with a gene's name, it fixes the gene's replicates.
+    ci
+        The intervals' level.
 
     Returns
     -------
@@ -388,6 +469,7 @@ def fit_stats(
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
     if test not in (None, "lrt"):
         raise ValueError(f"test must be None or 'lrt', got {test!r}.")
+    check_bootstrap(n_boot, seed, ci)
     batch_l, signal_l = as_names(batch, "batch"), as_names(signal, "signal")
     check_roles(batch_l, signal_l, stats.components)
     _check_finite(stats)
@@ -447,12 +529,32 @@ def fit_stats(
         for field in ("statistic", "pvalue", "qvalue"):
             table = pd.DataFrame(getattr(tests, field), index=stats.genes, columns=names)
             extra["lrt" if field == "statistic" else field] = table
+    per_gene: dict[str, np.ndarray] = {}
+    if n_boot:
+        low, high, rho_low, rho_high = _bootstrap(
+            stats,
+            fit_,
+            terms,
+            n_boot=n_boot,
+            seed=seed,
+            ci=ci,
+            method=method_u,
+            batch=batch_l,
+            signal=signal_l,
+            n_jobs=n_jobs,
+            batch_size=batch_size,
+            engine=engine,
+        )
+        extra["boot_low"], extra["boot_high"] = low, high
+        if rho_low is not None:
+            per_gene = {"rho_boot_low": rho_low, "rho_boot_high": rho_high}
     return assemble(
         stats.genes,
         stats.components,
         variances,
         fractions(variances),
         {
+            **per_gene,
             "mean": response.mean,
             "singular": fit_.singular & ok,
             "converged": fit_.converged,
@@ -491,6 +593,9 @@ def fit(
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    ci: float = 0.95,
 ) -> VarPartResult:
     """Fit a linear mixed model to every gene (column) of ``Y``.
 
@@ -528,4 +633,7 @@ def fit(
         batch_size=batch_size,
         store_blups=store_blups,
         test=test,
+        n_boot=n_boot,
+        seed=seed,
+        ci=ci,
     )

@@ -28,6 +28,7 @@ from .._docs import (
 )
 from .._io import OutputExistsError, write_results_file
 from ..get._results import check_var_names, result_keys
+from ..lmm.genes import check_bootstrap
 from ..storage.matrix import default_chunk_rows
 from ..storage.select import select_expression
 from ..storage.stores import open_store
@@ -89,6 +90,7 @@ def partition_file(
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    bootstrap: tuple[int, int, float] = (0, 0, 0.95),
 ) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
     """The file's ``obs`` and ``var`` (of ``genes``) and the result.
 
@@ -109,6 +111,7 @@ def partition_file(
         )
         prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance)
         _check_test(test, prep.design)
+        check_bootstrap(*bootstrap)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
         elem, source = expression.matrix, expression.source
         Y = _lazy_matrix(elem, len(var), chunk_size, dask)
@@ -127,6 +130,7 @@ def partition_file(
             genes=genes,
             store_blups=store_blups,
             test=test,
+            bootstrap=bootstrap,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 
@@ -160,6 +164,9 @@ def variance_partition_file(
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    ci: float = 0.95,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -193,6 +200,8 @@ def variance_partition_file(
         Also store every random term's BLUPs, as :func:`variance_partition` does.
     test
         ``"lrt"``: test each random term's variance = 0, as :func:`variance_partition`.
+    n_boot, seed, ci
+        The parametric bootstrap, as :func:`variance_partition`.
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -260,6 +269,7 @@ def variance_partition_file(
         covariance=covariance,
         store_blups=store_blups,
         test=test,
+        bootstrap=(n_boot, seed, ci),
     )
     result = AnnData(obs=obs, var=var)
     write_results(result, results, key_added)

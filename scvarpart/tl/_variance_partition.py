@@ -39,6 +39,7 @@ from .._warn import warn
 from ..design import Design, DesignAudit, audit_design, build_design, parse_formula
 from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
+from ..lmm.genes import check_bootstrap
 from ..lmm.lrt import check_testable
 from ..storage.matrix import is_dask_array, storage_format
 from ..storage.select import select_expression
@@ -262,8 +263,12 @@ def _partition(
     min_cells: int = 0,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    bootstrap: tuple[int, int, float] = (0, 0, 0.95),
 ) -> VarPartResult:
-    """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`."""
+    """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`.
+
+    ``bootstrap``: ``n_boot``, ``seed`` and ``ci`` of :func:`scvarpart.lmm.fit_stats`.
+    """
     design = prep.design
     if Y.shape != (len(design.keep), len(var_names)):
         raise ValueError(
@@ -300,6 +305,9 @@ def _partition(
             progress=bar,
             store_blups=store_blups,
             test=test,
+            n_boot=bootstrap[0],
+            seed=bootstrap[1],
+            ci=bootstrap[2],
         )
     fitted = result.params
     result = replace(
@@ -314,6 +322,7 @@ def _partition(
             "min_cells": min_cells,
             "store_blups": store_blups,
             **({"test": test} if test else {}),
+            **(dict(zip(("n_boot", "seed", "ci"), bootstrap, strict=True)) if bootstrap[0] else {}),
             "n_obs": design.n_obs,
             "n_obs_dropped": int((~design.keep).sum()),
             "engine": fitted["engine"],
@@ -386,6 +395,9 @@ def variance_partition(
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    ci: float = 0.95,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -424,6 +436,15 @@ def variance_partition(
         of freedom), refitting without the term from the same sufficient statistics;
         Benjamini-Hochberg q-values over the genes, per term. For terms with one
         variance (random intercepts, known covariances).
+    n_boot
+        Parametric bootstrap replicates per gene (0: none): each gene's sufficient
+        statistics are simulated from its fitted model (never touching the cells) and
+        refitted, giving percentile intervals of the fractions and of ``rho``.
+    seed
+        The bootstrap's seed; with a gene's name it fixes the gene's replicates, so
+        they do not depend on the other genes, ``n_jobs`` or chunks.
+    ci
+        The level of the intervals.
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -468,6 +489,10 @@ def variance_partition(
             With ``store_blups``: each term's BLUPs and conditional variances.
         ``adata.varm[f"{{key_added}}_lrt"]``, ``..._pvalue``, ``..._qvalue``
             With ``test="lrt"``: genes x random terms, the test of each variance = 0.
+        ``adata.varm[f"{{key_added}}_boot_low"]``, ``..._boot_high``
+            With ``n_boot``: the bootstrap intervals of the fractions (genes x
+            components); ``adata.var[f"{{key_added}}_rho_boot_low"]`` and
+            ``..._rho_boot_high`` those of ``rho``.
         ``adata.uns[key_added]``
             ``params``, ``components``, ``summary``, ``errors`` (a DataFrame of the
             genes without estimates and why) and ``result_keys`` (the ``var``
@@ -529,6 +554,7 @@ def variance_partition(
     check_var_names(adata.var_names)
     prep = _prepare(adata.obs, formula, method, batch, signal, cells, weights, covariance)
     _check_test(test, prep.design)
+    check_bootstrap(n_boot, seed, ci)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
         prep,
@@ -539,6 +565,7 @@ def variance_partition(
         min_cells=min_cells,
         store_blups=store_blups,
         test=test,
+        bootstrap=(n_boot, seed, ci),
         key_added=key_added,
         n_jobs=n_jobs,
         batch_size=batch_size,

@@ -61,6 +61,8 @@ __all__ = ["PER_GENE_FIELDS", "VarPartResult", "component_order", "stored_keys"]
 # with their dtypes: a result read back from a file has exactly these.
 PER_GENE_FIELDS: dict[str, type] = {
     "rho": np.float64,
+    "rho_boot_low": np.float64,
+    "rho_boot_high": np.float64,
     "mean": np.float64,
     "singular": np.bool_,
     "converged": np.bool_,
@@ -80,6 +82,8 @@ _TABLES = {
     "lrt": "_lrt",
     "pvalue": "_pvalue",
     "qvalue": "_qvalue",
+    "boot_low": "_boot_low",
+    "boot_high": "_boot_high",
 }
 # per-term tables: attribute -> prefix of the key's suffix (the term's name follows)
 _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
@@ -196,6 +200,10 @@ class VarPartResult:
         the term's variance = 0, its p-value (a 50:50 mixture of chi-squared with 0
         and 1 degrees of freedom, :mod:`scvarpart.lmm.lrt`) and its Benjamini-Hochberg
         q-value over the genes.
+    boot_low, boot_high
+        With ``n_boot``: genes x components, the parametric bootstrap's percentile
+        interval of each fraction (:mod:`scvarpart.lmm.bootstrap`); the per-gene fields
+        ``rho_boot_low`` and ``rho_boot_high`` hold ``rho``'s.
     design
         The audit of the design the genes were fitted with
         (:func:`~scvarpart.design.audit_design`): terms, pairs of terms, warnings.
@@ -221,6 +229,8 @@ class VarPartResult:
     lrt: pd.DataFrame | None = None
     pvalue: pd.DataFrame | None = None
     qvalue: pd.DataFrame | None = None
+    boot_low: pd.DataFrame | None = None
+    boot_high: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""
