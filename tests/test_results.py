@@ -47,8 +47,11 @@ def test_round_trip_through_files(fitted, tmp_path, suffix):
     _assert_same(read, res)
     assert read.params["formula"] == svp.datasets.EXAMPLE_FORMULA
     assert read.batch == BATCH and read.signal == ["patient"]
-    for field, dtype in svp.varpart.result.PER_GENE_FIELDS.items():
-        assert read.per_gene[field].dtype == dtype, field
+    fields = svp.varpart.result.PER_GENE_FIELDS
+    # the bootstrap's fields only with n_boot
+    assert set(fields) - set(read.per_gene) == {"rho_boot_low", "rho_boot_high"}
+    for field in read.per_gene:
+        assert read.per_gene[field].dtype == fields[field], field
 
 
 def test_errors_and_constant_genes(fitted):
