@@ -9,6 +9,9 @@ Example (``plan.toml``)::
     weights = "w"             # obs column of observation weights (optional)
     store_blups = true        # also store every random term's BLUPs (optional)
     test = "lrt"              # likelihood-ratio test of each random term (optional)
+    n_boot = 200              # parametric bootstrap replicates per gene (optional)
+    seed = 1                  # the bootstrap's seed (optional, default 0)
+    ci = 0.95                 # level of the bootstrap intervals (optional, default 0.95)
 
     [filters]
     min_cells = 10            # genes non-zero in fewer cells are not fitted
@@ -18,8 +21,10 @@ Example (``plan.toml``)::
     patient = "kinship.csv"   # relative to the plan's folder
 
 The same keys in YAML work too. Unknown keys are an error: a plan says exactly
-what will be done. The SHA-256 of the file is recorded with the results (and a
-fingerprint of each covariance file, by ``scvarpart fit``).
+what will be done. ``seed`` and ``ci`` are used only with bootstrap replicates
+(``n_boot`` > 0, from the plan or ``scvarpart fit --n-boot``). The SHA-256 of the
+file is recorded with the results (and a fingerprint of each covariance file, by
+``scvarpart fit``).
 
 A covariance file is a ``.csv`` (comma-separated) or ``.tsv``/``.txt``
 (tab-separated) file, optionally gzipped: a square matrix with a header row of
@@ -61,11 +66,50 @@ _TOP = {
     "weights",
     "store_blups",
     "test",
+    "n_boot",
+    "seed",
+    "ci",
     "filters",
     "covariance",
 }
 _FILTERS = {"min_cells", "cells"}
 _TESTS = ("lrt",)
+#: The bootstrap's parameters, as :func:`scvarpart.tl.variance_partition` names them,
+#: and the defaults of ``seed`` and ``ci`` there.
+BOOTSTRAP_KEYS = ("n_boot", "seed", "ci")
+BOOTSTRAP_DEFAULTS = {"seed": 0, "ci": 0.95}
+# Fewer replicates are refused (scvarpart.lmm.genes.check_bootstrap); a seed is recorded
+# with the results, and an HDF5 or Zarr attribute holds a 64-bit integer at most.
+_MIN_BOOT = 20
+_MAX_SEED = 2**63 - 1
+
+
+def bootstrap_problem(key: str, value: object) -> str | None:
+    """What is wrong with a bootstrap parameter's value, as "must be ..."; or ``None``.
+
+    ``key``: ``n_boot``, ``seed`` or ``ci``. The checks of
+    :func:`scvarpart.lmm.genes.check_bootstrap`, for the plan and the command line,
+    which check before importing the fitting code; and a seed that can be recorded in
+    an ``.h5ad`` file.
+    """
+    if key == "n_boot":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return "must be a non-negative integer (0: no bootstrap)"
+        if 0 < value < _MIN_BOOT:
+            return (
+                f"must be 0 (none) or at least {_MIN_BOOT}: fewer replicates are too few for "
+                "percentile intervals (hundreds for 95% intervals)"
+            )
+        return None
+    if key == "seed":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEED:
+            return "must be a non-negative integer (below 2^63)"
+        return None
+    if key == "ci":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
+            return "must be a level between 0 and 1, e.g. 0.95"
+        return None
+    raise KeyError(key)
 
 
 @dataclass(frozen=True)
@@ -91,6 +135,13 @@ class AnalysisPlan:
     #: ``None``: the plan does not say (no tests; ``scvarpart fit --test lrt`` may add
     #: them).
     test: str | None = None
+    #: Parametric bootstrap replicates per gene; ``None``: the plan does not say (no
+    #: bootstrap; ``scvarpart fit --n-boot N`` may add one), unlike an explicit ``0``.
+    n_boot: int | None = None
+    #: The bootstrap's seed and the level of its intervals; ``None``: the plan does not
+    #: say (0 and 0.95 with replicates; ``--seed`` and ``--ci`` may set them).
+    seed: int | None = None
+    ci: float | None = None
     path: str = ""
     sha256: str = field(default="", compare=False)
 
@@ -121,7 +172,8 @@ class AnalysisPlan:
 
         With ``read_covariance=False``, ``covariance`` is left out (for a caller that
         reads the files itself, from :attr:`covariance`). ``test`` is there only when
-        the plan asks for a test (as in the parameters the fit records).
+        the plan asks for a test, ``n_boot``, ``seed`` and ``ci`` only when it asks for
+        bootstrap replicates (as in the parameters the fit records).
         """
         covariance = {"covariance": self.read_covariance()} if read_covariance else {}
         return {
@@ -138,6 +190,21 @@ class AnalysisPlan:
             **covariance,
             "store_blups": bool(self.store_blups),
             **({"test": self.test} if self.test else {}),
+            **self.bootstrap(),
+        }
+
+    def bootstrap(self) -> dict:
+        """The bootstrap's parameters if the plan asks for replicates; empty otherwise.
+
+        ``n_boot``, ``seed`` and ``ci``, their defaults filled in; without replicates,
+        ``seed`` and ``ci`` are unused.
+        """
+        if not self.n_boot:
+            return {}
+        return {
+            "n_boot": self.n_boot,
+            "seed": BOOTSTRAP_DEFAULTS["seed"] if self.seed is None else self.seed,
+            "ci": BOOTSTRAP_DEFAULTS["ci"] if self.ci is None else self.ci,
         }
 
 
@@ -250,6 +317,10 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
             f"Plan test must be one of {list(_TESTS)} (the likelihood-ratio test of each "
             f"random term's variance = 0), or left out for none; got {test!r} in {path}."
         )
+    for key in BOOTSTRAP_KEYS:
+        problem = None if data.get(key) is None else bootstrap_problem(key, data[key])
+        if problem:
+            raise PlanError(f"Plan {key} {problem}; got {data[key]!r} in {path}.")
     covariance = _covariance_files(data.get("covariance"), path)
     return AnalysisPlan(
         formula=data["formula"],
@@ -265,6 +336,9 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         covariance=covariance,
         store_blups=store_blups,
         test=test,
+        n_boot=data.get("n_boot"),
+        seed=data.get("seed"),
+        ci=None if data.get("ci") is None else float(data["ci"]),
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

@@ -364,6 +364,115 @@ def test_chunks_with_test_lrt_merge_into_the_single_run_with_qvalues_over_all_ge
     assert str(plain) in proc.stderr and not (tmp_path / "m.h5ad").exists()
 
 
+# --- parametric bootstrap (--n-boot, --seed, --ci) -------------------------------------
+
+BOOT = ["--n-boot", 20, "--seed", 3, "--ci", 0.9]
+BOOT_TABLES = ("varpart_boot_low", "varpart_boot_high")
+BOOT_RHO = ("varpart_rho_boot_low", "varpart_rho_boot_high")
+
+
+@pytest.fixture(scope="module")
+def boot(work):
+    """One fit of the whole file with bootstrap intervals."""
+    out = work / "boot.h5ad"
+    ok(cli("fit", work / "in.h5ad", *MODEL, *BOOT, "--quiet", "-o", out))
+    return out
+
+
+def test_fit_with_n_boot_stores_the_intervals_of_the_api(work, boot, tmp_path):
+    result, single = ad.read_h5ad(boot), ad.read_h5ad(work / "full.h5ad")
+    expected = svp.tl.variance_partition(
+        ad.read_h5ad(work / "in.h5ad"), FORMULA, batch=["chemistry", "day", "operator"],
+        signal="patient", n_boot=20, seed=3, ci=0.9, inplace=False, progress=False,
+    )  # fmt: skip
+    for key, name in zip(BOOT_TABLES, ("boot_low", "boot_high"), strict=True):
+        table = result.varm[key]
+        assert list(table.columns) == list(result.varm["varpart"].columns)
+        pd.testing.assert_frame_equal(table, getattr(expected, name), check_exact=True)
+    for key, name in zip(BOOT_RHO, ("rho_boot_low", "rho_boot_high"), strict=True):
+        np.testing.assert_array_equal(result.var[key], expected.per_gene[name])
+    assert (result.varm[BOOT_TABLES[0]] <= result.varm[BOOT_TABLES[1]]).all().all()
+    params = result.uns["varpart"]["params"]
+    assert (params["n_boot"], params["seed"], params["ci"]) == (20, 3, 0.9)
+    assert not {"n_boot", "seed", "ci"} & set(single.uns["varpart"]["params"])
+    assert not set(BOOT_TABLES) & set(single.varm)
+    # the intervals change nothing else
+    pd.testing.assert_frame_equal(result.varm["varpart"], single.varm["varpart"], check_exact=True)
+    assert params["params_fingerprint"] != single.uns["varpart"]["params"]["params_fingerprint"]
+
+
+def test_n_boot_alone_records_the_default_seed_and_level(work, tmp_path):
+    """--n-boot N is --n-boot N --seed 0 --ci 0.95: the same parameters, fingerprint and
+    intervals (one gene, to be quick)."""
+    runs = {"alone": [], "explicit": ["--seed", 0, "--ci", 0.95]}
+    chunks = {}
+    for name, options in runs.items():
+        chunks[name] = tmp_path / f"{name}.h5ad"
+        ok(cli("fit", work / "in.h5ad", *MODEL, "--n-boot", 20, *options, "--genes", "1/23",
+               "--quiet", "-o", chunks[name]))  # fmt: skip
+    alone, explicit = (ad.read_h5ad(chunks[n]) for n in runs)
+    assert repr(alone.uns["varpart"]["params"]) == repr(explicit.uns["varpart"]["params"])
+    params = alone.uns["varpart"]["params"]
+    assert (params["n_boot"], params["seed"], params["ci"]) == (20, 0, 0.95)
+    for key in BOOT_TABLES:
+        pd.testing.assert_frame_equal(alone.varm[key], explicit.varm[key], check_exact=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--n-boot", "10"], "argument --n-boot: must be 0 (none) or at least 20"),
+        (["--n-boot", "-1"], "argument --n-boot: must be a non-negative integer"),
+        (["--n-boot", "2.5"], "argument --n-boot: must be a non-negative integer"),
+        (["--n-boot", "20", "--seed", "-3"], "argument --seed: must be a non-negative integer"),
+        (["--n-boot", "20", "--seed", str(2**63)], "argument --seed: must be a non-negative"),
+        (["--n-boot", "20", "--ci", "1.5"], "argument --ci: must be a level between 0 and 1"),
+        (["--n-boot", "20", "--ci", "nan"], "argument --ci: must be a level between 0 and 1"),
+        (["--n-boot", "20", "--ci", "95%"], "argument --ci: must be a level"),
+        (["--seed", "3"], "--seed: used only with bootstrap replicates"),
+        (["--n-boot", "0", "--seed", "3", "--ci", "0.9"], "--seed, --ci: used only with"),
+    ],
+)
+def test_bad_bootstrap_options_exit_2_before_any_data_are_read(tmp_path, options, message):
+    """Refused before the input is even looked at: it does not exist here."""
+    out = tmp_path / "out.h5ad"
+    proc = cli("fit", tmp_path / "missing.h5ad", *MODEL, *options, "-o", out)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_chunks_with_n_boot_merge_into_the_single_run(work, boot, tmp_path):
+    """Each gene's replicates depend on the seed and its name only: the chunks' intervals
+    are the single fit's, and merging needs no recomputation."""
+    chunks = []
+    for i in (1, 2, 3):
+        chunks.append(tmp_path / f"boot{i}.h5ad")
+        ok(cli("fit", work / "in.h5ad", *MODEL, *BOOT, "--genes", f"{i}/3", "--quiet",
+               "-o", chunks[-1]))  # fmt: skip
+    merged = tmp_path / "merged.h5ad"
+    ok(cli("merge", *reversed(chunks), "--into", work / "in.h5ad", "-o", merged))
+    combined, expected = ad.read_h5ad(merged), ad.read_h5ad(boot)
+    assert_same_varm(combined, expected)
+    assert set(BOOT_TABLES) <= set(combined.varm) and set(BOOT_RHO) <= set(combined.var)
+    pd.testing.assert_frame_equal(combined.var, expected.var, check_exact=True)
+    assert repr(combined.uns["varpart"]) == repr(expected.uns["varpart"])
+    # chunks with another seed, another level or without the bootstrap are not merged
+    into = ["--into", work / "in.h5ad", "-o", tmp_path / "m.h5ad"]
+    others = {
+        "seed": ["--n-boot", 20, "--seed", 4, "--ci", 0.9],
+        "ci": ["--n-boot", 20, "--seed", 3],
+        "none": [],
+    }
+    for name, options in others.items():
+        other = tmp_path / f"other_{name}.h5ad"
+        ok(cli("fit", work / "in.h5ad", *MODEL, *options, "--genes", "2/3", "--quiet",
+               "-o", other))  # fmt: skip
+        proc = cli("merge", chunks[0], other, chunks[2], *into)
+        assert proc.returncode == 5 and "different analysis parameters" in proc.stderr, name
+        assert str(other) in proc.stderr
+    assert not (tmp_path / "m.h5ad").exists()
+
+
 # --- observation weights, kinship files, BLUPs ------------------------------------------
 
 KIN_FORMULA = "~ log_umi + (1|patient) + (1|day)"

@@ -1,10 +1,12 @@
-"""Analysis plans with observation weights, kinship files, BLUPs and tests: ``weights``,
-``store_blups``, ``test`` and the ``[covariance]`` table (paths relative to the plan's
-folder), the options that may complete a plan, and the plan's clear errors."""
+"""Analysis plans with observation weights, kinship files, BLUPs, tests and the bootstrap:
+``weights``, ``store_blups``, ``test``, ``n_boot``, ``seed``, ``ci`` and the
+``[covariance]`` table (paths relative to the plan's folder), the options that may
+complete a plan, and the plan's clear errors."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 
 import anndata as ad
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from test_cli import KIN_FORMULA, assert_same_varm, cli, kinship_data, ok
 
 import scvarpart as svp
-from scvarpart.plan import PlanError, read_plan
+from scvarpart.plan import BOOTSTRAP_DEFAULTS, PlanError, bootstrap_problem, read_plan
 from scvarpart.provenance import file_fingerprint
 
 MODEL = f"""formula = "{KIN_FORMULA}"
@@ -105,9 +107,18 @@ def test_options_complete_a_plan_that_does_not_set_them(planned, tmp_path):
         (MODEL + 'weights = "w"\n', ["--weights", "log_umi"], "--weights: fixed by the plan"),
         (MODEL + "store_blups = false\n", ["--store-blups"], "--store-blups: fixed by the plan"),
         (MODEL + 'test = "lrt"\n', ["--test", "lrt"], "--test: fixed by the plan"),
+        (MODEL + "n_boot = 20\n", ["--n-boot", "30"], "--n-boot: fixed by the plan"),
+        (MODEL + "n_boot = 0\n", ["--n-boot", "30"], "--n-boot: fixed by the plan"),
+        (MODEL + "seed = 1\n", ["--n-boot", "20", "--seed", "2"], "--seed: fixed by the plan"),
+        (MODEL + "n_boot = 20\nci = 0.9\n", ["--ci", "0.8"], "--ci: fixed by the plan"),
+        # --seed and --ci without replicates would do nothing
+        (MODEL + "n_boot = 0\n", ["--seed", "2"],
+         "--seed: used only with bootstrap replicates, and none are asked for; the plan"),
+        (MODEL + "seed = 1\n", ["--ci", "0.9"],
+         "--ci: used only with bootstrap replicates, and none are asked for; give --n-boot N"),
         (FULL, ["--covariance", "patient=other.csv"], "--covariance patient=...: fixed by"),
     ],
-)
+)  # fmt: skip
 def test_options_the_plan_sets_are_refused(planned, tmp_path, plan_text, options, match):
     folder = planned["folder"]
     (tmp_path / "kinship.csv").write_bytes((folder / "kinship.csv").read_bytes())
@@ -126,6 +137,17 @@ def test_options_the_plan_sets_are_refused(planned, tmp_path, plan_text, options
         ('test = "wald"\n', None, "Plan test must be one of ['lrt']"),
         ("test = true\n", None, "Plan test must be one of ['lrt']"),
         ('test = ["lrt"]\n', None, "or left out for none; got ['lrt'] in"),
+        ("n_boot = 10\n", None, "Plan n_boot must be 0 (none) or at least 20: fewer"),
+        ("n_boot = -1\n", None, "Plan n_boot must be a non-negative integer (0: no bootstrap)"),
+        ("n_boot = 200.0\n", None, "Plan n_boot must be a non-negative integer"),
+        ("n_boot = true\n", None, "Plan n_boot must be a non-negative integer"),
+        ('n_boot = "200"\n', None, "non-negative integer (0: no bootstrap); got '200' in"),
+        ("n_boot = 20\nseed = -1\n", None, "Plan seed must be a non-negative integer"),
+        ("n_boot = 20\nseed = 1.5\n", None, "Plan seed must be a non-negative integer"),
+        ("n_boot = 20\nci = 1\n", None, "Plan ci must be a level between 0 and 1, e.g. 0.95"),
+        ("n_boot = 20\nci = 0.0\n", None, "Plan ci must be a level between 0 and 1"),
+        ('n_boot = 20\nci = "95%"\n', None, "Plan ci must be a level between 0 and 1"),
+        ("seed = -1\n", None, "Plan seed must be"),  # checked even without replicates
         ('covariance = "kinship.csv"\n', None, "must be a table of random terms and covariance"),
         ('[covariance]\npatient = 1\n', None, "must be the path of a covariance file"),
         ('[covariance]\npatient = "nope.csv"\n', None,
@@ -206,3 +228,92 @@ def test_a_plan_with_test_lrt_and_the_option_completing_a_plan_fit_the_same(plan
         fingerprints[name] = params["params_fingerprint"]
     # the plans differ (their SHA-256 is part of the parameters)
     assert len(set(fingerprints.values())) == 3
+
+
+def test_read_plan_bootstrap_keys_and_their_keyword_arguments(tmp_path):
+    """``n_boot``, ``seed`` and ``ci`` reach the keyword arguments with replicates only,
+    the defaults filled in as the fit records them."""
+    plan = tmp_path / "plan.toml"
+    for text, expected in [
+        ("", {}),
+        ("n_boot = 0\nseed = 4\n", {}),
+        ("seed = 4\nci = 0.8\n", {}),
+        ("n_boot = 50\n", {"n_boot": 50, "seed": 0, "ci": 0.95}),
+        ("n_boot = 50\nseed = 4\nci = 0.8\n", {"n_boot": 50, "seed": 4, "ci": 0.8}),
+    ]:
+        plan.write_text('formula = "~ (1|a)"\n' + text)
+        kwargs = read_plan(plan).as_kwargs()
+        assert {k: kwargs[k] for k in ("n_boot", "seed", "ci") if k in kwargs} == expected
+    read = read_plan(plan)
+    assert (read.n_boot, read.seed, read.ci) == (50, 4, 0.8)
+    # the defaults are the API's
+    defaults = inspect.signature(svp.tl.variance_partition).parameters
+    assert {k: defaults[k].default for k in BOOTSTRAP_DEFAULTS} == BOOTSTRAP_DEFAULTS
+    assert defaults["n_boot"].default == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("n_boot", [0, 1, 19, 20, 500, -1, 2.5, True, "20", None]),
+        ("seed", [0, 7, 2**63 - 1, -1, 1.5, False, "3", None]),
+        ("ci", [0.5, 0.95, 1e-9, 0, 1, 1.5, -0.1, float("nan"), float("inf"), True, "0.9"]),
+    ],
+)
+def test_the_plan_and_the_cli_refuse_what_the_library_refuses(key, values):
+    """bootstrap_problem (the plan's and the command line's checks, which do not import
+    the fitting code) and the library's check_bootstrap accept the same values."""
+    from scvarpart.lmm.genes import check_bootstrap
+
+    valid = {"n_boot": 20, "seed": 0, "ci": 0.95}
+    for value in values:
+        try:
+            check_bootstrap(**{**valid, key: value})
+            library = True
+        except ValueError:
+            library = False
+        assert (bootstrap_problem(key, value) is None) == library, (key, value)
+    # a seed too large to record in an .h5ad file is refused before the fit, not after
+    assert bootstrap_problem("seed", 2**63) is not None
+
+
+def test_a_plan_with_the_bootstrap_and_the_options_completing_a_plan_fit_the_same(
+    planned, tmp_path
+):
+    """``n_boot``, ``seed`` and ``ci`` in the plan (TOML or YAML); and ``--n-boot``
+    beside a plan that sets ``seed`` and ``ci`` only: the intervals of the API."""
+    folder = planned["folder"]
+    expected = svp.tl.variance_partition(
+        ad.read_h5ad(folder / "in.h5ad"), KIN_FORMULA, method="REML", batch="day",
+        signal="patient", n_boot=20, seed=2, ci=0.8, inplace=False, progress=False,
+    )  # fmt: skip
+    (tmp_path / "boot.toml").write_text(MODEL + "n_boot = 20\nseed = 2\nci = 0.8\n")
+    (tmp_path / "boot.yaml").write_text(
+        f'formula: "{KIN_FORMULA}"\nmethod: REML\nbatch: [day]\nsignal: patient\n'
+        "n_boot: 20\nseed: 2\nci: 0.8\n"
+    )
+    (tmp_path / "seeded.toml").write_text(MODEL + "seed = 2\nci = 0.8\n")
+    (tmp_path / "model.toml").write_text(MODEL)
+    runs = {
+        "toml": ["--plan", tmp_path / "boot.toml"],
+        "yaml": ["--plan", tmp_path / "boot.yaml"],
+        "completed": ["--plan", tmp_path / "seeded.toml", "--n-boot", "20"],
+        "options": ["--plan", tmp_path / "model.toml", "--n-boot", "20", "--seed", "2",
+                    "--ci", "0.8"],
+    }  # fmt: skip
+    for name, options in runs.items():
+        out = tmp_path / f"{name}.h5ad"
+        ok(cli("fit", folder / "in.h5ad", *options, "--quiet", "-o", out))
+        result = ad.read_h5ad(out)
+        for table in ("boot_low", "boot_high"):
+            pd.testing.assert_frame_equal(
+                result.varm[f"varpart_{table}"], getattr(expected, table), check_exact=True
+            )
+        params = result.uns["varpart"]["params"]
+        assert (params["n_boot"], params["seed"], params["ci"]) == (20, 2, 0.8), name
+    # a plan's seed without replicates is unused: no intervals, nothing recorded
+    out = tmp_path / "unused.h5ad"
+    ok(cli("fit", folder / "in.h5ad", "--plan", tmp_path / "seeded.toml", "--quiet", "-o", out))
+    result = ad.read_h5ad(out)
+    assert "varpart_boot_low" not in result.varm
+    assert not {"n_boot", "seed", "ci"} & set(result.uns["varpart"]["params"])

@@ -221,6 +221,34 @@ def test_concat_adjusts_the_qvalues_over_all_genes(fitted):
         VarPartResult.concat([fit(0, 7), parts[1].with_params(test="lrt")])
 
 
+def test_concat_keeps_the_bootstrap_intervals_and_refuses_other_bootstrap_parameters(fitted):
+    """Each gene's replicates depend on the seed and its name only: chunks' intervals are
+    the whole fit's; n_boot, seed and ci are analysis parameters, which must agree."""
+    formula = "~ log_umi + (1|patient) + (1|day)"
+
+    def fit(a: int, b: int, **kw) -> VarPartResult:
+        return svp.tl.variance_partition(
+            fitted[:, a:b].copy(), formula, method="REML", batch="day", signal="patient",
+            inplace=False, progress=False, **kw,
+        )  # fmt: skip
+
+    boot = {"n_boot": 20, "seed": 1, "ci": 0.9}
+    whole = fit(0, 6, **boot)
+    combined = VarPartResult.concat([fit(0, 2, **boot), fit(2, 6, **boot)])
+    for name in ("boot_low", "boot_high", "per_gene"):
+        pd.testing.assert_frame_equal(
+            getattr(combined, name), getattr(whole, name), check_exact=True
+        )
+    assert combined.params["n_boot"] == 20
+    first = fit(0, 2, **boot)
+    with pytest.raises(ValueError, match=r"different analyses \(seed differ\)"):
+        VarPartResult.concat([first, fit(2, 6, **{**boot, "seed": 2})])
+    with pytest.raises(ValueError, match=r"different analyses \(ci differ\)"):
+        VarPartResult.concat([first, fit(2, 6, **{**boot, "ci": 0.95})])
+    with pytest.raises(ValueError, match=r"different analyses \(n_boot, seed, ci differ\)"):
+        VarPartResult.concat([first, fit(2, 6)])
+
+
 def test_subset_and_misaligned_tables(fitted):
     res = svp.get.result(fitted)
     genes = list(fitted.var_names[[4, 1]])

@@ -7,9 +7,9 @@ and runs it with bash in a task directory of its own where the inputs are
 staged as symbolic links: SIMULATE -> FIT x N -> MERGE -> REPORT, as
 ``workflows/main.nf`` wires them. The merged result must equal one
 ``scvarpart fit`` of the whole file, also with a kinship file staged into
-each FIT task, observation weights, BLUPs and likelihood-ratio tests (whose q-values
-MERGE adjusts over all genes). A real ``nextflow run`` runs when
-``nextflow`` is on PATH.
+each FIT task, observation weights, BLUPs, likelihood-ratio tests (whose q-values
+MERGE adjusts over all genes) and bootstrap intervals (which it combines as they
+are). A real ``nextflow run`` runs when ``nextflow`` is on PATH.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def fit_options(
     covariance: dict[str, Path] | None = None,
     store_blups=False,
     test: str | None = None,
+    n_boot: int = 0,
+    seed: int | None = None,
+    ci: float | None = None,
 ) -> tuple[dict[str, str], dict[str, Path]]:
     """The FIT script's model variables, as its Groovy lines compute them from its
     ``model`` and covariance inputs, and where the covariance files are staged."""
@@ -111,6 +114,9 @@ def fit_options(
         "weights": f"--weights '{weights}'" if weights else "",
         "store_blups": "--store-blups" if store_blups else "",
         "test": f"--test {test}" if test else "",
+        "n_boot": f"--n-boot {n_boot}" if n_boot else "",
+        "seed": f"--seed {seed}" if seed is not None else "",
+        "ci": f"--ci {ci}" if ci is not None else "",
         "covariance": " ".join(
             f"--covariance '{t}={n}'" for t, n in zip(terms, staged, strict=True)
         ),
@@ -126,13 +132,31 @@ def test_the_fit_script_computes_its_options_as_the_test_does():
     assert "def weights = model.weights ? \"--weights '${model.weights}'\" : ''" in text
     assert "def store_blups = model.store_blups ? '--store-blups' : ''" in text
     assert "def test = model.test ? \"--test ${model.test}\" : ''" in text
+    assert "def n_boot = model.n_boot ? \"--n-boot ${model.n_boot}\" : ''" in text
+    assert "def seed = model.seed != null ? \"--seed ${model.seed}\" : ''" in text
+    assert "def ci = model.ci != null ? \"--ci ${model.ci}\" : ''" in text
+    assert "${test} ${n_boot} ${seed} ${ci} --genes" in script_of("fit")
     main = (WORKFLOWS / "main.nf").read_text()
     assert "SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)" in main
     assert "covariance.keySet() as List, covariance_files*.name, covariance_files" in main
-    assert "test       : params.test ? params.test.toString() : null" in main
+    assert "test       : params.test ? params.test.toString() : null," in main
+    assert "n_boot     : params.n_boot.toString() as Long," in main
+    assert "seed       : params.seed != null ? params.seed.toString() : null," in main
+    assert "ci         : params.ci != null ? params.ci.toString() : null" in main
+    # only numbers reach the tasks' command lines (they are not quoted there)
+    assert "if (!(params.n_boot.toString() ==~ /\\d+/)) {" in main
+    assert "if (params.seed != null && !(params.seed.toString() ==~ /\\d+/)) {" in main
+    assert "params.ci != null && !(params.ci.toString() ==~ /" in main
     config = (WORKFLOWS / "nextflow.config").read_text()
-    for name in ("weights", "covariance", "store_blups", "test"):
+    for name in ("weights", "covariance", "store_blups", "test", "n_boot", "seed", "ci"):
         assert re.search(rf"^\s+{name}\s+=", config, re.MULTILINE), name
+    assert re.search(r"^\s+n_boot\s+= 0\s", config, re.MULTILINE)  # none unless asked
+    for name in ("seed", "ci"):  # the plan's or scvarpart's unless given
+        assert re.search(rf"^\s+{name}\s+= null\s", config, re.MULTILINE), name
+    readme = (WORKFLOWS / "README.md").read_text()
+    for row in ("| `--n_boot 200` | `--n-boot 200` |", "| `--seed 1` | `--seed 1` |",
+                "| `--ci 0.9` | `--ci 0.9` |"):  # fmt: skip
+        assert row in readme, row
 
 
 def run_chain(work: Path, h5ad: Path, plan: Path, n_chunks: int, options, meta_id: str) -> dict:
@@ -230,8 +254,8 @@ signal = ["patient"]
 @pytest.fixture(scope="module")
 def kinship_chain(tmp_path_factory):
     """FIT x 2 -> MERGE -> REPORT with a kinship file staged into each FIT task, weights,
-    BLUPs and tests (main.nf's params.covariance, params.weights, params.store_blups,
-    params.test)."""
+    BLUPs, tests and the bootstrap (main.nf's params.covariance, params.weights,
+    params.store_blups, params.test, params.n_boot, params.seed, params.ci)."""
     data = tmp_path_factory.mktemp("kinship_data")
     adata = svp.datasets.crossed_example(n_cells=300, n_genes=6, seed=3)
     rng = np.random.default_rng(3)
@@ -242,7 +266,10 @@ def kinship_chain(tmp_path_factory):
     pd.DataFrame(kinship, index=levels, columns=levels).to_csv(data / "kinship.csv")
     adata.write_h5ad(data / "cells.h5ad")
     (data / "plan.toml").write_text(KINSHIP_PLAN)
-    options = fit_options("w", {"patient": data / "kinship.csv"}, store_blups=True, test="lrt")
+    options = fit_options(
+        "w", {"patient": data / "kinship.csv"}, store_blups=True, test="lrt", n_boot=20, seed=3,
+        ci=0.9,
+    )  # fmt: skip
     work = tmp_path_factory.mktemp("nextflow_kinship_work")
     return run_chain(work, data / "cells.h5ad", data / "plan.toml", 2, options, "cells")
 
@@ -262,11 +289,14 @@ def test_chain_with_kinship_and_weights_reproduces_a_single_fit(kinship_chain, t
         "--store-blups",
         "--test",
         "lrt",
+        *("--n-boot", 20, "--seed", 3, "--ci", 0.9),
     )
     merged = ad.read_h5ad(kinship_chain["merged"])
     assert_same_result(merged, single)  # the q-values too: adjusted over all genes
     assert list(merged.varm["varpart_qvalue"].columns) == ["patient", "day"]
     assert merged.uns["varpart"]["params"]["test"] == "lrt"
+    assert {"varpart_boot_low", "varpart_boot_high"} <= set(merged.varm)  # compared above
+    assert merged.uns["varpart"]["params"]["seed"] == 3
     params = merged.uns["varpart"]["params"]
     assert params["weights"] == "w" and params["covariance_files"] == {"patient": "kinship.csv"}
     assert params["covariance_fingerprints"]["patient"].startswith("blake2b:")

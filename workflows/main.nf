@@ -45,6 +45,16 @@ workflow {
     if (params.test && params.test.toString() != 'lrt') {
         error "--test must be lrt (the likelihood-ratio test of each random term's variance), got '${params.test}'"
     }
+    // numbers only on the FIT tasks' command lines (scvarpart checks their ranges)
+    if (!(params.n_boot.toString() ==~ /\d+/)) {
+        error "--n_boot must be a non-negative integer (bootstrap replicates per gene; 0: none), got '${params.n_boot}'"
+    }
+    if (params.seed != null && !(params.seed.toString() ==~ /\d+/)) {
+        error "--seed must be a non-negative integer (the bootstrap's seed), got '${params.seed}'"
+    }
+    if (params.ci != null && !(params.ci.toString() ==~ /(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/)) {
+        error "--ci must be a level between 0 and 1 (of the bootstrap intervals), e.g. 0.95; got '${params.ci}'"
+    }
     ch_plan = Channel.value(file(params.plan, checkIfExists: true))
     ch_versions = Channel.empty()
 
@@ -56,7 +66,10 @@ workflow {
     ch_model = Channel.value([
         weights    : params.weights ?: null,
         store_blups: params.store_blups.toString() == 'true',
-        test       : params.test ? params.test.toString() : null
+        test       : params.test ? params.test.toString() : null,
+        n_boot     : params.n_boot.toString() as Long,
+        seed       : params.seed != null ? params.seed.toString() : null,
+        ci         : params.ci != null ? params.ci.toString() : null
     ])
 
     if (params.input) {

@@ -19,7 +19,14 @@ from .._io import (
     write_results_file,
 )
 from .._names import as_names
-from ..plan import PlanError, read_plan
+from ..plan import (
+    BOOTSTRAP_DEFAULTS,
+    BOOTSTRAP_KEYS,
+    AnalysisPlan,
+    PlanError,
+    bootstrap_problem,
+    read_plan,
+)
 from ..provenance import file_fingerprint, params_fingerprint
 from ._common import EXIT_CODES, CLIError, add_output, quiet_logging
 
@@ -41,18 +48,27 @@ _EXAMPLES = """examples:
   scvarpart fit cells.h5ad --formula "~ log_umi + (1|donor) + (1|day)" --weights w \\
       --covariance donor=kinship.csv --store-blups -o cells.varpart.h5ad
   scvarpart fit cells.h5ad --plan plan.toml --test lrt -o cells.varpart.h5ad
+  scvarpart fit cells.h5ad --plan plan.toml --n-boot 200 --seed 1 -o cells.varpart.h5ad
 
 covariance files: .csv (comma-separated) or .tsv/.txt (tab-separated), optionally
 gzipped; a square matrix with a header row of level names and the level names as first
 column. Each file's fingerprint is recorded with the results, as the input's is.
 
 with --plan: the plan fixes the options it sets; --weights, --covariance TERM=PATH,
---store-blups and --test may complete a plan that does not set them (the plan's
-SHA-256, the options and the covariance files' fingerprints are all recorded).
+--store-blups, --test, --n-boot, --seed and --ci may complete a plan that does not set
+them (the plan's SHA-256, the options and the covariance files' fingerprints are all
+recorded).
 
 --test lrt: per gene and random term, the likelihood-ratio test of the term's
 variance = 0 (varm KEY_lrt, KEY_pvalue, KEY_qvalue); random intercepts and terms with
 a known covariance only. Chunks are merged with their q-values adjusted over all genes.
+
+--n-boot N: per gene, N parametric bootstrap replicates simulated from the fitted model
+(from the sufficient statistics: no cell is read again) and refitted; percentile
+intervals at level --ci (default 0.95) of the fractions (varm KEY_boot_low,
+KEY_boot_high) and of rho (var KEY_rho_boot_low, KEY_rho_boot_high). A gene's
+replicates depend on --seed (default 0) and its name only: chunks merge into the single
+fit bit for bit. --seed and --ci need replicates (--n-boot, or n_boot in the plan).
 
 """
 
@@ -85,6 +101,22 @@ def _column(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("give the name of an obs column")
     return text
+
+
+def _bootstrap_value(key: str, convert):
+    """An argparse type for the bootstrap's parameter ``key``, checked as the plan's."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text
+        problem = bootstrap_problem(key, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}; got {text!r}")
+        return value
+
+    return parse
 
 
 def _chunk(text: str) -> tuple[int, int]:
@@ -201,6 +233,27 @@ def add_parsers(sub) -> None:
         "chi-squared(0)/(1) mixture, Benjamini-Hochberg q-value over the genes); random "
         "intercepts and known covariances only",
     )
+    model.add_argument(
+        "--n-boot",
+        type=_bootstrap_value("n_boot", int),
+        metavar="N",
+        help="parametric bootstrap replicates per gene (0: none, else at least 20; hundreds "
+        "for 95%% intervals): percentile intervals of the fractions (varm KEY_boot_low, "
+        "KEY_boot_high) and of rho (var KEY_rho_boot_low, KEY_rho_boot_high)",
+    )
+    model.add_argument(
+        "--seed",
+        type=_bootstrap_value("seed", int),
+        metavar="S",
+        help="the bootstrap's seed (default 0): with its name, it fixes each gene's "
+        "replicates (whatever the other genes, chunks or threads)",
+    )
+    model.add_argument(
+        "--ci",
+        type=_bootstrap_value("ci", float),
+        metavar="LEVEL",
+        help="level of the bootstrap intervals (default 0.95)",
+    )
     execution = p.add_argument_group("execution (the results do not depend on these)")
     execution.add_argument(
         "--genes", type=_chunk, metavar="I/N", help="fit only the I-th of N chunks of genes"
@@ -217,10 +270,12 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
     """The analysis parameters, the plan's record and where each covariance comes from.
 
     From the plan or the options. A plan fixes every key it sets: the options of those
-    keys are refused. ``--weights``, ``--covariance`` (per term), ``--store-blups`` and
-    ``--test`` may complete a plan that does not set them, so that a workflow can stage
-    a kinship file and pass it to a pre-registered plan; they are recorded as the plan
-    is. ``test`` is among the parameters only when a test is asked for.
+    keys are refused. ``--weights``, ``--covariance`` (per term), ``--store-blups``,
+    ``--test``, ``--n-boot``, ``--seed`` and ``--ci`` may complete a plan that does not
+    set them, so that a workflow can stage a kinship file and pass it to a
+    pre-registered plan; they are recorded as the plan is. ``test`` is among the
+    parameters only when a test is asked for, ``n_boot``, ``seed`` and ``ci`` only with
+    bootstrap replicates (as the fit records them).
     """
     given = [o for o in _MODEL_OPTIONS if getattr(args, o) is not None] + (
         ["cells"] if args.cells else []
@@ -246,6 +301,11 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             )
             if by_plan
         ]
+        fixed += [
+            f"--{key.replace('_', '-')}"
+            for key in BOOTSTRAP_KEYS
+            if getattr(args, key) is not None and getattr(plan, key) is not None
+        ]
         if fixed:
             raise CLIError(
                 f"{', '.join(fixed)}: fixed by the plan {args.plan}; remove them.", code=2
@@ -259,6 +319,7 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             analysis["store_blups"] = True
         if args.test is not None:
             analysis["test"] = args.test
+        analysis.update(_bootstrap(args, plan))  # the plan's, completed by the options
         return analysis, {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}, sources
     if args.formula is None:
         raise CLIError("give the model: --formula (and --batch, --signal...) or --plan", code=2)
@@ -275,8 +336,39 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
         "weights": args.weights,
         "store_blups": bool(args.store_blups),
         **({"test": args.test} if args.test else {}),
+        **_bootstrap(args, None),
     }
     return analysis, {"plan": None, "plan_sha256": None}, sources
+
+
+def _bootstrap(args: argparse.Namespace, plan: AnalysisPlan | None) -> dict:
+    """The bootstrap's parameters with replicates (empty without), as the fit records them.
+
+    ``n_boot``, ``seed`` and ``ci``, their defaults filled in, from the options and the
+    plan (which never set the same one).
+
+    ``--seed`` and ``--ci`` without replicates would do nothing: refused (a plan's
+    ``seed`` and ``ci`` without ``n_boot`` are not, so that ``--n-boot`` may complete a
+    plan that fixes them).
+    """
+    given = {k: getattr(args, k) for k in BOOTSTRAP_KEYS if getattr(args, k) is not None}
+    values = {k: given.get(k, getattr(plan, k, None)) for k in BOOTSTRAP_KEYS}
+    if not values["n_boot"]:
+        unused = [f"--{k}" for k in ("seed", "ci") if k in given]
+        if unused:
+            it = "them" if len(unused) > 1 else "it"
+            if plan is not None and plan.n_boot is not None:
+                fix = f"the plan {args.plan} sets n_boot = {plan.n_boot}: remove {it}"
+            else:
+                where = f" or n_boot in the plan {args.plan}" if plan is not None else ""
+                fix = f"give --n-boot N (at least 20){where}, or remove {it}"
+            raise CLIError(
+                f"{', '.join(unused)}: used only with bootstrap replicates, and none are "
+                f"asked for; {fix}.",
+                code=2,
+            )
+        return {}
+    return {k: BOOTSTRAP_DEFAULTS[k] if v is None else v for k, v in values.items()}
 
 
 def _read_covariance(sources: Mapping[str, _CovarianceSource]) -> dict[str, pd.DataFrame] | None:
@@ -383,10 +475,14 @@ def run(args: argparse.Namespace) -> int:
         bounds = chunk_bounds(n_genes, n)
         genes = slice(int(bounds[i - 1]), int(bounds[i]))
 
+    # partition_file takes the bootstrap's parameters as one tuple
+    fit_options = {k: v for k, v in analysis.items() if k not in BOOTSTRAP_KEYS}
+    if analysis.get("n_boot"):
+        fit_options["bootstrap"] = tuple(analysis[k] for k in BOOTSTRAP_KEYS)
     with reading(source), _naming_covariance_files(sources):
         _, var, partitioned = partition_file(
             source,
-            **analysis,
+            **fit_options,
             covariance=covariance,
             n_jobs=args.n_jobs,
             batch_size=256,

@@ -91,7 +91,7 @@ _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
 _LEGACY_VAR = ("rho", "mean", "singular", "converged", "loglik")
 _LEGACY_VARM = ("", "_variance")
 # The params that define an analysis: results to combine must agree on them.
-_ANALYSIS = ("formula", "method", "batch", "signal", "test")
+_ANALYSIS = ("formula", "method", "batch", "signal", "test", "n_boot", "seed", "ci")
 
 
 def _names(value: Any) -> list[str]:

@@ -11,7 +11,7 @@ process SCVARPART_FIT {
     // as covariance1/NAME, covariance2/NAME, ... in the order of the terms (empty lists: none)
     tuple val(covariance_terms), val(covariance_names), path(covariance_files, stageAs: 'covariance?/*')
     // model options beside the plan: [weights: obs column or null, store_blups: true/false,
-    // test: 'lrt' or null]
+    // test: 'lrt' or null, n_boot: replicates (0: none), seed and ci: numbers or null]
     val model
 
     output:
@@ -27,11 +27,14 @@ process SCVARPART_FIT {
     def weights = model.weights ? "--weights '${model.weights}'" : ''
     def store_blups = model.store_blups ? '--store-blups' : ''
     def test = model.test ? "--test ${model.test}" : ''
+    def n_boot = model.n_boot ? "--n-boot ${model.n_boot}" : ''
+    def seed = model.seed != null ? "--seed ${model.seed}" : ''
+    def ci = model.ci != null ? "--ci ${model.ci}" : ''
     def covariance = [covariance_terms, covariance_names].transpose().withIndex().collect { pair, i ->
         "--covariance '${pair[0]}=covariance${i + 1}/${pair[1]}'"
     }.join(' ')
     """
-    scvarpart fit ${h5ad} --plan ${plan} ${weights} ${covariance} ${store_blups} ${test} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
+    scvarpart fit ${h5ad} --plan ${plan} ${weights} ${covariance} ${store_blups} ${test} ${n_boot} ${seed} ${ci} --genes ${chunk}/${n_chunks} --n-jobs ${task.cpus} --quiet ${args} -o ${prefix}.chunk${chunk}of${n_chunks}.h5ad
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
