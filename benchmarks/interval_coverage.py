@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/interval_coverage.py [--n-genes 300] [--n-cells 3000] [--n-boot 200] [--seed 5]
+    python benchmarks/interval_coverage.py [--n-genes 300] [--n-cells 3000] [--n-boot 200]
 
 The example design (``svp.datasets.crossed_example``: 12 patients, 3 chemistries, 6 days,
 4 operators, ``log_umi``), whose simulated variances are known. Every gene is fitted by

@@ -338,8 +338,8 @@ def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
             f"n_boot={n_boot} replicates are too few for percentile intervals; use at least "
             "20 (hundreds for 95% intervals), or 0 for none."
         )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer below 2**63.")
     if isinstance(ci, bool) or not isinstance(ci, float | int) or not 0 < ci < 1:
         raise ValueError(f"ci={ci!r} must be a level between 0 and 1, e.g. 0.95.")
 

@@ -634,6 +634,8 @@ class VarPartResult:
                 differ.insert(0, "components")
             if (part.pvalue is None) != (first.pvalue is None):
                 differ.append("tests")
+            if (part.boot_low is None) != (first.boot_low is None):
+                differ.append("bootstrap intervals")
             if differ:
                 raise ValueError(
                     f"The results come from different analyses ({', '.join(differ)} "
