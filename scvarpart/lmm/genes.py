@@ -35,9 +35,15 @@ from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .bootstrap import design_factor, simulate_statistics
 from .fitting import choose_engine, fit_lmm
-from .lrt import check_testable, variance_tests
+from .lrt import check_testable
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
-from .tables import blup_tables, derivative_tables, heritability_table, varcorr_table
+from .tables import (
+    blup_tables,
+    derivative_tables,
+    heritability_table,
+    lrt_tables,
+    varcorr_table,
+)
 
 __all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
 
@@ -326,7 +332,7 @@ def _check_finite(stats: GeneStatistics) -> None:
 
 
 # Percentiles of the replicates without interpolation: rho may be inf in some
-_EMPIRICAL = "inverted_cdf"
+_EMPIRICAL: Literal["inverted_cdf"] = "inverted_cdf"
 
 
 def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
@@ -344,51 +350,47 @@ def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
         raise ValueError(f"ci={ci!r} must be a level between 0 and 1, e.g. 0.95.")
 
 
-def _bootstrap(stats, fit_, terms, *, n_boot, seed, ci, method, batch, signal, **fit_options):
-    """Percentile intervals of each gene's fractions and rho from ``n_boot`` refits.
+def _bootstrap(stats, fit_, terms, boot: tuple[int, int, float], **fit_options):
+    """Percentile intervals of each gene's fractions and rho from refits of replicates.
 
-    Returns the lower and upper bounds of the fractions (genes x components) and of
-    ``rho`` (``None`` without batch and signal).
+    ``boot``: ``n_boot``, ``seed`` and ``ci``. Returns the tables ``boot_low`` and
+    ``boot_high`` (genes x components) and the per-gene fields ``rho_boot_low`` and
+    ``rho_boot_high`` (none without batch and signal).
     """
+    n_boot, seed, ci = boot
     ok = np.flatnonzero(fit_.error == "")
     beta_c = fit_.beta[ok].copy()  # the centred parametrisation the statistics use
     beta_c[:, 0] += beta_c[:, 1:] @ stats.gram.x_mean[1:]
-    genes = stats.genes[ok]
+    genes = [str(g) for g in stats.genes[ok]]
+    factor = design_factor(stats.gram)
     sim = simulate_statistics(
-        design_factor(stats.gram),
-        terms,
-        beta_c,
-        fit_.sigma2[ok],
-        fit_.theta[ok],
-        [str(g) for g in genes],
-        n_boot,
-        seed,
+        factor, terms, beta_c, fit_.sigma2[ok], fit_.theta[ok], genes, n_boot, seed
     )
     names = pd.Index([f"{g}#{k}" for g in genes for k in range(n_boot)])
-    boot = fit_stats(
-        replace(stats, response=sim, genes=names),
-        method=method,
-        batch=batch,
-        signal=signal,
-        **fit_options,
-    )
+    boot_fit = fit_stats(replace(stats, response=sim, genes=names), **fit_options)
     tail = (1 - ci) / 2
+
+    def bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per gene, the percentiles of its replicates (NaN for genes not fitted)."""
+        R = values.reshape(len(ok), n_boot, -1)
+        low = np.full((len(stats.genes), R.shape[2]), np.nan)
+        high = low.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: none refitted
+            low[ok] = np.nanquantile(R, tail, axis=1, method=_EMPIRICAL)
+            high[ok] = np.nanquantile(R, 1 - tail, axis=1, method=_EMPIRICAL)
+        return low, high
+
+    low, high = bounds(boot_fit.fractions.to_numpy())
     comps = stats.components
-    F = boot.fractions.to_numpy().reshape(len(ok), n_boot, len(comps))
-    low = pd.DataFrame(np.nan, index=stats.genes, columns=comps)
-    high = low.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a gene none refitted
-        low.iloc[ok] = np.nanquantile(F, tail, axis=1, method=_EMPIRICAL)
-        high.iloc[ok] = np.nanquantile(F, 1 - tail, axis=1, method=_EMPIRICAL)
-        if "rho" not in boot.per_gene:
-            return low, high, None, None
-        R = boot.per_gene["rho"].to_numpy().reshape(len(ok), n_boot)
-        rho_low = np.full(len(stats.genes), np.nan)
-        rho_high = rho_low.copy()
-        rho_low[ok] = np.nanquantile(R, tail, axis=1, method=_EMPIRICAL)
-        rho_high[ok] = np.nanquantile(R, 1 - tail, axis=1, method=_EMPIRICAL)
-    return low, high, rho_low, rho_high
+    tables = {
+        "boot_low": pd.DataFrame(low, index=stats.genes, columns=comps),
+        "boot_high": pd.DataFrame(high, index=stats.genes, columns=comps),
+    }
+    if "rho" not in boot_fit.per_gene:
+        return tables, {}
+    rho_low, rho_high = bounds(boot_fit.per_gene["rho"].to_numpy())
+    return tables, {"rho_boot_low": rho_low[:, 0], "rho_boot_high": rho_high[:, 0]}
 
 
 def fit_stats(
@@ -514,40 +516,17 @@ def fit_stats(
     extra["heritability"] = heritability_table(components, infos)
     if store_blups:
         extra.update(blup_tables(gram, response, infos, fit_, stats.genes))
+    options = {"n_jobs": n_jobs, "batch_size": batch_size}
     if test == "lrt":
-        tests = variance_tests(
-            gram,
-            response,
-            terms,
-            fit_.deviance,
-            fit_.gamma,
-            reml=method_u == "REML",
-            n_jobs=n_jobs,
-            batch_size=batch_size,
+        extra.update(
+            lrt_tables(gram, response, terms, fit_, stats.genes, reml=method_u == "REML", **options)
         )
-        names = [t.name for t in terms]
-        for field in ("statistic", "pvalue", "qvalue"):
-            table = pd.DataFrame(getattr(tests, field), index=stats.genes, columns=names)
-            extra["lrt" if field == "statistic" else field] = table
     per_gene: dict[str, np.ndarray] = {}
     if n_boot:
-        low, high, rho_low, rho_high = _bootstrap(
-            stats,
-            fit_,
-            terms,
-            n_boot=n_boot,
-            seed=seed,
-            ci=ci,
-            method=method_u,
-            batch=batch_l,
-            signal=signal_l,
-            n_jobs=n_jobs,
-            batch_size=batch_size,
-            engine=engine,
-        )
-        extra["boot_low"], extra["boot_high"] = low, high
-        if rho_low is not None:
-            per_gene = {"rho_boot_low": rho_low, "rho_boot_high": rho_high}
+        boot = (n_boot, seed, ci)
+        roles = {"method": method_u, "batch": batch_l, "signal": signal_l, "engine": engine}
+        tables, per_gene = _bootstrap(stats, fit_, terms, boot, **roles, **options)
+        extra.update(tables)
     return assemble(
         stats.genes,
         stats.components,

@@ -1,9 +1,9 @@
 """Per-gene tables of a fit besides the variance fractions.
 
 lme4's ``VarCorr`` (each term's coefficient covariance), ``theta`` with the
-criterion's gradient and Hessian there, and the conditional modes (BLUPs): the
-columns of :class:`~scvarpart.varpart.VarPartResult` that describe the random terms
-themselves.
+criterion's gradient and Hessian there, the conditional modes (BLUPs) and the tests of
+the variances: the columns of :class:`~scvarpart.varpart.VarPartResult` that describe
+the random terms themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..suffstats import DesignGram, ResponseStats
 from .fitting import LMMFit
+from .lrt import variance_tests
 from .modes import conditional_modes
 from .random_terms import TermInfo
 from .terms import ReTerm
@@ -23,6 +24,7 @@ __all__ = [
     "blup_tables",
     "derivative_tables",
     "heritability_table",
+    "lrt_tables",
     "theta_names",
     "varcorr_table",
 ]
@@ -127,3 +129,22 @@ def heritability_table(variance: pd.DataFrame, infos: Sequence[TermInfo]) -> pd.
         return pd.DataFrame(
             {n: variance[n] / (variance[n] + residual) for n in names}, index=variance.index
         )
+
+
+def lrt_tables(
+    gram: DesignGram,
+    response: ResponseStats,
+    terms: list[ReTerm],
+    fit: LMMFit,
+    genes: pd.Index,
+    **options,
+) -> dict[str, pd.DataFrame]:
+    """The likelihood-ratio tests of every term's variance: ``lrt``, ``pvalue``, ``qvalue``.
+
+    Genes x terms; ``options`` (``reml``, ``n_jobs``, ``batch_size``) go to
+    :func:`~scvarpart.lmm.lrt.variance_tests`.
+    """
+    tests = variance_tests(gram, response, terms, fit.deviance, fit.gamma, **options)
+    names = [t.name for t in terms]
+    fields = {"lrt": tests.statistic, "pvalue": tests.pvalue, "qvalue": tests.qvalue}
+    return {k: pd.DataFrame(v, index=genes, columns=names) for k, v in fields.items()}
