@@ -6,6 +6,7 @@ size and seed, so repeated benchmark runs time the analysis, not the simulation.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -28,6 +29,20 @@ def simulated_h5ad(n_cells: int, n_genes: int, seed: int = 0) -> Path:
         ).file.close()
         tmp.rename(path)
     return path
+
+
+def fit_phase_data(description: str) -> tuple[argparse.Namespace, ad.AnnData]:
+    """The options of the fit-phase benchmarks and their simulated dataset.
+
+    ``--n-cells``, ``--n-genes`` and ``--repeats``, and ``svp.datasets.simulate_counts``
+    of that size (seed 0), in memory.
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--n-cells", type=int, default=20_000)
+    ap.add_argument("--n-genes", type=int, default=5_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    return args, svp.datasets.simulate_counts(args.n_cells, args.n_genes, seed=0, n_jobs=2)
 
 
 def simulated(n_cells: int, n_genes: int, seed: int = 0) -> ad.AnnData:

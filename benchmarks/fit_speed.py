@@ -19,11 +19,11 @@ the medians, and how many genes the global search improved on.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
+from _data import fit_phase_data
 
 import scvarpart as svp
 from scvarpart.design import build_design
@@ -32,13 +32,7 @@ from scvarpart.suffstats import design_gram
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-cells", type=int, default=20_000)
-    ap.add_argument("--n-genes", type=int, default=5_000)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-
-    adata = svp.datasets.simulate_counts(args.n_cells, args.n_genes, seed=0, n_jobs=2)
+    args, adata = fit_phase_data(__doc__.splitlines()[0])
     design = build_design(svp.datasets.SIMULATION_FORMULA, adata.obs)
     gram = design_gram(design)
     stats = svp.lmm.response_stats(adata.X, design).response

@@ -14,10 +14,10 @@ cores (``n_jobs=2``), ML and REML. Prints the median and range of genes/s over
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
+from _data import fit_phase_data
 
 import scvarpart as svp
 
@@ -27,12 +27,7 @@ def _spread(rates: list[float]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-cells", type=int, default=20_000)
-    ap.add_argument("--n-genes", type=int, default=5_000)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    adata = svp.datasets.simulate_counts(args.n_cells, args.n_genes, seed=0, n_jobs=2)
+    args, adata = fit_phase_data(__doc__.splitlines()[0])
     stats = svp.lmm.response_stats(adata.X, svp.datasets.SIMULATION_FORMULA, obs=adata.obs)
     formula = svp.datasets.SIMULATION_FORMULA
     svp.lmm.fit(formula, adata.X[:, :16], obs=adata.obs, test="lrt")  # compile
