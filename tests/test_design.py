@@ -277,3 +277,31 @@ def test_design_that_fits_every_observation_is_rejected():
     )
     with pytest.raises(DesignError, match="fit all 8 observations exactly"):
         build_design("~ (1|a) + (1|b)", frame)
+
+
+def test_association_and_within_from_level_codes_equal_their_definitions():
+    """On random designs, as from the cells x levels indicator matrices they define."""
+    from exhaustive import random_design
+
+    from scvarpart.design import canonical_association, design_variables
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    while checked < 40:
+        frame, formula = random_design(rng)
+        frame = frame.assign(age=rng.normal(size=len(frame)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = build_design(formula + " + age", frame, check=False)
+        variables = design_variables(d)
+        table = association(d)
+        for a in table.index:
+            for b in table.columns:
+                want = 1.0 if a == b else canonical_association(variables[a], variables[b])
+                np.testing.assert_allclose(table.loc[a, b], want, atol=1e-12)
+        for f in d.factors:  # a factor within another: each of the other's levels in one
+            for g in d.factors:
+                inner = len(np.unique(np.stack([f.codes, g.codes], 1), axis=0))
+                expected = f is not g and inner == g.n_levels and f.n_levels < g.n_levels
+                assert within(d).loc[f.name, g.name] == expected
+        checked += 1

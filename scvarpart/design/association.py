@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .matrices import Design
+from .matrices import Design, GroupingFactor
 
 __all__ = ["association", "canonical_association", "design_variables", "nesting", "within"]
 
@@ -64,14 +64,63 @@ def canonical_association(A: np.ndarray, B: np.ndarray) -> float:
     return float(np.sqrt(np.mean(rho**2)))
 
 
+def _factor_pair(a: GroupingFactor, b: GroupingFactor) -> float:
+    """Canonical association of two factors' indicators, from their contingency table.
+
+    The canonical correlations of two sets of indicators are the singular values of
+    ``D_a^-1/2 (N - r c' / n) D_b^-1/2`` (``N`` the table, ``r``, ``c`` its margins):
+    correspondence analysis. Cramér's V.
+    """
+    table = np.bincount(a.codes * b.n_levels + b.codes, minlength=a.n_levels * b.n_levels)
+    N = table.reshape(a.n_levels, b.n_levels).astype(float)
+    r, c = N.sum(axis=1), N.sum(axis=0)
+    N, r, c = N[r > 0][:, c > 0], r[r > 0], c[c > 0]
+    dims = min(len(r), len(c)) - 1  # the centred indicators' ranks, the smaller
+    if dims < 1:
+        return np.nan
+    M = (N - np.outer(r, c) / r.sum()) / np.sqrt(np.outer(r, c))
+    rho = np.clip(np.linalg.svd(M, compute_uv=False), 0.0, 1.0)
+    return float(np.sqrt(np.sum(rho**2) / dims))
+
+
+def _factor_columns(f: GroupingFactor, B: np.ndarray) -> float:
+    """Canonical association of a factor's indicators and the columns ``B``.
+
+    With ``Q`` an orthonormal basis of the centred ``B``, the squared canonical
+    correlations are the eigenvalues of ``Q' P Q``, ``P`` the projection on the centred
+    indicators: ``sum_l n_l g_l g_l'`` with ``g_l`` the level means of ``Q``.
+    """
+    Q = _basis(B)
+    dims = min(int(np.count_nonzero(f.counts)) - 1, Q.shape[1])
+    if dims < 1:
+        return np.nan
+    sums = np.zeros((f.n_levels, Q.shape[1]))
+    np.add.at(sums, f.codes, Q)
+    n = np.maximum(f.counts, 1).astype(float)
+    between = (sums / n[:, None]).T @ sums  # sum_l n_l g_l g_l'
+    rho2 = np.clip(np.linalg.eigvalsh(between), 0.0, 1.0)
+    return float(np.sqrt(np.sort(rho2)[::-1][:dims].sum() / dims))
+
+
 def association(design: Design) -> pd.DataFrame:
-    """Pairwise association of all model terms (a symmetric table, 1 on the diagonal)."""
-    variables = design_variables(design)
-    names = list(variables)
+    """Pairwise association of all model terms (a symmetric table, 1 on the diagonal).
+
+    From the factors' level codes and the fixed columns, never the indicator matrices
+    (cells x levels): the cost grows with cells plus levels squared.
+    """
+    factors = {f.name: f for f in design.factors}
+    columns = {name: design.X[:, cols] for name, cols in design.fixed_terms.items()}
+    names = [*factors, *columns]
     table = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            value = canonical_association(variables[a], variables[b])
+            if a in factors and b in factors:
+                value = _factor_pair(factors[a], factors[b])
+            elif a in factors or b in factors:
+                f, t = (factors[a], b) if a in factors else (factors[b], a)
+                value = _factor_columns(f, columns[t])
+            else:
+                value = canonical_association(columns[a], columns[b])
             table.loc[a, b] = table.loc[b, a] = value
     return table
 
@@ -86,6 +135,11 @@ def _constant_within(A: np.ndarray, codes: np.ndarray, n_levels: int) -> bool:
     return bool(np.abs(A - means[codes]).max(initial=0.0) <= 1e-9 * scale)
 
 
+def _levels_within(t: GroupingFactor, g: GroupingFactor) -> bool:
+    """Whether each level of ``g`` holds a single level of ``t``."""
+    return len(t.combinations(g)) == int(np.count_nonzero(g.counts))
+
+
 def within(design: Design) -> pd.DataFrame:
     """Which terms are constant within the levels of which grouping factors.
 
@@ -98,14 +152,21 @@ def within(design: Design) -> pd.DataFrame:
     factors. A term constant within ``g`` with as much information as ``g`` (the same
     groups under another name) is not within it: the two are confounded.
     """
-    variables = design_variables(design)
-    ranks = {name: _basis(cols).shape[1] for name, cols in variables.items()}
     factors = {f.name: f for f in design.factors}
-    table = pd.DataFrame(False, index=list(variables), columns=list(factors))
-    for t, cols in variables.items():
+    columns = {name: design.X[:, cols] for name, cols in design.fixed_terms.items()}
+    # dimensions once centred: levels present but one; the columns' rank
+    ranks = {name: int(np.count_nonzero(f.counts)) - 1 for name, f in factors.items()}
+    ranks.update({name: _basis(cols).shape[1] for name, cols in columns.items()})
+    table = pd.DataFrame(False, index=[*factors, *columns], columns=list(factors))
+    for t in table.index:
         for g, f in factors.items():
             if t != g and ranks[t] < ranks[g]:
-                table.loc[t, g] = _constant_within(cols, f.codes, f.n_levels)
+                inside = (
+                    _levels_within(factors[t], f)
+                    if t in factors
+                    else _constant_within(columns[t], f.codes, f.n_levels)
+                )
+                table.loc[t, g] = inside
     return table
 
 

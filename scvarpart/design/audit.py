@@ -203,7 +203,7 @@ def _is_indicator(values: np.ndarray) -> bool:
 
 def _factor_relation(a: GroupingFactor, b: GroupingFactor) -> tuple[str, bool, int]:
     """Relation of two grouping factors, whether to swap them (inner first), combinations."""
-    combos = len(np.unique(np.stack([a.codes, b.codes], axis=1), axis=0))
+    combos = len(a.combinations(b))
     if combos == a.n_levels == b.n_levels:
         return "confounded", False, combos
     if combos == a.n_levels and a.n_levels > b.n_levels:
@@ -247,10 +247,7 @@ def _nested_warnings(design: Design, pairs: pd.DataFrame) -> list[tuple[str, str
         if row.relation != "nested":
             continue
         inner, outer = factors[row.term], factors[row.other]
-        per_outer = np.bincount(
-            np.unique(np.stack([inner.codes, outer.codes], axis=1), axis=0)[:, 1],
-            minlength=outer.n_levels,
-        )
+        per_outer = np.bincount(inner.combinations(outer)[:, 1], minlength=outer.n_levels)
         single = int((per_outer == 1).sum())
         if single > SINGLE_INNER * outer.n_levels:
             message = (

@@ -87,6 +87,14 @@ class GroupingFactor:
         """Observations per level."""
         return np.bincount(self.codes, minlength=self.n_levels)
 
+    def combinations(self, other: GroupingFactor) -> np.ndarray:
+        """The pairs of levels (this factor's, ``other``'s) that observations share.
+
+        ``m x 2`` level codes, each pair once, in order.
+        """
+        pairs = np.unique(self.codes.astype(np.int64) * other.n_levels + other.codes)
+        return np.stack(np.divmod(pairs, other.n_levels), axis=1)
+
     @property
     def z(self) -> np.ndarray:
         """The coefficients' values of every observation (``n_obs x n_coef``)."""
@@ -506,8 +514,7 @@ def _factor_problems(
     for i, a in enumerate(plain):
         for b in plain[i + 1 :]:
             if a.n_levels == b.n_levels:
-                pairs = np.unique(np.stack([a.codes, b.codes], axis=1), axis=0)
-                if len(pairs) == a.n_levels:
+                if len(a.combinations(b)) == a.n_levels:
                     yield (
                         f"Grouping factors {a.name!r} and {b.name!r} define the same groups "
                         "(every level of one matches one level of the other), so their "
