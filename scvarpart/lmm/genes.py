@@ -35,7 +35,7 @@ from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .bootstrap import design_factor, simulate_statistics
 from .fitting import choose_engine, fit_lmm
-from .lrt import check_testable
+from .lrt import check_test
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
 from .tables import (
     blup_tables,
@@ -469,8 +469,6 @@ def fit_stats(
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
-    if test not in (None, "lrt"):
-        raise ValueError(f"test must be None or 'lrt', got {test!r}.")
     check_bootstrap(n_boot, seed, ci)
     batch_l, signal_l = as_names(batch, "batch"), as_names(signal, "signal")
     check_roles(batch_l, signal_l, stats.components)
@@ -486,8 +484,7 @@ def fit_stats(
     )
     infos = stats.terms or scalar_infos(stats.factors, gram.factor_sizes)
     terms = [t.term for t in infos]
-    if test == "lrt":
-        check_testable([t.name for t in terms], [t.n_theta for t in terms])
+    check_test(test, [t.name for t in terms], [t.n_coef for t in terms])
     engine = choose_engine(gram, terms) if engine == "auto" else engine
     fit_ = fit_lmm(
         gram,

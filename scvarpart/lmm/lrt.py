@@ -33,7 +33,7 @@ from .terms import ReTerm
 __all__ = [
     "VarianceTests",
     "benjamini_hochberg",
-    "check_testable",
+    "check_test",
     "linear_model_criterion",
     "mixture_pvalue",
     "variance_tests",
@@ -74,16 +74,20 @@ def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: 
     return reduced, stats, terms[:j] + terms[j + 1 :]
 
 
-def check_testable(names: list[str], n_params: list[int]) -> None:
-    """Refuse to test terms with several covariance parameters (before any fit).
+def check_test(test, names: list[str], n_coef: list[int]) -> None:
+    """``test`` is ``None`` or ``"lrt"``, and the terms testable: checked before any fit.
+
+    ``names`` and ``n_coef``: each random term's name and coefficients per level.
 
     Raises
     ------
     ValueError
-        Naming the terms with random slopes.
+        For another ``test``, or naming the terms with random slopes.
     """
-    several = [name for name, n in zip(names, n_params, strict=True) if n != 1]
-    if several:
+    if test not in (None, "lrt"):
+        raise ValueError(f"test must be None or 'lrt', got {test!r}.")
+    several = [name for name, r in zip(names, n_coef, strict=True) if r != 1]
+    if test == "lrt" and several:
         raise ValueError(
             f"test='lrt' tests random terms with one variance (random intercepts, known "
             f"covariances); {several} have a covariance matrix of several coefficients, "
@@ -152,7 +156,7 @@ def variance_tests(
     -------
     A :class:`VarianceTests`, genes x terms.
     """
-    check_testable([t.name for t in terms], [t.n_theta for t in terms])
+    check_test("lrt", [t.name for t in terms], [t.n_coef for t in terms])
     G, k = len(response), len(terms)
     stat = np.full((G, k), np.nan)
     skip = np.where(np.isfinite(deviance), "", "no estimates in the full model")

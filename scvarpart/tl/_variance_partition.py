@@ -40,7 +40,7 @@ from ..design import Design, DesignAudit, audit_design, build_design, parse_form
 from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
 from ..lmm.genes import check_bootstrap
-from ..lmm.lrt import check_testable
+from ..lmm.lrt import check_test
 from ..storage.matrix import is_dask_array, storage_format
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
@@ -202,11 +202,7 @@ def _warn_weak(audit: DesignAudit) -> None:
 
 def _check_test(test, design: Design) -> None:
     """``test=`` is known, and its terms testable: checked before the data are read."""
-    if test not in (None, "lrt"):
-        raise ValueError(f"test must be None or 'lrt', got {test!r}.")
-    if test == "lrt":
-        factors = design.factors
-        check_testable([f.name for f in factors], [f.n_coef * (f.n_coef + 1) // 2 for f in factors])
+    check_test(test, [f.name for f in design.factors], [f.n_coef for f in design.factors])
 
 
 def _prepare(
