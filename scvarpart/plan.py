@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._bootstrap_options import BOOTSTRAP_DEFAULTS, BOOTSTRAP_KEYS, bootstrap_problem
 from ._names import as_names
 
 if TYPE_CHECKING:
@@ -74,42 +75,6 @@ _TOP = {
 }
 _FILTERS = {"min_cells", "cells"}
 _TESTS = ("lrt",)
-#: The bootstrap's parameters, as :func:`scvarpart.tl.variance_partition` names them,
-#: and the defaults of ``seed`` and ``ci`` there.
-BOOTSTRAP_KEYS = ("n_boot", "seed", "ci")
-BOOTSTRAP_DEFAULTS = {"seed": 0, "ci": 0.95}
-# Fewer replicates are refused (scvarpart.lmm.genes.check_bootstrap); a seed is recorded
-# with the results, and an HDF5 or Zarr attribute holds a 64-bit integer at most.
-_MIN_BOOT = 20
-_MAX_SEED = 2**63 - 1
-
-
-def bootstrap_problem(key: str, value: object) -> str | None:
-    """What is wrong with a bootstrap parameter's value, as "must be ..."; or ``None``.
-
-    ``key``: ``n_boot``, ``seed`` or ``ci``. The checks of
-    :func:`scvarpart.lmm.genes.check_bootstrap`, for the plan and the command line,
-    which check before importing the fitting code; and a seed that can be recorded in
-    an ``.h5ad`` file.
-    """
-    if key == "n_boot":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return "must be a non-negative integer (0: no bootstrap)"
-        if 0 < value < _MIN_BOOT:
-            return (
-                f"must be 0 (none) or at least {_MIN_BOOT}: fewer replicates are too few for "
-                "percentile intervals (hundreds for 95% intervals)"
-            )
-        return None
-    if key == "seed":
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEED:
-            return "must be a non-negative integer (below 2^63)"
-        return None
-    if key == "ci":
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
-            return "must be a level between 0 and 1, e.g. 0.95"
-        return None
-    raise KeyError(key)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import suffstats
+from .._bootstrap_options import BOOTSTRAP_KEYS, bootstrap_problem
 from .._names import as_names
 from ..design import Design, build_design, parse_formula
 from ..suffstats import DesignGram, ResponseStats, design_gram
@@ -336,18 +337,15 @@ _EMPIRICAL: Literal["inverted_cdf"] = "inverted_cdf"
 
 
 def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
-    """``n_boot``, ``seed`` and ``ci`` are usable: checked before any data are read."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
-        raise ValueError(f"n_boot={n_boot!r} must be a non-negative integer (0: no bootstrap).")
-    if 0 < n_boot < 20:
-        raise ValueError(
-            f"n_boot={n_boot} replicates are too few for percentile intervals; use at least "
-            "20 (hundreds for 95% intervals), or 0 for none."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer below 2**63.")
-    if isinstance(ci, bool) or not isinstance(ci, float | int) or not 0 < ci < 1:
-        raise ValueError(f"ci={ci!r} must be a level between 0 and 1, e.g. 0.95.")
+    """``n_boot``, ``seed`` and ``ci`` are usable: checked before any data are read.
+
+    The rules of :func:`scvarpart._bootstrap_options.bootstrap_problem`, which plans and
+    the command line apply too.
+    """
+    for key, value in zip(BOOTSTRAP_KEYS, (n_boot, seed, ci), strict=True):
+        problem = bootstrap_problem(key, value)
+        if problem:
+            raise ValueError(f"{key}={value!r} {problem}.")
 
 
 def _bootstrap(stats, fit_, terms, boot: tuple[int, int, float], **fit_options):
