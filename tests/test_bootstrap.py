@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import scvarpart as svp
-from scvarpart.lmm.bootstrap import design_factor, simulate_statistics
+from scvarpart.lmm.bootstrap import DesignFactor, simulate_statistics
 from scvarpart.lmm.random_terms import scalar_infos
 
 FORMULA = svp.datasets.EXAMPLE_FORMULA
@@ -54,7 +54,7 @@ def test_simulated_statistics_have_the_moments_of_statistics_of_simulated_cells(
     beta_c, sigma2 = np.array([[1.0, 0.5]]), np.array([2.0])
     theta = np.array([theta])
     B = 4000
-    sim = simulate_statistics(design_factor(gram), terms, beta_c, sigma2, theta, ["g"], B, 7)
+    sim = simulate_statistics(DesignFactor(gram), terms, beta_c, sigma2, theta, ["g"], B, 7)
     # the same model, cell by cell: y = X_c beta + Z Lambda u + e / sqrt(w)
     design = svp.design.build_design(formula, obs, weights=weights)
     Xc = design.X - np.r_[0.0, gram.x_mean[1:]]

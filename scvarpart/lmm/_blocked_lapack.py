@@ -127,6 +127,10 @@ class _Factor:
     def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
         """``L^-1 rhs`` (or ``L^-T rhs``) of the factor on every row."""
         a = self.active
+        if len(a) == len(rhs):  # every row: no gather and scatter
+            return scipy.linalg.solve_triangular(
+                self.L, rhs, lower=True, trans=trans, check_finite=False
+            )
         out = np.array(rhs, dtype=float)
         out[a] = scipy.linalg.solve_triangular(
             self.L, out[a], lower=True, trans=trans, check_finite=False

@@ -31,14 +31,17 @@ import scipy.linalg
 from ..suffstats import DesignGram, ResponseStats
 from .terms import ReTerm
 
-__all__ = ["DesignFactor", "design_factor", "gene_rng", "simulate_statistics"]
+__all__ = ["DesignFactor", "gene_rng", "simulate_statistics"]
 
 # Pivots below this fraction of G's largest diagonal entry mark its null space.
 _RANK_TOL = 1e-10
 
 
 class DesignFactor:
-    """``G = F F'`` for the bootstrap: ``F' = U P'`` (``r x (q + p)``) and the rank ``r``."""
+    """``G = F F'`` for the bootstrap, shared by all genes.
+
+    ``F' = U P'`` (``r x (q + p)``) and the rank ``r``.
+    """
 
     def __init__(self, gram: DesignGram):
         G = np.block([[gram.ZtZ.toarray(), gram.ZtX], [gram.ZtX.T, gram.XtX]])
@@ -55,11 +58,6 @@ class DesignFactor:
         self.weight_sum = float(gram.n_obs if gram.weight_sum is None else gram.weight_sum)
         self.ones_z = np.asarray(gram.ZtX[:, 0])  # Z'W1: the intercept is X_c's first column
         self.ones_x = np.asarray(gram.XtX[:, 0])  # X_c'W1
-
-
-def design_factor(gram: DesignGram) -> DesignFactor:
-    """The factorisation of the design's cross-products shared by all genes."""
-    return DesignFactor(gram)
 
 
 def gene_rng(seed: int, gene: str) -> np.random.Generator:
@@ -95,7 +93,7 @@ def simulate_statistics(
     Parameters
     ----------
     factor
-        :func:`design_factor` of the design.
+        :class:`DesignFactor` of the design.
     terms
         The random terms, in the order of ``Z``'s columns.
     beta_c

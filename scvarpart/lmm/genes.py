@@ -34,7 +34,7 @@ from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
-from .bootstrap import design_factor, simulate_statistics
+from .bootstrap import DesignFactor, simulate_statistics
 from .fitting import choose_engine, fit_lmm
 from .lrt import check_test
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
@@ -360,7 +360,7 @@ def _bootstrap(stats, fit_, terms, boot: tuple[int, int, float], **fit_options):
     beta_c = fit_.beta[ok].copy()  # the centred parametrisation the statistics use
     beta_c[:, 0] += beta_c[:, 1:] @ stats.gram.x_mean[1:]
     genes = [str(g) for g in stats.genes[ok]]
-    factor = design_factor(stats.gram)
+    factor = DesignFactor(stats.gram)
     sim = simulate_statistics(
         factor, terms, beta_c, fit_.sigma2[ok], fit_.theta[ok], genes, n_boot, seed
     )

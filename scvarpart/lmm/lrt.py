@@ -18,6 +18,7 @@ distribution of the restricted LRT with one variance, which RLRsim simulates.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -53,24 +54,11 @@ def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: 
     start = int(sum(gram.factor_sizes[:j]))
     stop = start + gram.factor_sizes[j]
     keep = np.r_[0:start, stop : gram.n_levels]
-    reduced = DesignGram(
-        n_obs=gram.n_obs,
-        factor_sizes=gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :],
-        ZtZ=gram.ZtZ.tocsr()[keep][:, keep],
-        ZtX=gram.ZtX[keep],
-        XtX=gram.XtX,
-        x_mean=gram.x_mean,
-        weight_sum=gram.weight_sum,
-        log_weights=gram.log_weights,
+    sizes = gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :]
+    reduced = replace(
+        gram, factor_sizes=sizes, ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
     )
-    stats = ResponseStats(
-        n_obs=response.n_obs,
-        mean=response.mean,
-        ss=response.ss,
-        ZtY=response.ZtY[:, keep],
-        XtY=response.XtY,
-        n_nonzero=response.n_nonzero,
-    )
+    stats = replace(response, ZtY=response.ZtY[:, keep])
     return reduced, stats, terms[:j] + terms[j + 1 :]
 
 
