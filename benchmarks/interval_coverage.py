@@ -1,16 +1,23 @@
-"""Coverage of the bootstrap intervals of the variance fractions, by simulation.
+"""Coverage of the intervals of the variance fractions, by simulation.
 
 Usage::
 
-    python benchmarks/interval_coverage.py [--n-genes 300] [--n-cells 3000] [--n-boot 200]
+    python benchmarks/interval_coverage.py [--design example|three-batch] [--n-genes 300]
+        [--n-cells 3000] [--n-boot 200] [--seeds 5 6 7]
 
-The example design (``svp.datasets.crossed_example``: 12 patients, 3 chemistries, 6 days,
-4 operators, ``log_umi``), whose simulated variances are known. Every gene is fitted by
-REML with ``n_boot`` parametric bootstrap replicates; the script prints, per component,
-how often the nominal ``--ci`` percentile interval covers the simulated fraction, and the
-median width of the intervals. ``log_umi``'s fraction is left out for the genes simulated
-without a ``log_umi`` effect (its estimate, ``beta^2`` times the covariate's variance, is
-positive and its interval never holds 0).
+Designs whose simulated variances are known:
+
+- ``example``: ``svp.datasets.crossed_example`` (12 patients, 3 chemistries, 6 days,
+  4 operators, ``log_umi``);
+- ``three-batch``: 20 donors crossed with a 3-level batch, Gaussian values, each gene's
+  variances drawn at random (a fifth of them 0).
+
+Every gene is fitted by REML with ``n_boot`` parametric bootstrap replicates; the script
+prints, per component, how often the nominal ``--ci`` intervals cover the simulated
+fraction (the delta-method intervals of ``ci_low``/``ci_high`` and the bootstrap's
+percentile intervals), and their median widths, over all seeds. ``log_umi``'s fraction is
+left out for the genes simulated without a ``log_umi`` effect (its estimate, ``beta^2``
+times the covariate's variance, is positive and its interval never holds 0).
 """
 
 from __future__ import annotations
@@ -25,45 +32,91 @@ import pandas as pd
 import scvarpart as svp
 
 
+def _example(n_cells: int, n_genes: int, seed: int):
+    """The example dataset: values, covariates, formula and the true fractions."""
+    adata = svp.datasets.crossed_example(n_cells=n_cells, n_genes=n_genes, seed=seed)
+    true = pd.DataFrame(adata.varm["true_variance"], index=adata.var_names)
+    truth = true.div(true.sum(axis=1), axis=0)
+    # log_umi only where the gene has an effect
+    truth.loc[adata.var["true_beta_log_umi"] == 0, "log_umi"] = np.nan
+    return adata.X, adata.obs, adata.var_names, svp.datasets.EXAMPLE_FORMULA, truth
+
+
+def _three_batch(n_cells: int, n_genes: int, seed: int):
+    """20 donors x a 3-level batch, crossed; random variances, a fifth of them 0."""
+    rng = np.random.default_rng(seed)
+    obs = pd.DataFrame(
+        {
+            "donor": pd.Categorical(rng.integers(20, size=n_cells).astype(str)),
+            "batch": pd.Categorical(rng.integers(3, size=n_cells).astype(str)),
+        }
+    )
+    var = rng.uniform(0, 1, size=(n_genes, 2)) * (rng.uniform(size=(n_genes, 2)) > 0.2)
+    donor = rng.standard_normal((n_genes, 20)) * np.sqrt(var[:, :1])
+    batch = rng.standard_normal((n_genes, 3)) * np.sqrt(var[:, 1:])
+    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
+    Y = donor[:, d].T + batch[:, b].T + rng.standard_normal((n_cells, n_genes))
+    genes = pd.Index([f"gene{g:04d}" for g in range(n_genes)])
+    true = pd.DataFrame(
+        {"donor": var[:, 0], "batch": var[:, 1], "Residual": np.ones(n_genes)}, index=genes
+    )
+    truth = true.div(true.sum(axis=1), axis=0)
+    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth
+
+
+_DESIGNS = {"example": _example, "three-batch": _three_batch}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--design", choices=sorted(_DESIGNS), default="example")
     ap.add_argument("--n-genes", type=int, default=300)
     ap.add_argument("--n-cells", type=int, default=3000)
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--ci", type=float, default=0.95)
-    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[5])
     args = ap.parse_args()
-    adata = svp.datasets.crossed_example(n_cells=args.n_cells, n_genes=args.n_genes, seed=args.seed)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = svp.lmm.fit(
-            svp.datasets.EXAMPLE_FORMULA,
-            adata.X,
-            obs=adata.obs,
-            var_names=adata.var_names,
-            method="REML",
-            n_boot=args.n_boot,
-            seed=args.seed,
-            ci=args.ci,
-            n_jobs=2,
-        )
-    seconds = time.perf_counter() - start
-    true = pd.DataFrame(adata.varm["true_variance"], index=adata.var_names)
-    truth = true.div(true.sum(axis=1), axis=0)
+    hits: dict[str, list[pd.DataFrame]] = {"delta": [], "bootstrap": []}
+    widths: dict[str, list[pd.DataFrame]] = {"delta": [], "bootstrap": []}
+    seconds = 0.0
+    for seed in args.seeds:
+        Y, obs, genes, formula, truth = _DESIGNS[args.design](args.n_cells, args.n_genes, seed)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = svp.lmm.fit(
+                formula,
+                Y,
+                obs=obs,
+                var_names=genes,
+                method="REML",
+                n_boot=args.n_boot,
+                seed=seed,
+                ci=args.ci,
+                n_jobs=2,
+            )
+        seconds += time.perf_counter() - start
+        for name, low, high in (
+            ("delta", fit.ci_low, fit.ci_high),
+            ("bootstrap", fit.boot_low, fit.boot_high),
+        ):
+            covered = (low <= truth) & (truth <= high)
+            hits[name].append(covered.where(truth.notna()))
+            widths[name].append((high - low).where(truth.notna()))
     print(
-        f"{args.n_genes} genes x {args.n_cells} cells, REML, {args.n_boot} replicates, "
-        f"{args.ci:.0%} percentile intervals; {seconds:.1f} s on 2 cores"
+        f"{args.design}: {args.n_genes} genes x {args.n_cells} cells x {len(args.seeds)} "
+        f"seed(s), REML, {args.n_boot} replicates, {args.ci:.0%} intervals; "
+        f"{seconds:.1f} s on 2 cores"
     )
-    print(f"{'component':<12}{'genes':>7}{'coverage':>10}{'median width':>14}")
-    for c in truth.columns:
-        genes = truth.index
-        if c == "log_umi":
-            genes = genes[adata.var.loc[genes, "true_beta_log_umi"] != 0]
-        low, high, t = fit.boot_low.loc[genes, c], fit.boot_high.loc[genes, c], truth.loc[genes, c]
-        covered = ((low <= t) & (t <= high)).mean()
-        width = float(np.median(high - low))
-        print(f"{c:<12}{len(genes):>7}{covered:>10.3f}{width:>14.3f}")
+    print(f"{'':<19}{'delta method':>18}{'bootstrap':>18}")
+    print(f"{'component':<12}{'genes':>7}" + f"{'coverage':>10}{'width':>8}" * 2)
+    for c in hits["delta"][0].columns:
+        row = ""
+        for name in ("delta", "bootstrap"):
+            h = pd.concat([t[c] for t in hits[name]]).dropna()
+            w = pd.concat([t[c] for t in widths[name]]).dropna()
+            row += f"{h.mean():>10.3f}{float(np.median(w)):>8.3f}"
+        print(f"{c:<12}{len(h):>7}" + row)
 
 
 if __name__ == "__main__":

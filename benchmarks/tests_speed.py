@@ -1,4 +1,4 @@
-"""Speed of the fit phase with the tests of variance components on, in genes per second.
+"""Speed of the fit phase with intervals and tests of variance components, in genes/s.
 
 Usage::
 
@@ -6,10 +6,12 @@ Usage::
 
 The design of ``benchmarks/fit_speed.py`` (patient x chemistry x day x operator, two
 covariates; simulated counts, log-normalised). The sufficient statistics are computed
-once; then ``svp.lmm.fit_stats`` (the fit and the per-gene tables) runs without and with
-``test="lrt"`` (one refit per random term, from the same statistics), alternating, on 2
-cores (``n_jobs=2``), ML and REML. Prints the median and range of genes/s over
-``--repeats`` runs and the ratio of the medians.
+once; then ``svp.lmm.fit_stats`` (the fit and the per-gene tables) runs with ``ci=None``
+(no intervals), with the default intervals (``ci=0.95``: standard errors, Wald and
+likelihood-ratio bounds, local refits without each term) and with intervals and
+``test="lrt"`` (one global refit per random term, which the intervals then reuse),
+alternating, on 2 cores (``n_jobs=2``), ML and REML. Prints the median and range of
+genes/s over ``--repeats`` runs and the ratios of the medians.
 """
 
 from __future__ import annotations
@@ -32,21 +34,23 @@ def main() -> None:
     formula = svp.datasets.SIMULATION_FORMULA
     svp.lmm.fit(formula, adata.X[:, :16], obs=adata.obs, test="lrt")  # compile
     print(
-        f"fit phase with tests: {args.n_genes} genes, {args.n_cells} cells, "
+        f"fit phase with intervals and tests: {args.n_genes} genes, {args.n_cells} cells, "
         f"{svp.datasets.SIMULATION_FORMULA}; 2 cores; {args.repeats} repeats"
     )
+    configs = {"ci=None": {"ci": None}, "ci=0.95": {}, "ci=0.95, test='lrt'": {"test": "lrt"}}
     for method in ("ML", "REML"):
-        rates: dict[str | None, list[float]] = {None: [], "lrt": []}
+        rates: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(args.repeats):
-            for test in (None, "lrt"):
+            for name, options in configs.items():
                 start = time.perf_counter()
-                svp.lmm.fit_stats(stats, method=method, n_jobs=2, test=test)
-                rates[test].append(args.n_genes / (time.perf_counter() - start))
-        ratio = np.median(rates[None]) / np.median(rates["lrt"])
-        print(
-            f"  {method}: without tests {_spread(rates[None])} genes/s; with test='lrt' "
-            f"{_spread(rates['lrt'])} genes/s ({ratio:.2f}x the time)"
-        )
+                svp.lmm.fit_stats(stats, method=method, n_jobs=2, **options)
+                rates[name].append(args.n_genes / (time.perf_counter() - start))
+        base = np.median(rates["ci=None"])
+        parts = [
+            f"{name} {_spread(r)} ({base / np.median(r):.2f}x the time)"
+            for name, r in rates.items()
+        ]
+        print(f"  {method}: " + "; ".join(parts) + " genes/s")
 
 
 if __name__ == "__main__":

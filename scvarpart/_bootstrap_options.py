@@ -46,7 +46,9 @@ def bootstrap_problem(key: str, value: object) -> str | None:
             return "must be a non-negative integer (below 2^63)"
         return None
     if key == "ci":
+        if value is None:  # no intervals
+            return None
         if not isinstance(value, Real) or isinstance(value, bool) or not 0 < float(value) < 1:
-            return "must be a level between 0 and 1, e.g. 0.95"
+            return "must be a level between 0 and 1, e.g. 0.95, or None for no intervals"
         return None
     raise KeyError(key)

@@ -11,7 +11,7 @@ Example (``plan.toml``)::
     test = "lrt"              # likelihood-ratio test of each random term (optional)
     n_boot = 200              # parametric bootstrap replicates per gene (optional)
     seed = 1                  # the bootstrap's seed (optional, default 0)
-    ci = 0.95                 # level of the bootstrap intervals (optional, default 0.95)
+    ci = 0.95                 # level of the intervals (optional, default 0.95; "none": none)
 
     [filters]
     min_cells = 10            # genes non-zero in fewer cells are not fitted
@@ -21,8 +21,10 @@ Example (``plan.toml``)::
     patient = "kinship.csv"   # relative to the plan's folder
 
 The same keys in YAML work too. Unknown keys are an error: a plan says exactly
-what will be done. ``seed`` and ``ci`` are used only with bootstrap replicates
-(``n_boot`` > 0, from the plan or ``scvarpart fit --n-boot``). The SHA-256 of the
+what will be done. ``seed`` is used only with bootstrap replicates (``n_boot`` > 0,
+from the plan or ``scvarpart fit --n-boot``); ``ci`` is the level of every interval
+(standard errors and delta-method intervals per gene, and the bootstrap's), ``"none"``
+for none. The SHA-256 of the
 file is recorded with the results (and a fingerprint of each covariance file, by
 ``scvarpart fit``).
 
@@ -103,10 +105,10 @@ class AnalysisPlan:
     #: Parametric bootstrap replicates per gene; ``None``: the plan does not say (no
     #: bootstrap; ``scvarpart fit --n-boot N`` may add one), unlike an explicit ``0``.
     n_boot: int | None = None
-    #: The bootstrap's seed and the level of its intervals; ``None``: the plan does not
-    #: say (0 and 0.95 with replicates; ``--seed`` and ``--ci`` may set them).
+    #: The bootstrap's seed and the level of the intervals (``"none"``: no intervals);
+    #: ``None``: the plan does not say (0 and 0.95; ``--seed`` and ``--ci`` may set them).
     seed: int | None = None
-    ci: float | None = None
+    ci: float | str | None = None
     path: str = ""
     sha256: str = field(default="", compare=False)
 
@@ -137,8 +139,9 @@ class AnalysisPlan:
 
         With ``read_covariance=False``, ``covariance`` is left out (for a caller that
         reads the files itself, from :attr:`covariance`). ``test`` is there only when
-        the plan asks for a test, ``n_boot``, ``seed`` and ``ci`` only when it asks for
-        bootstrap replicates (as in the parameters the fit records).
+        the plan asks for a test, ``n_boot`` and ``seed`` only when it asks for bootstrap
+        replicates (as in the parameters the fit records); ``ci`` always (``None``: no
+        intervals).
         """
         covariance = {"covariance": self.read_covariance()} if read_covariance else {}
         return {
@@ -156,21 +159,32 @@ class AnalysisPlan:
             "store_blups": bool(self.store_blups),
             **({"test": self.test} if self.test else {}),
             **self.bootstrap(),
+            "ci": self.level(),
         }
+
+    def level(self) -> float | None:
+        """The intervals' level: the plan's, 0.95 if it does not say, ``None`` for none."""
+        if self.ci == "none":
+            return None
+        return BOOTSTRAP_DEFAULTS["ci"] if self.ci is None else float(self.ci)
 
     def bootstrap(self) -> dict:
         """The bootstrap's parameters if the plan asks for replicates; empty otherwise.
 
-        ``n_boot``, ``seed`` and ``ci``, their defaults filled in; without replicates,
-        ``seed`` and ``ci`` are unused.
+        ``n_boot`` and ``seed``, the default seed filled in; without replicates, ``seed``
+        is unused. The level is :meth:`level`'s.
         """
         if not self.n_boot:
             return {}
         return {
             "n_boot": self.n_boot,
             "seed": BOOTSTRAP_DEFAULTS["seed"] if self.seed is None else self.seed,
-            "ci": BOOTSTRAP_DEFAULTS["ci"] if self.ci is None else self.ci,
         }
+
+
+def _level(value) -> float | str | None:
+    """A plan's ``ci``: a level, ``"none"`` (no intervals) or ``None`` (not said)."""
+    return value if value is None or value == "none" else float(value)
 
 
 def _names(value, key: str) -> list[str] | None:
@@ -283,7 +297,8 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
             f"random term's variance = 0), or left out for none; got {test!r} in {path}."
         )
     for key in BOOTSTRAP_KEYS:
-        problem = None if data.get(key) is None else bootstrap_problem(key, data[key])
+        unset = data.get(key) is None or (key == "ci" and data[key] == "none")
+        problem = None if unset else bootstrap_problem(key, data[key])
         if problem:
             raise PlanError(f"Plan {key} {problem}; got {data[key]!r} in {path}.")
     covariance = _covariance_files(data.get("covariance"), path)
@@ -303,7 +318,7 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         test=test,
         n_boot=data.get("n_boot"),
         seed=data.get("seed"),
-        ci=None if data.get("ci") is None else float(data["ci"]),
+        ci=_level(data.get("ci")),
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

@@ -394,7 +394,8 @@ def test_fit_with_n_boot_stores_the_intervals_of_the_api(work, boot, tmp_path):
     assert (result.varm[BOOT_TABLES[0]] <= result.varm[BOOT_TABLES[1]]).all().all()
     params = result.uns["varpart"]["params"]
     assert (params["n_boot"], params["seed"], params["ci"]) == (20, 3, 0.9)
-    assert not {"n_boot", "seed", "ci"} & set(single.uns["varpart"]["params"])
+    assert not {"n_boot", "seed"} & set(single.uns["varpart"]["params"])
+    assert single.uns["varpart"]["params"]["ci"] == 0.95  # the delta-method intervals' level
     assert not set(BOOT_TABLES) & set(single.varm)
     # the intervals change nothing else
     pd.testing.assert_frame_equal(result.varm["varpart"], single.varm["varpart"], check_exact=True)
@@ -430,7 +431,8 @@ def test_n_boot_alone_records_the_default_seed_and_level(work, tmp_path):
         (["--n-boot", "20", "--ci", "nan"], "argument --ci: must be a level between 0 and 1"),
         (["--n-boot", "20", "--ci", "95%"], "argument --ci: must be a level"),
         (["--seed", "3"], "--seed: used only with bootstrap replicates"),
-        (["--n-boot", "0", "--seed", "3", "--ci", "0.9"], "--seed, --ci: used only with"),
+        (["--n-boot", "0", "--seed", "3", "--ci", "0.9"], "--seed: used only with"),
+        (["--n-boot", "20", "--ci", "none"], "bootstrap replicates need the intervals' level"),
     ],
 )
 def test_bad_bootstrap_options_exit_2_before_any_data_are_read(tmp_path, options, message):

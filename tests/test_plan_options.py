@@ -111,11 +111,13 @@ def test_options_complete_a_plan_that_does_not_set_them(planned, tmp_path):
         (MODEL + "n_boot = 0\n", ["--n-boot", "30"], "--n-boot: fixed by the plan"),
         (MODEL + "seed = 1\n", ["--n-boot", "20", "--seed", "2"], "--seed: fixed by the plan"),
         (MODEL + "n_boot = 20\nci = 0.9\n", ["--ci", "0.8"], "--ci: fixed by the plan"),
-        # --seed and --ci without replicates would do nothing
+        # --seed without replicates would do nothing; replicates need a level
         (MODEL + "n_boot = 0\n", ["--seed", "2"],
          "--seed: used only with bootstrap replicates, and none are asked for; the plan"),
-        (MODEL + "seed = 1\n", ["--ci", "0.9"],
-         "--ci: used only with bootstrap replicates, and none are asked for; give --n-boot N"),
+        (MODEL + "n_boot = 20\n", ["--ci", "none"],
+         "bootstrap replicates need the intervals' level"),
+        (MODEL + 'ci = "none"\n', ["--n-boot", "20"],
+         "bootstrap replicates need the intervals' level"),
         (FULL, ["--covariance", "patient=other.csv"], "--covariance patient=...: fixed by"),
     ],
 )  # fmt: skip
@@ -231,13 +233,14 @@ def test_a_plan_with_test_lrt_and_the_option_completing_a_plan_fit_the_same(plan
 
 
 def test_read_plan_bootstrap_keys_and_their_keyword_arguments(tmp_path):
-    """``n_boot``, ``seed`` and ``ci`` reach the keyword arguments with replicates only,
-    the defaults filled in as the fit records them."""
+    """``n_boot`` and ``seed`` reach the keyword arguments with replicates only, ``ci``
+    always (``None`` for ``"none"``), the defaults filled in as the fit records them."""
     plan = tmp_path / "plan.toml"
     for text, expected in [
-        ("", {}),
-        ("n_boot = 0\nseed = 4\n", {}),
-        ("seed = 4\nci = 0.8\n", {}),
+        ("", {"ci": 0.95}),
+        ('ci = "none"\n', {"ci": None}),
+        ("n_boot = 0\nseed = 4\n", {"ci": 0.95}),
+        ("seed = 4\nci = 0.8\n", {"ci": 0.8}),
         ("n_boot = 50\n", {"n_boot": 50, "seed": 0, "ci": 0.95}),
         ("n_boot = 50\nseed = 4\nci = 0.8\n", {"n_boot": 50, "seed": 4, "ci": 0.8}),
     ]:
@@ -311,9 +314,26 @@ def test_a_plan_with_the_bootstrap_and_the_options_completing_a_plan_fit_the_sam
             )
         params = result.uns["varpart"]["params"]
         assert (params["n_boot"], params["seed"], params["ci"]) == (20, 2, 0.8), name
-    # a plan's seed without replicates is unused: no intervals, nothing recorded
+    # a plan's seed without replicates is unused: no bootstrap, nothing recorded of it;
+    # its level is the delta-method intervals'
     out = tmp_path / "unused.h5ad"
     ok(cli("fit", folder / "in.h5ad", "--plan", tmp_path / "seeded.toml", "--quiet", "-o", out))
     result = ad.read_h5ad(out)
     assert "varpart_boot_low" not in result.varm
-    assert not {"n_boot", "seed", "ci"} & set(result.uns["varpart"]["params"])
+    assert not {"n_boot", "seed"} & set(result.uns["varpart"]["params"])
+    assert result.uns["varpart"]["params"]["ci"] == 0.8
+    direct = svp.tl.variance_partition(
+        ad.read_h5ad(folder / "in.h5ad"), KIN_FORMULA, method="REML", batch="day",
+        signal="patient", ci=0.8, inplace=False, progress=False,
+    )  # fmt: skip
+    for table in ("ci_low", "ci_high", "variance_se"):
+        pd.testing.assert_frame_equal(
+            result.varm[f"varpart_{table}"], getattr(direct, table), check_exact=True
+        )
+    # ci = "none": no intervals at all
+    (tmp_path / "none.toml").write_text(MODEL + 'ci = "none"\n')
+    out = tmp_path / "none.h5ad"
+    ok(cli("fit", folder / "in.h5ad", "--plan", tmp_path / "none.toml", "--quiet", "-o", out))
+    result = ad.read_h5ad(out)
+    assert not {"varpart_ci_low", "varpart_variance_se"} & set(result.varm)
+    assert "ci" not in result.uns["varpart"]["params"]

@@ -52,8 +52,8 @@ workflow {
     if (params.seed != null && !(params.seed.toString() ==~ /\d+/)) {
         error "--seed must be a non-negative integer (the bootstrap's seed), got '${params.seed}'"
     }
-    if (params.ci != null && !(params.ci.toString() ==~ /(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/)) {
-        error "--ci must be a level between 0 and 1 (of the bootstrap intervals), e.g. 0.95; got '${params.ci}'"
+    if (params.ci != null && !(params.ci.toString() ==~ /none|(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/)) {
+        error "--ci must be a level between 0 and 1 (of the intervals), e.g. 0.95, or none; got '${params.ci}'"
     }
     ch_plan = Channel.value(file(params.plan, checkIfExists: true))
     ch_versions = Channel.empty()

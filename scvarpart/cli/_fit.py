@@ -107,6 +107,8 @@ def _bootstrap_value(key: str, convert):
     """An argparse type for the bootstrap's parameter ``key``, checked as the plan's."""
 
     def parse(text: str):
+        if key == "ci" and text.lower() == "none":
+            return "none"
         try:
             value = convert(text)
         except ValueError:
@@ -252,7 +254,10 @@ def add_parsers(sub) -> None:
         "--ci",
         type=_bootstrap_value("ci", float),
         metavar="LEVEL",
-        help="level of the bootstrap intervals (default 0.95)",
+        help="level of the intervals (default 0.95; 'none': none): per gene, standard "
+        "errors of the variances (varm KEY_variance_se) and intervals of the fractions "
+        "(varm KEY_ci_low, KEY_ci_high) and of rho (var KEY_rho_ci_low, KEY_rho_ci_high), "
+        "and the bootstrap's",
     )
     execution = p.add_argument_group("execution (the results do not depend on these)")
     execution.add_argument(
@@ -274,8 +279,8 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
     ``--test``, ``--n-boot``, ``--seed`` and ``--ci`` may complete a plan that does not
     set them, so that a workflow can stage a kinship file and pass it to a
     pre-registered plan; they are recorded as the plan is. ``test`` is among the
-    parameters only when a test is asked for, ``n_boot``, ``seed`` and ``ci`` only with
-    bootstrap replicates (as the fit records them).
+    parameters only when a test is asked for, ``n_boot`` and ``seed`` only with
+    bootstrap replicates, ``ci`` unless no intervals (as the fit records them).
     """
     given = [o for o in _MODEL_OPTIONS if getattr(args, o) is not None] + (
         ["cells"] if args.cells else []
@@ -319,6 +324,7 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             analysis["store_blups"] = True
         if args.test is not None:
             analysis["test"] = args.test
+        analysis.pop("ci", None)  # the level (if any) comes with the bootstrap's parameters
         analysis.update(_bootstrap(args, plan))  # the plan's, completed by the options
         return analysis, {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}, sources
     if args.formula is None:
@@ -342,33 +348,38 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
 
 
 def _bootstrap(args: argparse.Namespace, plan: AnalysisPlan | None) -> dict:
-    """The bootstrap's parameters with replicates (empty without), as the fit records them.
+    """The intervals' level and the bootstrap's parameters, as the fit records them.
 
-    ``n_boot``, ``seed`` and ``ci``, their defaults filled in, from the options and the
-    plan (which never set the same one).
+    ``ci`` (absent for no intervals), and ``n_boot`` and ``seed`` with replicates, their
+    defaults filled in, from the options and the plan (which never set the same one).
 
-    ``--seed`` and ``--ci`` without replicates would do nothing: refused (a plan's
-    ``seed`` and ``ci`` without ``n_boot`` are not, so that ``--n-boot`` may complete a
-    plan that fixes them).
+    ``--seed`` without replicates would do nothing: refused (a plan's ``seed`` without
+    ``n_boot`` is not, so that ``--n-boot`` may complete a plan that fixes it).
     """
     given = {k: getattr(args, k) for k in BOOTSTRAP_KEYS if getattr(args, k) is not None}
     values = {k: given.get(k, getattr(plan, k, None)) for k in BOOTSTRAP_KEYS}
+    ci = values["ci"]
+    level = {} if ci == "none" else {"ci": BOOTSTRAP_DEFAULTS["ci"] if ci is None else ci}
     if not values["n_boot"]:
-        unused = [f"--{k}" for k in ("seed", "ci") if k in given]
-        if unused:
-            it = "them" if len(unused) > 1 else "it"
+        if "seed" in given:
             if plan is not None and plan.n_boot is not None:
-                fix = f"the plan {args.plan} sets n_boot = {plan.n_boot}: remove {it}"
+                fix = f"the plan {args.plan} sets n_boot = {plan.n_boot}: remove it"
             else:
                 where = f" or n_boot in the plan {args.plan}" if plan is not None else ""
-                fix = f"give --n-boot N (at least 20){where}, or remove {it}"
+                fix = f"give --n-boot N (at least 20){where}, or remove it"
             raise CLIError(
-                f"{', '.join(unused)}: used only with bootstrap replicates, and none are "
-                f"asked for; {fix}.",
+                f"--seed: used only with bootstrap replicates, and none are asked for; {fix}.",
                 code=2,
             )
-        return {}
-    return {k: BOOTSTRAP_DEFAULTS[k] if v is None else v for k, v in values.items()}
+        return level
+    if not level:
+        raise CLIError(
+            'bootstrap replicates need the intervals\' level: --ci none (or ci = "none" '
+            "in the plan) leaves none; give a level or no replicates.",
+            code=2,
+        )
+    seed = BOOTSTRAP_DEFAULTS["seed"] if values["seed"] is None else values["seed"]
+    return {"n_boot": values["n_boot"], "seed": seed, **level}
 
 
 def _read_covariance(sources: Mapping[str, _CovarianceSource]) -> dict[str, pd.DataFrame] | None:
@@ -477,8 +488,11 @@ def run(args: argparse.Namespace) -> int:
 
     # partition_file takes the bootstrap's parameters as one tuple
     fit_options = {k: v for k, v in analysis.items() if k not in BOOTSTRAP_KEYS}
-    if analysis.get("n_boot"):
-        fit_options["bootstrap"] = tuple(analysis[k] for k in BOOTSTRAP_KEYS)
+    fit_options["bootstrap"] = (
+        analysis.get("n_boot", 0),
+        analysis.get("seed", 0),
+        analysis.get("ci"),
+    )
     with reading(source), _naming_covariance_files(sources):
         _, var, partitioned = partition_file(
             source,

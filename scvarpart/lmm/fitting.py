@@ -15,8 +15,8 @@ variances by the square exactly and changes nothing else.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -31,7 +31,7 @@ from .starts import Moments, moment_start, moments
 from .terms import ReTerm
 from .unfittable import unfittable_reasons
 
-__all__ = ["LMMFit", "choose_engine", "fit_lmm"]
+__all__ = ["LMMFit", "choose_engine", "fit_lmm", "make_engine", "relative_covariances"]
 
 # Above this many random effects + fixed effects, eliminating the largest
 # factor's diagonal block beats dense factorisation of the whole system.
@@ -84,6 +84,11 @@ class LMMFit:
     gradient: np.ndarray | None = None
     hessian: np.ndarray | None = None
 
+    def subset(self, idx: np.ndarray) -> LMMFit:
+        """The fit of the genes ``idx`` only."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LMMFit(**{k: v[idx] if isinstance(v, np.ndarray) else v for k, v in values.items()})
+
     @property
     def variances(self) -> np.ndarray:
         """Random-effect variances ``sigma_j^2``, ``(G, k)``, of random intercepts."""
@@ -93,15 +98,7 @@ class LMMFit:
         """Each term's coefficient covariance over ``sigma^2`` (``T T'``), ``(G, r, r)``."""
         if self.theta is None or all(t.n_coef == 1 for t in self.terms):
             return [self.gamma[:, j, None, None] for j in range(self.gamma.shape[1])]
-        out, start = [], 0
-        for t in self.terms:
-            th = self.theta[:, start : start + t.n_theta]
-            T = np.zeros((len(th), t.n_coef, t.n_coef))
-            a, b = t.positions.T
-            T[:, a, b] = th
-            out.append(np.einsum("gij,gkj->gik", T, T))
-            start += t.n_theta
-        return out
+        return relative_covariances(self.theta, self.terms)
 
     def covariances(self) -> list[np.ndarray]:
         """Each term's coefficient covariance ``sigma^2 T T'``, ``(G, r, r)``."""
@@ -129,6 +126,19 @@ class LMMFit:
     def loglik(self) -> np.ndarray:
         """Maximised log-likelihood (ML) or REML log-likelihood, as lme4's logLik."""
         return -0.5 * self.deviance
+
+
+def relative_covariances(theta: np.ndarray, terms: Sequence[ReTerm]) -> list[np.ndarray]:
+    """Each term's coefficient covariance over ``sigma^2``, ``T T'``, at ``theta``."""
+    out, start = [], 0
+    for t in terms:
+        th = theta[:, start : start + t.n_theta]
+        T = np.zeros((len(th), t.n_coef, t.n_coef))
+        a, b = t.positions.T
+        T[:, a, b] = th
+        out.append(np.einsum("gij,gkj->gik", T, T))
+        start += t.n_theta
+    return out
 
 
 def choose_engine(
@@ -168,7 +178,8 @@ def _one_blas_thread():
     return _blas().limit(limits=1, user_api="blas")
 
 
-def _make_engine(gram: DesignGram, reml: bool, engine: str, terms: list[ReTerm]):
+def make_engine(gram: DesignGram, reml: bool, engine: str, terms: list[ReTerm]):
+    """The engine ``engine`` (not ``"auto"``) for this design and terms."""
     scalar = all(t.scalar for t in terms) and gram.weight_sum is None
     if engine == "general":
         return GeneralDeviance(gram, terms, reml)
@@ -319,7 +330,7 @@ def fit_lmm(
     # the only parallelism, and a BLAS pool woken by one call spins on a core the
     # workers need
     with _one_blas_thread():
-        eng = _make_engine(gram, reml, engine, terms)
+        eng = make_engine(gram, reml, engine, terms)
         rest = np.flatnonzero(error == "")
         error[rest] = unfittable_reasons(gram, stats.subset(rest), names)
         todo = np.flatnonzero(error == "")

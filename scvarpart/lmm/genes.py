@@ -16,6 +16,7 @@ e.g. summed over the shards of a dataset. Every function here returns the same
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from joblib import Parallel, delayed
 
 from .. import suffstats
 from .._bootstrap_options import BOOTSTRAP_KEYS, bootstrap_problem
@@ -35,8 +37,9 @@ from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .bootstrap import DesignFactor, simulate_statistics
-from .fitting import choose_engine, fit_lmm
-from .lrt import check_test
+from .fitting import _one_blas_thread, choose_engine, fit_lmm, make_engine, relative_covariances
+from .intervals import wald_intervals
+from .lrt import check_test, local_statistics
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
 from .tables import (
     blup_tables,
@@ -332,20 +335,102 @@ def _check_finite(stats: GeneStatistics) -> None:
         )
 
 
-# Percentiles of the replicates without interpolation: rho may be inf in some
-_EMPIRICAL: Literal["inverted_cdf"] = "inverted_cdf"
-
-
-def check_bootstrap(n_boot: int, seed: int, ci: float) -> None:
+def check_bootstrap(n_boot: int, seed: int, ci: float | None) -> None:
     """``n_boot``, ``seed`` and ``ci`` are usable: checked before any data are read.
 
     The rules of :func:`scvarpart._bootstrap_options.bootstrap_problem`, which plans and
-    the command line apply too.
+    the command line apply too; replicates need a level.
     """
     for key, value in zip(BOOTSTRAP_KEYS, (n_boot, seed, ci), strict=True):
         problem = bootstrap_problem(key, value)
         if problem:
             raise ValueError(f"{key}={value!r} {problem}.")
+    if n_boot and ci is None:
+        raise ValueError(
+            f"n_boot={n_boot} needs the intervals' level: give ci=0.95 (or another level), "
+            "or n_boot=0."
+        )
+
+
+def _variance_function(stats: GeneStatistics, infos: Sequence[TermInfo]):
+    """The component variances from ``theta``, ``sigma^2`` and centred ``beta``.
+
+    The function :func:`fit_stats` applies to the estimates, for :mod:`.intervals`.
+    """
+    terms = [i.term for i in infos]
+    scalar = all(t.scalar for t in terms)
+    gram, scale = stats.gram, stats.residual_scale
+
+    def variances(theta: np.ndarray, sigma2: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        if scalar:
+            random = theta**2 * sigma2[:, None]
+        else:
+            rel = relative_covariances(theta, terms)
+            random = term_variances([c * sigma2[:, None, None] for c in rel], infos)
+        return component_variances(random, sigma2 * scale, beta, gram.x_cov, stats.fixed_terms)
+
+    return variances
+
+
+# Genes per chunk of the intervals, the unit of their parallel work.
+_INTERVAL_CHUNK = 1024
+
+
+def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **options):
+    """Standard errors and intervals (:mod:`.intervals`), as result fields.
+
+    Tables ``variance_se``, ``ci_low`` and ``ci_high``; per-gene ``rho_ci_low`` and
+    ``rho_ci_high`` with batch and signal. ``lrt``: the tests' statistics when they were
+    computed (global refits), else local refits decide where intervals start at 0.
+    ``options``: ``method``, ``engine`` and ``n_jobs`` (threads over chunks of genes; a
+    gene's intervals do not depend on its chunk).
+    """
+    terms = [i.term for i in infos]
+    reml = options["method"] == "REML"
+    eng = make_engine(stats.gram, reml, options["engine"], terms)
+    coords, start = [], 0
+    for t in terms:
+        coords.append(start + np.flatnonzero(t.positions[:, 0] == t.positions[:, 1]))
+        start += t.n_theta
+    comps = stats.components
+    masks = None
+    if roles[0] and roles[1]:
+        masks = (np.isin(comps, roles[0]), np.isin(comps, roles[1]))
+    of_parameters = _variance_function(stats, infos)
+
+    def run(idx: np.ndarray):
+        part, response = fit_.subset(idx), stats.response.subset(idx)
+        with _one_blas_thread():
+            if lrt is None:
+                stat = local_statistics(stats.gram, response, terms, part, reml=reml)
+            else:
+                stat = lrt[idx]
+            return wald_intervals(
+                eng, response, part, of_parameters, variances[idx], coords, level, masks, stat
+            )
+
+    G = len(stats.genes)
+    chunks = [np.arange(a, min(a + _INTERVAL_CHUNK, G)) for a in range(0, G, _INTERVAL_CHUNK)]
+    if options["n_jobs"] in (None, 1) or len(chunks) <= 1:
+        outs = [run(c) for c in chunks]
+    else:
+        outs = Parallel(n_jobs=options["n_jobs"], prefer="threads")(delayed(run)(c) for c in chunks)
+    frame = functools.partial(pd.DataFrame, index=stats.genes, columns=comps)
+    tables = {
+        name: frame(np.concatenate([getattr(o, field) for o in outs]))
+        for name, field in (("variance_se", "variance_se"), ("ci_low", "low"), ("ci_high", "high"))
+    }
+    per_gene = {}
+    if masks is not None:
+        per_gene = {
+            "rho_ci_low": np.concatenate([o.rho_low for o in outs]),
+            "rho_ci_high": np.concatenate([o.rho_high for o in outs]),
+        }
+    return tables, per_gene
+
+
+# Percentiles of the replicates without interpolation: rho may be inf in some
+_EMPIRICAL: Literal["inverted_cdf"] = "inverted_cdf"
 
 
 def _bootstrap(stats, fit_, terms, boot: tuple[int, int, float], **fit_options):
@@ -365,7 +450,7 @@ def _bootstrap(stats, fit_, terms, boot: tuple[int, int, float], **fit_options):
         factor, terms, beta_c, fit_.sigma2[ok], fit_.theta[ok], genes, n_boot, seed
     )
     names = pd.Index([f"{g}#{k}" for g in genes for k in range(n_boot)])
-    boot_fit = fit_stats(replace(stats, response=sim, genes=names), **fit_options)
+    boot_fit = fit_stats(replace(stats, response=sim, genes=names), ci=None, **fit_options)
     tail = (1 - ci) / 2
 
     def bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -406,7 +491,7 @@ def fit_stats(
     test: Literal["lrt"] | None = None,
     n_boot: int = 0,
     seed: int = 0,
-    ci: float = 0.95,
+    ci: float | None = 0.95,
 ) -> VarPartResult:
     """Fit the model to every gene from its sufficient statistics.
 
@@ -445,7 +530,11 @@ def fit_stats(
     seed
         The bootstrap's seed; with a gene's name, it fixes the gene's replicates.
     ci
-        The intervals' level.
+        The intervals' level; ``None``: no intervals (nor standard errors). Per gene:
+        standard errors of the component variances (``variance_se``) and delta-method
+        intervals of the fractions (``ci_low``, ``ci_high``) and of rho (per-gene
+        ``rho_ci_low``, ``rho_ci_high``), one-sided for a variance at 0
+        (:mod:`scvarpart.lmm.intervals`); and the level of the bootstrap's.
 
     Returns
     -------
@@ -517,11 +606,20 @@ def fit_stats(
             lrt_tables(gram, response, terms, fit_, stats.genes, reml=method_u == "REML", **options)
         )
     per_gene: dict[str, np.ndarray] = {}
+    if ci is not None:
+        roles_ = (batch_l, signal_l)
+        lrt = extra["lrt"].to_numpy() if test == "lrt" else None
+        tables, per_gene = _intervals(
+            stats, fit_, infos, variances, roles_, ci, lrt,
+            method=method_u, engine=engine, n_jobs=n_jobs,
+        )  # fmt: skip
+        extra.update(tables)
     if n_boot:
         boot = (n_boot, seed, ci)
         roles = {"method": method_u, "batch": batch_l, "signal": signal_l, "engine": engine}
-        tables, per_gene = _bootstrap(stats, fit_, terms, boot, **roles, **options)
+        tables, boot_per_gene = _bootstrap(stats, fit_, terms, boot, **roles, **options)
         extra.update(tables)
+        per_gene.update(boot_per_gene)
     return assemble(
         stats.genes,
         stats.components,
@@ -569,7 +667,7 @@ def fit(
     test: Literal["lrt"] | None = None,
     n_boot: int = 0,
     seed: int = 0,
-    ci: float = 0.95,
+    ci: float | None = 0.95,
 ) -> VarPartResult:
     """Fit a linear mixed model to every gene (column) of ``Y``.
 

@@ -166,7 +166,7 @@ def variance_partition_file(
     test: Literal["lrt"] | None = None,
     n_boot: int = 0,
     seed: int = 0,
-    ci: float = 0.95,
+    ci: float | None = 0.95,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -201,7 +201,8 @@ def variance_partition_file(
     test
         ``"lrt"``: test each random term's variance = 0, as :func:`variance_partition`.
     n_boot, seed, ci
-        The parametric bootstrap, as :func:`variance_partition`.
+        The parametric bootstrap and the intervals' level (``None``: no intervals), as
+        :func:`variance_partition`.
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}

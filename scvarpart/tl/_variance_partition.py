@@ -259,7 +259,7 @@ def _partition(
     min_cells: int = 0,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
-    bootstrap: tuple[int, int, float] = (0, 0, 0.95),
+    bootstrap: tuple[int, int, float | None] = (0, 0, 0.95),
 ) -> VarPartResult:
     """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`.
 
@@ -318,7 +318,8 @@ def _partition(
             "min_cells": min_cells,
             "store_blups": store_blups,
             **({"test": test} if test else {}),
-            **(dict(zip(("n_boot", "seed", "ci"), bootstrap, strict=True)) if bootstrap[0] else {}),
+            **({"n_boot": bootstrap[0], "seed": bootstrap[1]} if bootstrap[0] else {}),
+            **({"ci": bootstrap[2]} if bootstrap[2] is not None else {}),
             "n_obs": design.n_obs,
             "n_obs_dropped": int((~design.keep).sum()),
             "engine": fitted["engine"],
@@ -393,7 +394,7 @@ def variance_partition(
     test: Literal["lrt"] | None = None,
     n_boot: int = 0,
     seed: int = 0,
-    ci: float = 0.95,
+    ci: float | None = 0.95,
     key_added: str = "varpart",
     n_jobs: int | None = 1,
     batch_size: int = 256,
@@ -440,7 +441,10 @@ def variance_partition(
         The bootstrap's seed; with a gene's name it fixes the gene's replicates, so
         they do not depend on the other genes, ``n_jobs`` or chunks.
     ci
-        The level of the intervals.
+        The level of the intervals: per gene, standard errors of the component
+        variances and delta-method intervals of the fractions and of ``rho``
+        (one-sided, ``[0, u]``, for a variance at 0), and the bootstrap's. ``None``:
+        none of them (and no bootstrap).
     {doc_key_added}
     {doc_n_jobs}
     {doc_batch_size}
@@ -485,6 +489,13 @@ def variance_partition(
             With ``store_blups``: each term's BLUPs and conditional variances.
         ``adata.varm[f"{{key_added}}_lrt"]``, ``..._pvalue``, ``..._qvalue``
             With ``test="lrt"``: genes x random terms, the test of each variance = 0.
+        ``adata.varm[f"{{key_added}}_variance_se"]``
+            Unless ``ci=None``: standard errors of the variances (genes x components;
+            NaN for a variance at 0).
+        ``adata.varm[f"{{key_added}}_ci_low"]``, ``..._ci_high``
+            Unless ``ci=None``: the intervals of the fractions (genes x components);
+            ``adata.var[f"{{key_added}}_rho_ci_low"]`` and ``..._rho_ci_high`` those of
+            ``rho``.
         ``adata.varm[f"{{key_added}}_boot_low"]``, ``..._boot_high``
             With ``n_boot``: the bootstrap intervals of the fractions (genes x
             components); ``adata.var[f"{{key_added}}_rho_boot_low"]`` and

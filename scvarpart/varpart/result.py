@@ -61,6 +61,8 @@ __all__ = ["PER_GENE_FIELDS", "VarPartResult", "component_order", "stored_keys"]
 # with their dtypes: a result read back from a file has exactly these.
 PER_GENE_FIELDS: dict[str, type] = {
     "rho": np.float64,
+    "rho_ci_low": np.float64,
+    "rho_ci_high": np.float64,
     "rho_boot_low": np.float64,
     "rho_boot_high": np.float64,
     "mean": np.float64,
@@ -82,6 +84,9 @@ _TABLES = {
     "lrt": "_lrt",
     "pvalue": "_pvalue",
     "qvalue": "_qvalue",
+    "variance_se": "_variance_se",
+    "ci_low": "_ci_low",
+    "ci_high": "_ci_high",
     "boot_low": "_boot_low",
     "boot_high": "_boot_high",
 }
@@ -200,6 +205,16 @@ class VarPartResult:
         the term's variance = 0, its p-value (a 50:50 mixture of chi-squared with 0
         and 1 degrees of freedom, :mod:`scvarpart.lmm.lrt`) and its Benjamini-Hochberg
         q-value over the genes.
+    variance_se
+        Unless fitted with ``ci=None``: genes x components, the standard error of each
+        component's variance from the observed information at the optimum (the average
+        information for the blocked engine), NaN for a variance at 0
+        (:mod:`scvarpart.lmm.intervals`).
+    ci_low, ci_high
+        Unless fitted with ``ci=None``: genes x components, the delta-method interval of
+        each fraction at level ``params["ci"]`` (Wald on the logit scale; ``[0, u]`` for a
+        variance at 0); the per-gene fields ``rho_ci_low`` and ``rho_ci_high`` hold
+        ``rho``'s (Wald on the log scale).
     boot_low, boot_high
         With ``n_boot``: genes x components, the parametric bootstrap's percentile
         interval of each fraction (:mod:`scvarpart.lmm.bootstrap`); the per-gene fields
@@ -229,6 +244,9 @@ class VarPartResult:
     lrt: pd.DataFrame | None = None
     pvalue: pd.DataFrame | None = None
     qvalue: pd.DataFrame | None = None
+    variance_se: pd.DataFrame | None = None
+    ci_low: pd.DataFrame | None = None
+    ci_high: pd.DataFrame | None = None
     boot_low: pd.DataFrame | None = None
     boot_high: pd.DataFrame | None = None
 
@@ -637,6 +655,8 @@ class VarPartResult:
             # fits outside svp.tl record no n_boot: the tables tell
             if (part.boot_low is None) != (first.boot_low is None) and "n_boot" not in differ:
                 differ.append("bootstrap intervals")
+            if (part.ci_low is None) != (first.ci_low is None) and "ci" not in differ:
+                differ.append("intervals")
             if differ:
                 raise ValueError(
                     f"The results come from different analyses ({', '.join(differ)} "

@@ -1,0 +1,396 @@
+"""Standard errors and confidence intervals of the variance components, fractions and rho.
+
+From the fit alone, without touching the data again (the parametric bootstrap of
+:mod:`.bootstrap` is the other route):
+
+**Covariance of the estimates.** The criterion is profiled over ``sigma^2`` (and, for ML,
+``beta``), so the inverse of its Hessian in ``theta`` is exactly the ``theta`` block of
+the inverse observed information: ``Cov(theta) = 2 H^-1`` (the criterion is ``-2 log L``).
+The blocked engines keep the average information (its expectation) instead. A
+coordinate at 0 is on the boundary: it is held there (a conditional covariance of the
+others), and its component gets the one-sided interval below. ``sigma^2 = r2(theta) /
+nu`` varies with ``theta`` and, given ``theta``, with variance ``2 sigma^4 / nu``; the
+fixed effects given ``theta`` with lme4's ``vcov`` (their information is orthogonal to
+the variances'). A component's variance is a function of all three; its Jacobian in
+``theta`` (through ``sigma^2(theta)`` and ``beta(theta)`` too) is taken by central
+differences of the engine's estimates, so every term kind (slopes, kinship, weights) is
+covered by the same code that computes the estimates.
+
+**Intervals.** Each fraction's lower bound is Wald's on the logit scale, so it stays in
+``[0, 1]``; a random term's lower bound is 0 where the likelihood-ratio test of its
+variance = 0 (:mod:`.lrt`) does not reject at level ``1 - level`` (0 is then inside the
+likelihood-ratio region: test inversion, which a Wald interval never reaches). A random
+term's upper bound is a likelihood-ratio bound: the fraction at the variance above the
+estimate where the criterion, the other variance ratios held at their estimates, has
+risen by the ``level`` quantile of ``chi^2_1`` (by its ``2 * level - 1`` quantile from a
+variance at 0, under the 50:50 mixture of ``chi^2_0`` and ``chi^2_1`` on the boundary;
+Self & Liang 1987); with 3 or 4 levels it lies many times above the estimate, as it
+should. The residual's bounds come from Satterthwaite's scaled chi-squared approximation
+of the sum of the other variances (``sigma^2`` itself is estimated from every
+observation). Fixed terms' fractions are Wald's on the logit scale. Rho's interval is
+Wald's on the log scale: ``[0, u]`` when the batch variance is 0 (or may be), ``[l,
+inf]`` when the signal's is. ``benchmarks/interval_coverage.py`` measures the coverage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as st
+
+from ..suffstats import ResponseStats
+from .profiled import ProfiledDeviance
+
+__all__ = ["Intervals", "theta_covariance", "wald_intervals"]
+
+#: ``f(theta, sigma2, beta) -> (G, C)``: the variance of every component from the
+#: parameters (``beta`` for centred fixed-effect columns).
+VarianceFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+# Relative step of the central differences in theta, and its floor.
+_STEP, _MIN_STEP = 1e-4, 1e-8
+# Root finding of the likelihood-ratio bounds: iterations, and the tolerance on the
+# square root of the criterion's rise.
+_MAX_EXPAND, _MAX_ITER, _TOL = 60, 60, 1e-9
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Per gene: standard errors of the component variances and intervals.
+
+    Attributes
+    ----------
+    variance_se
+        ``(G, C)`` standard errors of the variances (NaN for a variance at 0: its interval
+        is one-sided).
+    low, high
+        ``(G, C)`` bounds of the fractions.
+    rho_low, rho_high
+        ``(G,)`` bounds of rho (``None`` without batch and signal).
+    """
+
+    variance_se: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    rho_low: np.ndarray | None = None
+    rho_high: np.ndarray | None = None
+
+
+def theta_covariance(theta: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """``2 H^-1`` over the coordinates not at 0, zero rows for those at 0.
+
+    ``(G, K, K)``; NaN for genes whose free block is not positive definite (not a
+    minimum, or a direction the data do not determine).
+    """
+    G, K = theta.shape
+    free = (theta != 0) & np.isfinite(theta)
+    pair = free[:, :, None] & free[:, None, :]
+    H = np.where(pair, hessian, 0.0)
+    H[:, np.arange(K), np.arange(K)] += ~free
+    cov = np.full((G, K, K), np.nan)
+    ok = np.flatnonzero(np.isfinite(H).all(axis=(1, 2)))
+    if len(ok) == 0:
+        return cov
+    w, U = np.linalg.eigh(H[ok])
+    scale = np.abs(w).max(axis=1, keepdims=True)
+    definite = (w > 1e-12 * scale).all(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.einsum("gik,gk,gjk->gij", U, 1.0 / w, U)
+    inv[~definite] = np.nan
+    cov[ok] = 2.0 * np.where(pair[ok], inv, 0.0)
+    cov[ok[~definite]] = np.nan
+    return cov
+
+
+def _engine_point(eng: ProfiledDeviance, theta: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(theta**2 if eng.coordinates == "gamma" else theta)
+
+
+def _at(eng, stats: ResponseStats, theta: np.ndarray, variances: VarianceFunction):
+    """The component variances at ``theta``, ``sigma^2`` and ``beta`` estimated there."""
+    _, sigma2, beta = eng.estimates(_engine_point(eng, theta), stats)
+    return variances(theta, sigma2, beta)
+
+
+def _theta_jacobian(eng, stats, theta, variances: VarianceFunction) -> np.ndarray:
+    """``dV / d theta``, ``(G, C, K)``, through ``sigma^2(theta)`` and ``beta(theta)``."""
+    cols = []
+    for i in range(theta.shape[1]):
+        h = np.maximum(_STEP * np.abs(theta[:, i]), _MIN_STEP)
+        up, down = theta.copy(), theta.copy()
+        up[:, i] += h
+        down[:, i] -= h
+        diff = _at(eng, stats, up, variances) - _at(eng, stats, down, variances)
+        cols.append(diff / (2 * h[:, None]))
+    return np.stack(cols, axis=2)
+
+
+def _variance_covariance(eng, stats, fit, variances: VarianceFunction, beta_c) -> np.ndarray:
+    """``Cov(V)`` of the component variances, ``(G, C, C)``."""
+    theta, sigma2 = fit.theta, fit.sigma2
+    J = _theta_jacobian(eng, stats, theta, variances)
+    cov = np.einsum("gck,gkl,gdl->gcd", J, theta_covariance(theta, fit.hessian), J)
+    # sigma^2 given theta: variance 2 sigma^4 / nu; V is linear in it
+    v_up = variances(theta, sigma2 * 1.5, beta_c)
+    v_down = variances(theta, sigma2 * 0.5, beta_c)
+    ds = (v_up - v_down) / sigma2[:, None]
+    cov += np.einsum("gc,gd->gcd", ds, ds) * (2 * sigma2**2 / eng.nu)[:, None, None]
+    # beta given theta: lme4's vcov; V is at most quadratic in it, so differences are exact
+    p = beta_c.shape[1]
+    Jb = np.zeros((*ds.shape, p))
+    for j in range(1, p):
+        h = np.maximum(np.abs(beta_c[:, j]), 1.0)
+        up, down = beta_c.copy(), beta_c.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        Jb[:, :, j] = (variances(theta, sigma2, up) - variances(theta, sigma2, down)) / (
+            2 * h[:, None]
+        )
+    cov += np.einsum("gcj,gjl,gdl->gcd", Jb, fit.beta_cov, Jb)
+    return cov
+
+
+def _rise_points(
+    eng, stats, fit, directions: np.ndarray, genes: np.ndarray, crit: np.ndarray
+) -> np.ndarray:
+    """``theta`` where the criterion has risen by ``crit`` along each direction.
+
+    From each gene's estimate, the other coordinates held (``directions``: ``(n, K)``
+    rows of 0 and 1, one per entry of ``genes``). The square root of the rise is nearly
+    linear in ``log theta`` from an estimate inside and in ``theta`` from one at 0 (where
+    the rise is quadratic in ``theta``), so Illinois steps on it in that coordinate ``s``
+    take few evaluations; the bracket starts from the quadratic model's guess, doubled
+    until the rise is reached.
+    """
+    theta0 = fit.theta[genes]
+    sub = stats.subset(genes)
+    base = eng.deviance(_engine_point(eng, theta0), sub)
+    start = np.einsum("nk,nk->n", theta0, directions) / directions.sum(axis=1)
+    inside = start > 0
+    root = np.sqrt(crit)
+
+    def step(s: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The increment of ``theta`` along the directions ``rows`` at ``s``."""
+        return np.where(inside[rows], start[rows] * np.expm1(s), s)
+
+    def gap(s: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``sqrt(rise) - sqrt(crit)`` at ``s`` (NaN where the criterion failed)."""
+        theta = theta0[rows] + step(s, rows)[:, None] * directions[rows]
+        with np.errstate(all="ignore"):
+            rise = eng.deviance(_engine_point(eng, theta), sub.subset(rows)) - base[rows]
+            return np.sqrt(np.maximum(rise, 0.0)) - root[rows]
+
+    curv = np.einsum("nk,nkl,nl->n", directions, fit.hessian[genes], directions)
+    with np.errstate(all="ignore"):
+        t = np.sqrt(2 * crit / curv)  # the quadratic model's increment
+        guess = np.where(inside, np.log1p(t / start), t)
+    hi = np.where(np.isfinite(guess) & (guess > 0), guess, 1.0)
+    every = np.arange(len(genes))
+    f_hi = gap(hi, every)
+    for _ in range(_MAX_EXPAND):
+        short = np.flatnonzero(~(f_hi >= 0))  # NaN counts as short
+        if len(short) == 0:
+            break
+        hi[short] *= 2
+        f_hi[short] = gap(hi[short], short)
+    a, b = np.zeros_like(hi), hi
+    fa, fb = -root, f_hi
+    active = fb >= 0
+    side = np.zeros(len(a), dtype=int)
+    for _ in range(_MAX_ITER):
+        if not active.any():
+            break
+        with np.errstate(all="ignore"):
+            c = np.where(active, (a * fb - b * fa) / (fb - fa), a)
+        fc = np.full_like(c, np.nan)
+        rows = np.flatnonzero(active)
+        fc[rows] = gap(c[rows], rows)
+        right = active & (fc >= 0)
+        left = active & (fc < 0)
+        # Illinois: halve the stale end's value when the same end moves twice
+        fa = np.where(right & (side == 1), fa / 2, fa)
+        fb = np.where(left & (side == -1), fb / 2, fb)
+        b, fb = np.where(right, c, b), np.where(right, fc, fb)
+        a, fa = np.where(left, c, a), np.where(left, fc, fa)
+        side = np.where(right, 1, np.where(left, -1, side))
+        active &= (np.abs(fc) > _TOL) & (b - a > 1e-13 * b)
+    s_end = np.where(np.abs(fa) < np.abs(fb), a, b)  # the end closer to the rise
+    return theta0 + step(s_end, every)[:, None] * directions
+
+
+def _logit_interval(f, se, z):
+    with np.errstate(all="ignore"):
+        lf = np.log(f) - np.log1p(-f)
+        half = z * se / (f * (1 - f))
+        return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))
+
+
+def wald_intervals(
+    eng: ProfiledDeviance,
+    stats: ResponseStats,
+    fit,
+    variances: VarianceFunction,
+    estimates: np.ndarray,
+    term_coords: Sequence[np.ndarray],
+    level: float,
+    roles: tuple[np.ndarray, np.ndarray] | None = None,
+    drop_statistic: np.ndarray | None = None,
+) -> Intervals:
+    """Delta-method intervals of the fractions (and rho), one-sided at the boundary.
+
+    Parameters
+    ----------
+    eng
+        The engine the genes were fitted with.
+    stats
+        The genes' statistics, in the units of ``fit``.
+    fit
+        The :class:`~scvarpart.lmm.LMMFit` (its ``theta``, ``sigma2``, ``beta``,
+        ``beta_cov`` and Hessian in ``theta``).
+    variances
+        The component variances from the parameters (the estimates' own function).
+    estimates
+        ``(G, C)`` the fitted component variances (random terms first, in ``theta``'s
+        term order).
+    term_coords
+        Per random term, its diagonal coordinates in ``theta``.
+    level
+        The intervals' level.
+    roles
+        Boolean masks over the components of batch and signal, for rho.
+    drop_statistic
+        ``(G, k)`` each random term's likelihood-ratio statistic of variance = 0
+        (:mod:`.lrt`): where it is below the boundary's critical value, 0 is inside the
+        likelihood-ratio region and the interval starts at 0 (test inversion; a Wald
+        interval on the logit scale never reaches 0).
+    """
+    G, C = estimates.shape
+    se = np.full((G, C), np.nan)
+    low, high = np.full((G, C), np.nan), np.full((G, C), np.nan)
+    rho_low = rho_high = None
+    if roles is not None:
+        rho_low, rho_high = np.full(G, np.nan), np.full(G, np.nan)
+    ok = np.flatnonzero(fit.error == "")
+    if len(ok) == 0:
+        return Intervals(se, low, high, rho_low, rho_high)
+    sub = stats.subset(ok)
+    part = _Part(fit, ok)
+    beta_c = _centred(part, eng)
+    V = estimates[ok]
+    cov_v = _variance_covariance(eng, sub, part, variances, beta_c)
+    total = V.sum(axis=1)
+    f = V / total[:, None]
+    A = (np.eye(C)[None] - f[:, :, None]) / total[:, None, None]
+    cov_f = np.einsum("gij,gjk,glk->gil", A, cov_v, A)
+    se_f = np.sqrt(np.clip(np.diagonal(cov_f, axis1=1, axis2=2), 0, None))
+    z = float(st.norm.ppf(0.5 + level / 2))
+    lo, hi = _logit_interval(f, se_f, z)
+    k = len(term_coords)
+    lo[:, -1], hi[:, -1] = _residual_interval(V, cov_v, level)
+    se_v = np.sqrt(np.clip(np.diagonal(cov_v, axis1=1, axis2=2), 0, None))
+    zero = V == 0
+    se_v[zero] = np.nan
+    lo[zero], hi[zero] = 0.0, np.nan
+    crit = float(st.chi2.ppf(2 * level - 1, 1))
+    if drop_statistic is not None:
+        lo[:, :k][drop_statistic[ok] < crit] = 0.0
+    # one-sided bounds of the random terms at 0
+    upper_v = np.full(V.shape, np.nan)  # each zero term's variance at its bound
+    interior = float(st.chi2.ppf(level, 1))
+    for j, coords in enumerate(term_coords):
+        genes = np.flatnonzero(np.isfinite(V[:, j]))
+        if len(genes) == 0:
+            continue
+        d = np.zeros((len(genes), fit.theta.shape[1]))
+        d[:, coords] = 1.0
+        rise = np.where(zero[genes, j], crit, interior)
+        theta_b = _rise_points(eng, sub, part, d, genes, rise)
+        _, s_b, b_b = eng.estimates(_engine_point(eng, theta_b), sub.subset(genes))
+        V_b = variances(theta_b, s_b, b_b)
+        hi[genes, j] = V_b[:, j] / V_b.sum(axis=1)
+        at0 = zero[genes, j]
+        upper_v[genes[at0], j] = (V_b[:, j] * V[genes].sum(axis=1) / V_b.sum(axis=1))[at0]
+    se[ok], low[ok], high[ok] = se_v, lo, hi
+    if roles is not None and rho_low is not None and rho_high is not None:
+        rho_low[ok], rho_high[ok] = _rho_interval(V, cov_v, upper_v, roles, z)
+        # every batch variance may be 0: so may rho
+        rho_low[ok[(lo[:, roles[0]] == 0).all(axis=1)]] = 0.0
+    return Intervals(se, low, high, rho_low, rho_high)
+
+
+def _scaled_chi2(value, variance, level):
+    """Satterthwaite's interval of a variance estimate (or a sum of them).
+
+    ``value nu / true ~ chi^2_nu`` with ``nu = 2 value^2 / variance`` (Satterthwaite
+    1946): with few levels, a variance estimate is skewed as a chi-squared with few
+    degrees of freedom, which a normal approximation on any scale misses.
+    """
+    with np.errstate(all="ignore"):
+        nu = 2 * value**2 / variance
+        return (
+            value * nu / st.chi2.ppf((1 + level) / 2, nu),
+            value * nu / st.chi2.ppf((1 - level) / 2, nu),
+        )
+
+
+def _residual_interval(V, cov_v, level):
+    """Bounds of the residual's fraction ``sigma^2 / (sigma^2 + S)``, ``(G,)`` each.
+
+    ``sigma^2`` is estimated from every observation; the uncertainty is that of ``S``,
+    the sum of the other components: Satterthwaite's interval of ``S``.
+    """
+    e, S = V[:, -1], V[:, :-1].sum(axis=1)
+    rest = np.ones(V.shape[1])
+    rest[-1] = 0.0
+    s_low, s_high = _scaled_chi2(S, np.einsum("i,gij,j->g", rest, cov_v, rest), level)
+    with np.errstate(all="ignore"):
+        low, high = e / (e + s_high), e / (e + s_low)
+    # S = 0 (every other variance at 0): the residual is all there is
+    return np.where(S > 0, low, np.nan), np.where(S > 0, high, 1.0)
+
+
+class _Part:
+    """The genes ``ok`` of a fit: the fields the intervals read."""
+
+    def __init__(self, fit, ok: np.ndarray):
+        self.theta = fit.theta[ok]
+        self.sigma2 = fit.sigma2[ok]
+        self.beta = fit.beta[ok]
+        self.beta_cov = fit.beta_cov[ok]
+        self.hessian = fit.hessian[ok]
+
+
+def _centred(part: _Part, eng) -> np.ndarray:
+    """The fixed effects in the centred parametrisation (only the intercept differs)."""
+    beta_c = part.beta.copy()
+    beta_c[:, 0] += beta_c[:, 1:] @ eng.gram.x_mean[1:]
+    return beta_c
+
+
+def _rho_interval(V, cov_v, upper_v, roles, z):
+    """Rho's bounds: Wald on ``log rho``, one-sided where batch or signal is 0.
+
+    ``upper_v``: the one-sided upper bound of each variance at 0 (rescaled to the
+    estimate's total), NaN elsewhere.
+    """
+    batch, signal = roles
+    vb, vs = V[:, batch].sum(axis=1), V[:, signal].sum(axis=1)
+    g = (
+        batch / np.where(vb > 0, vb, np.nan)[:, None]
+        - signal / np.where(vs > 0, vs, np.nan)[:, None]
+    )
+    with np.errstate(all="ignore"):
+        se = np.sqrt(np.einsum("gi,gij,gj->g", g, cov_v, g))
+        r = vb / vs
+        lo, hi = r * np.exp(-z * se), r * np.exp(z * se)
+    # batch at 0: [0, u], u from the batch terms' one-sided bounds
+    vb_up = np.where(np.isnan(upper_v), V, upper_v)[:, batch].sum(axis=1)
+    vs_up = np.where(np.isnan(upper_v), V, upper_v)[:, signal].sum(axis=1)
+    no_batch, no_signal = (vb == 0) & (vs > 0), (vs == 0) & (vb > 0)
+    with np.errstate(all="ignore"):
+        lo[no_batch], hi[no_batch] = 0.0, (vb_up / vs)[no_batch]
+        lo[no_signal], hi[no_signal] = (vb / vs_up)[no_signal], np.inf
+    lo[(vb == 0) & (vs == 0)] = hi[(vb == 0) & (vs == 0)] = np.nan
+    return lo, hi
