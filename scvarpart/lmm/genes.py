@@ -39,7 +39,7 @@ from ..varpart.result import VarPartResult, assemble
 from .bootstrap import DesignFactor, simulate_statistics
 from .fitting import _one_blas_thread, choose_engine, fit_lmm, make_engine, relative_covariances
 from .intervals import wald_intervals
-from .lrt import check_test, local_statistics
+from .lrt import LocalRefits, check_test
 from .random_terms import TermInfo, apply_relfacs, scalar_infos, term_infos, term_variances
 from .tables import (
     blup_tables,
@@ -397,14 +397,12 @@ def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **option
     if roles[0] and roles[1]:
         masks = (np.isin(comps, roles[0]), np.isin(comps, roles[1]))
     of_parameters = _variance_function(stats, infos)
+    refits = LocalRefits(stats.gram, terms, reml=reml) if lrt is None else None
 
     def run(idx: np.ndarray):
         part, response = fit_.subset(idx), stats.response.subset(idx)
         with _one_blas_thread():
-            if lrt is None:
-                stat = local_statistics(stats.gram, response, terms, part, reml=reml)
-            else:
-                stat = lrt[idx]
+            stat = lrt[idx] if refits is None else refits.statistics(response, part)
             return wald_intervals(
                 eng, response, part, of_parameters, variances[idx], coords, level, masks, stat
             )

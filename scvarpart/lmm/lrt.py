@@ -33,19 +33,19 @@ from .starts import quadratic
 from .terms import ReTerm
 
 __all__ = [
+    "LocalRefits",
     "VarianceTests",
     "benjamini_hochberg",
     "check_test",
     "linear_model_criterion",
-    "local_statistics",
     "mixture_pvalue",
     "variance_tests",
 ]
 
 
-# Standard errors from 0 beyond which a term's local refit is not needed (z^2 = 100
+# Standard errors from 0 beyond which a term's local refit is not needed (z^2 = 25
 # against the critical values 2.7-6.6 of 95-99% intervals).
-_FAR = 10.0
+_FAR = 5.0
 
 
 class VarianceTests(NamedTuple):
@@ -56,11 +56,15 @@ class VarianceTests(NamedTuple):
     qvalue: np.ndarray
 
 
+def _kept_columns(gram: DesignGram, j: int) -> np.ndarray:
+    """The columns of ``Z`` of every term but ``j``."""
+    start = int(sum(gram.factor_sizes[:j]))
+    return np.r_[0:start, start + gram.factor_sizes[j] : gram.n_levels]
+
+
 def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int):
     """The design and statistics of the model without term ``j``."""
-    start = int(sum(gram.factor_sizes[:j]))
-    stop = start + gram.factor_sizes[j]
-    keep = np.r_[0:start, stop : gram.n_levels]
+    keep = _kept_columns(gram, j)
     sizes = gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :]
     reduced = replace(
         gram, factor_sizes=sizes, ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
@@ -176,54 +180,75 @@ def variance_tests(
     return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
 
 
-def local_statistics(
-    gram: DesignGram,
-    response: ResponseStats,
-    terms: list[ReTerm],
-    fit,
-    *,
-    reml: bool,
-) -> np.ndarray:
-    """Each term's likelihood-ratio statistic from a local refit, ``(G, k)``.
+class LocalRefits:
+    """Each term's likelihood-ratio statistic from local refits, batch by batch of genes.
 
     As :func:`variance_tests`, but the model without the term is fitted by Newton's
     method from the full model's optimum (its other coordinates), not by the global
     search: a few steps per gene, for the intervals' question "is 0 inside?". A local
     optimum's criterion is at least the global one's, so the statistic is at least the
-    global refit's. Terms of any kind; 0 where the term's variance is 0, NaN for genes
-    without estimates, and ``inf`` (not refitted) where the term's coordinates lie more
-    than :data:`_FAR` standard errors from 0, which no likelihood-ratio statistic near the
-    critical values goes with.
+    global refit's. The engines of the smaller models are built once, here.
+
+    Parameters
+    ----------
+    gram, terms
+        The full model's design and random terms (of any kind).
+    reml
+        The criterion.
     """
-    k = len(terms)
-    stat = np.where(np.isfinite(fit.deviance)[:, None], 0.0, np.nan) * np.ones((1, k))
-    ok = np.flatnonzero(np.isfinite(fit.deviance))
-    with np.errstate(all="ignore"):
-        var = np.diagonal(theta_covariance(fit.theta[ok], fit.hessian[ok]), axis1=1, axis2=2)
-        far = fit.theta[ok] ** 2 > _FAR**2 * var
-    unit = _unit_scale(response.subset(ok))
-    scaled = response.subset(ok).scaled(1.0 / unit)
-    full = make_engine(gram, reml, choose_engine(gram, terms), terms)
-    x = fit.theta[ok] ** 2 if full.coordinates == "gamma" else fit.theta[ok]
-    base = full.deviance(np.ascontiguousarray(x), scaled)
-    starts = np.cumsum([0, *(t.n_theta for t in terms)])
-    for j in range(k):
-        # a term at 0 is already the smaller model's optimum
-        coords = np.s_[starts[j] : starts[j + 1]]
-        stat[ok[far[:, coords].any(axis=1)], j] = np.inf
-        todo = np.flatnonzero(
-            np.any(fit.theta[ok, coords] != 0, axis=1) & ~far[:, coords].any(axis=1)
-        )
-        if len(todo) == 0:
-            continue
-        sub = scaled.subset(todo)
-        if k == 1:
-            null = linear_model_criterion(gram, sub, reml)
-        else:
-            reduced, stats_r, rest = _without(gram, sub, terms, j)
-            eng = make_engine(reduced, reml, choose_engine(reduced, rest), rest)
-            theta = np.delete(fit.theta[ok[todo]], coords, axis=1)
-            x0 = theta**2 if eng.coordinates == "gamma" else theta
-            null = eng.minimise(np.ascontiguousarray(x0), stats_r)[1]
-        stat[ok[todo], j] = np.maximum(null - base[todo], 0.0)
-    return stat
+
+    def __init__(self, gram: DesignGram, terms: list[ReTerm], *, reml: bool):
+        self.gram, self.terms, self.reml = gram, list(terms), reml
+        self.full = make_engine(gram, reml, choose_engine(gram, self.terms), self.terms)
+        self.reduced: list = []
+        if len(self.terms) > 1:
+            for j in range(len(self.terms)):
+                keep = _kept_columns(gram, j)
+                smaller = replace(
+                    gram,
+                    factor_sizes=gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :],
+                    ZtZ=gram.ZtZ.tocsr()[keep][:, keep],
+                    ZtX=gram.ZtX[keep],
+                )
+                rest = self.terms[:j] + self.terms[j + 1 :]
+                engine = make_engine(smaller, reml, choose_engine(smaller, rest), rest)
+                self.reduced.append((engine, keep))
+
+    def statistics(self, response: ResponseStats, fit) -> np.ndarray:
+        """The statistics of the genes of ``fit``, ``(G, k)``.
+
+        0 where the term's variance is 0, NaN for genes without estimates, and ``inf``
+        (not refitted) where the term's coordinates lie more than :data:`_FAR` standard
+        errors from 0, which no likelihood-ratio statistic near the critical values goes
+        with.
+        """
+        terms, k = self.terms, len(self.terms)
+        stat = np.where(np.isfinite(fit.deviance)[:, None], 0.0, np.nan) * np.ones((1, k))
+        ok = np.flatnonzero(np.isfinite(fit.deviance))
+        with np.errstate(all="ignore"):
+            cov = theta_covariance(fit.theta[ok], fit.hessian[ok])
+            far = fit.theta[ok] ** 2 > _FAR**2 * np.diagonal(cov, axis1=1, axis2=2)
+        unit = _unit_scale(response.subset(ok))
+        scaled = response.subset(ok).scaled(1.0 / unit)
+        x = fit.theta[ok] ** 2 if self.full.coordinates == "gamma" else fit.theta[ok]
+        base = self.full.deviance(np.ascontiguousarray(x), scaled)
+        starts = np.cumsum([0, *(t.n_theta for t in terms)])
+        for j in range(k):
+            coords = np.s_[starts[j] : starts[j + 1]]
+            distant = far[:, coords].any(axis=1)
+            stat[ok[distant], j] = np.inf
+            # a term at 0 is already the smaller model's optimum
+            todo = np.flatnonzero(np.any(fit.theta[ok, coords] != 0, axis=1) & ~distant)
+            if len(todo) == 0:
+                continue
+            sub = scaled.subset(todo)
+            if k == 1:
+                null = linear_model_criterion(self.gram, sub, self.reml)
+            else:
+                engine, keep = self.reduced[j]
+                theta = np.delete(fit.theta[ok[todo]], coords, axis=1)
+                x0 = theta**2 if engine.coordinates == "gamma" else theta
+                smaller = replace(sub, ZtY=np.ascontiguousarray(sub.ZtY[:, keep]))
+                null = engine.minimise(np.ascontiguousarray(x0), smaller)[1]
+            stat[ok[todo], j] = np.maximum(null - base[todo], 0.0)
+        return stat
