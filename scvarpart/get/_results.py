@@ -18,6 +18,7 @@ __all__ = [
     "blups",
     "check_var_names",
     "design",
+    "diagnostics",
     "result",
     "result_keys",
     "rho_df",
@@ -362,3 +363,36 @@ def design(adata: AnnData, *, key: str = "varpart") -> DesignAudit:
             f"key_added={key!r}) or svp.tl.variance_partition(..., key_added={key!r})."
         )
     return DesignAudit.from_dict(entry["design"])
+
+
+def diagnostics(
+    adata: AnnData, table: str = "influence", *, key: str = "varpart_diagnostics"
+) -> pd.DataFrame:
+    """A table of :func:`scvarpart.tl.diagnose`: ``"influence"``, ``"blups"`` or ``"residuals"``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data after :func:`~scvarpart.tl.diagnose`.
+    table
+        ``"influence"``: one row per gene and left-out level (``gene``, ``term``,
+        ``level``, each component's fraction, ``rho``). ``"blups"``: one row per gene, term
+        and level (``blup``, ``cond_var``, ``std_blup``). ``"residuals"``: one row per gene
+        and grouping factor (``bartlett``, ``pvalue``, ``var_ratio``).
+    key
+        Where the diagnostics were stored (``key_added`` of the call).
+
+    Returns
+    -------
+    DataFrame
+        A copy: changing it changes nothing stored.
+    """
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "blups" not in entry:
+        raise KeyError(
+            f"No diagnostics under adata.uns[{key!r}]: run svp.tl.diagnose(adata) first "
+            "(or pass its key_added as key=)."
+        )
+    if table not in ("influence", "blups", "residuals"):
+        raise ValueError(f"table must be 'influence', 'blups' or 'residuals', got {table!r}.")
+    return pd.DataFrame(entry[table]).copy()

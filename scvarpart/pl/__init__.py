@@ -4,7 +4,8 @@ from ._bars import percent_bars
 from ._common import component_colors
 from ._design import design
 from ._gene import gene
+from ._qq import qq
 from ._rho import rho
 from ._variance_partition import variance_partition
 
-__all__ = ["component_colors", "design", "gene", "percent_bars", "rho", "variance_partition"]
+__all__ = ["component_colors", "design", "gene", "percent_bars", "qq", "rho", "variance_partition"]
