@@ -386,6 +386,18 @@ def diagnostics(
     -------
     DataFrame
         A copy: changing it changes nothing stored.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=800, n_genes=2, seed=1)
+    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.tl.diagnose(adata, leave_out="chemistry")
+    >>> svp.get.diagnostics(adata, "influence")[["gene", "term", "level"]].head(3)
+           gene       term  level
+    0  gene0001  chemistry  3p_v2
+    1  gene0002  chemistry  3p_v2
+    2  gene0001  chemistry  5p_v2
     """
     entry = adata.uns.get(key)
     if not isinstance(entry, Mapping) or "blups" not in entry:

@@ -38,6 +38,11 @@ MAX_DENSE_SIZE = 6000
 
 # Rows of B S_RR^-1 formed at a time (dense, rows x levels): bounds the memory.
 _CHUNK = 2048
+# Random intercepts with at most this many levels plus fixed effects: every gene's system
+# is solved densely, a batch of genes per call (no elimination needed).
+_BATCHED_SIZE = 400
+# Genes per batch of the dense path: bounds the memory of their systems.
+_GENES_PER_BATCH = 512
 
 
 def _term_blocks(terms: Sequence[ReTerm]) -> list[slice]:
@@ -175,6 +180,35 @@ def _by_term(b, W, le, lr, e, rest, relfacs, blocks, r):
     return modes, variances
 
 
+def _batched_modes(gram: DesignGram, terms: Sequence[ReTerm], theta, stats: ResponseStats):
+    """Random intercepts with few levels: each gene's whole system, densely, in batches.
+
+    ``Omega = D G D + diag(1 [levels], 0 [fixed])`` with ``G`` the cross-products of
+    ``[Z, X]`` and ``D = diag(lambda, 1)``; the modes are ``lambda u`` from ``Omega [u;
+    beta] = D [Z'y; X'y]``, the variances ``lambda^2 diag(Omega_uu^-1)`` (given ``beta``).
+    """
+    q, p = gram.n_levels, gram.n_fixed
+    ZtX = gram.ZtX
+    G = np.block([[gram.ZtZ.toarray(), ZtX], [ZtX.T, gram.XtX]])
+    per_level = np.repeat(np.arange(len(terms)), [t.n_columns for t in terms])
+    n_genes = len(stats)
+    modes, variances = np.full((n_genes, q), np.nan), np.full((n_genes, q), np.nan)
+    todo = np.flatnonzero(np.isfinite(theta).all(axis=1))
+    for a in range(0, len(todo), _GENES_PER_BATCH):
+        genes = todo[a : a + _GENES_PER_BATCH]
+        lam = theta[genes][:, per_level]  # (g, q)
+        d = np.concatenate([lam, np.ones((len(genes), p))], axis=1)
+        omega = d[:, :, None] * G[None] * d[:, None, :]
+        omega[:, np.arange(q), np.arange(q)] += 1.0
+        rhs = d * np.concatenate([stats.ZtY[genes], stats.XtY[genes]], axis=1)
+        u = np.linalg.solve(omega, rhs[:, :, None])[:, :q, 0]
+        modes[genes] = lam * u
+        uu = np.linalg.inv(omega[:, :q, :q])
+        variances[genes] = lam**2 * np.diagonal(uu, axis1=1, axis2=2)
+    blocks = _term_blocks(terms)
+    return [modes[:, b] for b in blocks], [variances[:, b] for b in blocks]
+
+
 def conditional_modes(
     gram: DesignGram,
     terms: Sequence[ReTerm],
@@ -222,6 +256,9 @@ def conditional_modes(
     (3, 8)
     """
     relfacs = list(relfacs) if relfacs is not None else [None] * len(terms)
+    scalar = all(t.n_coef == 1 for t in terms) and all(R is None for R in relfacs)
+    if scalar and gram.n_levels + gram.n_fixed <= _BATCHED_SIZE:
+        return _batched_modes(gram, terms, theta, stats)
     split = _split(gram, terms)
     blocks = _term_blocks(terms)
     n_genes = len(stats)

@@ -56,6 +56,16 @@ def qq(
     Returns
     -------
     The Axes, one per term, when ``show`` is false.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=800, n_genes=2, seed=1)
+    >>> svp.tl.variance_partition(adata, svp.datasets.EXAMPLE_FORMULA, progress=False)
+    >>> svp.tl.diagnose(adata, leave_out=[])
+    >>> axes = svp.pl.qq(adata, "gene0001", terms=["patient", "day"], show=False)
+    >>> [ax.get_title() for ax in axes]
+    ['patient', 'day']
     """
     if key not in adata.uns or "blups" not in adata.uns[key]:
         raise KeyError(
