@@ -20,13 +20,23 @@ Example (``plan.toml``)::
     [covariance]              # known covariances between levels (optional)
     patient = "kinship.csv"   # relative to the plan's folder
 
-The same keys in YAML work too. Unknown keys are an error: a plan says exactly
-what will be done. ``seed`` is used only with bootstrap replicates (``n_boot`` > 0,
-from the plan or ``scvarpart fit --n-boot``); ``ci`` is the level of every interval
-(standard errors and delta-method intervals per gene, and the bootstrap's), ``"none"``
-for none. The SHA-256 of the
-file is recorded with the results (and a fingerprint of each covariance file, by
-``scvarpart fit``).
+    [checks]                  # model checks declared in advance (optional)
+    diagnose = true           # svp.tl.diagnose after the fit: BLUPs, residuals, influence
+    leave_out = ["day"]       # factors left out level by level (default: the batch terms)
+    residuals = true          # the residual checks (default true)
+    fdr = 0.05                # q-value below which a test counts (with test = "lrt")
+    max_std_blup = 3.5        # flag genes with a standardised BLUP beyond this
+    max_var_ratio = 4.0       # ... whose residual variance differs this much across levels
+    max_change = 0.1          # ... whose batch fraction moves this much without one level
+
+``scvarpart fit`` runs the declared checks and records them with the results;
+``scvarpart report`` lists each one, whether it ran and what it found, so a
+pre-registered plan can be shown to have been followed. The same keys in YAML work too.
+Unknown keys are an error: a plan says exactly what will be done. ``seed`` is used only
+with bootstrap replicates (``n_boot`` > 0, from the plan or ``scvarpart fit --n-boot``);
+``ci`` is the level of every interval (standard errors and delta-method intervals per
+gene, and the bootstrap's), ``"none"`` for none. The SHA-256 of the file is recorded
+with the results (and a fingerprint of each covariance file, by ``scvarpart fit``).
 
 A covariance file is a ``.csv`` (comma-separated) or ``.tsv``/``.txt``
 (tab-separated) file, optionally gzipped: a square matrix with a header row of
@@ -74,8 +84,19 @@ _TOP = {
     "ci",
     "filters",
     "covariance",
+    "checks",
 }
 _FILTERS = {"min_cells", "cells"}
+#: The plan's [checks]: key -> (kind, default). Thresholds flag genes in the report.
+CHECKS: dict[str, tuple[str, object]] = {
+    "diagnose": ("bool", False),
+    "leave_out": ("names", None),
+    "residuals": ("bool", True),
+    "fdr": ("level", 0.05),
+    "max_std_blup": ("positive", 3.5),
+    "max_var_ratio": ("positive", 4.0),
+    "max_change": ("positive", 0.1),
+}
 _TESTS = ("lrt",)
 
 
@@ -109,6 +130,8 @@ class AnalysisPlan:
     #: ``None``: the plan does not say (0 and 0.95; ``--seed`` and ``--ci`` may set them).
     seed: int | None = None
     ci: float | str | None = None
+    #: The declared checks (:data:`CHECKS`, defaults filled in); ``None``: none declared.
+    checks: dict | None = None
     path: str = ""
     sha256: str = field(default="", compare=False)
 
@@ -180,6 +203,37 @@ class AnalysisPlan:
             "n_boot": self.n_boot,
             "seed": BOOTSTRAP_DEFAULTS["seed"] if self.seed is None else self.seed,
         }
+
+
+def _checks(table, path) -> dict | None:
+    """The plan's [checks], validated, with every default filled in (``None``: none)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict) or set(table) - set(CHECKS):
+        raise PlanError(f"The plan's [checks] may hold {sorted(CHECKS)}; got {table!r} in {path}.")
+    out = {}
+    for key, (kind, default) in CHECKS.items():
+        value = table.get(key, default)
+        ok = {
+            "bool": isinstance(value, bool),
+            "names": value is None or isinstance(value, str | list),
+            "level": isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and 0 < value < 1,
+            "positive": isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0,
+        }[kind]
+        if not ok:
+            what = {
+                "bool": "true or false",
+                "names": "a factor's name or a list of them",
+                "level": "a number between 0 and 1",
+                "positive": "a positive number",
+            }[kind]
+            raise PlanError(f"checks.{key} must be {what}; got {value!r} in {path}.")
+        out[key] = [value] if kind == "names" and isinstance(value, str) else value
+    return out
 
 
 def _level(value) -> float | str | None:
@@ -302,6 +356,7 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         if problem:
             raise PlanError(f"Plan {key} {problem}; got {data[key]!r} in {path}.")
     covariance = _covariance_files(data.get("covariance"), path)
+    checks = _checks(data.get("checks"), path)
     return AnalysisPlan(
         formula=data["formula"],
         method=method,
@@ -319,6 +374,7 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         n_boot=data.get("n_boot"),
         seed=data.get("seed"),
         ci=_level(data.get("ci")),
+        checks=checks,
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

@@ -326,7 +326,10 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             analysis["test"] = args.test
         analysis.pop("ci", None)  # the level (if any) comes with the bootstrap's parameters
         analysis.update(_bootstrap(args, plan))  # the plan's, completed by the options
-        return analysis, {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}, sources
+        record = {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}
+        if plan.checks is not None:  # uns holds no None
+            record["checks"] = {k: v for k, v in plan.checks.items() if v is not None}
+        return analysis, record, sources
     if args.formula is None:
         raise CLIError("give the model: --formula (and --batch, --signal...) or --plan", code=2)
     analysis = {
@@ -422,6 +425,39 @@ def _naming_covariance_files(sources: Mapping[str, _CovarianceSource]) -> Iterat
         raise ValueError(f"{origins}: {text}") from err
 
 
+def _diagnose(source: Path, holder, results, key: str, checks: dict, covariance, n_jobs) -> None:
+    """The plan's declared diagnostics, added to ``holder`` (the output's var and uns).
+
+    :func:`scvarpart.tl.diagnose` on the input (backed for an ``.h5ad`` file), with the
+    results just fitted.
+    """
+    import anndata as ad
+
+    from ..tl import diagnose
+    from ..tl._variance_partition import write_results
+
+    data = ad.read_zarr(source) if _is_zarr(source) else ad.read_h5ad(source, backed="r")
+    try:
+        write_results(data, results, key)
+        added = f"{key}_diagnostics"
+        diagnose(
+            data,
+            key=key,
+            leave_out=checks.get("leave_out"),
+            residuals=bool(checks.get("residuals", True)),
+            covariance=covariance,
+            key_added=added,
+            n_jobs=n_jobs,
+        )
+        holder.uns[added] = data.uns[added]
+        for column in data.var.columns:
+            if column.startswith(f"{added}_"):
+                holder.var[column] = data.var[column].to_numpy()
+    finally:
+        if data.isbacked:
+            data.file.close()
+
+
 def _check_files(args: argparse.Namespace, inputs: tuple) -> Path:
     """The input, checked with the output before any work.
 
@@ -451,6 +487,14 @@ def run(args: argparse.Namespace) -> int:
     # every file besides the input: the output may replace none of them
     others = (*([args.plan] if args.plan else []), *(s.path for s in sources.values()))
     source = _check_files(args, others)
+    checks = plan_record.get("checks") or {}
+    if checks.get("diagnose") and args.genes is not None:
+        raise CLIError(
+            f"the plan {args.plan} declares diagnostics (checks.diagnose = true), which need "
+            "every gene's fit: fit without --genes, or set checks.diagnose = false and run "
+            "svp.tl.diagnose on the merged result.",
+            code=2,
+        )
     covariance = _read_covariance(sources)
     quiet_logging(args)
     from anndata import AnnData
@@ -508,13 +552,13 @@ def run(args: argparse.Namespace) -> int:
     results = partitioned.with_params(**provenance)
 
     if genes is None:
-        write_results_file(
-            source,
-            args.output,
-            lambda holder: write_results(holder, results, key),
-            force=args.force,
-            inputs=others,
-        )
+
+        def add(holder: AnnData) -> None:
+            write_results(holder, results, key)
+            if checks.get("diagnose"):
+                _diagnose(source, holder, results, key, checks, covariance, args.n_jobs)
+
+        write_results_file(source, args.output, add, force=args.force, inputs=others)
         print(f"scvarpart fit: wrote {args.output} ({len(var)} genes, key {key!r})")
         return 0
 
