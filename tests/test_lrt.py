@@ -137,5 +137,73 @@ def test_bad_test_options_are_refused_before_reading_the_data():
     adata.X = np.full(adata.shape, np.nan)  # reading the data would fail differently
     with pytest.raises(ValueError, match="test must be None or 'lrt', got 'wald'"):
         svp.tl.variance_partition(adata, FORMULA, test="wald")
-    with pytest.raises(ValueError, match=r"\['patient'\] have a covariance matrix"):
-        svp.tl.variance_partition(adata, "~ (1 + time|patient) + (1|day)", test="lrt")
+    with pytest.raises(ValueError, match="test must be None or 'lrt', got 'LRT'"):
+        svp.tl.variance_partition(adata, "~ (1 + time|patient) + (1|day)", test="LRT")
+
+
+REST = "(1|chemistry) + (1|day) + (1|operator)"
+
+
+@pytest.fixture(scope="module")
+def slopes():
+    """Genes with a random slope of time by patient (some genes without one)."""
+    adata = svp.datasets.crossed_example(n_cells=1200, n_genes=40, seed=9)
+    obs = adata.obs
+    obs["time"] = obs["log_umi"] - obs["log_umi"].mean()
+    rng = np.random.default_rng(3)
+    codes = obs["patient"].cat.codes.to_numpy()
+    sd = np.where(np.arange(40) < 20, 0.0, rng.uniform(0.2, 0.6, 40))  # half without
+    slope = rng.standard_normal((obs["patient"].cat.categories.size, 40)) * sd
+    X = np.asarray(adata.X) + slope[codes] * obs["time"].to_numpy()[:, None]
+    return X, obs
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_a_slope_is_tested_against_the_model_without_it(slopes, method):
+    """(1 + time|patient) against (1|patient): twice the log-likelihood difference of
+    the two fits, with the 50:50 mixture of chi-squared(1) and chi-squared(2)."""
+    X, obs = slopes
+    kwargs = {"obs": obs, "method": method, "ci": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = svp.lmm.fit(f"~ time + (1 + time|patient) + {REST}", X, test="lrt", **kwargs)
+        smaller = svp.lmm.fit(f"~ time + (1|patient) + {REST}", X, **kwargs)
+        without_day = svp.lmm.fit(
+            "~ time + (1 + time|patient) + (1|chemistry) + (1|operator)", X, **kwargs
+        )
+    stat = full.lrt["patient"].to_numpy()
+    expected = np.maximum(2 * (full.per_gene["loglik"] - smaller.per_gene["loglik"]), 0)
+    np.testing.assert_allclose(stat, expected, rtol=1e-6, atol=1e-6)
+    p = 0.5 * (scipy.stats.chi2.sf(stat, 1) + scipy.stats.chi2.sf(stat, 2))
+    np.testing.assert_allclose(full.pvalue["patient"], np.where(stat > 0, p, 1.0), rtol=1e-12)
+    # the random intercept beside it is tested as before
+    day = np.maximum(2 * (full.per_gene["loglik"] - without_day.per_gene["loglik"]), 0)
+    np.testing.assert_allclose(full.lrt["day"], day, rtol=1e-6, atol=1e-6)
+    # the genes with a slope are found, those without are not (most of them)
+    assert (full.pvalue["patient"].to_numpy()[20:] < 0.01).mean() > 0.8
+    assert (full.pvalue["patient"].to_numpy()[:20] < 0.05).mean() < 0.2
+
+
+def test_slope_mixture_pvalues_are_calibrated_under_the_null():
+    """No slope in any gene: P(p <= alpha) at most about alpha."""
+    adata = svp.datasets.crossed_example(n_cells=1000, n_genes=300, seed=4)
+    obs = adata.obs
+    obs["time"] = obs["log_umi"] - obs["log_umi"].mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = svp.lmm.fit(
+            f"~ time + (1 + time|patient) + {REST}", adata.X, obs=obs, method="REML",
+            test="lrt", ci=None,
+        )  # fmt: skip
+    p = fit.pvalue["patient"].to_numpy()
+    for alpha in (0.05, 0.1, 0.25):
+        assert np.mean(p <= alpha) < alpha + 0.04, alpha
+    assert np.mean(p <= 0.25) > 0.1  # not degenerate: small p-values do occur
+
+
+def test_mixture_pvalue_for_several_coefficients():
+    stat = np.array([0.0, 1.0, 3.0, np.nan])
+    got = mixture_pvalue(stat, 3)
+    expected = 0.5 * (scipy.stats.chi2.sf(stat, 2) + scipy.stats.chi2.sf(stat, 3))
+    np.testing.assert_allclose(got[1:3], expected[1:3])
+    assert got[0] == 1.0 and np.isnan(got[3])

@@ -232,8 +232,8 @@ def add_parsers(sub) -> None:
         choices=["lrt"],
         help="lrt: per gene, the likelihood-ratio test of each random term's variance = 0 "
         "(varm KEY_lrt, KEY_pvalue, KEY_qvalue: statistic, p-value of the 50:50 "
-        "chi-squared(0)/(1) mixture, Benjamini-Hochberg q-value over the genes); random "
-        "intercepts and known covariances only",
+        "chi-squared(0)/(1) mixture, Benjamini-Hochberg q-value over the genes); a term with "
+        "slopes for its last coefficient (the 50:50 chi-squared(r-1)/(r) mixture)",
     )
     model.add_argument(
         "--n-boot",

@@ -606,7 +606,9 @@ def fit_stats(
     per_gene: dict[str, np.ndarray] = {}
     if ci is not None:
         roles_ = (batch_l, signal_l)
-        lrt = extra["lrt"].to_numpy() if test == "lrt" else None
+        # the tests drop whole terms, the intervals' question, unless a term has slopes
+        whole = test == "lrt" and all(t.n_coef == 1 for t in terms)
+        lrt = extra["lrt"].to_numpy() if whole else None
         tables, per_gene = _intervals(
             stats, fit_, infos, variances, roles_, ci, lrt,
             method=method_u, engine=engine, n_jobs=n_jobs,

@@ -10,7 +10,13 @@ criterion_with``; REML compares models with the same fixed effects, as here).
 Under the null hypothesis the variance lies on the boundary of its parameter space,
 so the statistic is not chi-squared with one degree of freedom: it follows a 50:50
 mixture of a point mass at 0 and chi-squared(1) (Self & Liang 1987; Stram & Lee 1994),
-and the p-value is ``chi2.sf(LRT, 1) / 2`` for ``LRT > 0``, 1 otherwise. With several
+and the p-value is ``chi2.sf(LRT, 1) / 2`` for ``LRT > 0``, 1 otherwise.
+
+A term with random slopes, ``(1 + x|g)`` with ``r`` correlated coefficients, is tested for
+its last coefficient: the smaller model keeps the others (``(1|g)``), dropping that
+coefficient's variance and its ``r - 1`` covariances. Under the null the statistic follows
+the 50:50 mixture of chi-squared(r - 1) and chi-squared(r) (Stram & Lee 1994), and the
+p-value is ``(chi2.sf(LRT, r - 1) + chi2.sf(LRT, r)) / 2``. With several
 random terms the mixture is an approximation (exact for one term with balanced data,
 conservative otherwise); Crainiceanu & Ruppert (2004) give the exact finite-sample
 distribution of the restricted LRT with one variance, which RLRsim simulates.
@@ -74,25 +80,34 @@ def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: 
 
 
 def check_test(test, names: list[str], n_coef: list[int]) -> None:
-    """``test`` is ``None`` or ``"lrt"``, and the terms testable: checked before any fit.
+    """``test`` is ``None`` or ``"lrt"``: checked before any fit.
 
-    ``names`` and ``n_coef``: each random term's name and coefficients per level.
+    ``names`` and ``n_coef``: each random term's name and coefficients per level (every
+    kind of term is testable: a term with slopes for its last coefficient).
 
     Raises
     ------
     ValueError
-        For another ``test``, or naming the terms with random slopes.
+        For another ``test``.
     """
     if test not in (None, "lrt"):
         raise ValueError(f"test must be None or 'lrt', got {test!r}.")
-    several = [name for name, r in zip(names, n_coef, strict=True) if r != 1]
-    if test == "lrt" and several:
-        raise ValueError(
-            f"test='lrt' tests random terms with one variance (random intercepts, known "
-            f"covariances); {several} have a covariance matrix of several coefficients, "
-            "whose null distribution is another mixture. Test a model without their "
-            "slopes (or with uncorrelated slopes, (x||g)), or leave test unset."
-        )
+
+
+def _without_last(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int):
+    """The model whose term ``j`` lacks its last coefficient (Stram & Lee's smaller one)."""
+    t = terms[j]
+    start = int(sum(gram.factor_sizes[:j]))
+    own = np.arange(start, start + t.n_columns).reshape(t.n_levels, t.n_coef)
+    keep = np.r_[0:start, own[:, :-1].ravel(), start + t.n_columns : gram.n_levels]
+    sizes = list(gram.factor_sizes)
+    sizes[j] = t.n_levels * (t.n_coef - 1)
+    reduced = replace(
+        gram, factor_sizes=tuple(sizes), ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
+    )
+    stats = replace(response, ZtY=np.ascontiguousarray(response.ZtY[:, keep]))
+    smaller = replace(t, n_coef=t.n_coef - 1, coefficients=t.coefficients[:-1])
+    return reduced, stats, [*terms[:j], smaller, *terms[j + 1 :]]
 
 
 def linear_model_criterion(gram: DesignGram, response: ResponseStats, reml: bool) -> np.ndarray:
@@ -110,14 +125,17 @@ def linear_model_criterion(gram: DesignGram, response: ResponseStats, reml: bool
     return np.where(r2 > 0, dev, np.nan)
 
 
-def mixture_pvalue(statistic: np.ndarray) -> np.ndarray:
-    """P-values of the 50:50 mixture of chi-squared(0) and chi-squared(1).
+def mixture_pvalue(statistic: np.ndarray, df: int = 1) -> np.ndarray:
+    """P-values of the 50:50 mixture of chi-squared(df - 1) and chi-squared(df).
 
-    1 where the statistic is 0 (or below, by rounding); NaN stays NaN.
+    ``df = 1``: a point mass at 0 and chi-squared(1), one variance on the boundary; ``df =
+    r``: the last of ``r`` correlated coefficients (Stram & Lee 1994). 1 where the
+    statistic is 0 (or below, by rounding); NaN stays NaN.
     """
     stat = np.asarray(statistic, dtype=float)
     with np.errstate(invalid="ignore"):
-        p = np.where(stat > 0, 0.5 * scipy.stats.chi2.sf(stat, 1), 1.0)
+        lower = scipy.stats.chi2.sf(stat, df - 1) if df > 1 else 0.0
+        p = np.where(stat > 0, 0.5 * (lower + scipy.stats.chi2.sf(stat, df)), 1.0)
     return np.where(np.isnan(stat), np.nan, p)
 
 
@@ -134,18 +152,21 @@ def variance_tests(
 ) -> VarianceTests:
     """The likelihood-ratio test of each random term's variance = 0, for every gene.
 
+    A term with slopes is tested for its last coefficient (see the module's notes).
+
     Parameters
     ----------
     gram, response
         The statistics the full model was fitted from.
     terms
-        Its random terms, in the order of ``Z``'s columns; each must have one variance.
+        Its random terms, in the order of ``Z``'s columns.
     deviance
         The full model's criterion per gene (NaN for genes without estimates).
     ratios
-        Its variance ratios ``sigma_j^2 / sigma^2`` per gene and term: where a term's
-        is 0, the optimum lies in the smaller model, whose criterion is then the same
-        and the statistic exactly 0 (a refit would differ by rounding only).
+        Its variance ratios ``sigma_j^2 / sigma^2`` per gene and term (NaN for terms with
+        slopes): where a random intercept's is 0, the optimum lies in the smaller model,
+        whose criterion is then the same and the statistic exactly 0 (a refit would differ
+        by rounding only).
     reml
         The criterion: REML or ML (the full model's).
     n_jobs, batch_size
@@ -155,15 +176,18 @@ def variance_tests(
     -------
     A :class:`VarianceTests`, genes x terms.
     """
-    check_test("lrt", [t.name for t in terms], [t.n_coef for t in terms])
     G, k = len(response), len(terms)
     stat = np.full((G, k), np.nan)
+    pvalue = np.full((G, k), np.nan)
     skip = np.where(np.isfinite(deviance), "", "no estimates in the full model")
-    for j in range(k):
-        if k == 1:
+    for j, t in enumerate(terms):
+        slope = t.n_coef > 1
+        if k == 1 and not slope:
             null = linear_model_criterion(gram, response, reml)
         else:
-            reduced, stats, rest = _without(gram, response, terms, j)
+            reduced, stats, rest = (_without_last if slope else _without)(
+                gram, response, terms, j
+            )
             null = fit_lmm(
                 reduced,
                 stats,
@@ -174,9 +198,10 @@ def variance_tests(
                 exclude=skip,
             ).deviance
         # the full model contains the reduced one: a negative difference is rounding
-        stat[:, j] = np.where(ratios[:, j] == 0, 0.0, np.maximum(null - deviance, 0.0))
+        diff = np.maximum(null - deviance, 0.0)
+        stat[:, j] = diff if slope else np.where(ratios[:, j] == 0, 0.0, diff)
         stat[np.isnan(deviance), j] = np.nan
-    pvalue = mixture_pvalue(stat)
+        pvalue[:, j] = mixture_pvalue(stat[:, j], t.n_coef)
     return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
 
 
