@@ -92,9 +92,30 @@ def test_checks_not_declared_or_not_run_are_said_so(data, tmp_path):
     assert "declared checks" not in ok(cli("report", plain, "--tsv", tmp_path / "p.tsv")).stdout
 
 
-def test_declared_diagnostics_refuse_gene_chunks_before_any_data_are_read(data, tmp_path):
+def test_declared_diagnostics_of_gene_chunks_merge_into_the_single_run(data, tmp_path):
     plan = tmp_path / "plan.toml"
-    plan.write_text(MODEL + "[checks]\ndiagnose = true\n")
-    run = cli("fit", data / "in.h5ad", "--plan", plan, "--genes", "1/2", "-o", tmp_path / "c.h5ad")
-    assert run.returncode == 2
-    assert "declares diagnostics" in run.stderr and not (tmp_path / "c.h5ad").exists()
+    plan.write_text(MODEL + '[checks]\ndiagnose = true\nleave_out = ["operator"]\n')
+    single = tmp_path / "single.h5ad"
+    ok(cli("fit", data / "in.h5ad", "--plan", plan, "--quiet", "-o", single))
+    chunks = []
+    for i in (1, 2, 3):
+        chunks.append(tmp_path / f"c{i}.h5ad")
+        ok(cli("fit", data / "in.h5ad", "--plan", plan, "--genes", f"{i}/3", "--quiet",
+               "-o", chunks[-1]))  # fmt: skip
+    merged = tmp_path / "merged.h5ad"
+    ok(cli("merge", *reversed(chunks), "--into", data / "in.h5ad", "-o", merged))
+    a, b = ad.read_h5ad(merged), ad.read_h5ad(single)
+    for table in ("influence", "blups", "residuals"):
+        pd.testing.assert_frame_equal(svp.get.diagnostics(a, table), svp.get.diagnostics(b, table))
+    columns = [c for c in b.var if c.startswith("varpart_diagnostics_")]
+    assert len(columns) == 10
+    pd.testing.assert_frame_equal(a.var[columns], b.var[columns])
+    assert list(a.uns["varpart_diagnostics"]["params"]["genes"]) == list(b.var_names)
+    # chunks with and without diagnostics do not merge
+    other = tmp_path / "other.toml"
+    other.write_text(MODEL)
+    ok(cli("fit", data / "in.h5ad", "--plan", other, "--genes", "1/3", "--quiet",
+           "-o", tmp_path / "x1.h5ad"))  # fmt: skip
+    run = cli("merge", tmp_path / "x1.h5ad", chunks[1], chunks[2], "--into", data / "in.h5ad",
+              "-o", tmp_path / "bad.h5ad")  # fmt: skip
+    assert run.returncode != 0 and not (tmp_path / "bad.h5ad").exists()

@@ -426,10 +426,11 @@ def _naming_covariance_files(sources: Mapping[str, _CovarianceSource]) -> Iterat
 
 
 def _diagnose(source: Path, holder, results, key: str, checks: dict, covariance, n_jobs) -> None:
-    """The plan's declared diagnostics, added to ``holder`` (the output's var and uns).
+    """The plan's declared diagnostics of the genes of ``holder``, added to its var and uns.
 
-    :func:`scvarpart.tl.diagnose` on the input (backed for an ``.h5ad`` file), with the
-    results just fitted.
+    :func:`scvarpart.tl.diagnose` on the input with the results just fitted: backed for an
+    ``.h5ad`` file; a chunk's genes (``--genes``) are read into memory (every cell, the
+    chunk's genes only).
     """
     import anndata as ad
 
@@ -438,6 +439,8 @@ def _diagnose(source: Path, holder, results, key: str, checks: dict, covariance,
 
     data = ad.read_zarr(source) if _is_zarr(source) else ad.read_h5ad(source, backed="r")
     try:
+        if len(holder.var_names) != data.n_vars:  # a chunk
+            data = data[:, holder.var_names].to_memory()
         write_results(data, results, key)
         added = f"{key}_diagnostics"
         diagnose(
@@ -488,13 +491,6 @@ def run(args: argparse.Namespace) -> int:
     others = (*([args.plan] if args.plan else []), *(s.path for s in sources.values()))
     source = _check_files(args, others)
     checks = plan_record.get("checks") or {}
-    if checks.get("diagnose") and args.genes is not None:
-        raise CLIError(
-            f"the plan {args.plan} declares diagnostics (checks.diagnose = true), which need "
-            "every gene's fit: fit without --genes, or set checks.diagnose = false and run "
-            "svp.tl.diagnose on the merged result.",
-            code=2,
-        )
     covariance = _read_covariance(sources)
     quiet_logging(args)
     from anndata import AnnData
@@ -564,6 +560,8 @@ def run(args: argparse.Namespace) -> int:
 
     chunk = AnnData(var=var)
     write_results(chunk, results, key)
+    if checks.get("diagnose"):  # the chunk's genes: merge gathers them
+        _diagnose(source, chunk, results, key, checks, covariance, args.n_jobs)
     i, n = args.genes
     chunk.uns[CHUNK_KEY] = {
         "index": i,

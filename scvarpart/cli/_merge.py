@@ -87,6 +87,46 @@ def merge_chunks(chunks: list[ad.AnnData], key: str) -> VarPartResult:
     return VarPartResult.concat([VarPartResult.read(chunk, key) for chunk in chunks])
 
 
+def _merge_diagnostics(chunks: list, names: list[str], key: str):
+    """The chunks' diagnostics (``svp.tl.diagnose`` per chunk) as one: ``(uns, var)``.
+
+    ``None`` when no chunk has any; MergeError when only some have them. The tables are
+    concatenated in chunk order, as one run over every gene would give them.
+    """
+    import numpy as np
+    import pandas as pd
+
+    added = f"{key}_diagnostics"
+    have = [added in c.uns for c in chunks]
+    if not any(have):
+        return None
+    if not all(have):
+        without = [n for n, h in zip(names, have, strict=True) if not h]
+        raise MergeError(f"{', '.join(without)} hold no diagnostics, the other chunks do.")
+    first = chunks[0].uns[added]
+    uns = {}
+    # a table is grouped by term (and level), genes in order within a group: the chunks'
+    # rows are put back into the groups, in the first chunk's order of the groups
+    for table, group in (("blups", ["term"]), ("influence", ["term", "level"]),
+                         ("residuals", ["term"])):  # fmt: skip
+        parts = [pd.DataFrame(c.uns[added][table]) for c in chunks]
+        whole = pd.concat(parts, ignore_index=True)
+        if whole.empty:
+            uns[table] = whole
+            continue
+        keys = list(dict.fromkeys(map(tuple, parts[0][group].to_numpy())))
+        rank = {k: i for i, k in enumerate(keys)}
+        position = [rank[tuple(row)] for row in whole[group].to_numpy()]
+        order = np.argsort(np.asarray(position), kind="stable")
+        uns[table] = whole.iloc[order].reset_index(drop=True)
+    params = dict(first["params"])
+    params["genes"] = [g for c in chunks for g in c.uns[added]["params"]["genes"]]
+    uns["params"] = params
+    columns = [c for c in chunks[0].var.columns if c.startswith(f"{added}_")]
+    var = pd.concat([c.var[columns] for c in chunks])
+    return uns, var
+
+
 def run(args: argparse.Namespace) -> int:
     # every file is checked before any is read: an output may be neither --into nor a chunk
     source = check_input(args.into, "input (--into)")
@@ -120,13 +160,18 @@ def run(args: argparse.Namespace) -> int:
         if not np.array_equal(chunks[j].var_names, var_names[bounds[i - 1] : bounds[i]]):
             raise MergeError(f"{args.chunks[j]} (chunk {i}) does not hold chunk {i}'s genes.")
     key = str(common["key"])
-    results = merge_chunks([chunks[j] for j in order], key)
-    write_results_file(
-        source,
-        args.output,
-        lambda holder: write_results(holder, results, key),
-        force=args.force,
-        inputs=args.chunks,
-    )
+    ordered = [chunks[j] for j in order]
+    results = merge_chunks(ordered, key)
+    diagnostics = _merge_diagnostics(ordered, [args.chunks[j] for j in order], key)
+
+    def add(holder) -> None:
+        write_results(holder, results, key)
+        if diagnostics is not None:
+            uns, var = diagnostics
+            holder.uns[f"{key}_diagnostics"] = uns
+            for column in var.columns:
+                holder.var[column] = var[column].to_numpy()
+
+    write_results_file(source, args.output, add, force=args.force, inputs=args.chunks)
     print(f"scvarpart merge: {len(order)} chunks, {len(var_names)} genes -> {args.output}")
     return 0

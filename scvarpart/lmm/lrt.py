@@ -185,9 +185,7 @@ def variance_tests(
         if k == 1 and not slope:
             null = linear_model_criterion(gram, response, reml)
         else:
-            reduced, stats, rest = (_without_last if slope else _without)(
-                gram, response, terms, j
-            )
+            reduced, stats, rest = (_without_last if slope else _without)(gram, response, terms, j)
             null = fit_lmm(
                 reduced,
                 stats,
