@@ -49,7 +49,7 @@ from .tables import (
     varcorr_table,
 )
 
-__all__ = ["GeneStatistics", "fit", "fit_stats", "response_stats"]
+__all__ = ["GeneStatistics", "fit", "fit_stats", "group_statistics", "response_stats"]
 
 Progress = Callable[[int, int], object] | None
 
@@ -191,6 +191,36 @@ class GeneStatistics:
             columns=columns,
             fixed_terms={c: np.array([j]) for j, c in enumerate(columns) if j > 0},
         )
+
+
+def group_statistics(cross, design: Design, genes: Sequence[str]) -> GeneStatistics:
+    """The statistics of a group of cells from its uncentred cross-products.
+
+    ``cross``: a :class:`~scvarpart.suffstats.leave_out.GroupCrossProducts` over ``[Z,
+    X]`` of ``design`` (random intercepts with independent levels; a level without cells
+    in the group integrates out of the likelihood).
+    """
+    q = sum(f.n_levels for f in design.factors)
+    A, AtY = cross.AtA, cross.AtY
+    stats = GeneStatistics.from_cross_products(
+        n_obs=cross.n_obs,
+        factor_sizes=[f.n_levels for f in design.factors],
+        XtX=A[q:, q:],
+        ZtX=A[:q, q:],
+        ZtZ=A[:q, :q],
+        XtY=AtY[:, q:],
+        ZtY=AtY[:, :q],
+        yty=cross.yty,
+        genes=genes,
+        factors=[f.name for f in design.factors],
+        columns=design.columns,
+    )
+    return replace(
+        stats,
+        fixed_terms=design.fixed_terms,
+        formula=design.formula.text,
+        terms=term_infos(design),
+    )
 
 
 def _design(

@@ -30,6 +30,7 @@ __all__ = [
     "as_block",
     "default_chunk_rows",
     "density",
+    "few_blocks_rows",
     "is_backed_sparse",
     "is_dask_array",
     "nonfinite_columns",
@@ -84,6 +85,19 @@ def density(Y) -> float:
 def default_chunk_rows(n_genes: int, density: float = 1.0) -> int:
     """Rows per block so that a block holds about :data:`CHUNK_VALUES` values."""
     return max(1, int(CHUNK_VALUES / (max(n_genes, 1) * max(density, 1e-3))))
+
+
+def few_blocks_rows(Y, n_genes: int, n_blocks: int = 8) -> int:
+    """Rows per block of a pass whose partial results are large (genes x levels).
+
+    Every block's partial is allocated and merged, so over a matrix in memory (read in
+    place, no copy) the rows are cut into about ``n_blocks`` blocks; a matrix read from
+    disk keeps the default size, which bounds what a block holds.
+    """
+    size = default_chunk_rows(n_genes)
+    if _in_place(Y) is not None:
+        size = max(size, -(-Y.shape[0] // n_blocks))
+    return size
 
 
 def row_bounds(n_rows: int, size: int) -> list[tuple[int, int]]:

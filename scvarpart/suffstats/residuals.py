@@ -27,7 +27,8 @@ import scipy.sparse as sp
 from scipy import stats as st
 
 from ..design import Design
-from ..storage.matrix import default_chunk_rows, readable, reduce_row_blocks, row_bounds
+from ..storage.matrix import few_blocks_rows, readable, reduce_row_blocks, row_bounds
+from ._residual_kernels import residual_sums_csr, residual_sums_dense
 
 __all__ = ["ResidualChecks", "residual_checks"]
 
@@ -95,7 +96,7 @@ def residual_checks(
     Y = readable(Y)
     G = len(genes)
     rows_of = np.cumsum(design.keep) - 1  # input row -> observation
-    size = chunk_rows or default_chunk_rows(G)
+    size = chunk_rows or few_blocks_rows(Y, G)
     level_offsets = np.cumsum([0, *(f.n_levels for f in design.factors)])
 
     # each factor's BLUPs as levels x genes, per coefficient: rows gathered per cell
@@ -138,11 +139,52 @@ def residual_checks(
     def merge(x, y):
         return tuple(a + b for a, b in zip(x, y, strict=True))
 
+    if all(f.values is None for f in design.factors):  # random intercepts: compiled
+        block = _compiled_block(design, beta, blups, genes, Y.shape[1], rows_of) or block
+
     total = reduce_row_blocks(Y, block, merge, bounds=row_bounds(Y.shape[0], size), n_jobs=n_jobs)
     if total is None:
         raise ValueError("No observations to check.")
     sums, by_level, count, zeros, n = total
     return _checks(sums, by_level, count, zeros, n, design, level_offsets, list(names))
+
+
+def _compiled_block(design: Design, beta, blups, genes: np.ndarray, n_columns: int, rows_of):
+    """The block function of the compiled loop (:mod:`._residual_kernels`)."""
+    offsets = np.cumsum([0, *(f.n_levels for f in design.factors)])
+    codes = np.ascontiguousarray(
+        np.column_stack([o + f.codes for o, f in zip(offsets, design.factors, strict=False)]),
+        dtype=np.int64,
+    )
+    stacked = np.concatenate([b[:, :, 0].T for b in blups], axis=0)  # levels x genes
+    blups_t = np.ascontiguousarray(stacked, dtype=np.float64)
+    X = np.ascontiguousarray(design.X, dtype=np.float64)
+    beta_t = np.ascontiguousarray(beta.T, dtype=np.float64)
+    gene_of = np.full(n_columns, -1, dtype=np.int64)
+    gene_of[genes] = np.arange(len(genes))
+    columns = np.asarray(genes, dtype=np.int64)
+    q = int(offsets[-1])
+
+    def block(values, start: int, stop: int, first: int):
+        n = stop - start
+        keep = design.keep[first : first + n]
+        obs = np.where(keep, rows_of[first : first + n], -1).astype(np.int64)
+        if sp.issparse(values) and values.format != "csr":
+            values, start, stop = values[start:stop].tocsr(), 0, n
+        if sp.issparse(values):
+            sums, by_level, zeros = residual_sums_csr(
+                values.indptr, values.indices, values.data, start, stop, obs, gene_of,
+                X, beta_t, codes, blups_t, q,
+            )  # fmt: skip
+        else:
+            sums, by_level, zeros = residual_sums_dense(
+                np.asarray(values), start, stop, obs, columns, X, beta_t, codes, blups_t, q
+            )
+        used = obs[obs >= 0]
+        level_count = np.bincount(codes[used].ravel(), minlength=q).astype(float)
+        return sums, by_level, level_count, zeros, len(used)
+
+    return block
 
 
 def _checks(sums, by_level, count, zeros, n, design, offsets, names) -> ResidualChecks:

@@ -13,7 +13,10 @@ from scanpy import logging as logg
 from .._cells import cell_filter, cell_lists
 from .._docs import doc_adata_fitted, doc_key, doc_n_jobs, doc_params
 from .._names import as_names
+from ..design import Design
 from ..get import result
+from ..lmm.genes import fit_stats, group_statistics
+from ..suffstats.leave_out import group_cross_products
 from ..suffstats.residuals import residual_checks
 from ..varpart.diagnostics import influence_summary, standardised_blups
 from ._variance_partition import _expression, _prepare, variance_partition
@@ -78,15 +81,19 @@ def _blup_table(fit, genes: pd.Index) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def _residuals(adata: AnnData, fit, names: pd.Index, params, covariance, n_jobs):
-    """The residual checks of the refitted genes (:mod:`scvarpart.suffstats.residuals`)."""
+def _design(adata: AnnData, params, covariance) -> Design:
+    """The stored fit's design (checked and warned about when it was fitted)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fit has warned already
+        warnings.simplefilter("ignore")
         prep = _prepare(
             adata.obs, params["formula"], params.get("method", "ML"), None, None,
             params.get("cells") or None, params.get("weights"), covariance,
         )  # fmt: skip
-    design = prep.design
+    return prep.design
+
+
+def _residuals(adata: AnnData, design: Design, fit, names: pd.Index, params, n_jobs):
+    """The residual checks of the refitted genes (:mod:`scvarpart.suffstats.residuals`)."""
     blups = []
     for f in design.factors:
         table = fit.blups[f.name]
@@ -115,6 +122,62 @@ def _levels(adata: AnnData, column: str, cells) -> list:
     return list(pd.unique(values.dropna()))
 
 
+def _by_statistics(adata, design: Design, params, options, terms, names) -> pd.DataFrame | None:
+    """Leave-one-level-out refits from one pass: each level's statistics subtracted.
+
+    :mod:`scvarpart.suffstats.leave_out`; ``None`` where it does not apply (slopes, known
+    covariances, weights, or a factor to leave out that is not a term of the model).
+    """
+    if not terms:
+        return pd.DataFrame()
+    factors = {f.name: f for f in design.factors}
+    plain = all(f.n_coef == 1 and f.relfac is None for f in design.factors)
+    if design.weights is not None or not plain or any(t not in factors for t in terms):
+        return None
+    cells = params.get("cells") or None
+    groups, labels = [np.ones(design.n_obs, dtype=bool)], []
+    for term in terms:
+        f = factors[term]
+        code_of = {str(level): code for code, level in enumerate(f.levels)}
+        for level in _levels(adata, term, cells):
+            groups.append(f.codes == code_of[str(level)])
+            labels.append((term, str(level)))
+    Y, _ = _expression(adata, params.get("layer"), bool(params.get("use_raw", False)))
+    index = adata.var_names.get_indexer(names)
+    cross = group_cross_products(Y, design, groups, genes=index, n_jobs=options["n_jobs"])
+    rows = []
+    for (term, level), part in zip(labels, cross[1:], strict=True):
+        stats = group_statistics(cross[0] - part, design, names)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a factor with fewer levels, etc.
+                fit = fit_stats(
+                    stats, method=options["method"], batch=options["batch"],
+                    signal=options["signal"], ci=None, n_jobs=options["n_jobs"],
+                )  # fmt: skip
+        except ValueError as err:
+            logg.warning(f"without {term}={level}: no refit ({err})")
+            continue
+        rows.append(_refit_rows(fit, term, level))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def _refit_rows(fit, term: str, level: str) -> pd.DataFrame:
+    """A refit's rows of the influence table: fractions, gene, term, level, rho."""
+    table = fit.fractions.assign(gene=fit.genes, term=term, level=level)
+    if "rho" in fit.per_gene:
+        table["rho"] = fit.per_gene["rho"].to_numpy()
+    return table.reset_index(drop=True)
+
+
+def _without_failed(influence: pd.DataFrame, fit) -> pd.DataFrame:
+    """NaN rows for the genes the full refit could not fit (filtered or failed)."""
+    failed = influence["gene"].isin(fit.errors.index).to_numpy()
+    numeric = [c for c in influence.columns if c not in ("gene", "term", "level")]
+    influence.loc[failed, numeric] = np.nan
+    return influence
+
+
 def _leave_one_out(sub: AnnData, formula, options, terms, cells, adata) -> pd.DataFrame:
     """One refit per level of each term in ``terms``, without that level's cells."""
     rows = []
@@ -132,10 +195,7 @@ def _leave_one_out(sub: AnnData, formula, options, terms, cells, adata) -> pd.Da
             except ValueError as err:
                 logg.warning(f"without {term}={level}: no refit ({err})")
                 continue
-            table = fit.fractions.assign(gene=fit.genes, term=term, level=str(level))
-            if "rho" in fit.per_gene:
-                table["rho"] = fit.per_gene["rho"].to_numpy()
-            rows.append(table.reset_index(drop=True))
+            rows.append(_refit_rows(fit, term, str(level)))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -232,21 +292,26 @@ def diagnose(
         terms = as_names(leave_out, "leave_out") or []
     for t in terms:
         _levels(adata, t, cells)  # an unknown column is refused before any refit
-    sub = adata[:, names]
+    # every gene: the object itself (a view would copy the matrix to fit it)
+    sub = adata if names.equals(adata.var_names) else adata[:, names]
     fit = variance_partition(sub, params["formula"], cells=cells, **options)
     blups = _blup_table(fit, names)
-    influence = _leave_one_out(sub, params["formula"], options, terms, cells, adata)
+    design = _design(adata, params, covariance)
+    influence = _by_statistics(adata, design, params, options, terms, names)
+    if influence is None:  # slopes, kinship or weights: refits without the cells
+        influence = _leave_one_out(sub, params["formula"], options, terms, cells, adata)
     summary = pd.DataFrame(index=names)
     if len(blups):
         summary["max_std_blup"] = (
             blups.assign(a=blups["std_blup"].abs()).groupby("gene", sort=False)["a"].max()
         )
     if len(influence):
+        influence = _without_failed(influence, fit)
         batch = options["batch"] or []
         summary = summary.join(influence_summary(influence, fit.fractions, batch))
     by_factor = pd.DataFrame()
     if residuals:
-        checks = _residuals(adata, fit, names, params, covariance, n_jobs)
+        checks = _residuals(adata, design, fit, names, params, n_jobs)
         summary = summary.join(checks.per_gene)
         by_factor = checks.by_factor
     if not inplace:

@@ -109,14 +109,17 @@ def influence_summary(
     frac = influence[parts].sum(axis=1, min_count=len(parts))
     change = (frac - base.reindex(influence["gene"]).to_numpy()).abs()
     table = influence.assign(_frac=frac.to_numpy(), _change=change.to_numpy())
-    rows = []
-    for gene, group in table.groupby("gene", sort=False):
-        valid = group.dropna(subset=["_change"])
-        if len(valid):
-            top = valid.loc[valid["_change"].idxmax()]
-            values = np.append(valid["_frac"].to_numpy(), base[gene])
-            rows.append((gene, top["_change"], f"{top['term']}={top['level']}", np.ptp(values)))
-        else:
-            rows.append((gene, np.nan, "", np.nan))
-    out = pd.DataFrame(rows, columns=["gene", "max_change", "influential", "batch_range"])
-    return out.set_index("gene").reindex(full.index)
+    valid = table.dropna(subset=["_change"])
+    out = pd.DataFrame(index=full.index)
+    if len(valid):
+        top = valid.loc[valid.groupby("gene", sort=False)["_change"].idxmax()].set_index("gene")
+        out["max_change"] = top["_change"]
+        out["influential"] = top["term"].astype(str) + "=" + top["level"].astype(str)
+        by_gene = valid.groupby("gene", sort=False)["_frac"]
+        high = np.fmax(by_gene.max().reindex(full.index), base)
+        low = np.fmin(by_gene.min().reindex(full.index), base)
+        out["batch_range"] = (high - low).where(out["max_change"].notna())
+    else:
+        out["max_change"], out["influential"], out["batch_range"] = np.nan, "", np.nan
+    out["influential"] = out["influential"].fillna("")
+    return out
