@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import __version__
 from .._io import (
@@ -326,7 +326,7 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
             analysis["test"] = args.test
         analysis.pop("ci", None)  # the level (if any) comes with the bootstrap's parameters
         analysis.update(_bootstrap(args, plan))  # the plan's, completed by the options
-        record = {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}
+        record: dict[str, Any] = {"plan": Path(plan.path).name, "plan_sha256": plan.sha256}
         if plan.checks is not None:  # uns holds no None
             record["checks"] = {k: v for k, v in plan.checks.items() if v is not None}
         return analysis, record, sources

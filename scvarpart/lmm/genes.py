@@ -382,7 +382,7 @@ def check_bootstrap(n_boot: int, seed: int, ci: float | None) -> None:
         )
 
 
-def _variance_function(stats: GeneStatistics, infos: Sequence[TermInfo]):
+def _variance_function(stats: GeneStatistics, infos: tuple[TermInfo, ...]):
     """The component variances from ``theta``, ``sigma^2`` and centred ``beta``.
 
     The function :func:`fit_stats` applies to the estimates, for :mod:`.intervals`.
@@ -645,6 +645,7 @@ def fit_stats(
         )  # fmt: skip
         extra.update(tables)
     if n_boot:
+        assert ci is not None  # check_bootstrap: replicates need a level
         boot = (n_boot, seed, ci)
         roles = {"method": method_u, "batch": batch_l, "signal": signal_l, "engine": engine}
         tables, boot_per_gene = _bootstrap(stats, fit_, terms, boot, **roles, **options)

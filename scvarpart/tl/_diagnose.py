@@ -18,6 +18,7 @@ from ..get import result
 from ..lmm.genes import fit_stats, group_statistics
 from ..suffstats.leave_out import group_cross_products
 from ..suffstats.residuals import residual_checks
+from ..varpart import VarPartResult
 from ..varpart.diagnostics import influence_summary, standardised_blups
 from ._variance_partition import _expression, _prepare, variance_partition
 
@@ -295,6 +296,7 @@ def diagnose(
     # every gene: the object itself (a view would copy the matrix to fit it)
     sub = adata if names.equals(adata.var_names) else adata[:, names]
     fit = variance_partition(sub, params["formula"], cells=cells, **options)
+    assert isinstance(fit, VarPartResult)  # inplace=False
     blups = _blup_table(fit, names)
     design = _design(adata, params, covariance)
     influence = _by_statistics(adata, design, params, options, terms, names)

@@ -90,7 +90,7 @@ def partition_file(
     covariance: Mapping[str, pd.DataFrame] | None = None,
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
-    bootstrap: tuple[int, int, float] = (0, 0, 0.95),
+    bootstrap: tuple[int, int, float | None] = (0, 0, 0.95),
 ) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
     """The file's ``obs`` and ``var`` (of ``genes``) and the result.
 
