@@ -19,7 +19,11 @@ BATCH = ["chemistry", "day", "operator"]
 
 
 def _fitted(n_cells=1500, n_genes=30, seed=1):
-    adata = svp.datasets.crossed_example(n_cells=n_cells, n_genes=n_genes, seed=seed)
+    return _fit(svp.datasets.crossed_example(n_cells=n_cells, n_genes=n_genes, seed=seed))
+
+
+def _fit(adata):
+    """The example model fitted by REML into ``adata`` (returned)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         svp.tl.variance_partition(
@@ -54,12 +58,7 @@ def test_a_shifted_level_is_the_influential_one(fitted):
     X = np.asarray(adata.X).copy()
     X[rows, 0] += 3.0
     adata.X = X
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        svp.tl.variance_partition(
-            adata, svp.datasets.EXAMPLE_FORMULA, batch=BATCH, signal="patient",
-            method="REML", progress=False,
-        )  # fmt: skip
+    _fit(adata)
     svp.tl.diagnose(adata, genes=adata.var_names[:3], leave_out="day")
     gene = adata.var_names[0]
     assert adata.var.loc[gene, "varpart_diagnostics_influential"] == f"day={day}"
@@ -201,12 +200,7 @@ def test_residual_checks_flag_zero_inflated_and_heteroscedastic_genes():
     day = (adata.obs["day"] == adata.obs["day"].cat.categories[0]).to_numpy()
     X[day, 1] += rng.normal(0, 3, day.sum())  # one day much noisier
     adata.X = X
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        svp.tl.variance_partition(
-            adata, svp.datasets.EXAMPLE_FORMULA, batch=BATCH, signal="patient",
-            method="REML", progress=False,
-        )  # fmt: skip
+    _fit(adata)
     out = svp.tl.diagnose(adata, leave_out=[], inplace=False)
     summary, by_factor = out["summary"], out["residuals"].set_index(["gene", "term"])
     zero, noisy, rest = adata.var_names[0], adata.var_names[1], adata.var_names[2:]

@@ -56,6 +56,12 @@ def _fitted(o, X, beta_t, codes, blups_t, out):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
+def _accumulators(G, q):  # pragma: no cover - compiled
+    """``sums``, ``by_level``, ``zeros`` and the row buffers ``fitted`` and ``y``."""
+    return np.zeros((8, G)), np.zeros((2, q, G)), np.zeros(G), np.empty(G), np.zeros(G)
+
+
+@nb.njit(cache=True, nogil=True)
 def residual_sums_csr(
     indptr, indices, data, start, stop, obs, gene_of, X, beta_t, codes, blups_t, q
 ):  # pragma: no cover - compiled
@@ -64,12 +70,7 @@ def residual_sums_csr(
     ``gene_of`` maps a column of the block to its gene (-1: not checked); ``codes`` holds
     each observation's level of each factor, offset into the stacked levels (``q``).
     """
-    G = beta_t.shape[1]
-    sums = np.zeros((8, G))
-    by_level = np.zeros((2, q, G))
-    zeros = np.zeros(G)
-    fitted = np.empty(G)
-    y = np.zeros(G)
+    sums, by_level, zeros, fitted, y = _accumulators(beta_t.shape[1], q)
     for row in range(start, stop):
         o = obs[row - start]
         if o < 0:
@@ -93,11 +94,7 @@ def residual_sums_dense(
 ):  # pragma: no cover - compiled
     """As :func:`residual_sums_csr` for rows of a dense block (``columns``: the genes)."""
     G = beta_t.shape[1]
-    sums = np.zeros((8, G))
-    by_level = np.zeros((2, q, G))
-    zeros = np.zeros(G)
-    fitted = np.empty(G)
-    y = np.empty(G)
+    sums, by_level, zeros, fitted, y = _accumulators(G, q)
     for row in range(start, stop):
         o = obs[row - start]
         if o < 0:
