@@ -382,14 +382,19 @@ def check_bootstrap(n_boot: int, seed: int, ci: float | None) -> None:
         )
 
 
-def _variance_function(stats: GeneStatistics, infos: tuple[TermInfo, ...]):
-    """The component variances from ``theta``, ``sigma^2`` and centred ``beta``.
+def _with_fixed_and_residual(stats: GeneStatistics, random, sigma2, beta) -> np.ndarray:
+    """Every component's variance: the random terms', the fixed terms' and the residual's."""
+    residual = sigma2 * stats.residual_scale  # the residual variance over the observations
+    return component_variances(random, residual, beta, stats.gram.x_cov, stats.fixed_terms)
 
-    The function :func:`fit_stats` applies to the estimates, for :mod:`.intervals`.
+
+def _variance_function(stats: GeneStatistics, infos: tuple[TermInfo, ...]):
+    """The component variances from ``theta``, ``sigma^2`` and ``beta``.
+
+    What :func:`fit_stats` computes from the estimates, for :mod:`.intervals`.
     """
     terms = [i.term for i in infos]
     scalar = all(t.scalar for t in terms)
-    gram, scale = stats.gram, stats.residual_scale
 
     def variances(theta: np.ndarray, sigma2: np.ndarray, beta: np.ndarray) -> np.ndarray:
         if scalar:
@@ -397,7 +402,7 @@ def _variance_function(stats: GeneStatistics, infos: tuple[TermInfo, ...]):
         else:
             rel = relative_covariances(theta, terms)
             random = term_variances([c * sigma2[:, None, None] for c in rel], infos)
-        return component_variances(random, sigma2 * scale, beta, gram.x_cov, stats.fixed_terms)
+        return _with_fixed_and_residual(stats, random, sigma2, beta)
 
     return variances
 
@@ -599,7 +604,7 @@ def fit_stats(
     )
     infos = stats.terms or scalar_infos(stats.factors, gram.factor_sizes)
     terms = [t.term for t in infos]
-    check_test(test, [t.name for t in terms], [t.n_coef for t in terms])
+    check_test(test)
     engine = choose_engine(gram, terms) if engine == "auto" else engine
     fit_ = fit_lmm(
         gram,
@@ -617,10 +622,7 @@ def fit_stats(
         random_variances = fit_.variances  # every moment is 1
     else:
         random_variances = term_variances(fit_.covariances(), infos)
-    residual = fit_.sigma2 * stats.residual_scale if stats.residual_scale != 1.0 else fit_.sigma2
-    variances = component_variances(
-        random_variances, residual, fit_.beta, gram.x_cov, stats.fixed_terms
-    )
+    variances = _with_fixed_and_residual(stats, random_variances, fit_.sigma2, fit_.beta)
     ok = fit_.error == ""
     extra = {"varcorr": varcorr_table(fit_, terms, stats.genes)}
     extra.update(derivative_tables(fit_, terms, stats.genes))

@@ -49,7 +49,7 @@ from .profiled import ProfiledDeviance
 __all__ = ["Intervals", "theta_covariance", "wald_intervals"]
 
 #: ``f(theta, sigma2, beta) -> (G, C)``: the variance of every component from the
-#: parameters (``beta`` for centred fixed-effect columns).
+#: parameters (centred or not: only the intercept differs, which adds no variance).
 VarianceFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 # Relative step of the central differences in theta, and its floor.
@@ -134,22 +134,22 @@ def _theta_jacobian(eng, stats, theta, variances: VarianceFunction) -> np.ndarra
     return np.stack(cols, axis=2)
 
 
-def _variance_covariance(eng, stats, fit, variances: VarianceFunction, beta_c) -> np.ndarray:
+def _variance_covariance(eng, stats, fit, variances: VarianceFunction) -> np.ndarray:
     """``Cov(V)`` of the component variances, ``(G, C, C)``."""
-    theta, sigma2 = fit.theta, fit.sigma2
+    theta, sigma2, beta = fit.theta, fit.sigma2, fit.beta
     J = _theta_jacobian(eng, stats, theta, variances)
     cov = np.einsum("gck,gkl,gdl->gcd", J, theta_covariance(theta, fit.hessian), J)
     # sigma^2 given theta: variance 2 sigma^4 / nu; V is linear in it
-    v_up = variances(theta, sigma2 * 1.5, beta_c)
-    v_down = variances(theta, sigma2 * 0.5, beta_c)
+    v_up = variances(theta, sigma2 * 1.5, beta)
+    v_down = variances(theta, sigma2 * 0.5, beta)
     ds = (v_up - v_down) / sigma2[:, None]
     cov += np.einsum("gc,gd->gcd", ds, ds) * (2 * sigma2**2 / eng.nu)[:, None, None]
     # beta given theta: lme4's vcov; V is at most quadratic in it, so differences are exact
-    p = beta_c.shape[1]
+    p = beta.shape[1]
     Jb = np.zeros((*ds.shape, p))
-    for j in range(1, p):
-        h = np.maximum(np.abs(beta_c[:, j]), 1.0)
-        up, down = beta_c.copy(), beta_c.copy()
+    for j in range(1, p):  # the intercept adds no variance
+        h = np.maximum(np.abs(beta[:, j]), 1.0)
+        up, down = beta.copy(), beta.copy()
         up[:, j] += h
         down[:, j] -= h
         Jb[:, :, j] = (variances(theta, sigma2, up) - variances(theta, sigma2, down)) / (
@@ -292,10 +292,9 @@ def wald_intervals(
     if len(ok) == 0:
         return Intervals(se, low, high, rho_low, rho_high)
     sub = stats.subset(ok)
-    part = _Part(fit, ok)
-    beta_c = _centred(part, eng)
+    part = fit.subset(ok)
     V = estimates[ok]
-    cov_v = _variance_covariance(eng, sub, part, variances, beta_c)
+    cov_v = _variance_covariance(eng, sub, part, variances)
     total = V.sum(axis=1)
     f = V / total[:, None]
     A = (np.eye(C)[None] - f[:, :, None]) / total[:, None, None]
@@ -369,24 +368,6 @@ def _residual_interval(V, cov_v, level):
         low, high = e / (e + s_high), e / (e + s_low)
     # S = 0 (every other variance at 0): the residual is all there is
     return np.where(S > 0, low, np.nan), np.where(S > 0, high, 1.0)
-
-
-class _Part:
-    """The genes ``ok`` of a fit: the fields the intervals read."""
-
-    def __init__(self, fit, ok: np.ndarray):
-        self.theta = fit.theta[ok]
-        self.sigma2 = fit.sigma2[ok]
-        self.beta = fit.beta[ok]
-        self.beta_cov = fit.beta_cov[ok]
-        self.hessian = fit.hessian[ok]
-
-
-def _centred(part: _Part, eng) -> np.ndarray:
-    """The fixed effects in the centred parametrisation (only the intercept differs)."""
-    beta_c = part.beta.copy()
-    beta_c[:, 0] += beta_c[:, 1:] @ eng.gram.x_mean[1:]
-    return beta_c
 
 
 def _rho_interval(V, cov_v, upper_v, roles, z):

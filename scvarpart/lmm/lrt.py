@@ -62,28 +62,43 @@ class VarianceTests(NamedTuple):
     qvalue: np.ndarray
 
 
-def _kept_columns(gram: DesignGram, j: int) -> np.ndarray:
-    """The columns of ``Z`` of every term but ``j``."""
-    start = int(sum(gram.factor_sizes[:j]))
-    return np.r_[0:start, start + gram.factor_sizes[j] : gram.n_levels]
+def _smaller_design(gram: DesignGram, terms: list[ReTerm], j: int, *, slope: bool = False):
+    """The design of the smaller model, the columns of ``Z`` it keeps, and its terms.
 
-
-def _without(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int):
-    """The design and statistics of the model without term ``j``."""
-    keep = _kept_columns(gram, j)
-    sizes = gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :]
+    Without term ``j``; with ``slope``, without only its last coefficient (Stram & Lee's
+    smaller model of a term with slopes).
+    """
+    t, start = terms[j], int(sum(gram.factor_sizes[:j]))
+    stop = start + gram.factor_sizes[j]
+    sizes = list(gram.factor_sizes)
+    if slope:
+        own = np.arange(start, stop).reshape(t.n_levels, t.n_coef)[:, :-1].ravel()
+        sizes[j] = len(own)
+        smaller = replace(t, n_coef=t.n_coef - 1, coefficients=t.coefficients[:-1])
+        rest = [*terms[:j], smaller, *terms[j + 1 :]]
+    else:
+        own = np.arange(0)
+        del sizes[j]
+        rest = [*terms[:j], *terms[j + 1 :]]
+    keep = np.r_[0:start, own, stop : gram.n_levels]
     reduced = replace(
-        gram, factor_sizes=sizes, ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
+        gram, factor_sizes=tuple(sizes), ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
     )
-    stats = replace(response, ZtY=response.ZtY[:, keep])
-    return reduced, stats, terms[:j] + terms[j + 1 :]
+    return reduced, keep, rest
 
 
-def check_test(test, names: list[str], n_coef: list[int]) -> None:
+def _without(
+    gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int, *, slope: bool = False
+):
+    """The design, statistics and terms of the smaller model (:func:`_smaller_design`)."""
+    reduced, keep, rest = _smaller_design(gram, terms, j, slope=slope)
+    return reduced, replace(response, ZtY=np.ascontiguousarray(response.ZtY[:, keep])), rest
+
+
+def check_test(test) -> None:
     """``test`` is ``None`` or ``"lrt"``: checked before any fit.
 
-    ``names`` and ``n_coef``: each random term's name and coefficients per level (every
-    kind of term is testable: a term with slopes for its last coefficient).
+    Every kind of term is testable (a term with slopes for its last coefficient).
 
     Raises
     ------
@@ -92,22 +107,6 @@ def check_test(test, names: list[str], n_coef: list[int]) -> None:
     """
     if test not in (None, "lrt"):
         raise ValueError(f"test must be None or 'lrt', got {test!r}.")
-
-
-def _without_last(gram: DesignGram, response: ResponseStats, terms: list[ReTerm], j: int):
-    """The model whose term ``j`` lacks its last coefficient (Stram & Lee's smaller one)."""
-    t = terms[j]
-    start = int(sum(gram.factor_sizes[:j]))
-    own = np.arange(start, start + t.n_columns).reshape(t.n_levels, t.n_coef)
-    keep = np.r_[0:start, own[:, :-1].ravel(), start + t.n_columns : gram.n_levels]
-    sizes = list(gram.factor_sizes)
-    sizes[j] = t.n_levels * (t.n_coef - 1)
-    reduced = replace(
-        gram, factor_sizes=tuple(sizes), ZtZ=gram.ZtZ.tocsr()[keep][:, keep], ZtX=gram.ZtX[keep]
-    )
-    stats = replace(response, ZtY=np.ascontiguousarray(response.ZtY[:, keep]))
-    smaller = replace(t, n_coef=t.n_coef - 1, coefficients=t.coefficients[:-1])
-    return reduced, stats, [*terms[:j], smaller, *terms[j + 1 :]]
 
 
 def linear_model_criterion(gram: DesignGram, response: ResponseStats, reml: bool) -> np.ndarray:
@@ -185,7 +184,7 @@ def variance_tests(
         if k == 1 and not slope:
             null = linear_model_criterion(gram, response, reml)
         else:
-            reduced, stats, rest = (_without_last if slope else _without)(gram, response, terms, j)
+            reduced, stats, rest = _without(gram, response, terms, j, slope=slope)
             null = fit_lmm(
                 reduced,
                 stats,
@@ -226,14 +225,7 @@ class LocalRefits:
         self.reduced: list = []
         if len(self.terms) > 1:
             for j in range(len(self.terms)):
-                keep = _kept_columns(gram, j)
-                smaller = replace(
-                    gram,
-                    factor_sizes=gram.factor_sizes[:j] + gram.factor_sizes[j + 1 :],
-                    ZtZ=gram.ZtZ.tocsr()[keep][:, keep],
-                    ZtX=gram.ZtX[keep],
-                )
-                rest = self.terms[:j] + self.terms[j + 1 :]
+                smaller, keep, rest = _smaller_design(gram, self.terms, j)
                 engine = make_engine(smaller, reml, choose_engine(smaller, rest), rest)
                 self.reduced.append((engine, keep))
 

@@ -29,12 +29,12 @@ from .._docs import (
 from .._io import OutputExistsError, write_results_file
 from ..get._results import check_var_names, result_keys
 from ..lmm.genes import check_bootstrap
+from ..lmm.lrt import check_test
 from ..storage.matrix import default_chunk_rows
 from ..storage.select import select_expression
 from ..storage.stores import open_store
 from ..varpart import VarPartResult
 from ._variance_partition import (
-    _check_test,
     _partition,
     _plain,
     _prepare,
@@ -110,7 +110,7 @@ def partition_file(
             "read it, run adata.var_names_make_unique() and write it again",
         )
         prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance)
-        _check_test(test, prep.design)
+        check_test(test)
         check_bootstrap(*bootstrap)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
         elem, source = expression.matrix, expression.source

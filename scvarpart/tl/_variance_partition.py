@@ -200,11 +200,6 @@ def _warn_weak(audit: DesignAudit) -> None:
         )
 
 
-def _check_test(test, design: Design) -> None:
-    """``test=`` is known, and its terms testable: checked before the data are read."""
-    check_test(test, [f.name for f in design.factors], [f.n_coef for f in design.factors])
-
-
 def _prepare(
     obs: pd.DataFrame,
     formula: str,
@@ -562,7 +557,7 @@ def variance_partition(
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     check_var_names(adata.var_names)
     prep = _prepare(adata.obs, formula, method, batch, signal, cells, weights, covariance)
-    _check_test(test, prep.design)
+    check_test(test)
     check_bootstrap(n_boot, seed, ci)
     Y, source = _expression(adata, layer, use_raw)
     results = _partition(
