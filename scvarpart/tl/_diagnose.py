@@ -93,13 +93,12 @@ def _design(adata: AnnData, params, covariance) -> Design:
     return prep.design
 
 
-def _residuals(adata: AnnData, design: Design, fit, names: pd.Index, params, n_jobs):
+def _residuals(Y, adata: AnnData, design: Design, fit, names: pd.Index, n_jobs):
     """The residual checks of the refitted genes (:mod:`scvarpart.suffstats.residuals`)."""
     blups = []
     for f in design.factors:
         table = fit.blups[f.name]
         blups.append(table.to_numpy(dtype=float).reshape(len(names), f.n_levels, f.n_coef))
-    Y, _ = _expression(adata, params.get("layer"), bool(params.get("use_raw", False)))
     return residual_checks(
         Y,
         design,
@@ -123,7 +122,7 @@ def _levels(adata: AnnData, column: str, cells) -> list:
     return list(pd.unique(values.dropna()))
 
 
-def _by_statistics(adata, design: Design, params, options, terms, names) -> pd.DataFrame | None:
+def _by_statistics(Y, adata, design: Design, params, options, terms, names) -> pd.DataFrame | None:
     """Leave-one-level-out refits from one pass: each level's statistics subtracted.
 
     :mod:`scvarpart.suffstats.leave_out`; ``None`` where it does not apply (slopes, known
@@ -143,7 +142,6 @@ def _by_statistics(adata, design: Design, params, options, terms, names) -> pd.D
         for level in _levels(adata, term, cells):
             groups.append(f.codes == code_of[str(level)])
             labels.append((term, str(level)))
-    Y, _ = _expression(adata, params.get("layer"), bool(params.get("use_raw", False)))
     index = adata.var_names.get_indexer(names)
     cross = group_cross_products(Y, design, groups, genes=index, n_jobs=options["n_jobs"])
     rows = []
@@ -183,10 +181,10 @@ def _leave_one_out(sub: AnnData, formula, options, terms, cells, adata) -> pd.Da
     """One refit per level of each term in ``terms``, without that level's cells."""
     rows = []
     for term in terms:
-        for level in _levels(adata, term, cells):
-            kept = {**cell_lists(cells or {})}
-            allowed = kept.get(term, _levels(adata, term, cells))
-            kept[term] = [v for v in allowed if v != level]
+        levels = _levels(adata, term, cells)
+        allowed = cell_lists(cells or {}).get(term, levels)
+        for level in levels:
+            kept = {**cell_lists(cells or {}), term: [v for v in allowed if v != level]}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a factor with fewer levels, etc.
@@ -299,7 +297,8 @@ def diagnose(
     assert isinstance(fit, VarPartResult)  # inplace=False
     blups = _blup_table(fit, names)
     design = _design(adata, params, covariance)
-    influence = _by_statistics(adata, design, params, options, terms, names)
+    Y, _ = _expression(adata, options["layer"], options["use_raw"])
+    influence = _by_statistics(Y, adata, design, params, options, terms, names)
     if influence is None:  # slopes, kinship or weights: refits without the cells
         influence = _leave_one_out(sub, params["formula"], options, terms, cells, adata)
     summary = pd.DataFrame(index=names)
@@ -313,7 +312,7 @@ def diagnose(
         summary = summary.join(influence_summary(influence, fit.fractions, batch))
     by_factor = pd.DataFrame()
     if residuals:
-        checks = _residuals(adata, design, fit, names, params, n_jobs)
+        checks = _residuals(Y, adata, design, fit, names, n_jobs)
         summary = summary.join(checks.per_gene)
         by_factor = checks.by_factor
     if not inplace:
