@@ -109,7 +109,7 @@ def test_never_beaten_by_an_exhaustive_search_on_2000_designs():
                 strict=True,
                 reason="known: gene 21 (ML) stops at an interior optimum 0.13 deviance units "
                 "above one with operator's variance at 0, which only the thorough search "
-                "reaches (8 of 20,800 such fits, issue 11's notes)",
+                "reaches (13 of 41,600 such fits: README, Exactness)",
             ),
         ),
         ("operator", "op_B"),

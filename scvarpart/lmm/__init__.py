@@ -9,7 +9,7 @@ from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fitting import LMMFit, choose_engine, fit_lmm
 from .general import GeneralDeviance
-from .genes import GeneStatistics, fit, fit_stats, response_stats
+from .genes import GeneStatistics, fit, fit_stats, profile_confint, response_stats
 from .modes import conditional_modes
 from .newton import NewtonOptions, minimise_batch
 from .profiled import ProfiledDeviance
@@ -31,5 +31,6 @@ __all__ = [
     "fit_lmm",
     "fit_stats",
     "minimise_batch",
+    "profile_confint",
     "response_stats",
 ]
