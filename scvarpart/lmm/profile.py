@@ -14,12 +14,12 @@ random term's variance, and the residual's, are ``V_k = sigma^2 g_k(theta)``, so
 holding ``V_k = c`` fixes ``sigma^2 = c / g_k(theta)``, and the criterion at that
 ``sigma^2``, from ``log|V| + r2 / sigma^2 + nu log(2 pi sigma^2)``, is::
 
-    D(theta; c) = P(theta) + nu (rho - 1 - log rho),   rho = sigma^2(theta) g_k(theta) / c
+    D(theta; c) = P(theta) + nu (t - 1 - log t),   t = sigma^2(theta) g_k(theta) / c
 
 (the same for REML, with ``nu = n - p``). The profile is ``min_theta D``: a smooth
 problem in the engine's own coordinates, minimised by projected Newton with the exact
-Hessian of ``P`` and, for the penalty, the Gauss-Newton term ``nu rho^-2 grad(rho)
-grad(rho)'`` (``grad(rho)`` by central differences of the engine's estimates). At ``c
+Hessian of ``P`` and, for the penalty, the Gauss-Newton term ``nu t^-2 grad(t)
+grad(t)'`` (``grad(t)`` by central differences of the engine's estimates). At ``c
 = 0`` the profile is the fit without the term (its coordinates held at 0).
 
 **The bounds.** Per bound, Illinois steps on the signed root of the rise, in ``log c``,
@@ -45,7 +45,7 @@ __all__ = ["profile_bounds"]
 VarianceFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 # Inner minimisation: iterations, convergence on the Newton decrement, relative
-# step of the differences of rho.
+# step of the differences of the ratio t.
 _INNER_ITER, _INNER_TOL, _FD_STEP = 60, 1e-11, 1e-5
 # Root finding: bracket expansions, Illinois iterations, tolerance on the root of the rise.
 _MAX_EXPAND, _MAX_ITER, _TOL = 40, 60, 1e-7
@@ -73,8 +73,8 @@ class _Profile:
     def _objective(self, x, rows, c):
         f, v = self._component(x, rows)
         with np.errstate(all="ignore"):
-            rho = v / c
-            return f + self.eng.nu * (rho - 1 - np.log(rho))
+            ratio = v / c
+            return f + self.eng.nu * (ratio - 1 - np.log(ratio))
 
     def _start(self, rows, c):
         """Warm starts with the component rescaled to ``c``."""
@@ -130,8 +130,11 @@ def _lower_bounds(eng, K):
     return np.zeros(K)
 
 
-def _rho_gradient(prof: _Profile, x, rows, c):
-    """``d rho / dx`` by central differences (forward at a bound)."""
+def _ratio_gradient(prof: _Profile, x, rows, c):
+    """``d t / dx``, ``t`` the variance at ``x`` over ``c``: central differences.
+
+    Forward differences at a bound.
+    """
     K = x.shape[1]
     out = np.empty(x.shape)
     for j in range(K):
@@ -159,10 +162,10 @@ def _minimise(prof: _Profile, x, rows, c, fixed):
         _, g, H = eng.derivatives(xa, prof.stats.subset(r))
         if penalised:
             _, v = prof._component(xa, r)
-            rho = v / c[active]
-            d_rho = _rho_gradient(prof, xa, r, c[active])
-            g = g + (nu * (1 - 1 / rho))[:, None] * d_rho
-            H = H + (nu / rho**2)[:, None, None] * np.einsum("gi,gj->gij", d_rho, d_rho)
+            ratio = v / c[active]
+            d_ratio = _ratio_gradient(prof, xa, r, c[active])
+            g = g + (nu * (1 - 1 / ratio))[:, None] * d_ratio
+            H = H + (nu / ratio**2)[:, None, None] * np.einsum("gi,gj->gij", d_ratio, d_ratio)
         hold = fixed[active] | ((xa <= lower) & (g > 0))
         step, decrement = _newton_step(g, H, hold)
         done = ~(decrement > _INNER_TOL)

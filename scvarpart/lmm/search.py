@@ -342,20 +342,11 @@ def _search_gene(
         if not bound[i] < best:
             continue
         trial[:] = gf.gamma[i]
-        f, conv, it, abandoned = _minimise_gene(
-            trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+        best, converged, n_known, it = _further_descent(
+            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
         )
         n_iter += it
         descents += 1
-        if abandoned or not np.isfinite(f):
-            continue
-        known[n_known] = trial
-        n_known += 1
-        # a basin already found, reached again, must not replace it by rounding:
-        # which of two descents to one optimum ends lower is noise
-        if f < best - TIE * max(1.0, abs(best)):
-            best, converged = f, conv
-            x[:] = trial
     best, converged, it, d = _swap_faces(
         x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, known, n_known
     )
@@ -391,19 +382,32 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
             trial[:] = centre
             trial[i] = centre[j]
             trial[j] = 0.0
-            f, conv, it, abandoned = _minimise_gene(
-                trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+            best, converged, n_known, it = _further_descent(
+                trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
             )
             n_iter += it
             descents += 1
-            if abandoned or not np.isfinite(f):
-                continue
-            known[n_known] = trial
-            n_known += 1
-            if f < best - TIE * max(1.0, abs(best)):
-                best, converged = f, conv
-                x[:] = trial
     return best, converged, n_iter, descents
+
+
+@nb.njit(cache=True, nogil=True)
+def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
+    """A descent from ``trial`` after the first; its optimum replaces ``x`` if lower.
+
+    Returns (best deviance, its convergence, number of optima known, iterations).
+    """
+    f, conv, it, abandoned = _minimise_gene(
+        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+    )
+    if abandoned or not np.isfinite(f):
+        return best, converged, n_known, it
+    known[n_known] = trial
+    # a basin already found, reached again, must not replace it by rounding: which of
+    # two descents to one optimum ends lower is noise
+    if f < best - TIE * max(1.0, abs(best)):
+        best, converged = f, conv
+        x[:] = trial
+    return best, converged, n_known + 1, it
 
 
 @nb.njit(cache=True, nogil=True)
