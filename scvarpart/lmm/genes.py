@@ -487,7 +487,7 @@ def profile_confint(
     (``method``). Squared, lme4's standard-deviation intervals agree with these to
     1e-3 (``tests/test_profile.py``). A variance estimated at 0 has the lower bound 0,
     and so has one whose profile at 0 has not risen by the ``level`` quantile of
-    ``chi^2_1``. About a hundred times the cost of the default intervals of
+    ``chi^2_1``. About 30 times the cost of the default intervals of
     :func:`fit_stats`, whose fraction intervals hold the other ratios at their estimates.
 
     Parameters
