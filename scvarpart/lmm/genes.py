@@ -17,7 +17,6 @@ e.g. summed over the shards of a dataset. Every function here returns the same
 from __future__ import annotations
 
 import functools
-import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +49,7 @@ from .tables import (
     lrt_tables,
     varcorr_table,
 )
+from .terms import theta_slices
 
 __all__ = [
     "GeneStatistics",
@@ -432,10 +432,10 @@ def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **option
     terms = [i.term for i in infos]
     reml = options["method"] == "REML"
     eng = make_engine(stats.gram, reml, options["engine"], terms)
-    coords, start = [], 0
-    for t in terms:
-        coords.append(start + np.flatnonzero(t.positions[:, 0] == t.positions[:, 1]))
-        start += t.n_theta
+    coords = [
+        s.start + np.flatnonzero(t.positions[:, 0] == t.positions[:, 1])  # the diagonal's
+        for t, s in zip(terms, theta_slices(terms), strict=True)
+    ]
     comps = stats.components
     masks = None
     if roles[0] and roles[1]:
@@ -541,8 +541,7 @@ def profile_confint(
     k, C = len(terms), len(stats.components)
     names = [*stats.components[:k], stats.components[-1]]
     columns = [*range(k), C - 1]
-    starts = np.cumsum([0] + [t.n_theta for t in terms])
-    coords = [np.arange(a, b) for a, b in itertools.pairwise(starts)]
+    coords = [np.arange(s.start, s.stop) for s in theta_slices(terms)]
     comps = list(zip(columns, [*coords, np.array([], dtype=int)], strict=True))
     with _one_blas_thread():
         low, high = profile_bounds(eng, stats.response, fit_, of_parameters, comps, level)

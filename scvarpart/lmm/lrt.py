@@ -36,7 +36,7 @@ from .fitting import _unit_scale, choose_engine, fit_lmm, make_engine
 from .intervals import theta_covariance
 from .profiled import _LOG_2PI
 from .starts import quadratic
-from .terms import ReTerm
+from .terms import ReTerm, theta_slices
 
 __all__ = [
     "LocalRefits",
@@ -247,9 +247,7 @@ class LocalRefits:
         scaled = response.subset(ok).scaled(1.0 / unit)
         x = fit.theta[ok] ** 2 if self.full.coordinates == "gamma" else fit.theta[ok]
         base = self.full.deviance(np.ascontiguousarray(x), scaled)
-        starts = np.cumsum([0, *(t.n_theta for t in terms)])
-        for j in range(k):
-            coords = np.s_[starts[j] : starts[j + 1]]
+        for j, coords in enumerate(theta_slices(terms)):
             distant = far[:, coords].any(axis=1)
             stat[ok[distant], j] = np.inf
             # a term at 0 is already the smaller model's optimum

@@ -16,13 +16,14 @@ records which.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ReTerm", "lambda_matrix", "theta_patterns"]
+__all__ = ["ReTerm", "lambda_matrix", "theta_patterns", "theta_slices"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,12 @@ def theta_patterns(terms: list[ReTerm]) -> list[sp.csr_matrix]:
             )
         offset += t.n_columns
     return out
+
+
+def theta_slices(terms: list[ReTerm]) -> list[slice]:
+    """Each term's coordinates in ``theta`` (its parameters, in the terms' order)."""
+    ends = np.cumsum([0, *(t.n_theta for t in terms)])
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(ends)]
 
 
 def lambda_matrix(terms: list[ReTerm], theta: np.ndarray) -> np.ndarray:
