@@ -57,7 +57,7 @@ def test_without_any_random_term_left_the_smaller_model_is_least_squares(example
     np.testing.assert_allclose(fit.lrt["day"].to_numpy(), stat, atol=1e-7)
 
 
-def test_restricted_statistic_matches_rlrsim_and_the_mixture_is_conservative():
+def test_restricted_statistic_and_null_mass_match_rlrsim():
     ref = json.loads((DATA / "rlrsim" / "reference.json").read_text())
     obs = pd.DataFrame({"group": pd.Categorical(ref["group"]), "x": ref["x"]})
     Y = np.asarray(ref["Y"], dtype=float)
@@ -68,11 +68,18 @@ def test_restricted_statistic_matches_rlrsim_and_the_mixture_is_conservative():
     # lme4's REML criterion, which RLRsim's statistic is built on
     reml = np.array([g["reml"] for g in ref["genes"]])
     np.testing.assert_allclose(-2 * fit.per_gene["loglik"].to_numpy(), reml, rtol=1e-8)
-    # the 50:50 mixture is conservative against the exact null distribution: its
-    # p-value is never below RLRsim's (beyond RLRsim's Monte Carlo error, 1e5 draws)
+    # the null's point mass at 0 is RLRsim's (its share of simulated statistics at 0,
+    # 1e5 draws: error 0.0016); the p-values lie between RLRsim's exact ones and the
+    # asymptotic 50:50 mixture's, nearer the exact ones
     exact = np.array([g["p"] for g in ref["genes"]])
+    p = fit.pvalue["group"].to_numpy()
     positive = ours > 1e-6
-    assert (fit.pvalue["group"].to_numpy()[positive] >= exact[positive] - 0.004).all()
+    mass = 1 - p[positive] / scipy.stats.chi2.sf(ours[positive], 1)
+    np.testing.assert_allclose(mass, 1 - exact[2], atol=0.006)
+    half = mixture_pvalue(ours)
+    assert (p[positive] >= exact[positive] - 0.004).all()
+    assert (p[positive] <= half[positive]).all()
+    assert np.all(np.abs(p - exact)[positive] <= np.abs(half - exact)[positive] + 1e-12)
 
 
 def test_mixture_pvalues_and_benjamini_hochberg():
@@ -207,3 +214,26 @@ def test_mixture_pvalue_for_several_coefficients():
     expected = 0.5 * (scipy.stats.chi2.sf(stat, 2) + scipy.stats.chi2.sf(stat, 3))
     np.testing.assert_allclose(got[1:3], expected[1:3])
     assert got[0] == 1.0 and np.isnan(got[3])
+
+
+@pytest.mark.parametrize(("null", "method"), [("chemistry", "REML"), ("day", "ML")])
+def test_intercept_pvalues_are_uniform_under_the_null(null, method):
+    """No effect of a 3- or 6-level factor: P(p <= alpha) = alpha, where the asymptotic
+    50:50 mixture gives about 0.7 alpha (its weight at 0 is too small for few levels)."""
+    adata = svp.datasets.crossed_example(n_cells=1000, n_genes=1, seed=5)
+    obs, rng = adata.obs, np.random.default_rng(5)
+    Y = rng.standard_normal((adata.n_obs, 3000))
+    for term in ("patient", "chemistry", "day", "operator"):
+        if term != null:
+            codes = obs[term].cat.codes.to_numpy()
+            sd = np.sqrt(rng.uniform(0, 0.5, Y.shape[1]))
+            Y += (rng.standard_normal((codes.max() + 1, Y.shape[1])) * sd)[codes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = svp.lmm.fit(FORMULA, Y, obs=obs, method=method, test="lrt", ci=None, n_jobs=2)
+    p, stat = fit.pvalue[null].to_numpy(), fit.lrt[null].to_numpy()
+    half = mixture_pvalue(stat)
+    for alpha in (0.05, 0.1, 0.2):
+        # binomial standard error at 3,000 genes: 0.004-0.007
+        assert abs(np.mean(p <= alpha) - alpha) < 0.02, alpha
+        assert np.mean(half <= alpha) < 0.85 * alpha, alpha

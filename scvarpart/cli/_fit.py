@@ -231,9 +231,10 @@ def add_parsers(sub) -> None:
         "--test",
         choices=["lrt"],
         help="lrt: per gene, the likelihood-ratio test of each random term's variance = 0 "
-        "(varm KEY_lrt, KEY_pvalue, KEY_qvalue: statistic, p-value of the 50:50 "
-        "chi-squared(0)/(1) mixture, Benjamini-Hochberg q-value over the genes); a term with "
-        "slopes for its last coefficient (the 50:50 chi-squared(r-1)/(r) mixture)",
+        "(varm KEY_lrt, KEY_pvalue, KEY_qvalue: statistic, p-value of the mixture of 0 "
+        "and chi-squared(1) with the design's weight of 0, Benjamini-Hochberg q-value over "
+        "the genes); a term with slopes for its last coefficient (the 50:50 "
+        "chi-squared(r-1)/(r) mixture)",
     )
     model.add_argument(
         "--n-boot",

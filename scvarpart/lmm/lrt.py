@@ -8,18 +8,21 @@ maximised log-likelihoods, ML or REML, of the two models (``LRT = criterion_with
 criterion_with``; REML compares models with the same fixed effects, as here).
 
 Under the null hypothesis the variance lies on the boundary of its parameter space,
-so the statistic is not chi-squared with one degree of freedom: it follows a 50:50
-mixture of a point mass at 0 and chi-squared(1) (Self & Liang 1987; Stram & Lee 1994),
-and the p-value is ``chi2.sf(LRT, 1) / 2`` for ``LRT > 0``, 1 otherwise.
+so the statistic is not chi-squared with one degree of freedom: it is 0 with some
+probability ``pi_0`` and otherwise about chi-squared(1), and the p-value is ``(1 - pi_0)
+chi2.sf(LRT, 1)`` for ``LRT > 0``, 1 otherwise. Asymptotically ``pi_0 = 1/2`` (Self &
+Liang 1987; Stram & Lee 1994); with few levels it is larger, and it is computed per gene
+(:mod:`.zero_mass`, from the design and the smaller model's estimates).
 
 A term with random slopes, ``(1 + x|g)`` with ``r`` correlated coefficients, is tested for
 its last coefficient: the smaller model keeps the others (``(1|g)``), dropping that
 coefficient's variance and its ``r - 1`` covariances. Under the null the statistic follows
 the 50:50 mixture of chi-squared(r - 1) and chi-squared(r) (Stram & Lee 1994), and the
-p-value is ``(chi2.sf(LRT, r - 1) + chi2.sf(LRT, r)) / 2``. With several
-random terms the mixture is an approximation (exact for one term with balanced data,
-conservative otherwise); Crainiceanu & Ruppert (2004) give the exact finite-sample
-distribution of the restricted LRT with one variance, which RLRsim simulates.
+p-value is ``(chi2.sf(LRT, r - 1) + chi2.sf(LRT, r)) / 2`` (the weight 1/2 kept:
+conservative with few levels). Crainiceanu & Ruppert (2004) give the exact finite-sample
+distribution of the restricted LRT with one variance, which RLRsim simulates: ``pi_0``
+is its point mass; the positive part's chi-squared(1) is an approximation (tending to
+slightly larger p-values than RLRsim's).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .intervals import theta_covariance
 from .profiled import _LOG_2PI
 from .starts import quadratic
 from .terms import ReTerm, theta_slices
+from .zero_mass import zero_mass
 
 __all__ = [
     "LocalRefits",
@@ -124,17 +128,20 @@ def linear_model_criterion(gram: DesignGram, response: ResponseStats, reml: bool
     return np.where(r2 > 0, dev, np.nan)
 
 
-def mixture_pvalue(statistic: np.ndarray, df: int = 1) -> np.ndarray:
-    """P-values of the 50:50 mixture of chi-squared(df - 1) and chi-squared(df).
+def mixture_pvalue(statistic: np.ndarray, df: int = 1, zero_weight=0.5) -> np.ndarray:
+    """P-values of the mixture of chi-squared(df - 1) and chi-squared(df).
 
-    ``df = 1``: a point mass at 0 and chi-squared(1), one variance on the boundary; ``df =
-    r``: the last of ``r`` correlated coefficients (Stram & Lee 1994). 1 where the
-    statistic is 0 (or below, by rounding); NaN stays NaN.
+    ``df = 1``: a point mass at 0 (weight ``zero_weight``) and chi-squared(1), one variance
+    on the boundary; ``df = r``: the last of ``r`` correlated coefficients (Stram & Lee
+    1994). ``zero_weight`` is the first distribution's weight: 1/2 asymptotically, or per
+    gene (:func:`~scvarpart.lmm.zero_mass.zero_mass`). 1 where the statistic is 0 (or
+    below, by rounding); NaN stays NaN.
     """
     stat = np.asarray(statistic, dtype=float)
+    w = np.asarray(zero_weight, dtype=float)
     with np.errstate(invalid="ignore"):
         lower = scipy.stats.chi2.sf(stat, df - 1) if df > 1 else 0.0
-        p = np.where(stat > 0, 0.5 * (lower + scipy.stats.chi2.sf(stat, df)), 1.0)
+        p = np.where(stat > 0, w * lower + (1 - w) * scipy.stats.chi2.sf(stat, df), 1.0)
     return np.where(np.isnan(stat), np.nan, p)
 
 
@@ -183,9 +190,10 @@ def variance_tests(
         slope = t.n_coef > 1
         if k == 1 and not slope:
             null = linear_model_criterion(gram, response, reml)
+            theta0 = np.zeros((G, 0))
         else:
             reduced, stats, rest = _without(gram, response, terms, j, slope=slope)
-            null = fit_lmm(
+            refit = fit_lmm(
                 reduced,
                 stats,
                 reml=reml,
@@ -193,12 +201,18 @@ def variance_tests(
                 batch_size=batch_size,
                 terms=rest,
                 exclude=skip,
-            ).deviance
+            )
+            assert refit.theta is not None  # fit_lmm always returns theta
+            null, theta0 = refit.deviance, refit.theta
         # the full model contains the reduced one: a negative difference is rounding
         diff = np.maximum(null - deviance, 0.0)
         stat[:, j] = diff if slope else np.where(ratios[:, j] == 0, 0.0, diff)
         stat[np.isnan(deviance), j] = np.nan
-        pvalue[:, j] = mixture_pvalue(stat[:, j], t.n_coef)
+        weight = np.full(G, 0.5)
+        if not slope:  # the null's point mass at 0, where the statistic is not 0
+            positive = np.flatnonzero(stat[:, j] > 0)
+            weight[positive] = zero_mass(gram, terms, j, theta0[positive], reml=reml)
+        pvalue[:, j] = mixture_pvalue(stat[:, j], t.n_coef, weight)
     return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
 
 

@@ -424,12 +424,13 @@ def variance_partition(
         x levels, and their conditional variances (:func:`scvarpart.get.blups`).
     test
         ``"lrt"``: per gene, the likelihood-ratio test of each random term's variance
-        = 0 (the null distribution a 50:50 mixture of chi-squared with 0 and 1 degrees
-        of freedom), refitting without the term from the same sufficient statistics;
-        Benjamini-Hochberg q-values over the genes, per term. A term with ``r``
-        correlated coefficients (random slopes) is tested for its last one against the
-        model without it, under the 50:50 mixture of chi-squared with ``r - 1`` and ``r``
-        degrees of freedom (Stram & Lee 1994).
+        = 0 (the null distribution a mixture of 0 and chi-squared with 1 degree of
+        freedom, the weight of 0 computed per gene from the design, above the asymptotic
+        1/2 for terms with few levels), refitting without the term from the same
+        sufficient statistics; Benjamini-Hochberg q-values over the genes, per term. A
+        term with ``r`` correlated coefficients (random slopes) is tested for its last
+        one against the model without it, under the 50:50 mixture of chi-squared with
+        ``r - 1`` and ``r`` degrees of freedom (Stram & Lee 1994).
     n_boot
         Parametric bootstrap replicates per gene (0: none): each gene's sufficient
         statistics are simulated from its fitted model (never touching the cells) and

@@ -22,8 +22,8 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_h2"]          per term with a known covariance (kinship), the
                                heritability-style ratio V_term / (V_term + V_residual)
     varm[f"{key}_lrt"]         with test="lrt": per random term, the likelihood-ratio
-    varm[f"{key}_pvalue"]      statistic of its variance = 0, its p-value (50:50
-    varm[f"{key}_qvalue"]      chi-squared(0)/(1) mixture) and Benjamini-Hochberg q-value
+    varm[f"{key}_pvalue"]      statistic of its variance = 0, its p-value (mixture of
+    varm[f"{key}_qvalue"]      0 and chi-squared(1)) and Benjamini-Hochberg q-value
     varm[f"{key}_blup_{term}"] conditional modes of a term's effects, genes x levels
     varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
@@ -202,9 +202,9 @@ class VarPartResult:
         result not read from an AnnData.
     lrt, pvalue, qvalue
         With ``test="lrt"``: genes x random terms, the likelihood-ratio statistic of
-        the term's variance = 0, its p-value (a 50:50 mixture of chi-squared with 0
-        and 1 degrees of freedom, :mod:`scvarpart.lmm.lrt`) and its Benjamini-Hochberg
-        q-value over the genes.
+        the term's variance = 0, its p-value (a mixture of 0 and chi-squared with 1
+        degree of freedom, the weight of 0 the design's, :mod:`scvarpart.lmm.lrt`) and
+        its Benjamini-Hochberg q-value over the genes.
     variance_se
         Unless fitted with ``ci=None``: genes x components, the standard error of each
         component's variance from the observed information at the optimum (the average
