@@ -101,6 +101,33 @@ def test_intervals_hold_the_estimate_and_stay_in_range():
     assert (rho["rho"][finite] <= rho["rho_ci_high"][finite]).all()
 
 
+def test_residual_interval_is_coherent_with_the_others():
+    """The residual's upper bound is at least 1 minus the other lower bounds; genes
+    whose other variances are all 0 get a finite lower bound from their upper ones."""
+    rng = np.random.default_rng(8)
+    obs = pd.DataFrame(
+        {
+            "donor": pd.Categorical(rng.integers(20, size=1500).astype(str)),
+            "batch": pd.Categorical(rng.integers(3, size=1500).astype(str)),
+        }
+    )
+    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
+    sd = rng.uniform(0, 0.6, (2, 80)) * (rng.uniform(size=(2, 80)) > 0.5)
+    Y = rng.standard_normal((1500, 80))
+    Y += (rng.standard_normal((20, 80)) * sd[0])[d] + (rng.standard_normal((3, 80)) * sd[1])[b]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = svp.lmm.fit("~ (1|donor) + (1|batch)", Y, obs=obs, method="REML")
+    f, lo, hi = fit.fractions, fit.ci_low, fit.ci_high
+    assert lo.notna().all().all() and hi.notna().all().all()
+    rest = ["donor", "batch"]
+    assert (hi["Residual"] >= 1 - lo[rest].sum(axis=1) - 1e-12).all()
+    alone = (f[rest] == 0).all(axis=1)
+    assert alone.any() and (f["Residual"][alone] == 1).all()
+    np.testing.assert_allclose(lo["Residual"][alone], 1 - hi[rest][alone].sum(axis=1))
+    assert ((lo["Residual"] <= f["Residual"]) & (f["Residual"] <= hi["Residual"])).all()
+
+
 def test_local_refits_decide_as_the_global_tests():
     """Without test='lrt', local refits decide where intervals start at 0: the same as
     the tests' global refits on these genes."""

@@ -29,10 +29,11 @@ should. Where the variance is well determined (Satterthwaite's degrees of freedo
 V^2 / Var(V)`` at least :data:`_WALD_DOF`, as for terms with hundreds of levels) the
 Wald bound stands in for it. The residual's bounds come from Satterthwaite's scaled
 chi-squared approximation of the sum of the other variances (``sigma^2`` itself is
-estimated from every observation). Fixed terms' fractions are Wald's on the logit scale.
-Rho's interval is Wald's on the log scale: ``[0, u]`` when the batch variance is 0 (or
-may be), ``[l, inf]`` when the signal's is. ``benchmarks/interval_coverage.py`` measures
-the coverage.
+estimated from every observation), its upper bound at least 1 minus the other
+fractions' lower bounds (the fractions sum to 1). Fixed terms' fractions are Wald's on
+the logit scale. Rho's interval is Wald's on the log scale: ``[0, u]`` when the batch
+variance is 0 (or may be), ``[l, inf]`` when the signal's is.
+``benchmarks/interval_coverage.py`` measures the coverage.
 """
 
 from __future__ import annotations
@@ -331,6 +332,7 @@ def wald_intervals(
         hi[genes, j] = V_b[:, j] / V_b.sum(axis=1)
         at0 = zero[genes, j]
         upper_v[genes[at0], j] = (V_b[:, j] * V[genes].sum(axis=1) / V_b.sum(axis=1))[at0]
+    _coherent_residual(lo, hi)
     se[ok], low[ok], high[ok] = se_v, lo, hi
     if roles is not None and rho_low is not None and rho_high is not None:
         rho_low[ok], rho_high[ok] = _rho_interval(V, cov_v, upper_v, roles, z)
@@ -366,8 +368,25 @@ def _residual_interval(V, cov_v, level):
     s_low, s_high = _scaled_chi2(S, np.einsum("i,gij,j->g", rest, cov_v, rest), level)
     with np.errstate(all="ignore"):
         low, high = e / (e + s_high), e / (e + s_low)
-    # S = 0 (every other variance at 0): the residual is all there is
+    # S = 0 (every other variance at 0): the residual is all there is, and the lower
+    # bound comes from the others' upper bounds (:func:`_coherent_residual`)
     return np.where(S > 0, low, np.nan), np.where(S > 0, high, 1.0)
+
+
+def _coherent_residual(lo, hi):
+    """The residual's bounds made coherent with the others' (last column; in place).
+
+    The fractions sum to 1, so where the other components' intervals reach their lower
+    bounds together, the residual's reaches 1 minus their sum: its upper bound is at
+    least that. Satterthwaite's bound alone misses it where a variance of few levels is
+    estimated small but its interval reaches 0 (the delta-method variance of the sum is
+    then small too). Where every other variance is 0, Satterthwaite's interval is
+    undefined, and the lower bound is 1 minus the sum of their upper bounds.
+    """
+    rest_lo = np.nansum(lo[:, :-1], axis=1)
+    hi[:, -1] = np.fmax(hi[:, -1], 1.0 - rest_lo)
+    undefined = np.isnan(lo[:, -1])
+    lo[undefined, -1] = np.clip(1.0 - np.nansum(hi[undefined, :-1], axis=1), 0.0, None)
 
 
 def _rho_interval(V, cov_v, upper_v, roles, z):
