@@ -128,6 +128,18 @@ def test_residual_interval_is_coherent_with_the_others():
     assert ((lo["Residual"] <= f["Residual"]) & (f["Residual"] <= hi["Residual"])).all()
 
 
+def test_fixed_term_interval_starts_at_0_where_its_wald_test_does_not_reject():
+    adata = svp.datasets.crossed_example(n_cells=1500, n_genes=80, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = svp.lmm.fit(svp.datasets.EXAMPLE_FORMULA, adata.X, obs=adata.obs, method="REML")
+    z = (fit.beta["log_umi"] / fit.beta_se["log_umi"]).abs()
+    holds = z < st.norm.ppf(0.975)
+    assert holds.any() and (~holds).any()
+    np.testing.assert_array_equal(fit.ci_low["log_umi"] == 0, holds)
+    assert (fit.fractions["log_umi"][holds] > 0).all()
+
+
 def test_local_refits_decide_as_the_global_tests():
     """Without test='lrt', local refits decide where intervals start at 0: the same as
     the tests' global refits on these genes."""

@@ -448,8 +448,9 @@ def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **option
         with _one_blas_thread():
             stat = lrt[idx] if refits is None else refits.statistics(response, part)
             return wald_intervals(
-                eng, response, part, of_parameters, variances[idx], coords, level, masks, stat
-            )
+                eng, response, part, of_parameters, variances[idx], coords, level, masks, stat,
+                fixed_columns=list(stats.fixed_terms.values()),
+            )  # fmt: skip
 
     G = len(stats.genes)
     chunks = [np.arange(a, min(a + _INTERVAL_CHUNK, G)) for a in range(0, G, _INTERVAL_CHUNK)]

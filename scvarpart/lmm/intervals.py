@@ -31,8 +31,10 @@ Wald bound stands in for it. The residual's bounds come from Satterthwaite's sca
 chi-squared approximation of the sum of the other variances (``sigma^2`` itself is
 estimated from every observation), its upper bound at least 1 minus the other
 fractions' lower bounds (the fractions sum to 1). Fixed terms' fractions are Wald's on
-the logit scale. Rho's interval is Wald's on the log scale: ``[0, u]`` when the batch
-variance is 0 (or may be), ``[l, inf]`` when the signal's is.
+the logit scale, from 0 where the Wald test of the term's coefficients does not reject
+(test inversion again: a covariate without effect gets an interval from 0). Rho's
+interval is Wald's on the log scale: ``[0, u]`` when the batch variance is 0 (or may
+be), ``[l, inf]`` when the signal's is.
 ``benchmarks/interval_coverage.py`` measures the coverage.
 """
 
@@ -254,6 +256,7 @@ def wald_intervals(
     level: float,
     roles: tuple[np.ndarray, np.ndarray] | None = None,
     drop_statistic: np.ndarray | None = None,
+    fixed_columns: Sequence[np.ndarray] = (),
 ) -> Intervals:
     """Delta-method intervals of the fractions (and rho), one-sided at the boundary.
 
@@ -282,6 +285,10 @@ def wald_intervals(
         (:mod:`.lrt`): where it is below the boundary's critical value, 0 is inside the
         likelihood-ratio region and the interval starts at 0 (test inversion; a Wald
         interval on the logit scale never reaches 0).
+    fixed_columns
+        Per fixed term (the components after the random terms), its columns of
+        ``beta``: where the Wald test of its coefficients = 0 does not reject at level
+        ``1 - level``, its interval starts at 0 (test inversion, as for random terms).
     """
     G, C = estimates.shape
     se = np.full((G, C), np.nan)
@@ -312,6 +319,8 @@ def wald_intervals(
     crit = float(st.chi2.ppf(2 * level - 1, 1))
     if drop_statistic is not None:
         lo[:, :k][drop_statistic[ok] < crit] = 0.0
+    for i, cols in enumerate(fixed_columns):
+        lo[_wald_holds_zero(part.beta, part.beta_cov, cols, level), k + i] = 0.0
     # one-sided bounds of the random terms at 0
     upper_v = np.full(V.shape, np.nan)  # each zero term's variance at its bound
     base = eng.deviance(_engine_point(eng, part.theta), sub)
@@ -339,6 +348,15 @@ def wald_intervals(
         # every batch variance may be 0: so may rho
         rho_low[ok[(lo[:, roles[0]] == 0).all(axis=1)]] = 0.0
     return Intervals(se, low, high, rho_low, rho_high)
+
+
+def _wald_holds_zero(beta, beta_cov, cols, level) -> np.ndarray:
+    """Where the Wald test of ``beta[:, cols] = 0`` does not reject at ``1 - level``."""
+    b = beta[:, cols]
+    cov = beta_cov[:, cols][:, :, cols]
+    with np.errstate(all="ignore"):
+        stat = np.einsum("gi,gi->g", b, np.linalg.solve(cov, b[:, :, None])[:, :, 0])
+    return stat < st.chi2.ppf(level, len(cols))
 
 
 def _scaled_chi2(value, variance, level):
