@@ -21,7 +21,7 @@ from ._sparse_kernel import columns
 from .grid import variance_grid
 from .newton import NewtonOptions, minimise_callable
 from .profiled import ProfiledDeviance
-from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
+from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts
 
 __all__ = ["LapackSchur"]
 
@@ -471,6 +471,21 @@ class LapackSchur(ProfiledDeviance):
         dev, sigma2, beta = self.estimates(X, stats)
         return X, dev, sigma2, beta, converged, n_iter
 
+    def _further(self, trial, found, known, b1, b2, ss):
+        """A descent from ``trial`` after the first.
+
+        Returns ``found`` (criterion, convergence, optimum), replaced where the descent
+        ends lower, and the descent's iterations.
+        """
+        f, c, it, abandoned = self._descend(trial, b1, b2, ss, known)
+        if abandoned or not np.isfinite(f):
+            return found, it
+        known.append(trial.copy())
+        # an optimum reached again must not replace the earlier one by rounding
+        if f < found[0] - TIE * max(1.0, abs(found[0])):
+            return (f, c, trial), it
+        return found, it
+
     def search(self, stats: ResponseStats, gamma0: np.ndarray, f0: np.ndarray):
         """The global optimum of every gene.
 
@@ -494,11 +509,14 @@ class LapackSchur(ProfiledDeviance):
             b1, b2, ss = B1[g], B2[g], stats.ss[g]
             i0 = int(np.argmin(values[g]))
             x = gamma0[g].copy()
-            first = i0  # many levels: the grid's best point is no candidate
+            # the grid point the first descent starts from (-1: the moment estimate,
+            # which leaves the grid's best point a candidate)
+            first = -1
             if not f0[g] <= values[g, i0]:
                 if not np.isfinite(values[g, i0]):
                     continue
                 x = grid.gamma[i0].copy()
+                first = i0
             best, conv, it, _ = self._descend(x, b1, b2, ss)
             best = best if np.isfinite(best) else np.inf
             known = [x.copy()]
@@ -506,20 +524,20 @@ class LapackSchur(ProfiledDeviance):
             candidate_bounds(
                 grid.face, grid.edge, grid.nb_ptr, grid.nb_idx, values[g], first, False, bound
             )
+            found = (best, conv, x)
             for i in np.argsort(bound, kind="mergesort"):
                 if count > MAX_EXTRA_STARTS or bound[i] == np.inf:
                     break
-                if not bound[i] < best:
+                if not bound[i] < found[0]:
                     continue
-                trial = grid.gamma[i].copy()
-                f, c, it, abandoned = self._descend(trial, b1, b2, ss, known)
+                found, it = self._further(grid.gamma[i].copy(), found, known, b1, b2, ss)
                 total, count = total + it, count + 1
-                if abandoned or not np.isfinite(f):
-                    continue
-                known.append(trial.copy())
-                if f < best - TIE * max(1.0, abs(best)):
-                    best, conv, x = f, c, trial
-            X[g], converged[g], n_iter[g], descents[g] = x, conv, total, count
+            # the faces next to the optimum (:func:`.search.swap_starts`)
+            for trial in swap_starts(found[2].copy()):
+                found, it = self._further(trial, found, known, b1, b2, ss)
+                total, count = total + it, count + 1
+            _, converged[g], X[g] = found
+            n_iter[g], descents[g] = total, count
         dev, sigma2, beta = self.estimates(np.nan_to_num(X, nan=1.0), stats)
         bad = ~np.isfinite(X).all(axis=1)
         dev[bad], sigma2[bad], beta[bad] = np.nan, np.nan, np.nan

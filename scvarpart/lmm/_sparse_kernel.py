@@ -36,7 +36,7 @@ from .newton import (
     _trial_point,
     batch_results,
 )
-from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds
+from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts
 
 __all__ = [
     "SparseDesign",
@@ -988,12 +988,15 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     """
     _screen(gf, ss, dz, w, values)
     i0 = int(np.argmin(values))
-    first = i0  # many observations per level: the grid's best point is no candidate
+    # the grid point the first descent starts from (-1: the moment estimate, which
+    # leaves the grid's best point a candidate: the two may lie in different basins)
+    first = -1
     if not (f_moment <= values[i0]):
         if not np.isfinite(values[i0]):
             x[:] = np.nan
             return False, 0, 0, False
         x[:] = gf.gamma[i0]
+        first = i0
     best, converged, n_iter, _, fresh = minimise_gene(
         x, ss, dz, w, opt, grad, hess, known, np.int64(0)
     )
@@ -1011,20 +1014,41 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         if not bound[i] < best:
             continue
         trial[:] = gf.gamma[i]
-        f, conv, it, abandoned, fresh = minimise_gene(
-            trial, ss, dz, w, opt, grad, hess, known, n_known
+        best, converged, held, n_known, it = _further_descent(
+            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
         )
         n_iter += it
         descents += 1
-        if abandoned or not np.isfinite(f):
-            continue
-        known[n_known] = trial
-        n_known += 1
-        if f < best - TIE * max(1.0, abs(best)):
-            best, converged = f, conv
-            x[:] = trial
-            held = fresh and _hold(grad, hess, at_x)
-    return converged, n_iter, descents, held
+    # the faces next to the optimum (:func:`.search.swap_starts`)
+    starts = swap_starts(x.copy())
+    for s in range(starts.shape[0]):
+        trial[:] = starts[s]
+        best, converged, held, n_known, it = _further_descent(
+            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
+        )
+        n_iter += it
+    return converged, n_iter, descents + starts.shape[0], held
+
+
+@nb.njit(cache=True, nogil=True)
+def _further_descent(
+    trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
+):
+    """A descent from ``trial`` after the first; its optimum replaces ``x`` if lower.
+
+    Returns (best criterion, its convergence, whether ``at_x`` holds its derivatives,
+    number of optima known, iterations).
+    """
+    f, conv, it, abandoned, fresh = minimise_gene(trial, ss, dz, w, opt, grad, hess, known, n_known)
+    if abandoned or not np.isfinite(f):
+        return best, converged, held, n_known, it
+    known[n_known] = trial
+    # an optimum reached again must not replace the earlier one by rounding
+    if f < best - TIE * max(1.0, abs(best)):
+        best, converged = f, conv
+        x[:] = trial
+        held = fresh and _hold(grad, hess, at_x)
+    return best, converged, held, n_known + 1, it
 
 
 @nb.njit(cache=True, nogil=True)
@@ -1074,7 +1098,8 @@ def search_batch(gf, X0, F0, ZtY, XtY, ss, dz, opt):
     values = np.empty(N)
     bound = np.empty(N)
     trial = np.empty(k)
-    known = np.empty((MAX_EXTRA_STARTS + 1, k))
+    # the optima of the first descent, the candidates' and the swaps'
+    known = np.empty((MAX_EXTRA_STARTS + 1 + k * k, k))
     at_x = np.empty(k + k * k)
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)

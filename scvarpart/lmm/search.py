@@ -67,6 +67,7 @@ __all__ = [
     "candidate_bounds",
     "prepare_grid",
     "search_batch",
+    "swap_starts",
 ]
 
 # Deviance units: the most a candidate's neighbourhood spread may count, where
@@ -354,40 +355,52 @@ def _search_gene(
 
 
 @nb.njit(cache=True, nogil=True)
-def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, known, n_known):
-    """Descents from the faces next to the optimum ``x``; a better optimum replaces it.
+def swap_starts(centre: np.ndarray) -> np.ndarray:
+    """Starts on the faces next to the optimum ``centre``, one per row.
 
     When factors share their levels' structure (few levels, partly confounded, as
     technical factors assigned per library are), one factor's variance can stand in
     for another's: the criterion then has optima on neighbouring faces, a ridge
     apart, that a coarse grid does not resolve (a difference of up to 16 in the
     deviance on the example design, 0.3% of genes). From an optimum with variances
-    at 0, each positive variance ``j`` is moved onto each zero one ``i``
-    (``x_i = x_j``, ``x_j = 0``); from an interior optimum, each is set to 0.
-    Descents that come near an optimum found before are abandoned.
-
-    Returns (deviance, converged, Newton iterations, descents).
+    at 0, each positive variance ``j`` is moved onto each zero one ``i`` (``x_i =
+    x_j``, ``x_j = 0``); from an interior optimum, each is set to 0. At most
+    ``k * k`` rows.
     """
-    k = x.shape[0]
-    centre = x.copy()
+    k = centre.shape[0]
     n_zero = np.sum(centre <= 0.0)
-    n_iter = 0
-    descents = 0
+    out = np.empty((k * k, k))
+    n = 0
     for j in range(k):
         if centre[j] <= 0.0:
             continue
         for i in range(k):
             if (n_zero and centre[i] > 0.0) or (not n_zero and i != j):
                 continue  # onto each zero variance; or, interior, to 0 (i == j)
-            trial[:] = centre
-            trial[i] = centre[j]
-            trial[j] = 0.0
-            best, converged, n_known, it = _further_descent(
-                trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
-            )
-            n_iter += it
-            descents += 1
-    return best, converged, n_iter, descents
+            out[n] = centre
+            out[n, i] = centre[j]
+            out[n, j] = 0.0
+            n += 1
+    return out[:n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, known, n_known):
+    """Descents from :func:`swap_starts` of the optimum ``x``; a better one replaces it.
+
+    Descents that come near an optimum found before are abandoned.
+
+    Returns (deviance, converged, Newton iterations, descents).
+    """
+    starts = swap_starts(x.copy())
+    n_iter = 0
+    for s in range(starts.shape[0]):
+        trial[:] = starts[s]
+        best, converged, n_known, it = _further_descent(
+            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+        )
+        n_iter += it
+    return best, converged, n_iter, starts.shape[0]
 
 
 @nb.njit(cache=True, nogil=True)
