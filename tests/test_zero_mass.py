@@ -28,7 +28,8 @@ def test_quadratic_form_probability_matches_simulation(seed):
     chi2 = rng.chisquare(dof, 200_000) if dof else np.zeros(200_000)
     for g in range(3):
         want = np.mean(draws @ (lam[g] - c[g]) - c[g] * chi2 <= 0)
-        assert got[g] == pytest.approx(want, abs=0.006)  # simulation's error 0.001
+        # quasi-Monte Carlo's error up to about 0.005 (1,024 points); simulation's 0.001
+        assert got[g] == pytest.approx(want, abs=0.008)
 
 
 def test_all_weights_on_one_side():
@@ -79,7 +80,8 @@ def test_zero_mass_is_the_share_of_null_genes_whose_criterion_rises(seed, reml):
     else:
         rises = np.trace(Zj.T @ Vi @ Zj) - n * ratio >= 0
     got = zero_mass(gram, terms, j, np.array([[theta0], [np.nan]]), reml=reml)
-    assert got[0] == pytest.approx(rises.mean(), abs=0.01)  # simulation's error 0.0025
+    # quasi-Monte Carlo's error up to about 0.005, the simulation's 0.0025
+    assert got[0] == pytest.approx(rises.mean(), abs=0.012)
     assert np.isnan(got[1])
 
 

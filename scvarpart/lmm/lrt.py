@@ -193,6 +193,8 @@ def variance_tests(
             theta0 = np.zeros((G, 0))
         else:
             reduced, stats, rest = _without(gram, response, terms, j, slope=slope)
+            # a variance at 0: the optimum lies in the smaller model, nothing to refit
+            at_zero = np.zeros(G, dtype=bool) if slope else ratios[:, j] == 0
             refit = fit_lmm(
                 reduced,
                 stats,
@@ -200,7 +202,7 @@ def variance_tests(
                 n_jobs=n_jobs,
                 batch_size=batch_size,
                 terms=rest,
-                exclude=skip,
+                exclude=np.where(at_zero & (skip == ""), "variance 0: statistic 0", skip),
             )
             assert refit.theta is not None  # fit_lmm always returns theta
             null, theta0 = refit.deviance, refit.theta
@@ -211,7 +213,7 @@ def variance_tests(
         weight = np.full(G, 0.5)
         if not slope:  # the null's point mass at 0, where the statistic is not 0
             positive = np.flatnonzero(stat[:, j] > 0)
-            weight[positive] = zero_mass(gram, terms, j, theta0[positive], reml=reml)
+            weight[positive] = zero_mass(gram, terms, j, theta0[positive], reml=reml, n_jobs=n_jobs)
         pvalue[:, j] = mixture_pvalue(stat[:, j], t.n_coef, weight)
     return VarianceTests(stat, pvalue, benjamini_hochberg(pvalue))
 
