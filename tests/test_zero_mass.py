@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from scvarpart.lmm.terms import ReTerm
-from scvarpart.lmm.zero_mass import quadratic_form_below_zero, zero_mass
+from scvarpart.lmm.zero_mass import _score_forms, quadratic_form_below_zero, zero_mass
 from scvarpart.suffstats import DesignGram
 
 
@@ -102,3 +102,39 @@ def test_without_other_terms_and_above_the_size_limit(monkeypatch):
     np.testing.assert_array_equal(
         zero_mass(one, [ReTerm("a", sizes[0])], 0, np.zeros((2, 0)), reml=True), 0.5
     )
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_score_forms_with_a_random_slope_among_the_other_terms(reml):
+    """The general path (Lambda not diagonal, the other term ``(1 + x|a)``): the
+    eigenvalues of ``Z'PZ`` and the trace of the score, against the dense matrices."""
+    rng = np.random.default_rng(10)
+    n, la, lb = 150, 6, 4
+    a = np.r_[np.arange(la), rng.integers(0, la, n - la)]
+    b = np.where(rng.uniform(size=n) < 0.8, a % lb, rng.integers(0, lb, n))  # confounded
+    x = rng.standard_normal(n)
+    Za = np.zeros((n, 2 * la))  # level by level: intercept, slope
+    Za[np.arange(n), 2 * a], Za[np.arange(n), 2 * a + 1] = 1.0, x
+    Zb = np.eye(lb)[b]
+    Z = np.hstack([Za, Zb])
+    X = np.column_stack([np.ones(n), x])
+    Xc = X - np.r_[0.0, x.mean()]
+    gram = DesignGram(
+        n_obs=n,
+        factor_sizes=(2 * la, lb),
+        ZtZ=sp.csr_matrix(Z.T @ Z),
+        ZtX=Z.T @ Xc,
+        XtX=Xc.T @ Xc,
+        x_mean=np.r_[0.0, x.mean()],
+    )
+    slope = ReTerm("a", la, n_coef=2, coefficients=("(Intercept)", "x"))
+    theta0 = np.array([1.5, 1.2, 0.2])  # T = [[1.5, 0], [1.2, 0.2]], far from symmetric
+    T = slope.factor(theta0)
+    V = np.eye(n) + Za @ np.kron(np.eye(la), T @ T.T) @ Za.T
+    Vi = np.linalg.inv(V)
+    P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi)
+    own, rest = np.arange(2 * la, 2 * la + lb), np.arange(2 * la)
+    mu, trace = _score_forms(gram, [slope], own, rest, theta0[None], reml)
+    np.testing.assert_allclose(mu[0], np.linalg.eigvalsh(Zb.T @ P @ Zb), rtol=1e-9, atol=1e-9)
+    A = Zb.T @ (P if reml else Vi) @ Zb
+    np.testing.assert_allclose(trace[0], np.trace(A), rtol=1e-10)
