@@ -138,3 +138,33 @@ def test_score_forms_with_a_random_slope_among_the_other_terms(reml):
     np.testing.assert_allclose(mu[0], np.linalg.eigvalsh(Zb.T @ P @ Zb), rtol=1e-9, atol=1e-9)
     A = Zb.T @ (P if reml else Vi) @ Zb
     np.testing.assert_allclose(trace[0], np.trace(A), rtol=1e-10)
+
+
+def test_more_columns_than_residual_dimensions():
+    """A term with more levels than ``n - p``: ``Z'PZ`` has rank ``n - p`` at most."""
+    rng = np.random.default_rng(3)
+    n, la, lb = 12, 3, 11
+    a = np.r_[np.arange(la), rng.integers(0, la, n - la)]
+    b = np.r_[np.arange(lb), rng.integers(0, lb, n - lb)]
+    Z = np.hstack([np.eye(la)[a], np.eye(lb)[b]])
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    Xc = X - np.r_[0.0, X[:, 1].mean()]
+    gram = DesignGram(
+        n_obs=n,
+        factor_sizes=(la, lb),
+        ZtZ=sp.csr_matrix(Z.T @ Z),
+        ZtX=Z.T @ Xc,
+        XtX=Xc.T @ Xc,
+        x_mean=np.r_[0.0, X[:, 1].mean()],
+    )
+    theta0 = 0.7
+    V = np.eye(n) + theta0**2 * Z[:, :la] @ Z[:, :la].T
+    Vi = np.linalg.inv(V)
+    P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi)
+    Zb = Z[:, la:]
+    Y = np.linalg.cholesky(V) @ rng.standard_normal((n, 100_000))
+    PY = P @ Y
+    ratio = np.sum((Zb.T @ PY) ** 2, axis=0) / np.sum(Y * PY, axis=0)
+    rises = np.trace(Zb.T @ P @ Zb) - (n - 2) * ratio >= 0
+    got = zero_mass(gram, [ReTerm("a", la), ReTerm("b", lb)], 1, np.array([[theta0]]), reml=True)
+    assert got[0] == pytest.approx(rises.mean(), abs=0.012)

@@ -104,8 +104,12 @@ def zero_mass(
     def run(rows: np.ndarray) -> None:
         mu, trace = _score_forms(gram, others, own, rest, theta0[rows], reml)
         c = trace / m
+        weights = mu - c[:, None]
+        # the residual space has n - p dimensions: with more columns than that, the
+        # smallest eigenvalues (0: Z'PZ has rank n - p at most) are not squares of it
         dof = gram.n_obs - gram.n_fixed - len(own)
-        out[rows] = quadratic_form_below_zero(mu - c[:, None], -c, dof)
+        weights[:, : max(0, -dof)] = 0.0
+        out[rows] = quadratic_form_below_zero(weights, -c, max(0, dof))
 
     batches = [ok[b : b + size] for b in range(0, len(ok), size)]
     if n_jobs in (None, 1) or len(batches) <= 1:
