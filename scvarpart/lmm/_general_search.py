@@ -26,6 +26,7 @@ from ._general_kernel import (
     workspace,
 )
 from .newton import _symmetric_eigen
+from .search import swap_starts
 
 __all__ = ["FACTORS", "MINIMISE", "SEARCH", "Batch", "SearchOptions", "minimise_gene", "run_batch"]
 
@@ -529,17 +530,42 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
             second = True
             i = own
         trial[:] = cand[i]
-        f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known)
+        best, converged, n_known, it = _further_descent(
+            trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known
+        )
         n_iter += it
         descents += 1
-        if abandoned or not np.isfinite(f):
-            continue
-        known[n_known] = trial
-        n_known += 1
-        if not np.isfinite(best) or f < best - TIE * max(1.0, abs(best)):
-            best, converged = f, conv
-            x[:] = trial
-    return best, converged, n_iter, descents
+    if not np.isfinite(best):
+        return best, converged, n_iter, descents
+    # the faces next to the optimum (:func:`.search.swap_starts`), over the diagonal
+    # parameters alone in their column (a random intercept's, a last coefficient's)
+    even = np.flatnonzero(opt.even)
+    starts = swap_starts(x[even].copy())
+    centre = x.copy()
+    for s in range(starts.shape[0]):
+        trial[:] = centre
+        trial[even] = starts[s]
+        best, converged, n_known, it = _further_descent(
+            trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known
+        )
+        n_iter += it
+    return best, converged, n_iter, descents + starts.shape[0]
+
+
+@nb.njit(cache=True, nogil=True)
+def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known):
+    """A descent from ``trial``; its optimum replaces ``x`` if lower (or the first).
+
+    Returns (best criterion, its convergence, number of optima known, iterations).
+    """
+    f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known)
+    if abandoned or not np.isfinite(f):
+        return best, converged, n_known, it
+    known[n_known] = trial
+    if not np.isfinite(best) or f < best - TIE * max(1.0, abs(best)):
+        best, converged = f, conv
+        x[:] = trial
+    return best, converged, n_known + 1, it
 
 
 # Tasks of :func:`run_batch` (after the kernel's DEVIANCE, DERIVATIVES, ESTIMATES).
@@ -595,7 +621,8 @@ def run_batch(task, X0, gene_starts, fixed_starts, ZtY, XtY, ss, dz, opt, thorou
     sc = scratch(k)
     out = _allocate(G, k, dz.p, task)
     S = gene_starts.shape[1] + fixed_starts.shape[0]
-    buf = (np.empty((S, k)), np.empty(S), np.empty((S, k)), np.empty(k))
+    # known optima: the candidates' and the swaps' (at most k * k)
+    buf = (np.empty((S, k)), np.empty(S), np.empty((S + k * k, k)), np.empty(k))
     none = np.empty((0, k))
     grad, hess = np.empty(k), np.empty((k, k))
     for g in range(G):
