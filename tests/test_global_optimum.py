@@ -98,6 +98,30 @@ def test_never_beaten_by_an_exhaustive_search_on_2000_designs():
     assert not problems, "\n".join(problems)
 
 
+def _short_of_the_thorough_search(monkeypatch, factor, level, engine="auto", rel=REL):
+    """The example design without one level, 400 genes: per criterion (ML, REML), the
+    genes whose ``engine`` fit ends above the thorough search's optimum (by more than
+    ``rel`` relative), with the gaps; and whether every fit converged.
+    """
+    import scvarpart.lmm.dense as dense
+
+    adata = svp.datasets.crossed_example(n_cells=2000, n_genes=400, seed=1)
+    kept = adata[adata.obs[factor] != level]
+    design = build_design(svp.datasets.EXAMPLE_FORMULA, kept.obs)
+    gram = design_gram(design)
+    stats = svp.lmm.response_stats(kept.X, design).response
+    out = []
+    for reml in (False, True):
+        ours = fit_lmm(gram, stats, reml=reml, engine=engine)
+        with monkeypatch.context() as m:
+            m.setattr(dense, "_THOROUGH_PER_LEVEL", 10**9)
+            reference = fit_lmm(gram, stats, reml=reml, engine="dense")
+        short = ours.deviance - reference.deviance > rel * np.maximum(1.0, np.abs(ours.deviance))
+        gap = ours.deviance[short] - reference.deviance[short]
+        out.append((reml, np.flatnonzero(short), gap, bool(ours.converged.all())))
+    return out
+
+
 @pytest.mark.parametrize(
     "factor, level",
     [
@@ -126,22 +150,9 @@ def test_example_design_with_a_level_left_out(monkeypatch, factor, level):
     thorough search (every face's local minima on a fine grid, found equal to an
     exhaustive search on tiny designs) is the reference.
     """
-    import scvarpart.lmm.dense as dense
-
-    adata = svp.datasets.crossed_example(n_cells=2000, n_genes=400, seed=1)
-    kept = adata[adata.obs[factor] != level]
-    design = build_design(svp.datasets.EXAMPLE_FORMULA, kept.obs)
-    gram = design_gram(design)
-    stats = svp.lmm.response_stats(kept.X, design).response
-    for reml in (False, True):
-        ours = fit_lmm(gram, stats, reml=reml)
-        with monkeypatch.context() as m:
-            m.setattr(dense, "_THOROUGH_PER_LEVEL", 10**9)
-            reference = fit_lmm(gram, stats, reml=reml)
-        short = ours.deviance - reference.deviance > REL * np.maximum(1.0, np.abs(ours.deviance))
-        gap = ours.deviance[short] - reference.deviance[short]
-        assert not short.any(), (reml, np.flatnonzero(short), gap)
-        assert ours.converged.all()
+    for reml, short, gap, converged in _short_of_the_thorough_search(monkeypatch, factor, level):
+        assert not len(short), (reml, short, gap)
+        assert converged
 
 
 @pytest.mark.parametrize("lapack", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -157,30 +168,20 @@ def test_blocked_engine_on_the_example_design_with_a_level_left_out(
     by 0.002. The LAPACK path, forced, on five such designs (REML): 22 of 2,000, now 0.
     """
     import scvarpart.lmm.blocked as blocked
-    import scvarpart.lmm.dense as dense
 
-    adata = svp.datasets.crossed_example(n_cells=2000, n_genes=400, seed=1)
-    kept = adata[adata.obs[factor] != level]
-    design = build_design(svp.datasets.EXAMPLE_FORMULA, kept.obs)
-    gram = design_gram(design)
-    stats = svp.lmm.response_stats(kept.X, design).response
     if lapack:
         monkeypatch.setattr(blocked, "_SMALL", 0)
         monkeypatch.setattr(blocked, "_MAX_FILL", -1.0)
+    obs = svp.datasets.crossed_example(n_cells=2000, n_genes=1, seed=1).obs
+    gram = design_gram(build_design(svp.datasets.EXAMPLE_FORMULA, obs[obs[factor] != level]))
     assert (blocked.BlockedDeviance(gram, True).lapack is not None) == lapack
-    for reml in (False, True):
-        ours = fit_lmm(gram, stats, reml=reml, engine="blocked")
-        with monkeypatch.context() as m:
-            m.setattr(dense, "_THOROUGH_PER_LEVEL", 10**9)
-            reference = fit_lmm(gram, stats, reml=reml, engine="dense")
-        # the blocked engine's Newton method (average information) stops up to about
-        # 2e-8 relative above the optimum it converges to: 3e-5 here, against the
-        # 0.002-9.4 of the optima it missed
-        tol = 1e-7 * np.maximum(1.0, np.abs(ours.deviance))
-        short = ours.deviance - reference.deviance > tol
-        gap = ours.deviance[short] - reference.deviance[short]
-        assert not short.any(), (reml, np.flatnonzero(short), gap)
-        assert ours.converged.all()
+    # the blocked engine's Newton method (average information) stops up to about 2e-8
+    # relative above the optimum it converges to: 3e-5 here, against the 0.002-9.4 of
+    # the optima it missed
+    found = _short_of_the_thorough_search(monkeypatch, factor, level, "blocked", rel=1e-7)
+    for reml, short, gap, converged in found:
+        assert not len(short), (reml, short, gap)
+        assert converged
 
 
 @pytest.mark.parametrize(("factor", "level"), [("chemistry", "3p_v3"), ("day", "day6")])
@@ -191,19 +192,7 @@ def test_general_engine_on_the_example_design_with_a_level_left_out(monkeypatch,
     of these designs, ML and REML) stopped short, by up to 4.5 deviance units (22 on
     these two designs); now 2, by at most 0.15, on other designs.
     """
-    import scvarpart.lmm.dense as dense
-
-    adata = svp.datasets.crossed_example(n_cells=2000, n_genes=400, seed=1)
-    kept = adata[adata.obs[factor] != level]
-    design = build_design(svp.datasets.EXAMPLE_FORMULA, kept.obs)
-    gram = design_gram(design)
-    stats = svp.lmm.response_stats(kept.X, design).response
-    for reml in (False, True):
-        ours = fit_lmm(gram, stats, reml=reml, engine="general")
-        with monkeypatch.context() as m:
-            m.setattr(dense, "_THOROUGH_PER_LEVEL", 10**9)
-            reference = fit_lmm(gram, stats, reml=reml, engine="dense")
-        short = ours.deviance - reference.deviance > REL * np.maximum(1.0, np.abs(ours.deviance))
-        gap = ours.deviance[short] - reference.deviance[short]
-        assert not short.any(), (reml, np.flatnonzero(short), gap)
-        assert ours.converged.all()
+    found = _short_of_the_thorough_search(monkeypatch, factor, level, "general")
+    for reml, short, gap, converged in found:
+        assert not len(short), (reml, short, gap)
+        assert converged
