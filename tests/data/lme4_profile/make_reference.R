@@ -39,22 +39,9 @@ DELTA <- c(small = 0.02, synth = 0.05)
 MAXPTS <- 400
 
 # ---------------------------------------------------------------------------------------
-# Formatting helpers (as in ../lme4_terms/make_reference.R)
+# Formatting helpers: fmt, jnum, jarr, jobj (doubles that round-trip)
 # ---------------------------------------------------------------------------------------
-fmt <- function(x) {
-  x <- as.numeric(x)
-  out <- sprintf("%.15g", x)
-  for (d in 16:17) {
-    bad <- is.finite(x) & suppressWarnings(as.numeric(out)) != x
-    bad[is.na(bad)] <- FALSE
-    out[bad] <- sprintf(paste0("%.", d, "g"), x[bad])
-  }
-  out[!is.finite(x)] <- "null"
-  out
-}
-jnum <- function(x) structure(fmt(x), class = "json")
-jarr <- function(x) structure(paste0("[", paste(fmt(x), collapse = ","), "]"), class = "json")
-jobj <- function(v) setNames(lapply(seq_along(v), function(i) jnum(v[[i]])), names(v))
+source("../json_doubles.R")
 
 # run expr, collecting warnings (muffled) and messages; returns list(value, warnings)
 collect <- function(expr) {

@@ -35,30 +35,8 @@ suppressPackageStartupMessages({
 # Formatting helpers
 # ---------------------------------------------------------------------------------------
 
-# shortest of %.15g / %.16g / %.17g that reads back as the same double; non-finite -> null
-fmt <- function(x) {
-  x <- as.numeric(x)
-  out <- sprintf("%.15g", x)
-  for (d in 16:17) {
-    bad <- is.finite(x) & suppressWarnings(as.numeric(out)) != x
-    bad[is.na(bad)] <- FALSE
-    out[bad] <- sprintf(paste0("%.", d, "g"), x[bad])
-  }
-  out[!is.finite(x)] <- "null"
-  out
-}
-jnum <- function(x) structure(fmt(x), class = "json")                  # scalar
-jarr <- function(x) structure(paste0("[", paste(fmt(x), collapse = ","), "]"), class = "json")
-jmat <- function(m) {                                                   # row-major [[..],..]
-  m <- as.matrix(m)
-  rows <- vapply(seq_len(nrow(m)), function(i) paste0("[", paste(fmt(m[i, ]), collapse = ","), "]"), "")
-  structure(paste0("[", paste(rows, collapse = ","), "]"), class = "json")
-}
-jobj <- function(v) {                                                   # named numeric -> {}
-  out <- lapply(seq_along(v), function(i) jnum(v[[i]]))
-  names(out) <- names(v)
-  out
-}
+source("../json_doubles.R")  # fmt, jnum, jarr, jmat, jobj: doubles that round-trip
+
 write_out <- function(obj, path) {
   write_json(obj, path, digits = NA, auto_unbox = TRUE, pretty = FALSE,
              json_verbatim = TRUE, na = "null")
