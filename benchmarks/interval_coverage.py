@@ -14,8 +14,12 @@ Designs whose simulated variances are known:
 
 Every gene is fitted by REML with ``n_boot`` parametric bootstrap replicates; the script
 prints, per component, how often the nominal ``--ci`` intervals cover the simulated
-fraction (the delta-method intervals of ``ci_low``/``ci_high`` and the bootstrap's
-percentile intervals), and their median widths, over all seeds. ``log_umi``'s true
+fraction (the intervals of ``ci_low``/``ci_high`` and the bootstrap's percentile
+intervals), and their median widths, over all seeds; then the same for rho (batch:
+chemistry, day and operator against patient; batch against donor), over the genes whose
+signal variance is not 0. Last, how far the bootstrap's bounds lie from ``ci_low`` and
+``ci_high`` (the median over genes, in units of the width of the latter): the two agree
+where the percentile bootstrap applies, terms of many levels. ``log_umi``'s true
 fraction is 0 for the genes simulated without a ``log_umi`` effect; a further row gives
 its coverage among the genes with one.
 """
@@ -39,7 +43,8 @@ def _example(n_cells: int, n_genes: int, seed: int):
     truth = true.div(true.sum(axis=1), axis=0)
     # log_umi's coverage among the genes with an effect, too
     truth["log_umi (effect)"] = truth["log_umi"].where(adata.var["true_beta_log_umi"] != 0)
-    return adata.X, adata.obs, adata.var_names, svp.datasets.EXAMPLE_FORMULA, truth
+    roles = (["chemistry", "day", "operator"], ["patient"])
+    return adata.X, adata.obs, adata.var_names, svp.datasets.EXAMPLE_FORMULA, truth, roles
 
 
 def _three_batch(n_cells: int, n_genes: int, seed: int):
@@ -61,13 +66,20 @@ def _three_batch(n_cells: int, n_genes: int, seed: int):
         {"donor": var[:, 0], "batch": var[:, 1], "Residual": np.ones(n_genes)}, index=genes
     )
     truth = true.div(true.sum(axis=1), axis=0)
-    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth
+    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth, (["batch"], ["donor"])
 
 
 def _with_effect_column(bounds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """``bounds`` with the truth's extra columns (a component among some genes)."""
     extra = {c: bounds[c.split(" (")[0]] for c in truth.columns if c not in bounds}
     return bounds.assign(**extra)[list(truth.columns)]
+
+
+def _with_rho(truth: pd.DataFrame, roles) -> pd.DataFrame:
+    """The true fractions and rho (NaN where the signal's variance is 0)."""
+    batch, signal = roles
+    s = truth[signal].sum(axis=1)
+    return truth.assign(rho=truth[batch].sum(axis=1) / s.where(s > 0))
 
 
 _DESIGNS = {"example": _example, "three-batch": _three_batch}
@@ -84,9 +96,13 @@ def main() -> None:
     args = ap.parse_args()
     hits: dict[str, list[pd.DataFrame]] = {"delta": [], "bootstrap": []}
     widths: dict[str, list[pd.DataFrame]] = {"delta": [], "bootstrap": []}
+    ends: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"delta": [], "bootstrap": []}
     seconds = 0.0
     for seed in args.seeds:
-        Y, obs, genes, formula, truth = _DESIGNS[args.design](args.n_cells, args.n_genes, seed)
+        Y, obs, genes, formula, truth, roles = _DESIGNS[args.design](
+            args.n_cells, args.n_genes, seed
+        )
+        truth = _with_rho(truth, roles)
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -96,34 +112,64 @@ def main() -> None:
                 obs=obs,
                 var_names=genes,
                 method="REML",
+                batch=roles[0],
+                signal=roles[1],
                 n_boot=args.n_boot,
                 seed=seed,
                 ci=args.ci,
                 n_jobs=2,
             )
         seconds += time.perf_counter() - start
-        for name, low, high in (
-            ("delta", fit.ci_low, fit.ci_high),
-            ("bootstrap", fit.boot_low, fit.boot_high),
+        per_gene = fit.per_gene
+        for name, low, high, suffix in (
+            ("delta", fit.ci_low, fit.ci_high, "ci"),
+            ("bootstrap", fit.boot_low, fit.boot_high, "boot"),
         ):
+            low = low.assign(rho=per_gene[f"rho_{suffix}_low"])
+            high = high.assign(rho=per_gene[f"rho_{suffix}_high"])
             low, high = _with_effect_column(low, truth), _with_effect_column(high, truth)
             covered = (low <= truth) & (truth <= high)
             hits[name].append(covered.where(truth.notna()))
             widths[name].append((high - low).where(truth.notna()))
+            ends[name].append((low.where(truth.notna()), high.where(truth.notna())))
     print(
         f"{args.design}: {args.n_genes} genes x {args.n_cells} cells x {len(args.seeds)} "
         f"seed(s), REML, {args.n_boot} replicates, {args.ci:.0%} intervals; "
         f"{seconds:.1f} s on 2 cores"
     )
-    print(f"{'':<23}{'delta method':>18}{'bootstrap':>18}")
-    print(f"{'component':<16}{'genes':>7}" + f"{'coverage':>10}{'width':>8}" * 2)
+    agree = _agreement(ends)
+    print(f"{'':<23}{'ci_low/ci_high':>18}{'bootstrap':>18}{'|difference| / width':>22}")
+    print(
+        f"{'component':<16}{'genes':>7}"
+        + f"{'coverage':>10}{'width':>8}" * 2
+        + f"{'low':>11}{'high':>11}"
+    )
     for c in hits["delta"][0].columns:
         row = ""
         for name in ("delta", "bootstrap"):
             h = pd.concat([t[c] for t in hits[name]]).dropna()
             w = pd.concat([t[c] for t in widths[name]]).dropna()
             row += f"{h.mean():>10.3f}{float(np.median(w)):>8.3f}"
-        print(f"{c:<16}{len(h):>7}" + row)
+        print(f"{c:<16}{len(h):>7}" + row + f"{agree[c][0]:>11.3f}{agree[c][1]:>11.3f}")
+
+
+def _agreement(ends) -> dict[str, tuple[float, float]]:
+    """How far the bootstrap's bounds lie from ``ci_low`` and ``ci_high``.
+
+    Per component, the medians over genes of the lower and the upper bounds' distance,
+    in units of the width of ``ci_low``/``ci_high``.
+    """
+    out = {}
+    (low, high), (b_low, b_high) = (
+        tuple(pd.concat(parts) for parts in zip(*ends[name], strict=True))
+        for name in ("delta", "bootstrap")
+    )
+    width = (high - low).where(lambda w: np.isfinite(w) & (w > 0))
+    for c in low.columns:
+        d_low = ((b_low[c] - low[c]).abs() / width[c]).dropna()
+        d_high = ((b_high[c] - high[c]).abs() / width[c]).dropna()
+        out[c] = (float(np.median(d_low)), float(np.median(d_high)))
+    return out
 
 
 if __name__ == "__main__":

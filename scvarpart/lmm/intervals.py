@@ -16,30 +16,38 @@ the variances'). A component's variance is a function of all three; its Jacobian
 differences of the engine's estimates, so every term kind (slopes, kinship, weights) is
 covered by the same code that computes the estimates.
 
-**Intervals.** Each fraction's lower bound is Wald's on the logit scale, so it stays in
-``[0, 1]``; a random term's lower bound is 0 where the likelihood-ratio test of its
-variance = 0 (:mod:`.lrt`) does not reject at level ``1 - level`` (0 is then inside the
-likelihood-ratio region: test inversion, which a Wald interval never reaches). A random
-term's upper bound is a likelihood-ratio bound: the fraction at the variance above the
-estimate where the criterion, the other variance ratios held at their estimates, has
-risen by the ``level`` quantile of ``chi^2_1`` (by its ``2 * level - 1`` quantile from a
-variance at 0, under the 50:50 mixture of ``chi^2_0`` and ``chi^2_1`` on the boundary;
-Self & Liang 1987); with 3 or 4 levels it lies many times above the estimate, as it
-should. Where the variance is well determined (Satterthwaite's degrees of freedom ``2
-V^2 / Var(V)`` at least :data:`_WALD_DOF`, as for terms with hundreds of levels) the
-Wald bound stands in for it. The residual's bounds come from Satterthwaite's scaled
-chi-squared approximation of the sum of the other variances (``sigma^2`` itself is
-estimated from every observation), its upper bound at least 1 minus the other
-fractions' lower bounds (the fractions sum to 1). Fixed terms' fractions are Wald's on
-the logit scale, from 0 where the Wald test of the term's coefficients does not reject
-(test inversion again: a covariate without effect gets an interval from 0). Rho's
-interval is Wald's on the log scale: ``[0, u]`` when the batch variance is 0 (or may
-be), ``[l, inf]`` when the signal's is.
+**Intervals.** A fraction ``V_j / (V_j + S_j)`` (``S_j``: the sum of the other
+components) is ``1 / (1 + S_j / V_j)``; with ``V_j`` and ``S_j`` each a scaled
+chi-squared of Satterthwaite's degrees of freedom, their ratio is a scaled F, which
+gives each fraction's lower bound (Wald's on the logit scale where it is undefined):
+the skew of ``S_j`` when a factor with few levels is in it makes the fraction's lower
+tail long, which a Wald bound on any scale misses. A random term's lower bound is 0
+where the likelihood-ratio test of its variance = 0 (:mod:`.lrt`) does not reject at
+level ``1 - level`` (0 is then inside the likelihood-ratio region: test inversion). A
+random term's upper bound is the larger of the F bound and a likelihood-ratio bound: the
+fraction at the variance above the estimate where the criterion, the other variance
+ratios held at their estimates, has risen by the ``level`` quantile of ``chi^2_1`` (by
+its ``2 * level - 1`` quantile from a variance at 0, under the 50:50 mixture of
+``chi^2_0`` and ``chi^2_1`` on the boundary; Self & Liang 1987); with 3 or 4 levels it
+lies many times above the estimate, as it should, while the F bound carries the other
+components' uncertainty. Where the variance is well determined (Satterthwaite's
+degrees of freedom ``2 V^2 / Var(V)`` at least :data:`_WALD_DOF`, as for terms with
+hundreds of levels) the Wald bound stands in for the likelihood ratio's. Fixed terms'
+upper bounds are the larger of the F and the logit-scale Wald bounds; their lower
+bounds are 0 where the Wald test of the term's coefficients does not reject (test
+inversion again: a covariate without effect gets an interval from 0). The residual's
+bounds come from Satterthwaite's scaled chi-squared approximation of the sum of the
+other variances (``sigma^2`` itself is estimated from every observation), widened to
+reach its fraction with any other component at one of its bounds (the fractions sum to
+1). Rho's interval is Wald's on the log scale, widened to rho at the batch and signal
+terms' likelihood-ratio bounds: ``[0, u]`` when the batch variance is 0 (or may be),
+``[l, inf]`` when the signal's is.
 ``benchmarks/interval_coverage.py`` measures the coverage.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -303,15 +311,10 @@ def wald_intervals(
     part = fit.subset(ok)
     V = estimates[ok]
     cov_v = _variance_covariance(eng, sub, part, variances)
-    total = V.sum(axis=1)
-    f = V / total[:, None]
-    A = (np.eye(C)[None] - f[:, :, None]) / total[:, None, None]
-    cov_f = np.einsum("gij,gjk,glk->gil", A, cov_v, A)
-    se_f = np.sqrt(np.clip(np.diagonal(cov_f, axis1=1, axis2=2), 0, None))
-    z = float(st.norm.ppf(0.5 + level / 2))
-    lo, hi = _logit_interval(f, se_f, z)
+    f = V / V.sum(axis=1, keepdims=True)
     k = len(term_coords)
-    lo[:, -1], hi[:, -1] = _residual_interval(V, cov_v, level)
+    lo, hi, f_hi = _closed_form_bounds(V, cov_v, level, k)
+    z = float(st.norm.ppf(0.5 + level / 2))
     se_v = np.sqrt(np.clip(np.diagonal(cov_v, axis1=1, axis2=2), 0, None))
     zero = V == 0
     se_v[zero] = np.nan
@@ -323,6 +326,8 @@ def wald_intervals(
         lo[_wald_holds_zero(part.beta, part.beta_cov, cols, level), k + i] = 0.0
     # one-sided bounds of the random terms at 0
     upper_v = np.full(V.shape, np.nan)  # each zero term's variance at its bound
+    # rho with each random term at its upper bound (the others' ratios held)
+    rho_at = np.full((len(V), k), np.nan)
     base = eng.deviance(_engine_point(eng, part.theta), sub)
     interior = float(st.chi2.ppf(level, 1))
     with np.errstate(all="ignore"):
@@ -339,15 +344,44 @@ def wald_intervals(
         _, s_b, b_b = eng.estimates(_engine_point(eng, theta_b), sub.subset(genes))
         V_b = variances(theta_b, s_b, b_b)
         hi[genes, j] = V_b[:, j] / V_b.sum(axis=1)
+        if roles is not None:
+            with np.errstate(all="ignore"):
+                rho_at[genes, j] = V_b[:, roles[0]].sum(axis=1) / V_b[:, roles[1]].sum(axis=1)
         at0 = zero[genes, j]
         upper_v[genes[at0], j] = (V_b[:, j] * V[genes].sum(axis=1) / V_b.sum(axis=1))[at0]
-    _coherent_residual(lo, hi)
+    # the likelihood-ratio bound holds the other variance ratios: Satterthwaite's F
+    # bound adds their uncertainty in the denominator
+    hi[:, :k] = np.fmax(hi[:, :k], np.where(zero[:, :k], np.nan, f_hi[:, :k]))
+    _coherent_residual(lo, hi, f)
     se[ok], low[ok], high[ok] = se_v, lo, hi
     if roles is not None and rho_low is not None and rho_high is not None:
-        rho_low[ok], rho_high[ok] = _rho_interval(V, cov_v, upper_v, roles, z)
+        rho_low[ok], rho_high[ok] = _rho_interval(V, cov_v, upper_v, roles, z, rho_at)
         # every batch variance may be 0: so may rho
         rho_low[ok[(lo[:, roles[0]] == 0).all(axis=1)]] = 0.0
     return Intervals(se, low, high, rho_low, rho_high)
+
+
+def _closed_form_bounds(V, cov_v, level, k):
+    """The bounds that need no further evaluation of the criterion.
+
+    Lower bounds of every component but the residual: Satterthwaite's F
+    (:func:`_ratio_intervals`), or Wald's on the logit scale where that is undefined.
+    Upper bounds of the fixed terms: the larger of the two. The residual's: from
+    Satterthwaite's interval of the sum of the others (:func:`_residual_interval`).
+    Returns ``lo``, ``hi`` and the F upper bounds (for the random terms, whose upper
+    bound the caller makes from them and the likelihood ratio's).
+    """
+    total = V.sum(axis=1)
+    f = V / total[:, None]
+    A = (np.eye(V.shape[1])[None] - f[:, :, None]) / total[:, None, None]
+    cov_f = np.einsum("gij,gjk,glk->gil", A, cov_v, A)
+    se_f = np.sqrt(np.clip(np.diagonal(cov_f, axis1=1, axis2=2), 0, None))
+    lo, hi = _logit_interval(f, se_f, float(st.norm.ppf(0.5 + level / 2)))
+    f_lo, f_hi = _ratio_intervals(V, cov_v, level)
+    lo[:, :-1] = np.where(np.isfinite(f_lo), f_lo, lo[:, :-1])
+    hi[:, k:-1] = np.fmax(hi[:, k:-1], f_hi[:, k:])
+    lo[:, -1], hi[:, -1] = _residual_interval(V, cov_v, level)
+    return lo, hi, f_hi
 
 
 def _wald_holds_zero(beta, beta_cov, cols, level) -> np.ndarray:
@@ -357,6 +391,34 @@ def _wald_holds_zero(beta, beta_cov, cols, level) -> np.ndarray:
     with np.errstate(all="ignore"):
         stat = np.einsum("gi,gi->g", b, np.linalg.solve(cov, b[:, :, None])[:, :, 0])
     return stat < st.chi2.ppf(level, len(cols))
+
+
+def _ratio_intervals(V, cov_v, level):
+    """Satterthwaite's F interval of every component's fraction but the residual's.
+
+    The fraction ``V_j / (V_j + S_j)`` is ``1 / (1 + S_j / V_j)``, and with each of
+    ``V_j`` and ``S_j`` (the sum of the others) a scaled chi-squared of Satterthwaite's
+    degrees of freedom ``2 V^2 / Var(V)``, their ratio is a scaled F (the interval of
+    an intraclass correlation, approximately; exact for a balanced one-way design).
+    What it adds to a Wald interval is the skew of ``S_j``: a factor with few levels in
+    the denominator makes the fraction's lower tail long. ``(G, C - 1)`` each, NaN
+    where a variance or its sum is 0.
+    """
+    C = V.shape[1]
+    low, high = np.full((len(V), C - 1), np.nan), np.full((len(V), C - 1), np.nan)
+    tail = (1 - level) / 2
+    total = V.sum(axis=1)
+    var_total = np.einsum("gij->g", cov_v)
+    for j in range(C - 1):
+        S = total - V[:, j]
+        with np.errstate(all="ignore"):
+            var_s = var_total - 2 * cov_v[:, j].sum(axis=1) + cov_v[:, j, j]
+            nu_j, nu_s = 2 * V[:, j] ** 2 / cov_v[:, j, j], 2 * S**2 / var_s
+            ratio = S / V[:, j]
+            ok = (V[:, j] > 0) & (S > 0) & (nu_j > 0) & (nu_s > 0)
+            low[ok, j] = 1 / (1 + ratio[ok] * st.f.ppf(1 - tail, nu_s[ok], nu_j[ok]))
+            high[ok, j] = 1 / (1 + ratio[ok] * st.f.ppf(tail, nu_s[ok], nu_j[ok]))
+    return low, high
 
 
 def _scaled_chi2(value, variance, level):
@@ -391,25 +453,34 @@ def _residual_interval(V, cov_v, level):
     return np.where(S > 0, low, np.nan), np.where(S > 0, high, 1.0)
 
 
-def _coherent_residual(lo, hi):
+def _coherent_residual(lo, hi, f):
     """The residual's bounds made coherent with the others' (last column; in place).
 
-    The fractions sum to 1, so where the other components' intervals reach their lower
-    bounds together, the residual's reaches 1 minus their sum: its upper bound is at
-    least that. Satterthwaite's bound alone misses it where a variance of few levels is
-    estimated small but its interval reaches 0 (the delta-method variance of the sum is
+    The fractions sum to 1: where another component's fraction is at one of its
+    bounds, the others keeping their shares of the rest, the residual's fraction is
+    ``(1 - bound) f_e / (1 - f_j)``. The residual's interval reaches each of those.
+    Satterthwaite's interval alone misses them where a variance of few levels is
+    estimated small but its interval is long (the delta-method variance of the sum is
     then small too). Where every other variance is 0, Satterthwaite's interval is
     undefined, and the lower bound is 1 minus the sum of their upper bounds.
     """
-    rest_lo = np.nansum(lo[:, :-1], axis=1)
-    hi[:, -1] = np.fmax(hi[:, -1], 1.0 - rest_lo)
-    undefined = np.isnan(lo[:, -1])
+    with np.errstate(all="ignore"):
+        share = f[:, -1:] / (1.0 - f[:, :-1])
+        at_low, at_high = (1.0 - lo[:, :-1]) * share, (1.0 - hi[:, :-1]) * share
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        hi[:, -1] = np.fmax(hi[:, -1], np.nanmax(at_low, axis=1))
+        lo[:, -1] = np.fmin(lo[:, -1], np.nanmin(at_high, axis=1))
+    undefined = np.isnan(lo[:, -1]) | (f[:, -1] == 1.0)
     lo[undefined, -1] = np.clip(1.0 - np.nansum(hi[undefined, :-1], axis=1), 0.0, None)
 
 
-def _rho_interval(V, cov_v, upper_v, roles, z):
+def _rho_interval(V, cov_v, upper_v, roles, z, rho_at):
     """Rho's bounds: Wald on ``log rho``, one-sided where batch or signal is 0.
 
+    Widened to rho at each batch term's likelihood-ratio upper bound (upward) and at
+    each signal term's (downward), ``rho_at`` (``(G, k)``, per random term): a batch
+    factor with few levels makes ``log rho`` skewed, which Wald's bound misses.
     ``upper_v``: the one-sided upper bound of each variance at 0 (rescaled to the
     estimate's total), NaN elsewhere.
     """
@@ -423,6 +494,14 @@ def _rho_interval(V, cov_v, upper_v, roles, z):
         se = np.sqrt(np.einsum("gi,gij,gj->g", g, cov_v, g))
         r = vb / vs
         lo, hi = r * np.exp(-z * se), r * np.exp(z * se)
+    # a term of few levels: its likelihood-ratio bound, as for its fraction
+    k = rho_at.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        if batch[:k].any():
+            hi = np.fmax(hi, np.nanmax(rho_at[:, batch[:k]], axis=1))
+        if signal[:k].any():
+            lo = np.fmin(lo, np.nanmin(rho_at[:, signal[:k]], axis=1))
     # batch at 0: [0, u], u from the batch terms' one-sided bounds
     vb_up = np.where(np.isnan(upper_v), V, upper_v)[:, batch].sum(axis=1)
     vs_up = np.where(np.isnan(upper_v), V, upper_v)[:, signal].sum(axis=1)
