@@ -191,26 +191,35 @@ def _three_level_batch(seed: int, n_cells: int = 3000, n_genes: int = 300):
     Y += (rng.standard_normal((n_genes, 3)) * np.sqrt(var[:, 1:]))[:, b].T
     Y += rng.standard_normal((n_cells, n_genes))
     true = np.column_stack([var, np.ones(n_genes)])
-    return Y, obs, true / true.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(var[:, 0] > 0, var[:, 1] / var[:, 0], np.nan)
+    return Y, obs, true / true.sum(axis=1, keepdims=True), rho
 
 
-@pytest.mark.slow
 def test_intervals_cover_with_a_three_level_factor_in_the_denominator():
     """With a 3-level batch, every component's 95% interval covers its simulated
-    fraction in 93-98% of 900 genes: the donor's too, whose denominator holds the
-    batch's skewed uncertainty (Wald's lower bound and the likelihood ratio's upper one,
-    the batch's ratio held, covered 91.8%)."""
-    hits = []
+    fraction in 93-98% of 900 genes, and rho's its ratio: the donor's too, whose
+    denominator holds the batch's skewed uncertainty (Wald's lower bound and the
+    likelihood ratio's upper one, the batch's ratio held, covered 91.8%; rho's Wald
+    interval on the log scale 91.8% as well)."""
+    hits, rho_hits = [], []
     for seed in (5, 6, 7):
-        Y, obs, truth = _three_level_batch(seed)
+        Y, obs, truth, rho = _three_level_batch(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = svp.lmm.fit("~ (1|donor) + (1|batch)", Y, obs=obs, method="REML", n_jobs=2)
+            fit = svp.lmm.fit(
+                "~ (1|donor) + (1|batch)", Y, obs=obs, method="REML", n_jobs=2,
+                batch="batch", signal="donor",
+            )  # fmt: skip
         lo, hi = fit.ci_low.to_numpy(), fit.ci_high.to_numpy()
         hits.append((lo <= truth) & (truth <= hi))
+        r_lo, r_hi = fit.per_gene["rho_ci_low"].to_numpy(), fit.per_gene["rho_ci_high"].to_numpy()
+        known = np.isfinite(rho) & ~np.isnan(r_lo)
+        rho_hits.append(((r_lo <= rho) & (rho <= r_hi))[known])
     covered = np.concatenate(hits).mean(axis=0)
     # 900 genes: a binomial 95% band is about +-1.4%
-    assert ((covered >= 0.93) & (covered <= 0.98)).all(), dict(zip(fit.ci_low.columns, covered))
+    assert ((covered >= 0.93) & (covered <= 0.98)).all(), pd.Series(covered, fit.ci_low.columns)
+    assert 0.93 <= np.concatenate(rho_hits).mean() <= 0.98
 
 
 def test_ci_none_skips_them_and_replicates_need_a_level():
