@@ -2,15 +2,17 @@
 
 Usage::
 
-    python benchmarks/interval_coverage.py [--design example|three-batch] [--n-genes 300]
-        [--n-cells 3000] [--n-boot 200] [--seeds 5 6 7]
+    python benchmarks/interval_coverage.py [--design example|three-batch|many-levels]
+        [--n-genes 300] [--n-cells 3000] [--n-boot 200] [--seeds 5 6 7]
 
 Designs whose simulated variances are known:
 
 - ``example``: ``svp.datasets.crossed_example`` (12 patients, 3 chemistries, 6 days,
   4 operators, ``log_umi``);
 - ``three-batch``: 20 donors crossed with a 3-level batch, Gaussian values, each gene's
-  variances drawn at random (a fifth of them 0).
+  variances drawn at random (a fifth of them 0);
+- ``many-levels``: the same with 60 donors and a 40-level batch, where the percentile
+  bootstrap applies.
 
 Every gene is fitted by REML with ``n_boot`` parametric bootstrap replicates; the script
 prints, per component, how often the nominal ``--ci`` intervals cover the simulated
@@ -69,6 +71,28 @@ def _three_batch(n_cells: int, n_genes: int, seed: int):
     return Y, obs, genes, "~ (1|donor) + (1|batch)", truth, (["batch"], ["donor"])
 
 
+def _many_levels(n_cells: int, n_genes: int, seed: int):
+    """60 donors x a 40-level batch, crossed; random variances, a fifth of them 0."""
+    rng = np.random.default_rng(seed)
+    obs = pd.DataFrame(
+        {
+            "donor": pd.Categorical(rng.integers(60, size=n_cells).astype(str)),
+            "batch": pd.Categorical(rng.integers(40, size=n_cells).astype(str)),
+        }
+    )
+    var = rng.uniform(0, 1, size=(n_genes, 2)) * (rng.uniform(size=(n_genes, 2)) > 0.2)
+    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
+    Y = (rng.standard_normal((n_genes, 60)) * np.sqrt(var[:, :1]))[:, d].T
+    Y += (rng.standard_normal((n_genes, 40)) * np.sqrt(var[:, 1:]))[:, b].T
+    Y += rng.standard_normal((n_cells, n_genes))
+    genes = pd.Index([f"gene{g:04d}" for g in range(n_genes)])
+    true = pd.DataFrame(
+        {"donor": var[:, 0], "batch": var[:, 1], "Residual": np.ones(n_genes)}, index=genes
+    )
+    truth = true.div(true.sum(axis=1), axis=0)
+    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth, (["batch"], ["donor"])
+
+
 def _with_effect_column(bounds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """``bounds`` with the truth's extra columns (a component among some genes)."""
     extra = {c: bounds[c.split(" (")[0]] for c in truth.columns if c not in bounds}
@@ -82,7 +106,7 @@ def _with_rho(truth: pd.DataFrame, roles) -> pd.DataFrame:
     return truth.assign(rho=truth[batch].sum(axis=1) / s.where(s > 0))
 
 
-_DESIGNS = {"example": _example, "three-batch": _three_batch}
+_DESIGNS = {"example": _example, "three-batch": _three_batch, "many-levels": _many_levels}
 
 
 def main() -> None:
