@@ -9,8 +9,8 @@ Designs whose simulated variances are known:
 
 - ``example``: ``svp.datasets.crossed_example`` (12 patients, 3 chemistries, 6 days,
   4 operators, ``log_umi``);
-- ``three-batch``: 20 donors crossed with a 3-level batch, Gaussian values, each gene's
-  variances drawn at random (a fifth of them 0);
+- ``three-batch``: ``svp.datasets.donor_batch``, 20 donors crossed with a 3-level batch,
+  Gaussian values, each gene's variances drawn at random (a fifth of them 0);
 - ``many-levels``: the same with 60 donors and a 40-level batch, where the percentile
   bootstrap applies.
 
@@ -49,48 +49,19 @@ def _example(n_cells: int, n_genes: int, seed: int):
     return adata.X, adata.obs, adata.var_names, svp.datasets.EXAMPLE_FORMULA, truth, roles
 
 
-def _three_batch(n_cells: int, n_genes: int, seed: int):
-    """20 donors x a 3-level batch, crossed; random variances, a fifth of them 0."""
-    rng = np.random.default_rng(seed)
-    obs = pd.DataFrame(
-        {
-            "donor": pd.Categorical(rng.integers(20, size=n_cells).astype(str)),
-            "batch": pd.Categorical(rng.integers(3, size=n_cells).astype(str)),
-        }
-    )
-    var = rng.uniform(0, 1, size=(n_genes, 2)) * (rng.uniform(size=(n_genes, 2)) > 0.2)
-    donor = rng.standard_normal((n_genes, 20)) * np.sqrt(var[:, :1])
-    batch = rng.standard_normal((n_genes, 3)) * np.sqrt(var[:, 1:])
-    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
-    Y = donor[:, d].T + batch[:, b].T + rng.standard_normal((n_cells, n_genes))
-    genes = pd.Index([f"gene{g:04d}" for g in range(n_genes)])
-    true = pd.DataFrame(
-        {"donor": var[:, 0], "batch": var[:, 1], "Residual": np.ones(n_genes)}, index=genes
-    )
-    truth = true.div(true.sum(axis=1), axis=0)
-    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth, (["batch"], ["donor"])
+def _donor_batch(n_donors: int, n_batches: int):
+    """``svp.datasets.donor_batch`` with that many levels, as a design of this script."""
 
+    def design(n_cells: int, n_genes: int, seed: int):
+        adata = svp.datasets.donor_batch(
+            n_cells, n_genes, n_donors=n_donors, n_batches=n_batches, seed=seed
+        )
+        true = adata.varm["true_variance"]
+        truth = true.div(true.sum(axis=1), axis=0)
+        roles = (adata.uns["example"]["batch"], adata.uns["example"]["signal"])
+        return adata.X, adata.obs, adata.var_names, adata.uns["example"]["formula"], truth, roles
 
-def _many_levels(n_cells: int, n_genes: int, seed: int):
-    """60 donors x a 40-level batch, crossed; random variances, a fifth of them 0."""
-    rng = np.random.default_rng(seed)
-    obs = pd.DataFrame(
-        {
-            "donor": pd.Categorical(rng.integers(60, size=n_cells).astype(str)),
-            "batch": pd.Categorical(rng.integers(40, size=n_cells).astype(str)),
-        }
-    )
-    var = rng.uniform(0, 1, size=(n_genes, 2)) * (rng.uniform(size=(n_genes, 2)) > 0.2)
-    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
-    Y = (rng.standard_normal((n_genes, 60)) * np.sqrt(var[:, :1]))[:, d].T
-    Y += (rng.standard_normal((n_genes, 40)) * np.sqrt(var[:, 1:]))[:, b].T
-    Y += rng.standard_normal((n_cells, n_genes))
-    genes = pd.Index([f"gene{g:04d}" for g in range(n_genes)])
-    true = pd.DataFrame(
-        {"donor": var[:, 0], "batch": var[:, 1], "Residual": np.ones(n_genes)}, index=genes
-    )
-    truth = true.div(true.sum(axis=1), axis=0)
-    return Y, obs, genes, "~ (1|donor) + (1|batch)", truth, (["batch"], ["donor"])
+    return design
 
 
 def _with_effect_column(bounds: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +77,11 @@ def _with_rho(truth: pd.DataFrame, roles) -> pd.DataFrame:
     return truth.assign(rho=truth[batch].sum(axis=1) / s.where(s > 0))
 
 
-_DESIGNS = {"example": _example, "three-batch": _three_batch, "many-levels": _many_levels}
+_DESIGNS = {
+    "example": _example,
+    "three-batch": _donor_batch(20, 3),
+    "many-levels": _donor_batch(60, 40),
+}
 
 
 def main() -> None:

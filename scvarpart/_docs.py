@@ -23,6 +23,7 @@ __all__ = [
     "doc_batch_signal",
     "doc_batch_size",
     "doc_cells",
+    "doc_dataset_size",
     "doc_formula",
     "doc_key",
     "doc_key_added",
@@ -137,6 +138,14 @@ n_jobs
     the GIL) for the pass over the data and for the fits; -1 for every core.
     Any joblib backend can be chosen with ``joblib.parallel_config``, e.g.
     ``"loky"`` or ``"dask"``. Results do not depend on it."""
+
+doc_dataset_size = """\
+n_cells
+    Number of cells.
+n_genes
+    Number of genes.
+seed
+    Seed of the random generator: the same seed gives the same data."""
 
 doc_batch_size = """\
 batch_size

@@ -51,6 +51,22 @@ def test_example_rejects_tiny_sizes():
         svp.datasets.crossed_example(n_cells=10)
 
 
+def test_donor_batch_is_deterministic_and_its_fit_recovers_the_truth():
+    a = svp.datasets.donor_batch(2000, 60, n_donors=30, n_batches=4, seed=3)
+    b = svp.datasets.donor_batch(2000, 60, n_donors=30, n_batches=4, seed=3)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert [a.obs[f].nunique() for f in ("donor", "batch")] == [30, 4]
+    truth = a.varm["true_variance"]
+    assert list(truth.columns) == ["donor", "batch", "Residual"]
+    assert ((truth[["donor", "batch"]] == 0).mean() > 0.05).all()  # a fifth at 0
+    svp.tl.variance_partition(a, svp.datasets.DONOR_BATCH_FORMULA)
+    est = a.varm["varpart_variance"]
+    assert np.corrcoef(est["donor"], truth["donor"])[0, 1] > 0.9
+    assert np.abs(est["Residual"] - 1).max() < 0.1
+    with pytest.raises(ValueError, match="n_batches >= 2"):
+        svp.datasets.donor_batch(n_batches=1)
+
+
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "scvarpart", *args], capture_output=True, text=True, cwd=cwd

@@ -175,27 +175,6 @@ def test_intervals_cover_the_simulated_fractions():
         assert 0.88 <= covered <= 1.0, (c, covered)
 
 
-def _three_level_batch(seed: int, n_cells: int = 3000, n_genes: int = 300):
-    """20 donors crossed with a 3-level batch; variances uniform on (0, 1), a fifth
-    of them 0 (``benchmarks/interval_coverage.py --design three-batch``)."""
-    rng = np.random.default_rng(seed)
-    obs = pd.DataFrame(
-        {
-            "donor": pd.Categorical(rng.integers(20, size=n_cells).astype(str)),
-            "batch": pd.Categorical(rng.integers(3, size=n_cells).astype(str)),
-        }
-    )
-    var = rng.uniform(0, 1, size=(n_genes, 2)) * (rng.uniform(size=(n_genes, 2)) > 0.2)
-    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
-    Y = (rng.standard_normal((n_genes, 20)) * np.sqrt(var[:, :1]))[:, d].T
-    Y += (rng.standard_normal((n_genes, 3)) * np.sqrt(var[:, 1:]))[:, b].T
-    Y += rng.standard_normal((n_cells, n_genes))
-    true = np.column_stack([var, np.ones(n_genes)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.where(var[:, 0] > 0, var[:, 1] / var[:, 0], np.nan)
-    return Y, obs, true / true.sum(axis=1, keepdims=True), rho
-
-
 def test_intervals_cover_with_a_three_level_factor_in_the_denominator():
     """With a 3-level batch, every component's 95% interval covers its simulated
     fraction in 93-98% of 900 genes, and rho's its ratio: the donor's too, whose
@@ -204,12 +183,16 @@ def test_intervals_cover_with_a_three_level_factor_in_the_denominator():
     interval on the log scale 91.8% as well)."""
     hits, rho_hits = [], []
     for seed in (5, 6, 7):
-        Y, obs, truth, rho = _three_level_batch(seed)
+        adata = svp.datasets.donor_batch(3000, 300, seed=seed)
+        var = adata.varm["true_variance"].to_numpy()
+        truth = var / var.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(var[:, 0] > 0, var[:, 1] / var[:, 0], np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = svp.lmm.fit(
-                "~ (1|donor) + (1|batch)", Y, obs=obs, method="REML", n_jobs=2,
-                batch="batch", signal="donor",
+                svp.datasets.DONOR_BATCH_FORMULA, adata.X, obs=adata.obs, method="REML",
+                n_jobs=2, batch="batch", signal="donor",
             )  # fmt: skip
         lo, hi = fit.ci_low.to_numpy(), fit.ci_high.to_numpy()
         hits.append((lo <= truth) & (truth <= hi))

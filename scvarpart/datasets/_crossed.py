@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_dataset_size, doc_params
+
 __all__ = ["EXAMPLE_FORMULA", "crossed_example"]
 
 #: The model the example is simulated from.
@@ -63,6 +65,7 @@ def _true_variances(n_genes: int, rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame(share * total[:, None], columns=comps)
 
 
+@doc_params(doc_dataset_size=doc_dataset_size)
 def crossed_example(n_cells: int = 2000, n_genes: int = 200, *, seed: int = 0) -> AnnData:
     """Simulate log-normalised expression with known variance components.
 
@@ -79,12 +82,7 @@ def crossed_example(n_cells: int = 2000, n_genes: int = 200, *, seed: int = 0) -
 
     Parameters
     ----------
-    n_cells
-        Number of cells.
-    n_genes
-        Number of genes.
-    seed
-        Seed of the random generator: the same seed gives the same data.
+    {doc_dataset_size}
 
     Returns
     -------
