@@ -56,6 +56,7 @@ from scipy import stats as st
 
 from ..suffstats import ResponseStats
 from .profiled import ProfiledDeviance
+from .roots import expand_bracket, illinois
 
 __all__ = ["Intervals", "theta_covariance", "wald_intervals"]
 
@@ -215,35 +216,8 @@ def _rise_points(
     every = np.arange(len(genes))
     f_hi = gap(hi, every)
     a, fa = np.zeros_like(hi), -root  # the bracket's lower end: the rise not reached
-    for _ in range(_MAX_EXPAND):
-        short = np.flatnonzero(~(f_hi >= 0))  # NaN counts as short
-        if len(short) == 0:
-            break
-        finite = short[np.isfinite(f_hi[short])]
-        a[finite], fa[finite] = hi[finite], f_hi[finite]
-        hi[short] *= 2
-        f_hi[short] = gap(hi[short], short)
-    b, fb = hi, f_hi
-    active = fb >= 0
-    side = np.zeros(len(a), dtype=int)
-    for _ in range(_MAX_ITER):
-        if not active.any():
-            break
-        with np.errstate(all="ignore"):
-            c = np.where(active, (a * fb - b * fa) / (fb - fa), a)
-        fc = np.full_like(c, np.nan)
-        rows = np.flatnonzero(active)
-        fc[rows] = gap(c[rows], rows)
-        right = active & (fc >= 0)
-        left = active & (fc < 0)
-        # Illinois: halve the stale end's value when the same end moves twice
-        fa = np.where(right & (side == 1), fa / 2, fa)
-        fb = np.where(left & (side == -1), fb / 2, fb)
-        b, fb = np.where(right, c, b), np.where(right, fc, fb)
-        a, fa = np.where(left, c, a), np.where(left, fc, fa)
-        side = np.where(right, 1, np.where(left, -1, side))
-        active &= (np.abs(fc) > _TOL) & (b - a > 1e-13 * b)
-    s_end = np.where(np.abs(fa) < np.abs(fb), a, b)  # the end closer to the rise
+    expand_bracket(gap, a, fa, hi, f_hi, _MAX_EXPAND)
+    s_end = illinois(gap, a, fa, hi, f_hi, _MAX_ITER, _TOL)
     return theta0 + step(s_end, every)[:, None] * directions
 
 

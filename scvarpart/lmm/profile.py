@@ -38,6 +38,7 @@ from scipy import stats as st
 
 from ..suffstats import ResponseStats
 from .profiled import ProfiledDeviance
+from .roots import expand_bracket, illinois
 
 __all__ = ["profile_bounds"]
 
@@ -211,28 +212,6 @@ def _newton_step(g, H, hold):
     return np.where(free, step, 0.0), decrement
 
 
-def _illinois(gap, a, fa, b, fb):
-    """Roots of ``gap`` (increasing from ``a`` to ``b``, per row) by Illinois steps."""
-    side = np.zeros(len(a), dtype=int)
-    active = np.isfinite(fa) & (fb >= 0) & (fa < 0)
-    for _ in range(_MAX_ITER):
-        if not active.any():
-            break
-        rows = np.flatnonzero(active)
-        with np.errstate(all="ignore"):
-            c = (a[rows] * fb[rows] - b[rows] * fa[rows]) / (fb[rows] - fa[rows])
-        c = np.where(np.isfinite(c), c, (a[rows] + b[rows]) / 2)  # bisect from an infinite end
-        fc = gap(c, rows)
-        right, left = fc >= 0, ~(fc >= 0)
-        R, L = rows[right], rows[left]
-        fa[R[side[R] == 1]] /= 2
-        fb[L[side[L] == -1]] /= 2
-        b[R], fb[R], a[L], fa[L] = c[right], fc[right], c[left], fc[left]
-        side[R], side[L] = 1, -1
-        active[rows] = (np.abs(fc) > _TOL) & (np.abs(b[rows] - a[rows]) > 1e-12)
-    return np.where(np.abs(fa) < np.abs(fb), a, b)
-
-
 def _bound(prof: _Profile, rows, v_hat, crit, direction):
     """Every variance where the profile has risen by ``crit`` (``direction`` +1 or -1).
 
@@ -254,15 +233,8 @@ def _bound(prof: _Profile, rows, v_hat, crit, direction):
     a, fa = np.where(at0, -15.0, 0.0), -root
     b = np.full(len(rows), 0.5)
     fb = gap(b, rows)
-    for _ in range(_MAX_EXPAND):
-        short = np.flatnonzero(~(fb >= 0))
-        if len(short) == 0:
-            break
-        fin = short[np.isfinite(fb[short])]
-        a[fin], fa[fin] = b[fin], fb[fin]
-        b[short] *= 2
-        fb[short] = gap(b[short], rows[short])
-    s = _illinois(gap, a, fa, b, fb)
+    expand_bracket(lambda s, i: gap(s, rows[i]), a, fa, b, fb, _MAX_EXPAND)
+    s = illinois(lambda s, i: gap(s, rows[i]), a, fa, b, fb, _MAX_ITER, _TOL)
     out = np.exp(origin + direction * s)
     out[~(fb >= 0)] = np.nan  # not reached: NaN throughout
     prof.minimum(rows, out)  # the minimiser at the bound, for the other variances there
