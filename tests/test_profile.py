@@ -101,19 +101,9 @@ def test_bad_level_and_method_are_refused():
 def test_a_gene_has_the_same_intervals_alone_and_among_others():
     """Each gene's bounds depend on its own profile only: genes with a variance at 0
     among the others once made the lower bounds' root finding evaluate the profiles of
-    other genes (by up to 0.07 here)."""
-    rng = np.random.default_rng(3)
-    obs = pd.DataFrame(
-        {
-            "donor": pd.Categorical(rng.integers(8, size=400).astype(str)),
-            "batch": pd.Categorical(rng.integers(4, size=400).astype(str)),
-        }
-    )
-    d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
-    sd = rng.uniform(0, 0.8, (2, 12)) * (rng.uniform(size=(2, 12)) > 0.4)
-    Y = rng.standard_normal((400, 12))
-    Y += (rng.standard_normal((8, 12)) * sd[0])[d] + (rng.standard_normal((4, 12)) * sd[1])[b]
-    formula = "~ (1|donor) + (1|batch)"
+    other genes."""
+    adata = svp.datasets.donor_batch(400, 12, n_donors=8, n_batches=4, seed=3)
+    Y, obs, formula = adata.X, adata.obs, svp.datasets.DONOR_BATCH_FORMULA
     together = svp.lmm.profile_confint(svp.lmm.response_stats(Y, formula, obs=obs), method="REML")
     assert (together["variance"] == 0).any() and (together["variance"] > 0).any()
     for g in range(12):
