@@ -222,19 +222,19 @@ def _bound(prof: _Profile, rows, v_hat, crit, direction):
     origin = np.log(prof.scale[rows])
     prof.x_last[rows] = prof.x_hat[rows]
 
-    def gap(s, r):
-        idx = np.searchsorted(rows, r)
-        c = np.exp(origin[idx] + direction * s)
+    def gap(s, i):
+        """The root of the rise less the target's at ``s``, for ``rows[i]``."""
+        c = np.exp(origin[i] + direction * s)
         with np.errstate(all="ignore"):
-            rise = prof.minimum(r, c) - prof.f_hat[r]
-            return np.sqrt(np.maximum(rise, 0.0)) - root[idx]
+            rise = prof.minimum(rows[i], c) - prof.f_hat[rows[i]]
+            return np.sqrt(np.maximum(rise, 0.0)) - root[i]
 
     # from 0: far below the scale, where the profile has not risen yet
     a, fa = np.where(at0, -15.0, 0.0), -root
     b = np.full(len(rows), 0.5)
-    fb = gap(b, rows)
-    expand_bracket(lambda s, i: gap(s, rows[i]), a, fa, b, fb, _MAX_EXPAND)
-    s = illinois(lambda s, i: gap(s, rows[i]), a, fa, b, fb, _MAX_ITER, _TOL)
+    fb = gap(b, np.arange(len(rows)))
+    expand_bracket(gap, a, fa, b, fb, _MAX_EXPAND)
+    s = illinois(gap, a, fa, b, fb, _MAX_ITER, _TOL)
     out = np.exp(origin + direction * s)
     out[~(fb >= 0)] = np.nan  # not reached: NaN throughout
     prof.minimum(rows, out)  # the minimiser at the bound, for the other variances there
