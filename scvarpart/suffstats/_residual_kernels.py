@@ -62,32 +62,6 @@ def _accumulators(G, q):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _by_gene(indptr, indices, data, start, stop, gene_of, G):  # pragma: no cover - compiled
-    """Rows ``start:stop`` of a CSR block gene by gene (rows in order within a gene).
-
-    Returns ``ptr`` (``G + 1``), and each stored value's row (from ``start``) and value.
-    """
-    ptr = np.zeros(G + 1, dtype=np.int64)
-    for e in range(indptr[start], indptr[stop]):
-        g = gene_of[indices[e]]
-        if g >= 0:
-            ptr[g + 1] += 1
-    for g in range(G):
-        ptr[g + 1] += ptr[g]
-    fill = ptr[:-1].copy()
-    rows = np.empty(ptr[G], dtype=np.int64)
-    vals = np.empty(ptr[G])
-    for row in range(start, stop):
-        for e in range(indptr[row], indptr[row + 1]):
-            g = gene_of[indices[e]]
-            if g >= 0:
-                rows[fill[g]] = row - start
-                vals[fill[g]] = data[e]
-                fill[g] += 1
-    return ptr, rows, vals
-
-
-@nb.njit(cache=True, nogil=True)
 def residual_sums_csr(
     indptr, indices, data, start, stop, obs, gene_of, X, beta_t, codes, blups_t, q
 ):  # pragma: no cover - compiled
@@ -95,59 +69,22 @@ def residual_sums_csr(
 
     ``gene_of`` maps a column of the block to its gene (-1: not checked); ``codes`` holds
     each observation's level of each factor, offset into the stacked levels (``q``).
-
-    Gene by gene, over the block's rows in order: a gene's accumulators stay in
-    registers and its coefficients in the first-level cache, where a sweep of each row
-    over every gene streams megabytes of accumulators per row. Each sum adds the same
-    terms in the same order as :func:`residual_sums_dense` does (the same results).
     """
-    G = beta_t.shape[1]
-    p, k, n = X.shape[1], codes.shape[1], stop - start
-    sums, by_level, zeros, _, _ = _accumulators(G, q)
-    ptr, rows, vals = _by_gene(indptr, indices, data, start, stop, gene_of, G)
-    y = np.zeros(n)
-    beta = np.empty(p)
-    blup = np.empty(q)
-    level_sums = np.empty((2, q))
-    for g in range(G):
-        for e in range(ptr[g], ptr[g + 1]):
-            y[rows[e]] = vals[e]
-        beta[:] = beta_t[:, g]
-        blup[:] = blups_t[:, g]
-        level_sums[:] = 0.0
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z = 0.0
-        for i in range(n):
-            o = obs[i]
-            if o < 0:
-                continue
-            f = 0.0
-            for c in range(p):
-                f += X[o, c] * beta[c]
-            for j in range(k):
-                f += blup[codes[o, j]]
-            r = y[i] - f
-            a = abs(r)
-            r2 = r * r
-            s0 += r
-            s1 += r2
-            s2 += r2 * r
-            s3 += r2 * r2
-            s4 += a
-            s5 += f
-            s6 += f * f
-            s7 += a * f
-            if y[i] == 0.0:
-                z += 1
-            for j in range(k):
-                level = codes[o, j]
-                level_sums[0, level] += r
-                level_sums[1, level] += r2
-        sums[0, g], sums[1, g], sums[2, g], sums[3, g] = s0, s1, s2, s3
-        sums[4, g], sums[5, g], sums[6, g], sums[7, g] = s4, s5, s6, s7
-        zeros[g] = z
-        by_level[:, :, g] = level_sums
-        for e in range(ptr[g], ptr[g + 1]):
-            y[rows[e]] = 0.0
+    sums, by_level, zeros, fitted, y = _accumulators(beta_t.shape[1], q)
+    for row in range(start, stop):
+        o = obs[row - start]
+        if o < 0:
+            continue
+        _fitted(o, X, beta_t, codes, blups_t, fitted)
+        for p in range(indptr[row], indptr[row + 1]):
+            g = gene_of[indices[p]]
+            if g >= 0:
+                y[g] = data[p]
+        _accumulate(y, fitted, o, codes, sums, by_level, zeros)
+        for p in range(indptr[row], indptr[row + 1]):
+            g = gene_of[indices[p]]
+            if g >= 0:
+                y[g] = 0.0
     return sums, by_level, zeros
 
 
