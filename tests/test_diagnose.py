@@ -286,9 +286,9 @@ def test_the_compiled_residual_pass_equals_the_array_code(fitted, monkeypatch):
 
 
 def test_the_compiled_pass_over_sparse_and_dense_rows_gives_the_same_sums():
-    """The CSR kernel goes gene by gene, the dense one row by row: each sum adds the same
-    terms in the same order, so they agree bit for bit, with rows dropped, stored zeros
-    and a permuted subset of the columns as genes."""
+    """The CSR kernel fills each row from its stored values, the dense one reads it
+    whole: each sum adds the same terms in the same order, so they agree bit for bit,
+    with rows dropped, stored zeros and a permuted subset of the columns as genes."""
     import scipy.sparse as sp
 
     from scvarpart.suffstats._residual_kernels import residual_sums_csr, residual_sums_dense
