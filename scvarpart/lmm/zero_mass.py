@@ -33,10 +33,11 @@ that many levels approach.
 from __future__ import annotations
 
 import functools
+import math
 
+import numba as nb
 import numpy as np
 from joblib import Parallel, delayed
-from scipy import special
 from scipy import stats as st
 from scipy.stats import qmc
 
@@ -53,8 +54,6 @@ _BATCH_FLOATS, _MAX_BATCH = 4_000_000, 1024
 #: Quasi-Monte Carlo points of the probability.
 N_DRAWS = 2**10
 _SEED = 20041
-# Genes per block of the (N_DRAWS, genes) sums: a block stays in the cache
-_GENES_IN_CACHE = 64
 
 
 def zero_mass(
@@ -126,28 +125,94 @@ def _score_forms(gram, others, own, rest, theta0, reml):
     q0, kj = len(rest), len(own)
     # [Z_j, X]'[Z_j, X] and the smaller model's columns' products with them
     jx = np.block([[ZtZ[np.ix_(own, own)], gram.ZtX[own]], [gram.ZtX[own].T, gram.XtX]])
+    R = np.hstack([ZtZ[np.ix_(rest, own)], gram.ZtX[rest]])
     if q0 == 0:
-        S = np.broadcast_to(jx, (len(theta0), *jx.shape))
+        inner, B = np.ones((len(theta0), 0, 0)), np.zeros((len(theta0), 0, R.shape[1]))
+    elif all(t.scalar for t in others):  # Lam diagonal: scale rows and columns
+        d = theta0[:, np.repeat(np.arange(len(others)), [t.n_levels for t in others])]
+        inner = d[:, :, None] * ZtZ[np.ix_(rest, rest)] * d[:, None, :]
+        B = d[:, :, None] * R
     else:
-        R = np.hstack([ZtZ[np.ix_(rest, own)], gram.ZtX[rest]])
-        # Woodbury: V^-1 = I - Z0 Lam (Lam'Z0'Z0 Lam + I)^-1 Lam'Z0'
-        if all(t.scalar for t in others):  # Lam diagonal: scale rows and columns
-            d = theta0[:, np.repeat(np.arange(len(others)), [t.n_levels for t in others])]
-            inner = d[:, :, None] * ZtZ[np.ix_(rest, rest)] * d[:, None, :]
-            B = d[:, :, None] * R
-        else:
-            patterns = np.stack([D.toarray() for D in theta_patterns(others)])
-            lam = np.einsum("gk,kab->gab", theta0, patterns)
-            inner = np.swapaxes(lam, 1, 2) @ ZtZ[np.ix_(rest, rest)] @ lam
-            B = np.swapaxes(lam, 1, 2) @ R
-        inner[:, np.arange(q0), np.arange(q0)] += 1.0
-        S = jx - np.swapaxes(B, 1, 2) @ np.linalg.solve(inner, B)
-    Sjj, Sjx, Sxx = S[:, :kj, :kj], S[:, :kj, kj:], S[:, kj:, kj:]
-    M = Sjj - Sjx @ np.linalg.solve(Sxx, np.swapaxes(Sjx, 1, 2))
-    M = 0.5 * (M + np.swapaxes(M, 1, 2))
-    mu = np.linalg.eigvalsh(M)
-    trace = np.trace(M if reml else Sjj, axis1=1, axis2=2)
+        patterns = np.stack([D.toarray() for D in theta_patterns(others)])
+        lam = np.einsum("gk,kab->gab", theta0, patterns)
+        inner = np.swapaxes(lam, 1, 2) @ ZtZ[np.ix_(rest, rest)] @ lam
+        B = np.swapaxes(lam, 1, 2) @ R
+    mu, trace = np.empty((len(theta0), kj)), np.empty(len(theta0))
+    _forms(np.ascontiguousarray(inner), np.ascontiguousarray(B), jx, kj, reml, mu, trace)
     return mu, trace
+
+
+@nb.njit(cache=True, nogil=True)
+def _forms(inner, B, jx, kj, reml, mu, trace):
+    """:func:`_score_forms` per gene from ``Lam'Z0'Z0 Lam`` (``inner``) and ``B = Lam'R``.
+
+    Woodbury: ``V^-1 = I - Z0 Lam (Lam'Z0'Z0 Lam + I)^-1 Lam'Z0'``, so ``[Z_j, X]'V^-1
+    [Z_j, X] = jx - W'W`` with ``W = L^-1 B``, ``L`` the Cholesky factor of ``inner + I``;
+    ``Z_j'PZ_j`` is its Schur complement on the ``X`` block.
+    """
+    q0, m = B.shape[1], B.shape[2]
+    L = np.empty((q0, q0))
+    W = np.empty((q0, m))
+    S = np.empty((m, m))
+    for g in range(B.shape[0]):
+        for a in range(q0):
+            for b in range(a + 1):
+                L[a, b] = inner[g, a, b] + (1.0 if a == b else 0.0)
+        _cholesky_lower(L)
+        for c in range(m):  # W = L^-1 B
+            for a in range(q0):
+                acc = B[g, a, c]
+                for b in range(a):
+                    acc -= L[a, b] * W[b, c]
+                W[a, c] = acc / L[a, a]
+        for a in range(m):
+            for b in range(a + 1):
+                acc = jx[a, b]
+                for t in range(q0):
+                    acc -= W[t, a] * W[t, b]
+                S[a, b] = S[b, a] = acc
+        trace[g] = 0.0
+        if not reml:
+            for a in range(kj):
+                trace[g] += S[a, a]
+        # M = Sjj - Sjx Sxx^-1 Sjx': the X block eliminated by its Cholesky factor
+        p = m - kj
+        Lx = S[kj:, kj:].copy()
+        _cholesky_lower(Lx)
+        U = np.empty((p, kj))  # Lx^-1 Sxj
+        for c in range(kj):
+            for a in range(p):
+                acc = S[kj + a, c]
+                for b in range(a):
+                    acc -= Lx[a, b] * U[b, c]
+                U[a, c] = acc / Lx[a, a]
+        M = np.empty((kj, kj))
+        for a in range(kj):
+            for b in range(a + 1):
+                acc = S[a, b]
+                for t in range(p):
+                    acc -= U[t, a] * U[t, b]
+                M[a, b] = M[b, a] = acc
+        if reml:
+            for a in range(kj):
+                trace[g] += M[a, a]
+        mu[g] = np.linalg.eigvalsh(M)
+
+
+@nb.njit(cache=True, nogil=True)
+def _cholesky_lower(A):
+    """In place: the lower Cholesky factor of the symmetric positive definite ``A``."""
+    n = A.shape[0]
+    for j in range(n):
+        acc = A[j, j]
+        for t in range(j):
+            acc -= A[j, t] * A[j, t]
+        A[j, j] = math.sqrt(acc)
+        for i in range(j + 1, n):
+            acc = A[i, j]
+            for t in range(j):
+                acc -= A[i, t] * A[j, t]
+            A[i, j] = acc / A[j, j]
 
 
 def quadratic_form_below_zero(lam: np.ndarray, lam_rest: np.ndarray, dof: int) -> np.ndarray:
@@ -173,46 +238,47 @@ def quadratic_form_below_zero(lam: np.ndarray, lam_rest: np.ndarray, dof: int) -
         Its degrees of freedom (0 for none).
     """
     lam = -np.sort(-np.atleast_2d(np.asarray(lam, float)), axis=1)  # largest first
-    rest = np.broadcast_to(np.asarray(lam_rest, float), len(lam))
+    rest = np.ascontiguousarray(np.broadcast_to(np.asarray(lam_rest, float), len(lam)))
     squares, chi2, angle = _draws(lam.shape[1], dof)
     out = np.empty(len(lam))
-    for b in range(0, len(lam), _GENES_IN_CACHE):
-        rows = slice(b, b + _GENES_IN_CACHE)
-        out[rows] = _conditional_mean(lam[rows], rest[rows], squares, chi2, angle)
+    _conditional_mean(np.ascontiguousarray(lam), rest, squares, chi2, np.cos(angle) ** 2, out)
     return out
 
 
-def _conditional_mean(lam, rest, squares, chi2, angle):
+@nb.njit(cache=True, nogil=True)
+def _conditional_mean(lam, rest, squares, chi2, cos2, out):
     """:func:`quadratic_form_below_zero` for rows of weights sorted largest first."""
     G, K = lam.shape
-    top = lam[:, 0]
-    second = lam[:, 1] if K > 1 else np.zeros(G)
-    polar = second > 0
-    others = lam.copy()
-    others[:, 0] = 0.0
-    if K > 1:
-        others[polar, 1] = 0.0
-    # -R, summed square by square, not by a matrix product, whose order of summation
-    # may change with the number of genes: a gene's result must not depend on its batch
-    x = chi2[:, None] * -rest[None, :]
-    for k in range(1, K):
-        x -= squares[:, k, None] * others[None, :, k]
-    np.maximum(x, 0.0, out=x)
-    p = np.ones(G)
-    one = ~polar & (top > 0)
-    if one.any():
-        p[one] = special.erf(np.sqrt(x[:, one] / (2.0 * top[one]))).mean(axis=0)
-    if polar.any():
-        cos2 = np.cos(angle)[:, None] ** 2
-        h = top[polar] * cos2 + second[polar] * (1.0 - cos2)
-        p[polar] = -np.expm1(-x[:, polar] / (2.0 * h)).mean(axis=0)
-    return p
+    x = np.empty(chi2.shape[0])
+    for g in range(G):
+        top = lam[g, 0]
+        second = lam[g, 1] if K > 1 else 0.0
+        polar = second > 0.0
+        if not polar and not top > 0.0:
+            out[g] = 1.0
+            continue
+        # -R, the terms but the one or two conditioned on, summed square by square
+        for n in range(x.shape[0]):
+            x[n] = chi2[n] * -rest[g]
+        for k in range(2 if polar else 1, K):
+            for n in range(x.shape[0]):
+                x[n] -= squares[k, n] * lam[g, k]
+        acc = 0.0
+        for n in range(x.shape[0]):
+            r = max(x[n], 0.0)
+            if polar:
+                acc -= math.expm1(-r / (2.0 * (top * cos2[n] + second * (1.0 - cos2[n]))))
+            else:
+                acc += math.erf(math.sqrt(r / (2.0 * top)))
+        out[g] = acc / x.shape[0]
 
 
 @functools.lru_cache(maxsize=8)
 def _draws(k: int, dof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``N_DRAWS`` points: ``k`` squared standard normals, a chi-squared(dof), an angle."""
+    """``N_DRAWS`` points: ``k`` squared standard normals (``k x N_DRAWS``), a
+    chi-squared(dof), an angle."""
     u = qmc.Sobol(k + 2, scramble=True, seed=_SEED).random(N_DRAWS)
     u = np.clip(u, 1e-300, 1 - 1e-16)
     chi2 = st.chi2.ppf(u[:, k], dof) if dof > 0 else np.zeros(N_DRAWS)
-    return st.norm.ppf(u[:, :k]) ** 2, chi2, 2.0 * np.pi * u[:, k + 1]
+    squares = np.ascontiguousarray(st.norm.ppf(u[:, :k].T) ** 2)
+    return squares, chi2, 2.0 * np.pi * u[:, k + 1]
