@@ -420,12 +420,12 @@ def _variance_function(stats: GeneStatistics, infos: tuple[TermInfo, ...]):
 _INTERVAL_CHUNK = 1024
 
 
-def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **options):
+def _intervals(stats, fit_, infos, variances, roles, level: float, pvalue, **options):
     """Standard errors and intervals (:mod:`.intervals`), as result fields.
 
     Tables ``variance_se``, ``ci_low`` and ``ci_high``; per-gene ``rho_ci_low`` and
-    ``rho_ci_high`` with batch and signal. ``lrt``: the tests' statistics when they were
-    computed (global refits), else local refits decide where intervals start at 0.
+    ``rho_ci_high`` with batch and signal. ``pvalue``: the tests' p-values when they were
+    computed (global refits), else local refits' decide where intervals start at 0.
     ``options``: ``method``, ``engine`` and ``n_jobs`` (threads over chunks of genes; a
     gene's intervals do not depend on its chunk).
     """
@@ -441,14 +441,14 @@ def _intervals(stats, fit_, infos, variances, roles, level: float, lrt, **option
     if roles[0] and roles[1]:
         masks = (np.isin(comps, roles[0]), np.isin(comps, roles[1]))
     of_parameters = _variance_function(stats, infos)
-    refits = LocalRefits(stats.gram, terms, reml=reml) if lrt is None else None
+    refits = LocalRefits(stats.gram, terms, reml=reml) if pvalue is None else None
 
     def run(idx: np.ndarray):
         part, response = fit_.subset(idx), stats.response.subset(idx)
         with _one_blas_thread():
-            stat = lrt[idx] if refits is None else refits.statistics(response, part)
+            p = pvalue[idx] if refits is None else refits.pvalues(response, part, level)
             return wald_intervals(
-                eng, response, part, of_parameters, variances[idx], coords, level, masks, stat,
+                eng, response, part, of_parameters, variances[idx], coords, level, masks, p,
                 fixed_columns=list(stats.fixed_terms.values()),
             )  # fmt: skip
 
@@ -738,9 +738,9 @@ def fit_stats(
         roles_ = (batch_l, signal_l)
         # the tests drop whole terms, the intervals' question, unless a term has slopes
         whole = test == "lrt" and all(t.n_coef == 1 for t in terms)
-        lrt = extra["lrt"].to_numpy() if whole else None
+        pvalue = extra["pvalue"].to_numpy() if whole else None
         tables, per_gene = _intervals(
-            stats, fit_, infos, variances, roles_, ci, lrt,
+            stats, fit_, infos, variances, roles_, ci, pvalue,
             method=method_u, engine=engine, n_jobs=n_jobs,
         )  # fmt: skip
         extra.update(tables)

@@ -22,7 +22,8 @@ chi-squared of Satterthwaite's degrees of freedom, their ratio is a scaled F, wh
 gives each fraction's lower bound (Wald's on the logit scale where it is undefined):
 the skew of ``S_j`` when a factor with few levels is in it makes the fraction's lower
 tail long, which a Wald bound on any scale misses. A random term's lower bound is 0
-where the likelihood-ratio test of its variance = 0 (:mod:`.lrt`) does not reject at
+where the likelihood-ratio test of its variance = 0 (:mod:`.lrt`, its p-value with the
+null's point mass at 0 of :mod:`.zero_mass`, as the tests report it) does not reject at
 level ``1 - level`` (0 is then inside the likelihood-ratio region: test inversion). A
 random term's upper bound is the larger of the F bound and a likelihood-ratio bound: the
 fraction at the variance above the estimate where the criterion, the other variance
@@ -237,7 +238,7 @@ def wald_intervals(
     term_coords: Sequence[np.ndarray],
     level: float,
     roles: tuple[np.ndarray, np.ndarray] | None = None,
-    drop_statistic: np.ndarray | None = None,
+    drop_pvalue: np.ndarray | None = None,
     fixed_columns: Sequence[np.ndarray] = (),
 ) -> Intervals:
     """Delta-method intervals of the fractions (and rho), one-sided at the boundary.
@@ -262,11 +263,12 @@ def wald_intervals(
         The intervals' level.
     roles
         Boolean masks over the components of batch and signal, for rho.
-    drop_statistic
-        ``(G, k)`` each random term's likelihood-ratio statistic of variance = 0
-        (:mod:`.lrt`): where it is below the boundary's critical value, 0 is inside the
-        likelihood-ratio region and the interval starts at 0 (test inversion; a Wald
-        interval on the logit scale never reaches 0).
+    drop_pvalue
+        ``(G, k)`` the p-value of each random term's likelihood-ratio test of variance = 0
+        (:mod:`.lrt`, with the null's point mass at 0): where it is at least ``1 - level``,
+        0 is inside the likelihood-ratio region and the interval starts at 0 (test
+        inversion, consistent with the tests' p-values; a Wald interval on the logit scale
+        never reaches 0).
     fixed_columns
         Per fixed term (the components after the random terms), its columns of
         ``beta``: where the Wald test of its coefficients = 0 does not reject at level
@@ -293,9 +295,8 @@ def wald_intervals(
     zero = V == 0
     se_v[zero] = np.nan
     lo[zero], hi[zero] = 0.0, np.nan
-    crit = float(st.chi2.ppf(2 * level - 1, 1))
-    if drop_statistic is not None:
-        lo[:, :k][drop_statistic[ok] < crit] = 0.0
+    if drop_pvalue is not None:
+        lo[:, :k][drop_pvalue[ok] >= 1 - level] = 0.0
     for i, cols in enumerate(fixed_columns):
         lo[_wald_holds_zero(part.beta, part.beta_cov, cols, level), k + i] = 0.0
     # one-sided bounds of the random terms at 0
@@ -304,6 +305,7 @@ def wald_intervals(
     rho_at = np.full((len(V), k), np.nan)
     base = eng.deviance(_engine_point(eng, part.theta), sub)
     interior = float(st.chi2.ppf(level, 1))
+    boundary = float(st.chi2.ppf(2 * level - 1, 1))  # the 50:50 mixture's
     with np.errstate(all="ignore"):
         dof = 2 * V**2 / np.diagonal(cov_v, axis1=1, axis2=2)  # Satterthwaite's
     for j, coords in enumerate(term_coords):
@@ -313,7 +315,7 @@ def wald_intervals(
             continue
         d = np.zeros((len(genes), fit.theta.shape[1]))
         d[:, coords] = 1.0
-        rise = np.where(zero[genes, j], crit, interior)
+        rise = np.where(zero[genes, j], boundary, interior)
         theta_b = _rise_points(eng, sub, part, d, genes, rise, base[genes])
         _, s_b, b_b = eng.estimates(_engine_point(eng, theta_b), sub.subset(genes))
         V_b = variances(theta_b, s_b, b_b)

@@ -219,7 +219,7 @@ def variance_tests(
 
 
 class LocalRefits:
-    """Each term's likelihood-ratio statistic from local refits, batch by batch of genes.
+    """Each term's likelihood-ratio test from local refits, batch by batch of genes.
 
     As :func:`variance_tests`, but the model without the term is fitted by Newton's
     method from the full model's optimum (its other coordinates), not by the global
@@ -245,16 +245,44 @@ class LocalRefits:
                 engine = make_engine(smaller, reml, choose_engine(smaller, rest), rest)
                 self.reduced.append((engine, keep))
 
-    def statistics(self, response: ResponseStats, fit) -> np.ndarray:
+    def pvalues(self, response: ResponseStats, fit, level: float) -> np.ndarray:
+        """Each term's p-value where it decides whether 0 is inside a ``level`` interval.
+
+        ``(G, k)``, from :meth:`statistics`. For a term with one variance, the null's point
+        mass at 0 (:mod:`.zero_mass`, at the smaller model's local estimates) is computed
+        where it decides, for statistics that reject at level ``1 - level`` under the
+        50:50 mixture's weight 1/2 but may not under a larger one; elsewhere the weight is
+        1/2, which gives the same decision (a larger weight only lowers the p-value). A
+        term with slopes, dropped whole, keeps the 50:50 mixture of chi-squared(0) and
+        chi-squared(1).
+        """
+        stat, theta0 = self.statistics(response, fit, with_estimates=True)
+        pvalue = np.full_like(stat, np.nan)
+        crit = float(scipy.stats.chi2.isf(2 * (1 - level), 1))
+        for j, t in enumerate(self.terms):
+            weight = np.full(len(stat), 0.5)
+            decides = np.flatnonzero((stat[:, j] > 0) & (stat[:, j] < crit))
+            if t.n_coef == 1 and len(decides):
+                weight[decides] = zero_mass(
+                    self.gram, self.terms, j, theta0[j][decides], reml=self.reml
+                )
+            pvalue[:, j] = mixture_pvalue(stat[:, j], 1, weight)
+        return pvalue
+
+    def statistics(self, response: ResponseStats, fit, *, with_estimates: bool = False):
         """The statistics of the genes of ``fit``, ``(G, k)``.
 
         0 where the term's variance is 0, NaN for genes without estimates, and ``inf``
         (not refitted) where the term's coordinates lie more than :data:`_FAR` standard
         errors from 0, which no likelihood-ratio statistic near the critical values goes
-        with.
+        with. ``with_estimates``: also, per term, the smaller model's ``theta`` (``(G,
+        n_theta - its coordinates)``; NaN where not refitted).
         """
         terms, k = self.terms, len(self.terms)
         stat = np.where(np.isfinite(fit.deviance)[:, None], 0.0, np.nan) * np.ones((1, k))
+        slices = theta_slices(terms)
+        n_theta = fit.theta.shape[1]
+        theta0 = [np.full((len(stat), n_theta - t.n_theta), np.nan) for t in terms]
         ok = np.flatnonzero(np.isfinite(fit.deviance))
         with np.errstate(all="ignore"):
             cov = theta_covariance(fit.theta[ok], fit.hessian[ok])
@@ -263,7 +291,7 @@ class LocalRefits:
         scaled = response.subset(ok).scaled(1.0 / unit)
         x = fit.theta[ok] ** 2 if self.full.coordinates == "gamma" else fit.theta[ok]
         base = self.full.deviance(np.ascontiguousarray(x), scaled)
-        for j, coords in enumerate(theta_slices(terms)):
+        for j, coords in enumerate(slices):
             distant = far[:, coords].any(axis=1)
             stat[ok[distant], j] = np.inf
             # a term at 0 is already the smaller model's optimum
@@ -273,11 +301,13 @@ class LocalRefits:
             sub = scaled.subset(todo)
             if k == 1:
                 null = linear_model_criterion(self.gram, sub, self.reml)
+                theta0[j][ok[todo]] = np.zeros((len(todo), 0))
             else:
                 engine, keep = self.reduced[j]
                 theta = np.delete(fit.theta[ok[todo]], coords, axis=1)
                 x0 = theta**2 if engine.coordinates == "gamma" else theta
                 smaller = replace(sub, ZtY=np.ascontiguousarray(sub.ZtY[:, keep]))
-                null = engine.minimise(np.ascontiguousarray(x0), smaller)[1]
+                local, null = engine.minimise(np.ascontiguousarray(x0), smaller)[:2]
+                theta0[j][ok[todo]] = np.sqrt(local) if engine.coordinates == "gamma" else local
             stat[ok[todo], j] = np.maximum(null - base[todo], 0.0)
-        return stat
+        return (stat, theta0) if with_estimates else stat

@@ -42,6 +42,7 @@ from scipy import stats as st
 from scipy.stats import qmc
 
 from ..suffstats import DesignGram
+from .newton import _cholesky
 from .terms import ReTerm, theta_patterns
 
 __all__ = ["MAX_COLUMNS", "quadratic_form_below_zero", "zero_mass"]
@@ -151,68 +152,31 @@ def _forms(inner, B, jx, kj, reml, mu, trace):
     ``Z_j'PZ_j`` is its Schur complement on the ``X`` block.
     """
     q0, m = B.shape[1], B.shape[2]
-    L = np.empty((q0, q0))
-    W = np.empty((q0, m))
-    S = np.empty((m, m))
+    H, L, W = np.empty((q0, q0)), np.zeros((q0, q0)), np.empty((q0, m))
+    Lx, U = np.zeros((m - kj, m - kj)), np.empty((m - kj, kj))
     for g in range(B.shape[0]):
+        H[:] = inner[g]
         for a in range(q0):
-            for b in range(a + 1):
-                L[a, b] = inner[g, a, b] + (1.0 if a == b else 0.0)
-        _cholesky_lower(L)
-        for c in range(m):  # W = L^-1 B
-            for a in range(q0):
-                acc = B[g, a, c]
-                for b in range(a):
-                    acc -= L[a, b] * W[b, c]
-                W[a, c] = acc / L[a, a]
-        for a in range(m):
-            for b in range(a + 1):
-                acc = jx[a, b]
-                for t in range(q0):
-                    acc -= W[t, a] * W[t, b]
-                S[a, b] = S[b, a] = acc
-        trace[g] = 0.0
-        if not reml:
-            for a in range(kj):
-                trace[g] += S[a, a]
-        # M = Sjj - Sjx Sxx^-1 Sjx': the X block eliminated by its Cholesky factor
-        p = m - kj
-        Lx = S[kj:, kj:].copy()
-        _cholesky_lower(Lx)
-        U = np.empty((p, kj))  # Lx^-1 Sxj
-        for c in range(kj):
-            for a in range(p):
-                acc = S[kj + a, c]
-                for b in range(a):
-                    acc -= Lx[a, b] * U[b, c]
-                U[a, c] = acc / Lx[a, a]
-        M = np.empty((kj, kj))
-        for a in range(kj):
-            for b in range(a + 1):
-                acc = S[a, b]
-                for t in range(p):
-                    acc -= U[t, a] * U[t, b]
-                M[a, b] = M[b, a] = acc
-        if reml:
-            for a in range(kj):
-                trace[g] += M[a, a]
-        mu[g] = np.linalg.eigvalsh(M)
+            H[a, a] += 1.0
+        _cholesky(H, L)
+        _solve_lower(L, B[g], W)
+        S = jx - W.T @ W
+        _cholesky(S[kj:, kj:], Lx)
+        _solve_lower(Lx, S[kj:, :kj], U)
+        M = S[:kj, :kj] - U.T @ U
+        trace[g] = np.trace(M) if reml else np.trace(S[:kj, :kj])
+        mu[g] = np.linalg.eigvalsh(0.5 * (M + M.T))
 
 
 @nb.njit(cache=True, nogil=True)
-def _cholesky_lower(A):
-    """In place: the lower Cholesky factor of the symmetric positive definite ``A``."""
-    n = A.shape[0]
-    for j in range(n):
-        acc = A[j, j]
-        for t in range(j):
-            acc -= A[j, t] * A[j, t]
-        A[j, j] = math.sqrt(acc)
-        for i in range(j + 1, n):
-            acc = A[i, j]
-            for t in range(j):
-                acc -= A[i, t] * A[j, t]
-            A[i, j] = acc / A[j, j]
+def _solve_lower(L, B, out):
+    """``out = L^-1 B`` for a lower-triangular ``L``, column by column."""
+    for c in range(B.shape[1]):
+        for a in range(L.shape[0]):
+            acc = B[a, c]
+            for b in range(a):
+                acc -= L[a, b] * out[b, c]
+            out[a, c] = acc / L[a, a]
 
 
 def quadratic_form_below_zero(lam: np.ndarray, lam_rest: np.ndarray, dof: int) -> np.ndarray:
@@ -275,8 +239,7 @@ def _conditional_mean(lam, rest, squares, chi2, cos2, out):
 
 @functools.lru_cache(maxsize=8)
 def _draws(k: int, dof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``N_DRAWS`` points: ``k`` squared standard normals (``k x N_DRAWS``), a
-    chi-squared(dof), an angle."""
+    """``N_DRAWS`` points: ``k x N_DRAWS`` squared standard normals, a chi-squared, an angle."""
     u = qmc.Sobol(k + 2, scramble=True, seed=_SEED).random(N_DRAWS)
     u = np.clip(u, 1e-300, 1 - 1e-16)
     chi2 = st.chi2.ppf(u[:, k], dof) if dof > 0 else np.zeros(N_DRAWS)
