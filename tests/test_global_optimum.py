@@ -126,16 +126,7 @@ def _short_of_the_thorough_search(monkeypatch, factor, level, engine="auto", rel
     "factor, level",
     [
         ("chemistry", "3p_v3"),
-        pytest.param(
-            "day",
-            "day6",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known: gene 21 (ML) stops at an interior optimum 0.13 deviance units "
-                "above one with operator's variance at 0, which only the thorough search "
-                "reaches (13 of 41,600 such fits: README, Exactness)",
-            ),
-        ),
+        ("day", "day6"),
         ("operator", "op_B"),
     ],
 )

@@ -193,3 +193,37 @@ def test_blas_runs_one_thread_inside_the_fits(synth, monkeypatch):
     fit_lmm(gram, stats.subset(np.arange(6)), n_jobs=2, batch_size=2)
     assert seen and set(seen) == {1}
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+@pytest.mark.parametrize("j", [0, 2])
+def test_a_held_variance_descends_on_its_face(synth, reml, j):
+    """A descent holding variance ``j`` at 0 (the global search's neighbouring-face
+    descents) keeps it exactly 0 and ends where the model without term ``j``, fitted
+    from the same start, does: the same criterion, the same other variances."""
+    from scvarpart.lmm._dense_kernel import workspace
+    from scvarpart.lmm.lrt import _without
+    from scvarpart.lmm.newton import _minimise_gene
+    from scvarpart.lmm.terms import ReTerm
+
+    gram, stats = synth
+    engine = DenseDeviance(gram, reml)
+    terms = [ReTerm(str(i), size) for i, size in enumerate(gram.factor_sizes)]
+    smaller, smaller_stats, _ = _without(gram, stats, terms, j)
+    reduced = DenseDeviance(smaller, reml)
+    start = np.full(engine.k, 0.5)
+    start[j] = 0.0
+    zy, xy, ss = (np.ascontiguousarray(a) for a in (stats.ZtY, stats.XtY, stats.ss))
+    w = workspace(engine.design, engine.k)
+    grad, hess = np.empty(engine.k), np.empty((engine.k, engine.k))
+    x_red, dev_red = reduced.minimise(np.full((len(stats), engine.k - 1), 0.5), smaller_stats)[:2]
+    for g in range(len(stats)):
+        x = start.copy()
+        f, converged, _, abandoned = _minimise_gene(
+            x, zy[g], xy[g], ss[g], engine.design, w, engine.options, grad, hess,
+            np.empty((0, engine.k)), 0, j,
+        )  # fmt: skip
+        assert converged and not abandoned
+        assert x[j] == 0.0
+        assert f == pytest.approx(dev_red[g], rel=1e-10)
+        np.testing.assert_allclose(np.delete(x, j), x_red[g], rtol=1e-4, atol=1e-7)

@@ -21,7 +21,7 @@ from ._sparse_kernel import columns
 from .grid import variance_grid
 from .newton import NewtonOptions, minimise_callable
 from .profiled import ProfiledDeviance
-from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts
+from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts, zeroed
 
 __all__ = ["LapackSchur"]
 
@@ -438,13 +438,14 @@ class LapackSchur(ProfiledDeviance):
             values[:, p] = np.where(np.isfinite(f), f, np.inf)
         return values
 
-    def _descend(self, x, b1, b2, ss, known=()):
+    def _descend(self, x, b1, b2, ss, known=(), held=-1):
         return minimise_callable(
             x,
             lambda g: self._objective_at(g, b1, b2, ss),
             lambda g: self._derivatives(g, b1, b2, ss),
             self.options,
             known,
+            held,
         )
 
     def _objective_at(self, gamma, b1, b2, ss) -> float:
@@ -532,10 +533,16 @@ class LapackSchur(ProfiledDeviance):
                     continue
                 found, it = self._further(grid.gamma[i].copy(), found, known, b1, b2, ss)
                 total, count = total + it, count + 1
-            # the faces next to the optimum (:func:`.search.swap_starts`)
-            for trial in swap_starts(found[2].copy()):
-                found, it = self._further(trial, found, known, b1, b2, ss)
+            # the faces next to the optimum, each descended on, then left
+            # (:func:`.search._swap_faces`)
+            centre = found[2].copy()
+            for trial in swap_starts(centre):
+                f, _, it, abandoned = self._descend(trial, b1, b2, ss, known, zeroed(centre, trial))
                 total, count = total + it, count + 1
+                if abandoned or not np.isfinite(f):
+                    continue
+                found, it = self._further(trial, found, known, b1, b2, ss)
+                total += it
             _, converged[g], X[g] = found
             n_iter[g], descents[g] = total, count
         dev, sigma2, beta = self.estimates(np.nan_to_num(X, nan=1.0), stats)

@@ -36,7 +36,7 @@ from .newton import (
     _trial_point,
     batch_results,
 )
-from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts
+from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts, zeroed
 
 __all__ = [
     "SparseDesign",
@@ -874,12 +874,12 @@ def _derivatives_at(x, dz, w, f, r2, grad, hess):
 
 
 @nb.njit(cache=True, nogil=True)
-def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known):
+def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known, held):
     """Projected Newton from ``x`` (updated in place) for the gene loaded in ``w``.
 
-    The method of :func:`scvarpart.lmm.newton._minimise_gene`, with this engine's
-    evaluations. Returns (criterion, converged, iterations, abandoned, whether
-    ``grad`` and ``hess`` are those at ``x``).
+    The method of :func:`scvarpart.lmm.newton._minimise_gene` (``held``: a coordinate
+    held at 0, or -1), with this engine's evaluations. Returns (criterion, converged,
+    iterations, abandoned, whether ``grad`` and ``hess`` are those at ``x``).
     """
     k = x.shape[0]
     f = _value_and_derivatives(x, ss, dz, w, grad, hess)
@@ -889,11 +889,11 @@ def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known):
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
     for it in range(opt.max_iter):
-        pending_bound = _active_set(x, grad, opt, logc, bound)
+        pending_bound = _active_set(x, grad, opt, logc, bound, held)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < opt.tol and not pending_bound:
             return f, True, it, False, True
-        t = _step_length(x, grad, hess, step, logc, bound, opt)
+        t = _step_length(x, grad, hess, step, logc, bound, opt, held)
         accepted = False
         ft = r2t = np.nan
         while t > _MIN_STEP:
@@ -998,7 +998,7 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         x[:] = gf.gamma[i0]
         first = i0
     best, converged, n_iter, _, fresh = minimise_gene(
-        x, ss, dz, w, opt, grad, hess, known, np.int64(0)
+        x, ss, dz, w, opt, grad, hess, known, np.int64(0), -1
     )
     if not np.isfinite(best):
         best = np.inf
@@ -1019,10 +1019,17 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         )
         n_iter += it
         descents += 1
-    # the faces next to the optimum (:func:`.search.swap_starts`)
-    starts = swap_starts(x.copy())
+    # the faces next to the optimum, each descended on, then left (:func:`.search._swap_faces`)
+    centre = x.copy()
+    starts = swap_starts(centre)
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
+        f, _, it, abandoned, _ = minimise_gene(
+            trial, ss, dz, w, opt, grad, hess, known, n_known, zeroed(centre, trial)
+        )
+        n_iter += it
+        if abandoned or not np.isfinite(f):
+            continue
         best, converged, held, n_known, it = _further_descent(
             trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
         )
@@ -1039,7 +1046,9 @@ def _further_descent(
     Returns (best criterion, its convergence, whether ``at_x`` holds its derivatives,
     number of optima known, iterations).
     """
-    f, conv, it, abandoned, fresh = minimise_gene(trial, ss, dz, w, opt, grad, hess, known, n_known)
+    f, conv, it, abandoned, fresh = minimise_gene(
+        trial, ss, dz, w, opt, grad, hess, known, n_known, -1
+    )
     if abandoned or not np.isfinite(f):
         return best, converged, held, n_known, it
     known[n_known] = trial
@@ -1131,7 +1140,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)
         _, converged[g], n_iter[g], _, fresh = minimise_gene(
-            X[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0)
+            X[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), -1
         )
         if fresh:
             grads[g], hessians[g] = grad, hess

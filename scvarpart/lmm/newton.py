@@ -273,37 +273,42 @@ def _newton_step(x, g, H, logc, bound):
 
 
 @nb.njit(cache=True, nogil=True)
-def _active_set(x, grad, opt, logc, bound):
+def _active_set(x, grad, opt, logc, bound, held):
     """Find the coordinates stepped in ``log gamma`` and the epsilon-active set.
 
     Fills ``logc`` and ``bound``; returns whether a bound variable is not yet at 0.
+    ``held``: a coordinate held at 0 (bound whatever its gradient), or -1 for none.
     """
     k = x.shape[0]
     eps = 0.0
     for j in range(k):
-        eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
+        if j != held:
+            eps += (x[j] - max(x[j] - grad[j], 0.0)) ** 2
     eps = math.sqrt(eps)
     pending = False
     for j in range(k):
         t = opt.threshold[j]
-        logc[j] = x[j] > t
-        bound[j] = (not logc[j]) and x[j] <= min(eps, opt.eps_active * t) and grad[j] > 0.0
+        logc[j] = x[j] > t and j != held
+        free = (not logc[j]) and x[j] <= min(eps, opt.eps_active * t) and grad[j] > 0.0
+        bound[j] = j == held or free
         pending = pending or (bound[j] and x[j] > 0.0)
     return pending
 
 
 @nb.njit(cache=True, nogil=True)
-def _step_length(x, grad, hess, step, logc, bound, opt):
+def _step_length(x, grad, hess, step, logc, bound, opt, held):
     """Scale the step of bound variables and limit its length.
 
-    Bound variables take a diagonally scaled gradient step (cut at the bound later);
-    returns the longest step fraction that changes no parameter by more than
-    ``max_growth``, keeping the direction.
+    Bound variables take a diagonally scaled gradient step (cut at the bound later), but
+    ``held`` (-1 for none), which stays; returns the longest step fraction that changes
+    no parameter by more than ``max_growth``, keeping the direction.
     """
     log_growth = math.log(opt.max_growth)
     t = 1.0
     for j in range(x.shape[0]):
-        if bound[j]:
+        if j == held:
+            step[j] = 0.0
+        elif bound[j]:
             step[j] = -grad[j] / hess[j, j] if hess[j, j] > 0.0 else -x[j]
         if logc[j]:
             t = min(t, log_growth / max(abs(step[j]), 1e-300))
@@ -391,11 +396,13 @@ def _near(x, y, threshold):
 
 
 @nb.njit(cache=True, nogil=True)
-def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
+def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held):
     """Minimise one gene's deviance from ``x`` (updated in place).
 
     A descent from a further start is abandoned when it comes near one of the
     optima ``known[:n_known]`` found from other starts: it would end there.
+    ``held``: a coordinate held at 0 (``x[held]`` must be 0), a descent on that face of
+    the boundary; -1 for none.
 
     Returns (deviance, converged, iterations, abandoned).
     """
@@ -407,11 +414,11 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
     for it in range(opt.max_iter):
-        pending_bound = _active_set(x, grad, opt, logc, bound)
+        pending_bound = _active_set(x, grad, opt, logc, bound, held)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < opt.tol and not pending_bound:
             return f, True, it, False
-        t = _step_length(x, grad, hess, step, logc, bound, opt)
+        t = _step_length(x, grad, hess, step, logc, bound, opt, held)
         accepted = False
         ft = r2t = np.nan
         while t > _MIN_STEP:
@@ -474,7 +481,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     none = np.empty((0, k))
     for g in range(G):
         _, converged[g], n_iter[g], _ = _minimise_gene(
-            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0)
+            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), -1
         )
         estimates_at(X[g], ZtY[g], XtY[g], ss[g], dz, w, dev, r2, beta, g)
     return X, dev, r2, beta, converged, n_iter
@@ -521,10 +528,12 @@ def minimise_callable(
     derivatives: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
     opt: NewtonOptions,
     known: Sequence[np.ndarray] = (),
+    held: int = -1,
 ) -> tuple[float, bool, int, bool]:
     """Run the projected Newton method of :func:`_minimise_gene` from Python.
 
-    For engines whose evaluations are NumPy/BLAS calls (:mod:`.blocked`).
+    For engines whose evaluations are NumPy/BLAS calls (:mod:`.blocked`). ``held``: a
+    coordinate held at 0, or -1.
 
     ``evaluate(x)`` returns the objective (NaN outside the domain),
     ``derivatives(x)`` the objective, gradient and Hessian (or a positive
@@ -539,11 +548,11 @@ def minimise_callable(
     bound = np.empty(k, dtype=bool)
     trial = np.empty(k)
     for it in range(opt.max_iter):
-        pending_bound = _active_set(x, grad, opt, logc, bound)
+        pending_bound = _active_set(x, grad, opt, logc, bound, held)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < opt.tol and not pending_bound:
             return f, True, it, False
-        t = _step_length(x, grad, hess, step, logc, bound, opt)
+        t = _step_length(x, grad, hess, step, logc, bound, opt, held)
         ft = np.nan
         while t > _MIN_STEP:
             predicted = _trial_point(x, grad, step, t, logc, opt, trial)

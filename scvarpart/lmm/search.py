@@ -24,9 +24,10 @@ Per gene (compiled, genes of a batch in turn, without the GIL):
    candidate is descended from when its bound is below the best optimum found
    so far, most promising first, at most :data:`MAX_EXTRA_STARTS`; a descent
    that comes near an optimum found before stops there (it would end on it).
-4. **Neighbouring faces.** Descents from the faces next to the best optimum: each
+4. **Neighbouring faces.** Descents on the faces next to the best optimum: each
    positive variance moved onto each zero one, or, from an interior optimum, set
-   to 0 (:func:`_swap_faces`). Factors that share their levels' structure (few
+   to 0, and held there while the descent finds that face's optimum; then released
+   (:func:`_swap_faces`). Factors that share their levels' structure (few
    levels, partly confounded) make optima on neighbouring faces that no grid
    coarse enough to screen every gene resolves.
 
@@ -68,6 +69,7 @@ __all__ = [
     "prepare_grid",
     "search_batch",
     "swap_starts",
+    "zeroed",
 ]
 
 # Deviance units: the most a candidate's neighbourhood spread may count, where
@@ -323,7 +325,7 @@ def _search_gene(
         x[:] = gf.gamma[i0]
         first = i0
     best, converged, n_iter, _ = _minimise_gene(
-        x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0)
+        x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0), -1
     )
     if not np.isfinite(best):
         best = np.inf
@@ -386,21 +388,43 @@ def swap_starts(centre: np.ndarray) -> np.ndarray:
 
 @nb.njit(cache=True, nogil=True)
 def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, known, n_known):
-    """Descents from :func:`swap_starts` of the optimum ``x``; a better one replaces it.
+    """Descents on the faces next to the optimum ``x``; a better optimum replaces it.
 
-    Descents that come near an optimum found before are abandoned.
+    From each of :func:`swap_starts`, a descent first holds the variance the start set
+    to 0 there: it ends on that face's optimum, which a free descent from the start
+    misses when the criterion leads it back to ``x`` (on the example design with a level
+    left out, 8 of 20,800 genes stopped short that way, by up to 0.43 deviance units).
+    A free descent then continues from the face's optimum (ending there if the variance
+    does not leave 0). Descents that come near an optimum found before are abandoned.
 
     Returns (deviance, converged, Newton iterations, descents).
     """
-    starts = swap_starts(x.copy())
+    centre = x.copy()
+    starts = swap_starts(centre)
     n_iter = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
+        held = zeroed(centre, trial)
+        f, _, it, abandoned = _minimise_gene(
+            trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held
+        )
+        n_iter += it
+        if abandoned or not np.isfinite(f):
+            continue
         best, converged, n_known, it = _further_descent(
             trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
         )
         n_iter += it
     return best, converged, n_iter, starts.shape[0]
+
+
+@nb.njit(cache=True, nogil=True)
+def zeroed(centre: np.ndarray, start: np.ndarray) -> int:
+    """The coordinate a start of :func:`swap_starts` set to 0 (-1 if none)."""
+    for j in range(centre.shape[0]):
+        if centre[j] > 0.0 and start[j] == 0.0:
+            return j
+    return -1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -410,7 +434,7 @@ def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, he
     Returns (best deviance, its convergence, number of optima known, iterations).
     """
     f, conv, it, abandoned = _minimise_gene(
-        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1
     )
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
