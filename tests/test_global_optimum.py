@@ -126,6 +126,7 @@ def _short_of_the_thorough_search(monkeypatch, factor, level, engine="auto", rel
     "factor, level",
     [
         ("chemistry", "3p_v3"),
+        ("day", "day2"),
         ("day", "day6"),
         ("operator", "op_B"),
     ],
@@ -155,8 +156,9 @@ def test_blocked_engine_on_the_example_design_with_a_level_left_out(
 
     Before it kept the grid's best point a candidate and swapped faces, 80 of 20,800
     such fits (the example design with each level left out, ML and REML) stopped short,
-    by up to 9.4 deviance units, some genes of each of these cases among them; now 1,
-    by 0.002. The LAPACK path, forced, on five such designs (REML): 22 of 2,000, now 0.
+    by up to 9.4 deviance units, some genes of each of these cases among them; with free
+    descents from those faces 1, by 0.002; with descents held on each face, none. The
+    LAPACK path, forced, on five such designs (REML): 22 of 2,000, now 0.
     """
     import scvarpart.lmm.blocked as blocked
 
@@ -175,13 +177,16 @@ def test_blocked_engine_on_the_example_design_with_a_level_left_out(
         assert converged
 
 
-@pytest.mark.parametrize(("factor", "level"), [("chemistry", "3p_v3"), ("day", "day6")])
+@pytest.mark.parametrize(
+    ("factor", "level"), [("chemistry", "3p_v3"), ("day", "day2"), ("day", "day6")]
+)
 def test_general_engine_on_the_example_design_with_a_level_left_out(monkeypatch, factor, level):
     """The general engine's search (slopes, kinship, weights) against the thorough one.
 
     Before it descended from the faces next to its optimum, 32 of 4,000 such fits (five
     of these designs, ML and REML) stopped short, by up to 4.5 deviance units (22 on
-    these two designs); now 2, by at most 0.15, on other designs.
+    these two designs); with free descents from those faces 6 (chemistry 3p_v2 or 5p_v2,
+    day2 left out), by up to 0.15; with descents held on each face, none.
     """
     found = _short_of_the_thorough_search(monkeypatch, factor, level, "general")
     for reml, short, gap, converged in found:

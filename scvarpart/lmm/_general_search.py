@@ -26,7 +26,7 @@ from ._general_kernel import (
     workspace,
 )
 from .newton import _symmetric_eigen
-from .search import swap_starts
+from .search import swap_starts, zeroed
 
 __all__ = ["FACTORS", "MINIMISE", "SEARCH", "Batch", "SearchOptions", "minimise_gene", "run_batch"]
 
@@ -231,19 +231,23 @@ def _derivatives_at(x, dz, w, f, r2, sc, opt):
 
 
 @nb.njit(cache=True, nogil=True)
-def _active_set(sc, opt):
-    """The epsilon-active set into ``at_bound``; returns whether one is not yet at its bound."""
+def _active_set(sc, opt, held):
+    """The epsilon-active set into ``at_bound``; returns whether one is not yet at its bound.
+
+    ``held``: a parameter held at its bound whatever its gradient, or -1 for none.
+    """
     k = sc.y.shape[0]
     eps = 0.0
     for j in range(k):
-        eps += (sc.y[j] - max(sc.y[j] - sc.grad[j], sc.ylow[j])) ** 2
+        if j != held:
+            eps += (sc.y[j] - max(sc.y[j] - sc.grad[j], sc.ylow[j])) ** 2
     eps = min(math.sqrt(eps), 1e-3)
     pending = False
     for j in range(k):
         width = eps
         if sc.mode[j] == SQUARE:  # gamma is small: within a fraction of its scale
             width = min(eps, 1e-2 * opt.scale[j] ** 2)
-        sc.at_bound[j] = sc.y[j] - sc.ylow[j] <= width and sc.grad[j] > 0.0
+        sc.at_bound[j] = j == held or (sc.y[j] - sc.ylow[j] <= width and sc.grad[j] > 0.0)
         if sc.at_bound[j] and sc.y[j] != sc.ylow[j]:
             pending = True
     return pending
@@ -388,10 +392,11 @@ def _line_search(x, f, zy, xy, ss, dz, w, sc, opt):
 
 
 @nb.njit(cache=True, nogil=True)
-def minimise_gene(x, zy, xy, ss, dz, w, sc, opt, known, n_known):  # noqa: C901
+def minimise_gene(x, zy, xy, ss, dz, w, sc, opt, known, n_known, held):  # noqa: C901
     """Minimise one gene's criterion from ``x`` (updated in place) subject to the bounds.
 
-    A descent that comes near one of ``known[:n_known]`` is abandoned. Returns
+    A descent that comes near one of ``known[:n_known]`` is abandoned. ``held``: a
+    parameter held at its lower bound (where ``x`` has it), or -1 for none. Returns
     (criterion, converged, iterations, abandoned).
     """
     k = x.shape[0]
@@ -406,7 +411,7 @@ def minimise_gene(x, zy, xy, ss, dz, w, sc, opt, known, n_known):  # noqa: C901
             if not np.isfinite(f):
                 return np.nan, False, it, False
         _flip_columns(x, sc, opt)
-        pending = _active_set(sc, opt)
+        pending = _active_set(sc, opt, held)
         decrement, positive, negative = _reduced_step(sc)
         for j in range(k):
             if sc.at_bound[j]:
@@ -542,10 +547,17 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
         # slopes benchmark by 4.7
         return best, converged, n_iter, descents
     # every term with one coefficient (weights, known covariances): the faces next to
-    # the optimum (:func:`.search.swap_starts`)
-    starts = swap_starts(x.copy())
+    # the optimum, each descended on, then left (:func:`.search._swap_faces`)
+    centre = x.copy()
+    starts = swap_starts(centre)
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
+        f, _, it, abandoned = minimise_gene(
+            trial, zy, xy, ss, dz, w, sc, opt, known, n_known, zeroed(centre, trial)
+        )
+        n_iter += it
+        if abandoned or not np.isfinite(f):
+            continue
         best, converged, n_known, it = _further_descent(
             trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known
         )
@@ -559,7 +571,7 @@ def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, know
 
     Returns (best criterion, its convergence, number of optima known, iterations).
     """
-    f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known)
+    f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known, -1)
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
     known[n_known] = trial
@@ -642,7 +654,7 @@ def run_batch(task, X0, gene_starts, fixed_starts, ZtY, XtY, ss, dz, opt, thorou
         if task == MINIMISE:
             x[:] = X0[g]
             f, out.converged[g], out.n_iter[g], _ = minimise_gene(
-                x, zy, xy, s_, dz, w, sc, opt, none, np.int64(0)
+                x, zy, xy, s_, dz, w, sc, opt, none, np.int64(0), -1
             )
             out.descents[g] = 1
             if not np.isfinite(f):
