@@ -393,7 +393,7 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
     From each of :func:`swap_starts`, a descent first holds the variance the start set
     to 0 there: it ends on that face's optimum, which a free descent from the start
     misses when the criterion leads it back to ``x`` (on the example design with a level
-    left out, 8 of 20,800 genes stopped short that way, by up to 0.43 deviance units).
+    left out, 8 of 20,800 fits stopped short that way, by up to 0.43 deviance units).
     A free descent then continues from the face's optimum (ending there if the variance
     does not leave 0). Descents that come near an optimum found before are abandoned.
 
