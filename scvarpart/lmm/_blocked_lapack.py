@@ -536,11 +536,15 @@ class LapackSchur(ProfiledDeviance):
             # the faces next to the optimum, each descended on, then left
             # (:func:`.search._swap_faces`)
             centre = found[2].copy()
+            faces: list[tuple[int, np.ndarray]] = []  # face optima (:func:`.search.face_known`)
             for trial in swap_starts(centre):
-                f, _, it, abandoned = self._descend(trial, b1, b2, ss, known, zeroed(centre, trial))
+                face = zeroed(centre, trial)
+                near = known + [y for j, y in faces if j == face]
+                f, _, it, abandoned = self._descend(trial, b1, b2, ss, near, face)
                 total, count = total + it, count + 1
                 if abandoned or not np.isfinite(f):
                     continue
+                faces.append((face, trial.copy()))
                 found, it = self._further(trial, found, known, b1, b2, ss)
                 total += it
             _, converged[g], X[g] = found

@@ -26,7 +26,7 @@ from ._general_kernel import (
     workspace,
 )
 from .newton import _symmetric_eigen
-from .search import swap_starts, zeroed
+from .search import face_buffers, face_known, swap_starts, zeroed
 
 __all__ = ["FACTORS", "MINIMISE", "SEARCH", "Batch", "SearchOptions", "minimise_gene", "run_batch"]
 
@@ -550,14 +550,18 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     # the optimum, each descended on, then left (:func:`.search._swap_faces`)
     centre = x.copy()
     starts = swap_starts(centre)
+    faces, face_of, near = face_buffers(starts, known)
+    n_faces = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
-        f, _, it, abandoned = minimise_gene(
-            trial, zy, xy, ss, dz, w, sc, opt, known, n_known, zeroed(centre, trial)
-        )
+        face = zeroed(centre, trial)
+        m = face_known(known, n_known, faces, face_of, n_faces, face, near)
+        f, _, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, near, m, face)
         n_iter += it
         if abandoned or not np.isfinite(f):
             continue
+        faces[n_faces], face_of[n_faces] = trial, face
+        n_faces += 1
         best, converged, n_known, it = _further_descent(
             trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known
         )

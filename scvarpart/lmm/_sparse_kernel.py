@@ -36,7 +36,15 @@ from .newton import (
     _trial_point,
     batch_results,
 )
-from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts, zeroed
+from .search import (
+    MAX_EXTRA_STARTS,
+    TIE,
+    candidate_bounds,
+    face_buffers,
+    face_known,
+    swap_starts,
+    zeroed,
+)
 
 __all__ = [
     "SparseDesign",
@@ -1022,14 +1030,18 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     # the faces next to the optimum, each descended on, then left (:func:`.search._swap_faces`)
     centre = x.copy()
     starts = swap_starts(centre)
+    faces, face_of, near = face_buffers(starts, known)
+    n_faces = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
-        f, _, it, abandoned, _ = minimise_gene(
-            trial, ss, dz, w, opt, grad, hess, known, n_known, zeroed(centre, trial)
-        )
+        face = zeroed(centre, trial)
+        m = face_known(known, n_known, faces, face_of, n_faces, face, near)
+        f, _, it, abandoned, _ = minimise_gene(trial, ss, dz, w, opt, grad, hess, near, m, face)
         n_iter += it
         if abandoned or not np.isfinite(f):
             continue
+        faces[n_faces], face_of[n_faces] = trial, face
+        n_faces += 1
         best, converged, held, n_known, it = _further_descent(
             trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
         )
