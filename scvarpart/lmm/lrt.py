@@ -280,7 +280,6 @@ class LocalRefits:
         """
         terms, k = self.terms, len(self.terms)
         stat = np.where(np.isfinite(fit.deviance)[:, None], 0.0, np.nan) * np.ones((1, k))
-        slices = theta_slices(terms)
         n_theta = fit.theta.shape[1]
         theta0 = [np.full((len(stat), n_theta - t.n_theta), np.nan) for t in terms]
         ok = np.flatnonzero(np.isfinite(fit.deviance))
@@ -291,7 +290,7 @@ class LocalRefits:
         scaled = response.subset(ok).scaled(1.0 / unit)
         x = fit.theta[ok] ** 2 if self.full.coordinates == "gamma" else fit.theta[ok]
         base = self.full.deviance(np.ascontiguousarray(x), scaled)
-        for j, coords in enumerate(slices):
+        for j, coords in enumerate(theta_slices(terms)):
             distant = far[:, coords].any(axis=1)
             stat[ok[distant], j] = np.inf
             # a term at 0 is already the smaller model's optimum
@@ -300,8 +299,7 @@ class LocalRefits:
                 continue
             sub = scaled.subset(todo)
             if k == 1:
-                null = linear_model_criterion(self.gram, sub, self.reml)
-                theta0[j][ok[todo]] = np.zeros((len(todo), 0))
+                null = linear_model_criterion(self.gram, sub, self.reml)  # theta0[j]: none
             else:
                 engine, keep = self.reduced[j]
                 theta = np.delete(fit.theta[ok[todo]], coords, axis=1)

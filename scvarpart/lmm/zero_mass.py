@@ -203,9 +203,9 @@ def quadratic_form_below_zero(lam: np.ndarray, lam_rest: np.ndarray, dof: int) -
     """
     lam = -np.sort(-np.atleast_2d(np.asarray(lam, float)), axis=1)  # largest first
     rest = np.ascontiguousarray(np.broadcast_to(np.asarray(lam_rest, float), len(lam)))
-    squares, chi2, angle = _draws(lam.shape[1], dof)
+    squares, chi2, cos2 = _draws(lam.shape[1], dof)
     out = np.empty(len(lam))
-    _conditional_mean(np.ascontiguousarray(lam), rest, squares, chi2, np.cos(angle) ** 2, out)
+    _conditional_mean(np.ascontiguousarray(lam), rest, squares, chi2, cos2, out)
     return out
 
 
@@ -239,9 +239,9 @@ def _conditional_mean(lam, rest, squares, chi2, cos2, out):
 
 @functools.lru_cache(maxsize=8)
 def _draws(k: int, dof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``N_DRAWS`` points: ``k x N_DRAWS`` squared standard normals, a chi-squared, an angle."""
+    """``N_DRAWS`` points: ``k x N_DRAWS`` squared normals, a chi-squared, a squared cosine."""
     u = qmc.Sobol(k + 2, scramble=True, seed=_SEED).random(N_DRAWS)
     u = np.clip(u, 1e-300, 1 - 1e-16)
     chi2 = st.chi2.ppf(u[:, k], dof) if dof > 0 else np.zeros(N_DRAWS)
     squares = np.ascontiguousarray(st.norm.ppf(u[:, :k].T) ** 2)
-    return squares, chi2, 2.0 * np.pi * u[:, k + 1]
+    return squares, chi2, np.cos(2.0 * np.pi * u[:, k + 1]) ** 2
