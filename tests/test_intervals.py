@@ -111,35 +111,86 @@ def test_intervals_hold_the_estimate_and_stay_in_range():
     assert (rho["rho"][finite] <= rho["rho_ci_high"][finite]).all()
 
 
-def test_residual_interval_is_coherent_with_the_others():
-    """The residual's interval reaches its fraction with any other component at one of
-    its bounds, the rest keeping their shares; genes whose other variances are all 0
-    get a finite lower bound from their upper ones."""
-    rng = np.random.default_rng(8)
+def _donor_batch_fit(seed=8, n=1500, G=80):
+    """REML fits of ``(1|donor) + (1|batch)`` (20 donors, 3 batches), half the variances 0."""
+    rng = np.random.default_rng(seed)
     obs = pd.DataFrame(
         {
-            "donor": pd.Categorical(rng.integers(20, size=1500).astype(str)),
-            "batch": pd.Categorical(rng.integers(3, size=1500).astype(str)),
+            "donor": pd.Categorical(rng.integers(20, size=n).astype(str)),
+            "batch": pd.Categorical(rng.integers(3, size=n).astype(str)),
         }
     )
     d, b = obs["donor"].cat.codes.to_numpy(), obs["batch"].cat.codes.to_numpy()
-    sd = rng.uniform(0, 0.6, (2, 80)) * (rng.uniform(size=(2, 80)) > 0.5)
-    Y = rng.standard_normal((1500, 80))
-    Y += (rng.standard_normal((20, 80)) * sd[0])[d] + (rng.standard_normal((3, 80)) * sd[1])[b]
+    sd = rng.uniform(0, 0.6, (2, G)) * (rng.uniform(size=(2, G)) > 0.5)
+    Y = rng.standard_normal((n, G))
+    Y += (rng.standard_normal((20, G)) * sd[0])[d] + (rng.standard_normal((3, G)) * sd[1])[b]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = svp.lmm.fit("~ (1|donor) + (1|batch)", Y, obs=obs, method="REML")
+    return obs, Y, fit
+
+
+def test_residual_interval_is_coherent_with_components_that_may_be_0():
+    """Where another component's interval starts at 0, the residual's interval reaches
+    its fraction with that component at 0 and at its upper bound, the rest keeping their
+    shares; genes whose other variances are all 0 get a finite lower bound from their
+    upper ones."""
+    _, _, fit = _donor_batch_fit()
     f, lo, hi = fit.fractions, fit.ci_low, fit.ci_high
     assert lo.notna().all().all() and hi.notna().all().all()
     rest = ["donor", "batch"]
     share = f["Residual"].to_numpy()[:, None] / (1 - f[rest].to_numpy())
     at_low, at_high = (1 - lo[rest].to_numpy()) * share, (1 - hi[rest].to_numpy()) * share
-    assert (hi["Residual"].to_numpy()[:, None] >= at_low - 1e-12).all()
-    assert (lo["Residual"].to_numpy()[:, None] <= at_high + 1e-12).all()
+    may_vanish = lo[rest].to_numpy() == 0
+    assert may_vanish.any() and (~may_vanish).any()
+    res_lo, res_hi = lo["Residual"].to_numpy()[:, None], hi["Residual"].to_numpy()[:, None]
+    assert (res_hi >= np.where(may_vanish, at_low, -np.inf) - 1e-12).all()
+    assert (res_lo <= np.where(may_vanish, at_high, np.inf) + 1e-12).all()
     alone = (f[rest] == 0).all(axis=1)
     assert alone.any() and (f["Residual"][alone] == 1).all()
     np.testing.assert_allclose(lo["Residual"][alone], 1 - hi[rest][alone].sum(axis=1))
     assert ((lo["Residual"] <= f["Residual"]) & (f["Residual"] <= hi["Residual"])).all()
+
+
+def test_residual_ray_bounds_are_where_the_criterion_rises_by_the_quantile():
+    """Every random variance ratio scaled together: the residual's bounds are its
+    fraction where the criterion has risen by the chi-squared(1) quantile, up and down
+    (or without random effects, where it never rises that far), and the reported
+    interval contains them."""
+    from scvarpart.lmm.fitting import make_engine
+    from scvarpart.lmm.intervals import _engine_point, _residual_ray
+
+    obs, Y, _ = _donor_batch_fit()
+    stats = svp.lmm.response_stats(Y, "~ (1|donor) + (1|batch)", obs=obs)
+    fit = svp.lmm.fit_lmm(stats.gram, stats.response, reml=True)
+    eng = make_engine(stats.gram, True, "dense", [i.term for i in stats.terms])
+    base = eng.deviance(_engine_point(eng, fit.theta), stats.response)
+
+    def variances(theta, sigma2, beta):
+        return np.column_stack([theta**2 * sigma2[:, None], sigma2])
+
+    crit = 3.8415
+    low, high = _residual_ray(eng, stats.response, fit, variances, base, crit)
+    inside = (fit.theta > 0).any(axis=1)
+    assert inside.any() and (~inside).any()
+    assert np.isnan(low[~inside]).all() and np.isnan(high[~inside]).all()
+    # the fraction 1 / (1 + sum gamma) along the ray c theta: c from each bound
+    total = (fit.theta[inside] ** 2).sum(axis=1)
+    for bound, expect_below in ((low[inside], True), (high[inside], False)):
+        c = np.sqrt((1 / bound - 1) / total)
+        assert ((c > 1) if expect_below else (c < 1)).all()
+        theta = fit.theta[inside] * c[:, None]
+        rows = stats.response.subset(np.flatnonzero(inside))
+        rise = eng.deviance(_engine_point(eng, theta), rows) - base[inside]
+        reached = c > 1e-9
+        np.testing.assert_allclose(rise[reached], crit, atol=1e-6)
+        assert (rise[~reached] < crit).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = svp.lmm.fit("~ (1|donor) + (1|batch)", Y, obs=obs, method="REML")
+    # the fit scales each gene to unit size: the roots agree to their tolerance there
+    assert (res.ci_low["Residual"].to_numpy()[inside] <= low[inside] + 1e-5).all()
+    assert (res.ci_high["Residual"].to_numpy()[inside] >= high[inside] - 1e-5).all()
 
 
 def test_fixed_term_interval_starts_at_0_where_its_wald_test_does_not_reject():

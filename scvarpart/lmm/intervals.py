@@ -37,12 +37,14 @@ hundreds of levels) the Wald bound stands in for the likelihood ratio's. Fixed t
 upper bounds are the larger of the F and the logit-scale Wald bounds; their lower
 bounds are 0 where the Wald test of the term's coefficients does not reject (test
 inversion again: a covariate without effect gets an interval from 0). The residual's
-bounds come from Satterthwaite's scaled chi-squared approximation of the sum of the
-other variances (``sigma^2`` itself is estimated from every observation), widened to
-reach its fraction with any other component at one of its bounds (the fractions sum to
-1). Rho's interval is Wald's on the log scale, widened to rho at the batch and signal
-terms' likelihood-ratio bounds: ``[0, u]`` when the batch variance is 0 (or may be),
-``[l, inf]`` when the signal's is.
+bounds are the further of Satterthwaite's scaled chi-squared approximation of the sum of
+the other variances (``sigma^2`` itself is estimated from every observation) and the
+likelihood-ratio bounds along the ray that scales every random variance ratio together;
+they reach its fraction with another component at a bound where the delta-method
+variances behind Satterthwaite's interval miss that bound (:func:`_coherent_residual`;
+the fractions sum to 1). Rho's interval is Wald's on the log scale, widened to rho at the
+batch and signal terms' likelihood-ratio bounds: ``[0, u]`` when the batch variance is 0
+(or may be), ``[l, inf]`` when the signal's is.
 ``benchmarks/interval_coverage.py`` measures the coverage.
 """
 
@@ -180,6 +182,7 @@ def _rise_points(
     genes: np.ndarray,
     crit: np.ndarray,
     base: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """``theta`` where the criterion has risen by ``crit`` along each direction.
 
@@ -189,12 +192,16 @@ def _rise_points(
     the rise is quadratic in ``theta``), so Illinois steps on it in that coordinate ``s``
     take few evaluations; the bracket starts from the quadratic model's guess, doubled
     until the rise is reached. ``base``: the criterion at the estimates of ``genes``.
+    ``start``: the coordinates' common value at the estimate (the mean of those the
+    directions move); with ``directions`` the estimates themselves and ``start`` 1, the
+    path is the ray ``theta e^s``.
     """
     theta0 = fit.theta[genes]
     sub = stats.subset(genes)
     if base is None:
         base = eng.deviance(_engine_point(eng, theta0), sub)
-    start = np.einsum("nk,nk->n", theta0, directions) / directions.sum(axis=1)
+    if start is None:
+        start = np.einsum("nk,nk->n", theta0, directions) / directions.sum(axis=1)
     inside = start > 0
     root = np.sqrt(crit)
 
@@ -220,6 +227,44 @@ def _rise_points(
     expand_bracket(gap, a, fa, hi, f_hi, _MAX_EXPAND)
     s_end = illinois(gap, a, fa, hi, f_hi, _MAX_ITER, _TOL)
     return theta0 + step(s_end, every)[:, None] * directions
+
+
+def _residual_ray(eng, stats, fit, variances: VarianceFunction, base, crit):
+    """The residual fraction's likelihood-ratio bounds along the ray ``c theta``.
+
+    Every random variance ratio scaled together (``sigma^2 gamma_j`` with ``gamma`` ->
+    ``c^2 gamma``: their shares held), up and down from the estimate, to where the
+    criterion has risen by ``crit``; toward ``c = 0`` the rise may never get there, and
+    the bound is then the fraction without random effects. Satterthwaite's interval of
+    the random variances' sum holds the shape of a scaled chi-squared; this bound
+    follows the criterion's own shape. ``(G,)`` lower and upper bounds, NaN for genes
+    without a positive random variance.
+    """
+    low, high = np.full(len(base), np.nan), np.full(len(base), np.nan)
+    genes = np.flatnonzero((fit.theta != 0).any(axis=1))
+    if len(genes) == 0:
+        return low, high
+    theta0, sub = fit.theta[genes], stats.subset(genes)
+    ones = np.ones(len(genes))
+    up = _rise_points(eng, stats, fit, theta0, genes, crit * ones, base[genes], start=ones)
+    root = np.sqrt(crit)
+
+    def gap(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``sqrt(rise) - sqrt(crit)`` at ``(1 - u) theta``."""
+        theta = theta0[rows] * (1.0 - u)[:, None]
+        with np.errstate(all="ignore"):
+            rise = eng.deviance(_engine_point(eng, theta), sub.subset(rows)) - base[genes][rows]
+            return np.sqrt(np.maximum(rise, 0.0)) - root
+
+    every = np.arange(len(genes))
+    a, b = np.zeros(len(genes)), ones.copy()
+    u = illinois(gap, a, -root * ones, b, gap(b, every), _MAX_ITER, _TOL)  # 1 if not reached
+    down = theta0 * (1.0 - u)[:, None]
+    for bounds, theta in ((low, up), (high, down)):
+        _, s_b, b_b = eng.estimates(_engine_point(eng, theta), sub)
+        V_b = variances(theta, s_b, b_b)
+        bounds[genes] = V_b[:, -1] / V_b.sum(axis=1)
+    return low, high
 
 
 def _logit_interval(f, se, z):
@@ -289,7 +334,7 @@ def wald_intervals(
     cov_v = _variance_covariance(eng, sub, part, variances)
     f = V / V.sum(axis=1, keepdims=True)
     k = len(term_coords)
-    lo, hi, f_hi = _closed_form_bounds(V, cov_v, level, k)
+    lo, hi, f_hi, se_f = _closed_form_bounds(V, cov_v, level, k)
     z = float(st.norm.ppf(0.5 + level / 2))
     se_v = np.sqrt(np.clip(np.diagonal(cov_v, axis1=1, axis2=2), 0, None))
     zero = V == 0
@@ -328,7 +373,9 @@ def wald_intervals(
     # the likelihood-ratio bound holds the other variance ratios: Satterthwaite's F
     # bound adds their uncertainty in the denominator
     hi[:, :k] = np.fmax(hi[:, :k], np.where(zero[:, :k], np.nan, f_hi[:, :k]))
-    _coherent_residual(lo, hi, f)
+    ray_low, ray_high = _residual_ray(eng, sub, part, variances, base, interior)
+    lo[:, -1], hi[:, -1] = np.fmin(lo[:, -1], ray_low), np.fmax(hi[:, -1], ray_high)
+    _coherent_residual(lo, hi, f, se_f, z)
     se[ok], low[ok], high[ok] = se_v, lo, hi
     if roles is not None and rho_low is not None and rho_high is not None:
         rho_low[ok], rho_high[ok] = _rho_interval(V, cov_v, upper_v, roles, z, rho_at)
@@ -344,8 +391,9 @@ def _closed_form_bounds(V, cov_v, level, k):
     (:func:`_ratio_intervals`), or Wald's on the logit scale where that is undefined.
     Upper bounds of the fixed terms: the larger of the two. The residual's: from
     Satterthwaite's interval of the sum of the others (:func:`_residual_interval`).
-    Returns ``lo``, ``hi`` and the F upper bounds (for the random terms, whose upper
-    bound the caller makes from them and the likelihood ratio's).
+    Returns ``lo``, ``hi``, the F upper bounds (for the random terms, whose upper
+    bound the caller makes from them and the likelihood ratio's) and the fractions'
+    delta-method standard errors.
     """
     total = V.sum(axis=1)
     f = V / total[:, None]
@@ -357,7 +405,7 @@ def _closed_form_bounds(V, cov_v, level, k):
     lo[:, :-1] = np.where(np.isfinite(f_lo), f_lo, lo[:, :-1])
     hi[:, k:-1] = np.fmax(hi[:, k:-1], f_hi[:, k:])
     lo[:, -1], hi[:, -1] = _residual_interval(V, cov_v, level)
-    return lo, hi, f_hi
+    return lo, hi, f_hi, se_f
 
 
 def _wald_holds_zero(beta, beta_cov, cols, level) -> np.ndarray:
@@ -429,20 +477,30 @@ def _residual_interval(V, cov_v, level):
     return np.where(S > 0, low, np.nan), np.where(S > 0, high, 1.0)
 
 
-def _coherent_residual(lo, hi, f):
+def _coherent_residual(lo, hi, f, se_f, z):
     """The residual's bounds made coherent with the others' (last column; in place).
 
-    The fractions sum to 1: where another component's fraction is at one of its
-    bounds, the others keeping their shares of the rest, the residual's fraction is
-    ``(1 - bound) f_e / (1 - f_j)``. The residual's interval reaches each of those.
-    Satterthwaite's interval alone misses them where a variance of few levels is
-    estimated small but its interval is long (the delta-method variance of the sum is
-    then small too). Where every other variance is 0, Satterthwaite's interval is
-    undefined, and the lower bound is 1 minus the sum of their upper bounds.
+    The fractions sum to 1: where another component's fraction is at one of its bounds,
+    the others keeping their shares of the rest, the residual's fraction is ``(1 -
+    bound) f_e / (1 - f_j)``. Satterthwaite's interval of the others' sum carries their
+    delta-method variances, so it misses what lies beyond them: the residual's lower
+    bound reaches its fraction with a component at its upper bound where that bound
+    lies beyond the component's Wald bound (``f_j + z se_j``: the long upper tail of a
+    variance of few levels, or the one-sided bound of one at 0), and its upper bound its
+    fraction with a component at 0 where that component's interval starts at 0 (a
+    variance that may be 0, whose delta-method variance vanishes near 0). A lower bound
+    beyond Wald's does not count: it is the long tail of the other components in the
+    fraction's denominator, the residual among them. Where every other variance is 0,
+    Satterthwaite's interval is undefined, and the lower bound is 1 minus the sum of
+    their upper bounds. ``se_f``: the fractions' delta-method standard errors.
     """
+    others_lo, others_hi, se = lo[:, :-1], hi[:, :-1], se_f[:, :-1]
     with np.errstate(all="ignore"):
         share = f[:, -1:] / (1.0 - f[:, :-1])
-        at_low, at_high = (1.0 - lo[:, :-1]) * share, (1.0 - hi[:, :-1]) * share
+        may_vanish = others_lo == 0
+        beyond = may_vanish | ~np.isfinite(se) | (others_hi - f[:, :-1] > z * se)
+        at_low = np.where(may_vanish, (1.0 - others_lo) * share, np.nan)
+        at_high = np.where(beyond, (1.0 - others_hi) * share, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
         hi[:, -1] = np.fmax(hi[:, -1], np.nanmax(at_low, axis=1))
