@@ -26,7 +26,7 @@ from ._general_kernel import (
     workspace,
 )
 from .newton import _symmetric_eigen
-from .search import face_buffers, face_known, swap_starts, zeroed
+from .search import face_buffers, face_known, swap_starts_among, zeroed
 
 __all__ = ["FACTORS", "MINIMISE", "SEARCH", "Batch", "SearchOptions", "minimise_gene", "run_batch"]
 
@@ -489,6 +489,12 @@ def _candidates(gene_starts, fixed_starts, opt, cand):
 
 
 @nb.njit(cache=True, nogil=True)
+def _one_coefficient(opt):
+    """Which coordinates are the variances of terms with one coefficient."""
+    return opt.even & (opt.threshold < np.inf)
+
+
+@nb.njit(cache=True, nogil=True)
 def _degenerate(x, opt):
     """Whether a diagonal entry of a term with several coefficients is below its scale."""
     for j in range(x.shape[0]):
@@ -540,16 +546,12 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
         )
         n_iter += it
         descents += 1
-    if not np.isfinite(best) or np.any(opt.below > 0):
-        # random slopes: no descents from neighbouring faces yet. Such models need them
-        # (23 of 3,200 leave-one-level-out fits stop short of the thorough mode without
-        # them, 1 with them: README, Exactness), but they multiply the cost of the
-        # slopes benchmark by 4.7
+    if not np.isfinite(best):
         return best, converged, n_iter, descents
-    # every term with one coefficient (weights, known covariances): the faces next to
-    # the optimum, each descended on, then left (:func:`.search._swap_faces`)
+    # the faces next to the optimum of the terms with one coefficient, each descended
+    # on, then left (:func:`.search._swap_faces`); a term with slopes keeps its factor
     centre = x.copy()
-    starts = swap_starts(centre)
+    starts = swap_starts_among(centre, _one_coefficient(opt))
     faces, face_of, near = face_buffers(starts, known)
     n_faces = 0
     for s in range(starts.shape[0]):

@@ -49,7 +49,10 @@ observations per random effect (``thorough``) it descends from moment estimates
 (:mod:`._general_starts`), lme4's start and faces of it, best first, abandoning
 descents that come near an optimum found before; with many, from the better of the
 moment estimates and lme4's start, and from lme4's start too where a term of several
-coefficients ends near rank-deficient (such optima often have a rival).
+coefficients ends near rank-deficient (such optima often have a rival). Then, as every
+engine, it descends on the faces next to the best optimum, each held until it reaches
+that face's optimum, then released (:func:`.search.swap_starts_among`): over the
+variances of the terms with one coefficient, a term with slopes keeping its factor.
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ __all__ = [
     "prepare_grid",
     "search_batch",
     "swap_starts",
+    "swap_starts_among",
     "zeroed",
 ]
 
@@ -371,14 +372,29 @@ def swap_starts(centre: np.ndarray) -> np.ndarray:
     x_j``, ``x_j = 0``); from an interior optimum, each is set to 0. At most
     ``k * k`` rows.
     """
+    return swap_starts_among(centre, np.ones(centre.shape[0], dtype=np.bool_))
+
+
+@nb.njit(cache=True, nogil=True)
+def swap_starts_among(centre: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """:func:`swap_starts` over the coordinates ``among`` only, the others kept.
+
+    For models with random slopes: the variances of terms with one coefficient swap
+    (``among``), the coordinates of a term's covariance factor stay as they are.
+    """
     k = centre.shape[0]
-    n_zero = np.sum(centre <= 0.0)
+    n_zero = 0
+    for j in range(k):
+        if among[j] and centre[j] <= 0.0:
+            n_zero += 1
     out = np.empty((k * k, k))
     n = 0
     for j in range(k):
-        if centre[j] <= 0.0:
+        if not among[j] or centre[j] <= 0.0:
             continue
         for i in range(k):
+            if not among[i]:
+                continue
             if (n_zero and centre[i] > 0.0) or (not n_zero and i != j):
                 continue  # onto each zero variance; or, interior, to 0 (i == j)
             out[n] = centre
