@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from ..suffstats import DesignGram, ResponseStats
 from ._sparse_kernel import columns
 from .grid import variance_grid
-from .newton import NewtonOptions, minimise_callable
+from .newton import NewtonOptions, held_options, minimise_callable
 from .profiled import ProfiledDeviance
 from .search import MAX_EXTRA_STARTS, TIE, candidate_bounds, swap_starts, zeroed
 
@@ -443,7 +443,7 @@ class LapackSchur(ProfiledDeviance):
             x,
             lambda g: self._objective_at(g, b1, b2, ss),
             lambda g: self._derivatives(g, b1, b2, ss),
-            self.options,
+            self.options if held < 0 else held_options(self.options),
             known,
             held,
         )

@@ -25,7 +25,7 @@ from ._general_kernel import (
     held_at,
     workspace,
 )
-from .newton import _symmetric_eigen
+from .newton import HELD_TOL, _symmetric_eigen
 from .search import face_buffers, face_known, swap_starts_among, zeroed
 
 __all__ = ["FACTORS", "MINIMISE", "SEARCH", "Batch", "SearchOptions", "minimise_gene", "run_batch"]
@@ -489,6 +489,25 @@ def _candidates(gene_starts, fixed_starts, opt, cand):
 
 
 @nb.njit(cache=True, nogil=True)
+def _held_options(opt):
+    """``opt`` for a held descent: the tolerance no finer than :data:`.newton.HELD_TOL`."""
+    return SearchOptions(
+        opt.lower,
+        opt.below,
+        opt.even,
+        opt.threshold,
+        opt.scale,
+        opt.nxt,
+        max(opt.tol, HELD_TOL),
+        opt.stall_tol,
+        opt.max_iter,
+        opt.max_step,
+        opt.max_growth,
+        opt.near,
+    )
+
+
+@nb.njit(cache=True, nogil=True)
 def _one_coefficient(opt):
     """Which coordinates are the variances of terms with one coefficient."""
     return opt.even & (opt.threshold < np.inf)
@@ -552,13 +571,14 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     # on, then left (:func:`.search._swap_faces`); a term with slopes keeps its factor
     centre = x.copy()
     starts = swap_starts_among(centre, _one_coefficient(opt))
+    hopt = _held_options(opt)
     faces, face_of, near = face_buffers(starts, known)
     n_faces = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         face = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, face, near)
-        f, _, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, near, m, face)
+        f, _, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, hopt, near, m, face)
         n_iter += it
         if abandoned or not np.isfinite(f):
             continue

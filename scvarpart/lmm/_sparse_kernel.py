@@ -35,6 +35,7 @@ from .newton import (
     _sufficient_decrease,
     _trial_point,
     batch_results,
+    held_options,
 )
 from .search import (
     MAX_EXTRA_STARTS,
@@ -1031,12 +1032,13 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     centre = x.copy()
     starts = swap_starts(centre)
     faces, face_of, near = face_buffers(starts, known)
+    hopt = held_options(opt)
     n_faces = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         face = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, face, near)
-        f, _, it, abandoned, _ = minimise_gene(trial, ss, dz, w, opt, grad, hess, near, m, face)
+        f, _, it, abandoned, _ = minimise_gene(trial, ss, dz, w, hopt, grad, hess, near, m, face)
         n_iter += it
         if abandoned or not np.isfinite(f):
             continue

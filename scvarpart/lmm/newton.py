@@ -36,7 +36,13 @@ import numpy as np
 
 from ._dense_kernel import derivatives, factorise, fixed_effects, held_at, workspace
 
-__all__ = ["NewtonOptions", "minimise_batch", "minimise_callable"]
+__all__ = ["HELD_TOL", "NewtonOptions", "held_options", "minimise_batch", "minimise_callable"]
+
+# Convergence of a descent held on a face (the global search's neighbouring faces): its
+# end is the start of a free descent, which converges to the full tolerance, so it
+# stops once the Newton decrement promises less than this (about 12% fewer Newton
+# iterations per gene on models with slopes, the same optima).
+HELD_TOL = 1e-3
 
 # Shortest step fraction tried by the line search.
 _MIN_STEP = 1e-10
@@ -75,6 +81,20 @@ class NewtonOptions(NamedTuple):
     max_growth: float = 10.0
     x_max: float = 1e12
     eps_active: float = 1e-2
+
+
+@nb.njit(cache=True, nogil=True)
+def held_options(opt: NewtonOptions) -> NewtonOptions:
+    """``opt`` for a held descent: the tolerance no finer than :data:`HELD_TOL`."""
+    return NewtonOptions(
+        opt.threshold,
+        max(opt.tol, HELD_TOL),
+        opt.stall_tol,
+        opt.max_iter,
+        opt.max_growth,
+        opt.x_max,
+        opt.eps_active,
+    )
 
 
 # Jacobi sweeps after which a small symmetric eigenproblem is given up as converged.

@@ -58,7 +58,7 @@ import numpy as np
 
 from ._dense_kernel import factor_design, workspace
 from .grid import VarianceGrid
-from .newton import _minimise_gene, batch_results, estimates_at
+from .newton import _minimise_gene, batch_results, estimates_at, held_options
 
 __all__ = [
     "MAX_EXTRA_STARTS",
@@ -421,13 +421,14 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
     centre = x.copy()
     starts = swap_starts(centre)
     faces, face_of, near = face_buffers(starts, known)
+    hopt = held_options(opt)
     n_iter = n_faces = 0
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         held = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, held, near)
         f, _, it, abandoned = _minimise_gene(
-            trial, zy, xy, ss, dz, w, opt, grad, hess, near, m, held
+            trial, zy, xy, ss, dz, w, hopt, grad, hess, near, m, held
         )
         n_iter += it
         if abandoned or not np.isfinite(f):
