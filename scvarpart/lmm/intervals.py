@@ -244,16 +244,16 @@ def _residual_ray(eng, stats, fit, variances: VarianceFunction, base, crit):
     genes = np.flatnonzero((fit.theta != 0).any(axis=1))
     if len(genes) == 0:
         return low, high
-    theta0, sub = fit.theta[genes], stats.subset(genes)
+    theta0, sub, base0 = fit.theta[genes], stats.subset(genes), base[genes]
     ones = np.ones(len(genes))
-    up = _rise_points(eng, stats, fit, theta0, genes, crit * ones, base[genes], start=ones)
+    up = _rise_points(eng, stats, fit, theta0, genes, crit * ones, base0, start=ones)
     root = np.sqrt(crit)
 
     def gap(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``sqrt(rise) - sqrt(crit)`` at ``(1 - u) theta``."""
         theta = theta0[rows] * (1.0 - u)[:, None]
         with np.errstate(all="ignore"):
-            rise = eng.deviance(_engine_point(eng, theta), sub.subset(rows)) - base[genes][rows]
+            rise = eng.deviance(_engine_point(eng, theta), sub.subset(rows)) - base0[rows]
             return np.sqrt(np.maximum(rise, 0.0)) - root
 
     every = np.arange(len(genes))
