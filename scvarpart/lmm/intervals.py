@@ -499,7 +499,7 @@ def _coherent_residual(lo, hi, f, se_f, z):
         share = f[:, -1:] / (1.0 - f[:, :-1])
         may_vanish = others_lo == 0
         beyond = may_vanish | ~np.isfinite(se) | (others_hi - f[:, :-1] > z * se)
-        at_low = np.where(may_vanish, (1.0 - others_lo) * share, np.nan)
+        at_low = np.where(may_vanish, share, np.nan)  # the component at 0
         at_high = np.where(beyond, (1.0 - others_hi) * share, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
