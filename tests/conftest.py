@@ -4,11 +4,43 @@ by lme4 and variancePartition 1.28.9); see tests/data/README.md."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
-import pytest
+ROOT = Path(__file__).parents[1]
 
-import scvarpart as svp
+
+def _compiled_sources_cache() -> str:
+    """A numba cache folder for this version of the compiled sources.
+
+    numba keys a cached function by its own file only: after an edit of a function in
+    one module, its callers in other modules load their stale compiled copies, with the
+    old callee inside. A folder per hash of every compiled module makes a test run after
+    any such edit compile afresh. Older folders are removed.
+    """
+    sources = sorted((ROOT / "scvarpart").rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in sources:
+        text = path.read_bytes()
+        if b"numba" in text:
+            digest.update(path.relative_to(ROOT).as_posix().encode() + text)
+    parent = ROOT / ".numba_cache"
+    folder = parent / digest.hexdigest()[:16]
+    if parent.is_dir():
+        for old in parent.iterdir():
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+    return str(folder)
+
+
+# before numba is imported (by scvarpart); subprocesses of the CLI tests inherit it
+os.environ.setdefault("NUMBA_CACHE_DIR", _compiled_sources_cache())
+
+import pytest  # noqa: E402
+
+import scvarpart as svp  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
