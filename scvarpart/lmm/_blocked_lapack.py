@@ -182,6 +182,7 @@ class LapackSchur(ProfiledDeviance):
         # levels of each remaining factor, as positions among the q2 levels
         self.rest_levels = [np.flatnonzero(self.rest_factor == j) for j in range(self.k)]
         self.options = NewtonOptions(threshold=np.ascontiguousarray(self.gamma_scale))
+        self._held_options = held_options(self.options)  # of the held descents
         self._last: _Factor | None = None
         self._last_gram: tuple[float, np.ndarray] | None = None
         self._grid = None
@@ -443,7 +444,7 @@ class LapackSchur(ProfiledDeviance):
             x,
             lambda g: self._objective_at(g, b1, b2, ss),
             lambda g: self._derivatives(g, b1, b2, ss),
-            self.options if held < 0 else held_options(self.options),
+            self.options if held < 0 else self._held_options,
             known,
             held,
         )
