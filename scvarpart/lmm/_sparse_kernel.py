@@ -883,15 +883,17 @@ def _derivatives_at(x, dz, w, f, r2, grad, hess):
 
 
 @nb.njit(cache=True, nogil=True)
-def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known, held):
+def minimise_gene(x, ss, dz, w, opt, grad, hess, known, n_known, held, f0=np.nan):
     """Projected Newton from ``x`` (updated in place) for the gene loaded in ``w``.
 
     The method of :func:`scvarpart.lmm.newton._minimise_gene` (``held``: a coordinate
-    held at 0, or -1), with this engine's evaluations. Returns (criterion, converged,
-    iterations, abandoned, whether ``grad`` and ``hess`` are those at ``x``).
+    held at 0, or -1), with this engine's evaluations. A finite ``f0`` is the criterion
+    at ``x``, where ``grad`` and ``hess`` already are its derivatives (a descent of the
+    same gene ended there: the release of a face's optimum). Returns (criterion,
+    converged, iterations, abandoned, whether ``grad`` and ``hess`` are those at ``x``).
     """
     k = x.shape[0]
-    f = _value_and_derivatives(x, ss, dz, w, grad, hess)
+    f = f0 if np.isfinite(f0) else _value_and_derivatives(x, ss, dz, w, grad, hess)
     if not np.isfinite(f):
         return f, False, 0, False, False
     logc = np.empty(k, dtype=np.bool_)
@@ -1038,14 +1040,30 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         trial[:] = starts[s]
         face = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, face, near)
-        f, _, it, abandoned, _ = minimise_gene(trial, ss, dz, w, hopt, grad, hess, near, m, face)
+        f, _, it, abandoned, fresh = minimise_gene(
+            trial, ss, dz, w, hopt, grad, hess, near, m, face
+        )
         n_iter += it
         if abandoned or not np.isfinite(f):
             continue
         faces[n_faces], face_of[n_faces] = trial, face
         n_faces += 1
         best, converged, held, n_known, it = _further_descent(
-            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
+            trial,
+            x,
+            best,
+            converged,
+            held,
+            ss,
+            dz,
+            w,
+            opt,
+            grad,
+            hess,
+            known,
+            n_known,
+            at_x,
+            f if fresh else np.nan,
         )
         n_iter += it
     return converged, n_iter, descents + starts.shape[0], held
@@ -1053,15 +1071,15 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
 
 @nb.njit(cache=True, nogil=True)
 def _further_descent(
-    trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
+    trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x, f0=np.nan
 ):
     """A descent from ``trial`` after the first; its optimum replaces ``x`` if lower.
 
-    Returns (best criterion, its convergence, whether ``at_x`` holds its derivatives,
-    number of optima known, iterations).
+    ``f0``: as :func:`minimise_gene`'s. Returns (best criterion, its convergence, whether
+    ``at_x`` holds its derivatives, number of optima known, iterations).
     """
     f, conv, it, abandoned, fresh = minimise_gene(
-        trial, ss, dz, w, opt, grad, hess, known, n_known, -1
+        trial, ss, dz, w, opt, grad, hess, known, n_known, -1, f0
     )
     if abandoned or not np.isfinite(f):
         return best, converged, held, n_known, it

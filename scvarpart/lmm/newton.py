@@ -44,6 +44,13 @@ __all__ = ["HELD_TOL", "NewtonOptions", "held_options", "minimise_batch", "minim
 # iterations per gene in every engine, the same optima).
 HELD_TOL = 1e-3
 
+# What a descent leaves at its end point for the next descent from there (the release
+# of a neighbouring face's optimum): nothing; the factorisation there (in the
+# workspace); or the objective's gradient and Hessian there (in the buffers passed; the
+# workspace may hold another point). About 9% of the Newton evaluations on
+# benchmarks/fit_speed.py's design repeated the end of a held descent.
+UNKNOWN, FACTORISED, DIFFERENTIATED = 0, 1, 2
+
 # Shortest step fraction tried by the line search.
 _MIN_STEP = 1e-10
 # Distance within which a descent counts as having rejoined an optimum found
@@ -421,20 +428,39 @@ def _near(x, y, threshold):
 
 
 @nb.njit(cache=True, nogil=True)
-def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held):
+def _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, known_at_x):
+    """The objective at a descent's start ``x``, with its gradient and Hessian.
+
+    ``known_at_x`` says what an earlier descent of the same gene, which ended at ``x``,
+    left behind (:data:`UNKNOWN`, :data:`FACTORISED`, :data:`DIFFERENTIATED`); ``f0`` is
+    its objective there. Numbers left behind are the ones a new evaluation would compute.
+    """
+    if known_at_x == DIFFERENTIATED:
+        return f0
+    if known_at_x == FACTORISED:
+        return _derivatives_at(x, zy, dz, w, f0, w.held[x.shape[0] + 1], grad, hess)
+    return _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
+
+
+@nb.njit(cache=True, nogil=True)
+def _minimise_gene(
+    x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held, f0=np.nan, known_at_x=UNKNOWN
+):
     """Minimise one gene's deviance from ``x`` (updated in place).
 
     A descent from a further start is abandoned when it comes near one of the
     optima ``known[:n_known]`` found from other starts: it would end there.
     ``held``: a coordinate held at 0 (``x[held]`` must be 0), a descent on that face of
-    the boundary; -1 for none.
+    the boundary; -1 for none. ``f0`` and ``known_at_x``: what a descent that ended at
+    ``x`` left (:func:`_start_values`).
 
-    Returns (deviance, converged, iterations, abandoned).
+    Returns (deviance, converged, iterations, abandoned, what is left at the end: the
+    next descent's ``known_at_x``).
     """
     k = x.shape[0]
-    f = _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
+    f = _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, known_at_x)
     if not np.isfinite(f):
-        return f, False, 0, False
+        return f, False, 0, False, UNKNOWN
     logc = np.empty(k, dtype=np.bool_)
     bound = np.empty(k, dtype=np.bool_)
     trial = np.empty(k)
@@ -442,7 +468,7 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held):
         pending_bound = _active_set(x, grad, opt, logc, bound, held)
         step, decrement, positive = _newton_step(x, grad, hess, logc, bound)
         if positive and decrement < opt.tol and not pending_bound:
-            return f, True, it, False
+            return f, True, it, False, DIFFERENTIATED
         t = _step_length(x, grad, hess, step, logc, bound, opt, held)
         accepted = False
         ft = r2t = np.nan
@@ -456,21 +482,22 @@ def _minimise_gene(x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held):
         if not accepted:
             # No decrease left that rounding lets the objective show (with n
             # observations the deviance carries ~n * eps of noise): converged if
-            # what the Newton model still promises is below that noise too.
-            return f, positive and decrement < opt.stall_tol, it + 1, False
+            # what the Newton model still promises is below that noise too. The
+            # derivatives are still those at x (the workspace holds a trial point).
+            return f, positive and decrement < opt.stall_tol, it + 1, False, DIFFERENTIATED
         final = _final_step(x, trial, t, positive, decrement, pending_bound, opt)
         x[:] = trial
         f = ft
         if final:
-            return f, True, it + 1, False
+            return f, True, it + 1, False, FACTORISED
         for m in range(n_known):
             if _near(x, known[m], opt.threshold):
-                return f, False, it + 1, True
+                return f, False, it + 1, True, FACTORISED
         # the workspace holds the factorisation at the accepted step
         f = _derivatives_at(x, zy, dz, w, ft, r2t, grad, hess)
         if not np.isfinite(f):
-            return f, False, it + 1, False
-    return f, False, opt.max_iter, False
+            return f, False, it + 1, False, UNKNOWN
+    return f, False, opt.max_iter, False, DIFFERENTIATED
 
 
 @nb.njit(cache=True, nogil=True)
@@ -505,7 +532,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     hess = np.empty((k, k))
     none = np.empty((0, k))
     for g in range(G):
-        _, converged[g], n_iter[g], _ = _minimise_gene(
+        _, converged[g], n_iter[g], _, _ = _minimise_gene(
             X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), -1
         )
         estimates_at(X[g], ZtY[g], XtY[g], ss[g], dz, w, dev, r2, beta, g)

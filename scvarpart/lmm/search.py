@@ -58,7 +58,7 @@ import numpy as np
 
 from ._dense_kernel import factor_design, workspace
 from .grid import VarianceGrid
-from .newton import _minimise_gene, batch_results, estimates_at, held_options
+from .newton import UNKNOWN, _minimise_gene, batch_results, estimates_at, held_options
 
 __all__ = [
     "MAX_EXTRA_STARTS",
@@ -327,7 +327,7 @@ def _search_gene(
             return np.nan, False, 0, 0
         x[:] = gf.gamma[i0]
         first = i0
-    best, converged, n_iter, _ = _minimise_gene(
+    best, converged, n_iter, _, _ = _minimise_gene(
         x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0), -1
     )
     if not np.isfinite(best):
@@ -427,7 +427,7 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
         trial[:] = starts[s]
         held = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, held, near)
-        f, _, it, abandoned = _minimise_gene(
+        f, _, it, abandoned, left = _minimise_gene(
             trial, zy, xy, ss, dz, w, hopt, grad, hess, near, m, held
         )
         n_iter += it
@@ -436,7 +436,7 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
         faces[n_faces], face_of[n_faces] = trial, held
         n_faces += 1
         best, converged, n_known, it = _further_descent(
-            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
+            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, f, left
         )
         n_iter += it
     return best, converged, n_iter, starts.shape[0]
@@ -481,13 +481,33 @@ def zeroed(centre: np.ndarray, start: np.ndarray) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known):
+def _further_descent(
+    trial,
+    x,
+    best,
+    converged,
+    zy,
+    xy,
+    ss,
+    dz,
+    w,
+    opt,
+    grad,
+    hess,
+    known,
+    n_known,
+    f0=np.nan,
+    known_at_x=UNKNOWN,
+):
     """A descent from ``trial`` after the first; its optimum replaces ``x`` if lower.
+
+    ``f0`` and ``known_at_x``: what the descent that ended at ``trial`` left there (a
+    release of a face's optimum; see :func:`~.newton._start_values`).
 
     Returns (best deviance, its convergence, number of optima known, iterations).
     """
-    f, conv, it, abandoned = _minimise_gene(
-        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1
+    f, conv, it, abandoned, _ = _minimise_gene(
+        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1, f0, known_at_x
     )
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
