@@ -1048,22 +1048,9 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
             continue
         faces[n_faces], face_of[n_faces] = trial, face
         n_faces += 1
+        f0 = f if fresh else np.nan  # the release starts from the descent's derivatives
         best, converged, held, n_known, it = _further_descent(
-            trial,
-            x,
-            best,
-            converged,
-            held,
-            ss,
-            dz,
-            w,
-            opt,
-            grad,
-            hess,
-            known,
-            n_known,
-            at_x,
-            f if fresh else np.nan,
+            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x, f0
         )
         n_iter += it
     return converged, n_iter, descents + starts.shape[0], held

@@ -430,37 +430,37 @@ def _near(x, y, threshold):
 
 
 @nb.njit(cache=True, nogil=True)
-def _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, known_at_x):
+def _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, left):
     """The objective at a descent's start ``x``, with its gradient and Hessian.
 
-    ``known_at_x`` says what an earlier descent of the same gene, which ended at ``x``,
-    left behind (:data:`UNKNOWN`, :data:`FACTORISED`, :data:`DIFFERENTIATED`); ``f0`` is
-    its objective there. Numbers left behind are the ones a new evaluation would compute.
+    ``left`` says what an earlier descent of the same gene, which ended at ``x``, left
+    there (:data:`UNKNOWN`, :data:`FACTORISED`, :data:`DIFFERENTIATED`); ``f0`` is its
+    objective there. What it left is what a new evaluation would compute.
     """
-    if known_at_x == DIFFERENTIATED:
+    if left == DIFFERENTIATED:
         return f0
-    if known_at_x == FACTORISED:
+    if left == FACTORISED:
         return _derivatives_at(x, zy, dz, w, f0, w.held[x.shape[0] + 1], grad, hess)
     return _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess)
 
 
 @nb.njit(cache=True, nogil=True)
 def _minimise_gene(
-    x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held, f0=np.nan, known_at_x=UNKNOWN
+    x, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, held, f0=np.nan, left=UNKNOWN
 ):
     """Minimise one gene's deviance from ``x`` (updated in place).
 
     A descent from a further start is abandoned when it comes near one of the
     optima ``known[:n_known]`` found from other starts: it would end there.
     ``held``: a coordinate held at 0 (``x[held]`` must be 0), a descent on that face of
-    the boundary; -1 for none. ``f0`` and ``known_at_x``: what a descent that ended at
-    ``x`` left (:func:`_start_values`).
+    the boundary; -1 for none. ``f0`` and ``left``: what a descent that ended at ``x``
+    left there (:func:`_start_values`).
 
     Returns (deviance, converged, iterations, abandoned, what is left at the end: the
-    next descent's ``known_at_x``).
+    next descent's ``left``).
     """
     k = x.shape[0]
-    f = _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, known_at_x)
+    f = _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, left)
     if not np.isfinite(f):
         return f, False, 0, False, UNKNOWN
     logc = np.empty(k, dtype=np.bool_)

@@ -497,17 +497,17 @@ def _further_descent(
     known,
     n_known,
     f0=np.nan,
-    known_at_x=UNKNOWN,
+    left=UNKNOWN,
 ):
     """A descent from ``trial`` after the first; its optimum replaces ``x`` if lower.
 
-    ``f0`` and ``known_at_x``: what the descent that ended at ``trial`` left there (a
+    ``f0`` and ``left``: what the descent that ended at ``trial`` left there (the
     release of a face's optimum; see :func:`~.newton._start_values`).
 
     Returns (best deviance, its convergence, number of optima known, iterations).
     """
     f, conv, it, abandoned, _ = _minimise_gene(
-        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1, f0, known_at_x
+        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1, f0, left
     )
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
