@@ -48,9 +48,10 @@ HELD_TOL = 1e-3
 # of a neighbouring face's optimum): nothing; the factorisation there (in the
 # workspace); or the objective's gradient and Hessian there (in the buffers passed; the
 # workspace may hold another point). On benchmarks/fit_speed.py's design 38% of the
-# held descents end with the derivatives and 62% with the factorisation (4 and 1 in
-# 5 parts of an evaluation's cost): their releases, 2.7 per gene, used to repeat that
-# work, about 7% of a gene's search.
+# held descents end with the derivatives and 62% with the factorisation only; their
+# releases, 2.7 per gene, used to repeat that work. The search there takes 0.92-0.96
+# times the time (paired runs); on the example design with a level left out no change
+# shows.
 UNKNOWN, FACTORISED, DIFFERENTIATED = 0, 1, 2
 
 # Shortest step fraction tried by the line search.
