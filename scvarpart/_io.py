@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .storage.stores import is_zarr as _is_zarr
 from .storage.stores import open_store
@@ -443,13 +443,16 @@ def write_results_file(
     *,
     force: bool = False,
     inputs: Iterable = (),
+    write_elements: Callable[[Any], None] | None = None,
 ) -> Path:
     """Copy ``source`` (``.h5ad`` or ``.zarr``) to ``output`` with results added.
 
     The expression matrix is copied byte for byte, never loaded. ``add_results``
     receives an AnnData holding the file's ``var``, ``varm`` and ``uns`` (no
     ``X``) and adds the results to it; those three elements are then rewritten.
-    ``output`` may be neither ``source`` nor one of the other ``inputs``.
+    ``write_elements``, if given, first receives the copy's open root group, to write
+    larger elements (a layer, block by block). ``output`` may be neither ``source``
+    nor one of the other ``inputs``.
     """
     import anndata as ad
     from anndata import AnnData
@@ -464,6 +467,8 @@ def write_results_file(
         else:
             shutil.copyfile(source, tmp)
         with open_store(tmp, "r+") as root:
+            if write_elements is not None:
+                write_elements(root)
             with reading(source):
                 var = ad.io.read_elem(root["var"])
                 varm = ad.io.read_elem(root["varm"]) if "varm" in root else {}

@@ -237,9 +237,9 @@ def test_statistics_without_a_level_are_those_of_the_other_cells(fitted, method,
     monkeypatch.setattr(scvarpart.lmm.dense, "_THOROUGH_PER_LEVEL", 10**9)
     from scvarpart.lmm.genes import group_statistics
     from scvarpart.suffstats.leave_out import group_cross_products
-    from scvarpart.tl._diagnose import _design
+    from scvarpart.tl._refit import fitted_design
 
-    design = _design(fitted, fitted.uns["varpart"]["params"], None)
+    design = fitted_design(fitted, fitted.uns["varpart"]["params"], None)
     day = next(f for f in design.factors if f.name == "day")
     groups = [np.ones(design.n_obs, dtype=bool), *(day.codes == c for c in range(3))]
     genes = np.arange(6)

@@ -29,10 +29,12 @@ __all__ = [
     "CHUNK_VALUES",
     "as_block",
     "default_chunk_rows",
+    "dense_columns",
     "density",
     "few_blocks_rows",
     "is_backed_sparse",
     "is_dask_array",
+    "map_row_blocks",
     "nonfinite_columns",
     "readable",
     "reduce_dask",
@@ -103,6 +105,14 @@ def few_blocks_rows(Y, n_genes: int, n_blocks: int = 8) -> int:
 def row_bounds(n_rows: int, size: int) -> list[tuple[int, int]]:
     """Blocks of ``size`` rows (the last one shorter)."""
     return [(a, min(a + size, n_rows)) for a in range(0, n_rows, size)]
+
+
+def dense_columns(values, start: int, stop: int, cols: np.ndarray) -> np.ndarray:
+    """Rows ``start:stop`` and columns ``cols`` of an in-memory block, as a float array."""
+    block = values[start:stop]
+    if sp.issparse(block):
+        return np.asarray(block[:, cols].toarray(), dtype=float)
+    return np.asarray(block[:, cols], dtype=float)
 
 
 def readable(Y):
@@ -178,6 +188,30 @@ def _parallel(tasks: Iterator[Callable[[], P]], n_jobs: int | None, n_tasks: int
     )
 
 
+def map_row_blocks(
+    Y,
+    block: Callable[[Any, int, int, int], P],
+    *,
+    bounds: Sequence[tuple[int, int]],
+    n_jobs: int | None = 1,
+) -> Iterator[P]:
+    """The results of ``block`` on each block of rows of ``Y``, in block order.
+
+    ``block(values, start, stop, first)`` computes the result of rows ``start:stop`` of
+    the in-memory ``values``, which are rows ``first:first + stop - start`` of ``Y``.
+    With ``n_jobs`` threads, at most about that many results wait to be taken.
+    """
+
+    def task(a: int, b: int) -> Callable[[], P]:
+        def run() -> P:
+            values, start, stop = _read_rows(Y, a, b)
+            return block(values, start, stop, a)
+
+        return run
+
+    return _parallel((task(a, b) for a, b in bounds), n_jobs, len(bounds))
+
+
 def reduce_row_blocks(
     Y,
     block: Callable[[Any, int, int, int], P],
@@ -189,20 +223,10 @@ def reduce_row_blocks(
 ) -> P | None:
     """Reduce ``Y`` by blocks of rows (None when ``bounds`` is empty: no rows).
 
-    ``block(values, start, stop, first)`` computes the partial of rows ``start:stop``
-    of the in-memory ``values``, which are rows ``first:first + stop - start`` of
-    ``Y``; the partials are merged in block order by ``merge``, whatever ``n_jobs``.
-    ``progress(rows, total)`` is called after each block.
+    The partials of :func:`map_row_blocks` are merged in block order by ``merge``,
+    whatever ``n_jobs``. ``progress(rows, total)`` is called after each block.
     """
-
-    def task(a: int, b: int) -> Callable[[], P]:
-        def run() -> P:
-            values, start, stop = _read_rows(Y, a, b)
-            return block(values, start, stop, a)
-
-        return run
-
-    outputs = _parallel((task(a, b) for a, b in bounds), n_jobs, len(bounds))
+    outputs = map_row_blocks(Y, block, bounds=bounds, n_jobs=n_jobs)
     total: P | None = None
     for (a, b), part in zip(bounds, outputs, strict=True):
         total = part if total is None else merge(total, part)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["is_zarr", "open_store"]
+__all__ = ["dense_array", "is_zarr", "open_store"]
 
 
 def is_zarr(path: str | os.PathLike) -> bool:
@@ -55,3 +55,19 @@ def open_store(path: str | os.PathLike, mode: _Mode = "r") -> Iterator[Any]:
 
         with h5py.File(path, mode) as f:
             yield f
+
+
+def dense_array(group, name: str, shape: tuple[int, int], dtype, chunk_rows: int):
+    """A new dense array ``group[name]`` as anndata encodes one, to fill by rows.
+
+    Nothing is written until rows are assigned (``array[a:b] = values``): chunks of
+    ``chunk_rows`` rows, so that blocks of that many rows fill whole chunks.
+    """
+    chunks = (max(1, min(chunk_rows, shape[0])), max(1, shape[1]))
+    if hasattr(group, "create_array"):  # zarr
+        array = group.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+    else:  # h5py
+        array = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+    array.attrs["encoding-type"] = "array"
+    array.attrs["encoding-version"] = "0.2.0"
+    return array

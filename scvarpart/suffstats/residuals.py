@@ -27,7 +27,14 @@ import scipy.sparse as sp
 from scipy import stats as st
 
 from ..design import Design
-from ..storage.matrix import few_blocks_rows, readable, reduce_row_blocks, row_bounds
+from ..design.predict import Effects
+from ..storage.matrix import (
+    dense_columns,
+    few_blocks_rows,
+    readable,
+    reduce_row_blocks,
+    row_bounds,
+)
 from ._residual_kernels import residual_sums_csr, residual_sums_dense
 
 __all__ = ["ResidualChecks", "residual_checks"]
@@ -52,13 +59,6 @@ class ResidualChecks:
 
     per_gene: pd.DataFrame
     by_factor: pd.DataFrame
-
-
-def _dense(values, start: int, stop: int, cols: np.ndarray) -> np.ndarray:
-    block = values[start:stop]
-    if sp.issparse(block):
-        return np.asarray(block[:, cols].toarray(), dtype=float)
-    return np.asarray(block[:, cols], dtype=float)
 
 
 def residual_checks(
@@ -99,25 +99,14 @@ def residual_checks(
     size = chunk_rows or few_blocks_rows(Y, G)
     level_offsets = np.cumsum([0, *(f.n_levels for f in design.factors)])
 
-    # each factor's BLUPs as levels x genes, per coefficient: rows gathered per cell
-    by_coef = [
-        [np.ascontiguousarray(b[:, :, c].T) for c in range(f.n_coef)]
-        for f, b in zip(design.factors, blups, strict=True)
-    ]
-    beta_t = np.ascontiguousarray(beta.T)
+    by_name = {f.name: b for f, b in zip(design.factors, blups, strict=True)}
+    effects = Effects.of(design, beta, by_name)  # the whole linear predictor
 
     def block(values, start: int, stop: int, first: int):
         keep = design.keep[first : first + stop - start]
-        y = _dense(values, start, stop, genes)[keep]
+        y = dense_columns(values, start, stop, genes)[keep]
         obs = rows_of[first : first + stop - start][keep]
-        fitted = design.X[obs] @ beta_t
-        for f, coefs in zip(design.factors, by_coef, strict=True):
-            codes = f.codes[obs]
-            for c, table in enumerate(coefs):
-                if f.values is None:
-                    fitted += table[codes]
-                else:
-                    fitted += f.values[obs, c : c + 1] * table[codes]
+        fitted = effects.at(obs)
         r = y - fitted
         a = np.abs(r)
         r2 = r * r

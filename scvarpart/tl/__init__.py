@@ -2,6 +2,13 @@
 
 from ._diagnose import diagnose
 from ._file import variance_partition_file
+from ._remove_batch_effects import remove_batch_effects, remove_batch_effects_file
 from ._variance_partition import variance_partition
 
-__all__ = ["diagnose", "variance_partition", "variance_partition_file"]
+__all__ = [
+    "diagnose",
+    "remove_batch_effects",
+    "remove_batch_effects_file",
+    "variance_partition",
+    "variance_partition_file",
+]

@@ -20,7 +20,8 @@ from ..suffstats.leave_out import group_cross_products
 from ..suffstats.residuals import residual_checks
 from ..varpart import VarPartResult
 from ..varpart.diagnostics import influence_summary, standardised_blups
-from ._variance_partition import _expression, _prepare, variance_partition
+from ._refit import fitted_design, refit_options
+from ._variance_partition import _expression, variance_partition
 
 __all__ = ["diagnose"]
 
@@ -33,31 +34,6 @@ def _genes(adata: AnnData, genes: str | Sequence[str] | None) -> pd.Index:
     if len(missing):
         raise KeyError(f"genes={list(missing[:10])} are not in adata.var_names.")
     return names
-
-
-def _refit_options(params: Mapping, covariance, n_jobs) -> dict:
-    """The stored fit's options, to refit it the same way (no intervals, BLUPs kept)."""
-    if params.get("covariance_files") or params.get("covariance"):
-        if covariance is None:
-            raise ValueError(
-                "This fit used known covariances between levels (covariance=): pass the "
-                "same matrices to diagnose(covariance=...)."
-            )
-    return {
-        "batch": as_names(params.get("batch"), "batch"),
-        "signal": as_names(params.get("signal"), "signal"),
-        "method": str(params.get("method", "ML")),
-        "layer": params.get("layer"),
-        "use_raw": bool(params.get("use_raw", False)),
-        "min_cells": int(params.get("min_cells", 0)),
-        "weights": params.get("weights"),
-        "covariance": covariance,
-        "ci": None,
-        "store_blups": True,
-        "n_jobs": n_jobs,
-        "progress": False,
-        "inplace": False,
-    }
 
 
 def _blup_table(fit, genes: pd.Index) -> pd.DataFrame:
@@ -80,17 +56,6 @@ def _blup_table(fit, genes: pd.Index) -> pd.DataFrame:
         )
         rows.append(long)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-
-
-def _design(adata: AnnData, params, covariance) -> Design:
-    """The stored fit's design (checked and warned about when it was fitted)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prep = _prepare(
-            adata.obs, params["formula"], params.get("method", "ML"), None, None,
-            params.get("cells") or None, params.get("weights"), covariance,
-        )  # fmt: skip
-    return prep.design
 
 
 def _residuals(Y, adata: AnnData, design: Design, fit, names: pd.Index, n_jobs):
@@ -283,7 +248,7 @@ def diagnose(
     stored = result(adata, key=key)
     params = stored.params
     names = _genes(adata, genes)
-    options = _refit_options(params, covariance, n_jobs)
+    options = refit_options(params, covariance, n_jobs)
     cells = params.get("cells") or None
     if leave_out is None:
         terms = [t for t in options["batch"] or [] if t in adata.obs.columns]
@@ -296,7 +261,7 @@ def diagnose(
     fit = variance_partition(sub, params["formula"], cells=cells, **options)
     assert isinstance(fit, VarPartResult)  # inplace=False
     blups = _blup_table(fit, names)
-    design = _design(adata, params, covariance)
+    design = fitted_design(adata, params, covariance)
     Y, _ = _expression(adata, options["layer"], options["use_raw"])
     influence = _by_statistics(Y, adata, design, params, options, terms, names)
     if influence is None:  # slopes, kinship or weights: refits without the cells

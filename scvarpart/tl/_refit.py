@@ -1,0 +1,54 @@
+"""A stored fit, done again the same way: its options and its design.
+
+For the tools that need more of a fit than is stored (the BLUPs): ``svp.tl.diagnose``
+and ``svp.tl.remove_batch_effects``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+from anndata import AnnData
+
+from .._names import as_names
+from ..design import Design
+from ._variance_partition import _prepare
+
+__all__ = ["fitted_design", "refit_options"]
+
+
+def refit_options(params: Mapping, covariance, n_jobs) -> dict:
+    """The stored fit's options, to refit it the same way (no intervals, BLUPs kept)."""
+    if params.get("covariance_files") or params.get("covariance"):
+        if covariance is None:
+            raise ValueError(
+                "This fit used known covariances between levels (covariance=): pass the "
+                "same matrices again (covariance=...)."
+            )
+    return {
+        "batch": as_names(params.get("batch"), "batch"),
+        "signal": as_names(params.get("signal"), "signal"),
+        "method": str(params.get("method", "ML")),
+        "layer": params.get("layer"),
+        "use_raw": bool(params.get("use_raw", False)),
+        "min_cells": int(params.get("min_cells", 0)),
+        "weights": params.get("weights"),
+        "covariance": covariance,
+        "ci": None,
+        "store_blups": True,
+        "n_jobs": n_jobs,
+        "progress": False,
+        "inplace": False,
+    }
+
+
+def fitted_design(adata: AnnData, params: Mapping, covariance) -> Design:
+    """The stored fit's design (checked and warned about when it was fitted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prep = _prepare(
+            adata.obs, params["formula"], params.get("method", "ML"), None, None,
+            params.get("cells") or None, params.get("weights"), covariance,
+        )  # fmt: skip
+    return prep.design
