@@ -5,6 +5,7 @@ As scanpy's ``sc.get``, for the results of :func:`scvarpart.tl.variance_partitio
 
 from ._results import (
     batch_dominated,
+    batch_metrics_df,
     beta_df,
     blups,
     design,
@@ -17,6 +18,7 @@ from ._results import (
 
 __all__ = [
     "batch_dominated",
+    "batch_metrics_df",
     "beta_df",
     "blups",
     "design",

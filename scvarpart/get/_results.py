@@ -14,6 +14,7 @@ from ..varpart.result import stored_keys as result_keys
 
 __all__ = [
     "batch_dominated",
+    "batch_metrics_df",
     "beta_df",
     "blups",
     "check_var_names",
@@ -408,3 +409,56 @@ def diagnostics(
     if table not in ("influence", "blups", "residuals"):
         raise ValueError(f"table must be 'influence', 'blups' or 'residuals', got {table!r}.")
     return pd.DataFrame(entry[table]).copy()
+
+
+def batch_metrics_df(
+    adata: AnnData, table: str = "embedding", *, key: str = "batch_metrics"
+) -> pd.DataFrame:
+    """A table of :func:`scvarpart.tl.batch_metrics`: ``"embedding"`` or ``"genes"``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data after :func:`~scvarpart.tl.batch_metrics`.
+    table
+        ``"embedding"``: one row per metric and variable (``metric``, ``variable``,
+        ``before``, ``after``, ``better``, ``chance``, ``role``). ``"genes"``: one row per
+        gene, its batch and signal fractions, ``rho`` and signal variance before and after,
+        and whether it lost signal (``gene`` as a column).
+    key
+        Where the metrics were stored (``key_added`` of the call).
+
+    Returns
+    -------
+    DataFrame
+        A copy: changing it changes nothing stored.
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=600, n_genes=12, seed=1)
+    >>> svp.tl.remove_batch_effects(
+    ...     adata, svp.datasets.EXAMPLE_FORMULA, terms=["chemistry", "day", "operator"],
+    ...     signal="patient", progress=False,
+    ... )
+    >>> svp.tl.batch_metrics(adata, n_comps=8)
+    >>> svp.get.batch_metrics_df(adata, "genes").columns[:3].tolist()
+    ['gene', 'batch_before', 'batch_after']
+    """
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "embedding" not in entry:
+        raise KeyError(
+            f"No batch metrics under adata.uns[{key!r}]: run svp.tl.batch_metrics(adata) "
+            "first (or pass its key_added as key=)."
+        )
+    if table not in ("embedding", "genes"):
+        raise ValueError(f"table must be 'embedding' or 'genes', got {table!r}.")
+    if table not in entry:
+        raise KeyError(
+            f"adata.uns[{key!r}] has no per-gene comparison: batch_metrics compares genes when "
+            "adata holds a variance partition under key= and after= is a layer."
+        )
+    frame = pd.DataFrame(entry[table]).copy()
+    if table == "genes":
+        frame = frame.rename_axis("gene").reset_index()
+    return frame

@@ -1,6 +1,7 @@
 """Plotting: what a biologist looks at (matplotlib; ``ax=``/``show=`` as in scanpy)."""
 
 from ._bars import percent_bars
+from ._batch_metrics import batch_metrics
 from ._common import component_colors
 from ._design import design
 from ._gene import gene
@@ -8,4 +9,13 @@ from ._qq import qq
 from ._rho import rho
 from ._variance_partition import variance_partition
 
-__all__ = ["component_colors", "design", "gene", "percent_bars", "qq", "rho", "variance_partition"]
+__all__ = [
+    "batch_metrics",
+    "component_colors",
+    "design",
+    "gene",
+    "percent_bars",
+    "qq",
+    "rho",
+    "variance_partition",
+]
