@@ -313,6 +313,10 @@ def test_report_outputs(chain):
     assert len(table) == 60 and "fraction_patient" in table
     text = chain["report"]["*.varpart_report.txt"][0].read_text()
     assert "median fraction" in text and "most batch-dominated genes" in text
+    page = chain["report"]["*.varpart_report.html"][0].read_text()
+    for anchor in ("model", "fits", "design", "fractions", "batch-dominated", "rho"):
+        assert f'<section id="{anchor}">' in page
+    assert 'src="http' not in page and "data:image/png;base64," in page
 
 
 def test_every_process_has_a_stub_and_the_workflow_wiring_exists():

@@ -12,6 +12,7 @@ __all__ = ["add_parsers"]
 
 _EXAMPLES = """example:
   scvarpart report cells.varpart.h5ad --tsv cells.varpart.tsv --top 20
+  scvarpart report cells.varpart.h5ad --html cells.varpart.html
 
 """
 
@@ -24,7 +25,8 @@ def add_parsers(sub) -> None:
             "Print a summary of the variance partition stored in an .h5ad file or .zarr store "
             "(the model, the design audit, the median fraction of each component, singular, "
             "non-converged and failed fits, the most batch-dominated genes) and write the "
-            "per-gene results (fractions, variances, rho, flags, errors) as a TSV file. "
+            "per-gene results (fractions, variances, rho, flags, errors) as a TSV file; with "
+            "--html, also one self-contained HTML report (figures embedded, opens offline). "
             "Rerunning it on the same result succeeds and leaves the TSV as it is; a TSV "
             "holding anything else "
             "(another result, another key, an older fit) is only replaced with --force."
@@ -38,6 +40,7 @@ def add_parsers(sub) -> None:
         "--tsv", metavar="PATH", help="per-gene table (default: RESULT name + .KEY.tsv, here)"
     )
     p.add_argument("--top", type=int, default=10, metavar="N", help="genes listed (default 10)")
+    p.add_argument("--html", metavar="PATH", help="also write the HTML report (svp.pl.report) here")
     p.add_argument(
         "--force", action="store_true", help="replace the TSV if it exists with other content"
     )
@@ -68,77 +71,14 @@ def _tsv_is_current(tsv: Path, text: str, result: Path, force: bool) -> bool:
     return False
 
 
-# The diagnostics' per-gene flags: the plan's threshold key, the var column's suffix, text.
-_FLAGS = (
-    ("max_std_blup", "max_std_blup", "a standardised BLUP beyond +-{}"),
-    ("max_var_ratio", "max_var_ratio", "residual variances across a factor's levels over {}x"),
-    ("max_change", "max_change", "batch fraction moved by more than {} without one level"),
-)
-
-
-def _declared_checks(adata, res, key: str, top: int) -> list[str]:
-    """The plan's declared checks: each one, whether it ran, and what it found."""
-    checks = res.params.get("checks")
-    if not checks:
-        return []
-    lines = ["", "declared checks (the plan's [checks]):"]
-    level = res.params.get("ci")
-    ran = res.ci_low is not None
-    lines.append(
-        "  intervals of the fractions and rho: "
-        + (f"ran (level {level})" if ran else 'not run (ci = "none")')
-    )
-    fdr = float(checks.get("fdr", 0.05))
-    if res.qvalue is not None:
-        counts = ", ".join(f"{t} {int((res.qvalue[t] < fdr).sum())}" for t in res.qvalue)
-        lines.append(f"  likelihood-ratio tests: ran; genes with q < {fdr:g}: {counts}")
-    else:
-        lines.append('  likelihood-ratio tests: not run (the plan has no test = "lrt")')
-    if not checks.get("diagnose"):
-        lines.append("  diagnostics: not declared (checks.diagnose = false)")
-        return lines
-    added = f"{key}_diagnostics"
-    if added not in adata.uns:
-        lines.append(f"  diagnostics: declared but NOT run (nothing under uns[{added!r}])")
-        return lines
-    lines.append(f"  diagnostics: ran on {len(adata.uns[added]['params']['genes'])} genes")
-    for threshold, suffix, text in _FLAGS:
-        column = f"{added}_{suffix}"
-        limit = float(checks[threshold])
-        if column not in adata.var:
-            lines.append(f"    {text.format(limit)}: not run")
-            continue
-        values = adata.var[column]
-        flagged = values[values > limit].sort_values(ascending=False)
-        shown = ", ".join(map(str, flagged.index[:top]))
-        lines.append(
-            f"    {text.format(limit)}: {len(flagged)} genes" + (f" ({shown})" if shown else "")
-        )
-    return lines
-
-
-def run(args: argparse.Namespace) -> int:
-    path = check_input(args.result, "result")
-    key = args.key
-    tsv = Path(args.tsv) if args.tsv else Path(f"{path.name.split('.')[0]}.{key}.tsv")
-    # the result may never be replaced; whether an existing TSV may be is decided below,
-    # once its new content is known, and before anything is printed
-    check_output(tsv, force=True, inputs=(path,))
+def _print_summary(adata, res, table, path: Path, key: str, top_n: int) -> None:
+    """The summary on standard output: model, fits, design, fractions, genes, checks."""
     import numpy as np
 
-    from ..varpart import VarPartResult
+    from ..get._results import declared_checks
 
-    adata = read_results(path, "result")
-    try:
-        res = VarPartResult.read(adata, key)
-    except KeyError as err:
-        raise CLIError(f"{path}: {err.args[0]}") from None
     params, summary = res.params, res.summary
-    table = res.gene_table()
-    text = table.to_csv(sep="\t", float_format="%.10g")
-    current = _tsv_is_current(tsv, text, path, args.force)
     batch, signal = res.batch, res.signal
-
     print(f"scvarpart report: {path.name} (key {key!r})")
     print(
         f"model {params['formula']} ({params['method']}), {params['n_obs']:,} cells, "
@@ -165,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{comp:<24}{summary['median_fraction'][comp]:>16.4f}  {role}")
 
     if "rho" in table:
-        ranked = res.batch_dominated(n_top=args.top)  # the one ranking, as svp.get uses
+        ranked = res.batch_dominated(n_top=top_n)  # the one ranking, as svp.get uses
         n_inf = int(np.isinf(table["rho"]).sum())
         print(
             "\nmost batch-dominated genes (rho = batch / signal variance >= 1, ranked by "
@@ -175,21 +115,53 @@ def run(args: argparse.Namespace) -> int:
         top.insert(1, "batch_fraction", ranked["batch_fraction"])
     else:
         print("\ngenes with the largest residual fraction (no batch/signal given, so no rho):")
-        top = table.sort_values("fraction_Residual", ascending=False).head(args.top)
+        top = table.sort_values("fraction_Residual", ascending=False).head(top_n)
         top = top[["fraction_Residual"]]
     if len(top):
         print(top.to_string(float_format=lambda v: f"{v:.4g}"))
     failed = table[table["error"] != ""]
     if len(failed):
         print(f"\ngenes without estimates ({len(failed)}), e.g.:")
-        print(failed["error"].head(args.top).to_string())
-    for line in _declared_checks(adata, res, key, args.top):
+        print(failed["error"].head(top_n).to_string())
+    for line in declared_checks(adata, res, key, top_n):
         print(line)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = check_input(args.result, "result")
+    key = args.key
+    tsv = Path(args.tsv) if args.tsv else Path(f"{path.name.split('.')[0]}.{key}.tsv")
+    # the result may never be replaced; whether an existing TSV may be is decided below,
+    # once its new content is known, and before anything is printed
+    check_output(tsv, force=True, inputs=(path,))
+    html = Path(args.html) if args.html else None
+    if html is not None:
+        check_output(html, force=args.force, inputs=(path, tsv))
+    from ..varpart import VarPartResult
+
+    adata = read_results(path, "result")
+    try:
+        res = VarPartResult.read(adata, key)
+    except KeyError as err:
+        raise CLIError(f"{path}: {err.args[0]}") from None
+    table = res.gene_table()
+    text = table.to_csv(sep="\t", float_format="%.10g")
+    current = _tsv_is_current(tsv, text, path, args.force)
+
+    _print_summary(adata, res, table, path, key, args.top)
 
     if current:
         print(f"\n{tsv} is up to date ({len(table)} genes): left as it was")
-        return 0
-    with atomic_output(tsv, force=True, inputs=(path,)) as tmp:
-        tmp.write_text(text, newline="")
-    print(f"\nwrote {tsv} ({len(table)} genes)")
+    else:
+        with atomic_output(tsv, force=True, inputs=(path,)) as tmp:
+            tmp.write_text(text, newline="")
+        print(f"\nwrote {tsv} ({len(table)} genes)")
+    if html is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: the figures are only embedded
+        from ..pl import report
+
+        report(adata, html, key=key, n_top=args.top, force=args.force)
+        print(f"wrote {html}")
     return 0

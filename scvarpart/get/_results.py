@@ -18,6 +18,7 @@ __all__ = [
     "beta_df",
     "blups",
     "check_var_names",
+    "declared_checks",
     "design",
     "diagnostics",
     "result",
@@ -462,3 +463,52 @@ def batch_metrics_df(
     if table == "genes":
         frame = frame.rename_axis("gene").reset_index()
     return frame
+
+
+# The diagnostics' per-gene flags: the plan's threshold key, the var column's suffix, text.
+_FLAGS = (
+    ("max_std_blup", "max_std_blup", "a standardised BLUP beyond +-{}"),
+    ("max_var_ratio", "max_var_ratio", "residual variances across a factor's levels over {}x"),
+    ("max_change", "max_change", "batch fraction moved by more than {} without one level"),
+)
+
+
+def declared_checks(adata, res, key: str, top: int) -> list[str]:
+    """The plan's declared checks: each one, whether it ran, and what it found."""
+    checks = res.params.get("checks")
+    if not checks:
+        return []
+    lines = ["", "declared checks (the plan's [checks]):"]
+    level = res.params.get("ci")
+    ran = res.ci_low is not None
+    lines.append(
+        "  intervals of the fractions and rho: "
+        + (f"ran (level {level})" if ran else 'not run (ci = "none")')
+    )
+    fdr = float(checks.get("fdr", 0.05))
+    if res.qvalue is not None:
+        counts = ", ".join(f"{t} {int((res.qvalue[t] < fdr).sum())}" for t in res.qvalue)
+        lines.append(f"  likelihood-ratio tests: ran; genes with q < {fdr:g}: {counts}")
+    else:
+        lines.append('  likelihood-ratio tests: not run (the plan has no test = "lrt")')
+    if not checks.get("diagnose"):
+        lines.append("  diagnostics: not declared (checks.diagnose = false)")
+        return lines
+    added = f"{key}_diagnostics"
+    if added not in adata.uns:
+        lines.append(f"  diagnostics: declared but NOT run (nothing under uns[{added!r}])")
+        return lines
+    lines.append(f"  diagnostics: ran on {len(adata.uns[added]['params']['genes'])} genes")
+    for threshold, suffix, text in _FLAGS:
+        column = f"{added}_{suffix}"
+        limit = float(checks[threshold])
+        if column not in adata.var:
+            lines.append(f"    {text.format(limit)}: not run")
+            continue
+        values = adata.var[column]
+        flagged = values[values > limit].sort_values(ascending=False)
+        shown = ", ".join(map(str, flagged.index[:top]))
+        lines.append(
+            f"    {text.format(limit)}: {len(flagged)} genes" + (f" ({shown})" if shown else "")
+        )
+    return lines

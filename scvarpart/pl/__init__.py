@@ -6,6 +6,7 @@ from ._common import component_colors
 from ._design import design
 from ._gene import gene
 from ._qq import qq
+from ._report import report
 from ._rho import rho
 from ._variance_partition import variance_partition
 
@@ -16,6 +17,7 @@ __all__ = [
     "gene",
     "percent_bars",
     "qq",
+    "report",
     "rho",
     "variance_partition",
 ]

@@ -232,6 +232,9 @@ def batch_metrics(
         ``signal_before``, ``signal_after``, ``rho_before``, ``rho_after``, the signal
         variances, ``signal_ratio``, ``signal_lost``); also
         ``adata.var[f"{{key_added}}_signal_lost"]``.
+    ``adata.uns[key_added]["coordinates"]``
+        ``cells`` (the names of the cells scored) and the first two coordinates of the
+        ``before`` and ``after`` embeddings there (for :func:`scvarpart.pl.report`).
     ``adata.uns[key_added]["params"]``
         The arguments, and ``n_cells`` and ``n_genes`` scored.
 
@@ -264,7 +267,10 @@ def batch_metrics(
         for x, is_embedding in (values[before], values[after])
     )
     table = _embedding_rows(before_x, after_x, adata.obs.iloc[cells], batch_l, labels_l, seed)
-    out: dict = {"embedding": table}
+    # the first two coordinates of each, for the report's scatter plots
+    coordinates = {"cells": np.asarray(adata.obs_names[cells], dtype=str)}
+    coordinates |= {name: x[:, :2] for name, x in (("before", before_x), ("after", after_x))}
+    out: dict = {"embedding": table, "coordinates": coordinates}
     if fitted and after in adata.layers:
         key_after = key_after or f"{key}_{after}"
         changes = gene_changes(

@@ -10,6 +10,7 @@ process SCVARPART_REPORT {
     output:
     tuple val(meta), path("*.varpart.tsv")       , emit: tsv
     tuple val(meta), path("*.varpart_report.txt"), emit: report
+    tuple val(meta), path("*.varpart_report.html"), emit: html
     path "versions.yml"                          , emit: versions
 
     when:
@@ -19,7 +20,7 @@ process SCVARPART_REPORT {
     def args = task.ext.args ?: ''
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
-    scvarpart report ${h5ad} --tsv ${prefix}.varpart.tsv ${args} > ${prefix}.varpart_report.txt
+    scvarpart report ${h5ad} --tsv ${prefix}.varpart.tsv --html ${prefix}.varpart_report.html ${args} > ${prefix}.varpart_report.txt
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
@@ -30,7 +31,7 @@ process SCVARPART_REPORT {
     stub:
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.varpart.tsv ${prefix}.varpart_report.txt
+    touch ${prefix}.varpart.tsv ${prefix}.varpart_report.txt ${prefix}.varpart_report.html
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
