@@ -147,3 +147,20 @@ def test_chromium_renders_the_page(page, tmp_path):
     assert image.shape == (4000, 1200)
     # drawn: dark text and figures on the white page, not a blank or error page
     assert (image < 100).mean() > 0.005 and image.std() > 20
+
+
+def test_the_multiqc_table_is_custom_content(fitted, tmp_path):
+    """The shape MultiQC's custom content reads (checked with MultiQC 1.35, which is not a
+    dependency: it found the table and put it in its report)."""
+    import yaml
+
+    result = tmp_path / "cells.varpart.h5ad"
+    fitted.write_h5ad(result)
+    out = tmp_path / "cells.scvarpart_mqc.yaml"
+    ok(cli("report", result, "--tsv", tmp_path / "t.tsv", "--multiqc", out))
+    content = yaml.safe_load(out.read_text())
+    assert content["plot_type"] == "table" and content["id"] == "scvarpart"
+    row = content["data"]["cells"]
+    assert row["genes"] == 40 and row["failed"] == 0
+    assert 0 < row["median batch fraction"] < 1 and row["batch-dominated genes"] >= 0
+    assert cli("report", result, "--multiqc", out).returncode == 4  # exists: --force

@@ -12,7 +12,7 @@ __all__ = ["add_parsers"]
 
 _EXAMPLES = """example:
   scvarpart report cells.varpart.h5ad --tsv cells.varpart.tsv --top 20
-  scvarpart report cells.varpart.h5ad --html cells.varpart.html
+  scvarpart report cells.varpart.h5ad --html cells.varpart.html --multiqc cells_mqc.yaml
 
 """
 
@@ -41,6 +41,11 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--top", type=int, default=10, metavar="N", help="genes listed (default 10)")
     p.add_argument("--html", metavar="PATH", help="also write the HTML report (svp.pl.report) here")
+    p.add_argument(
+        "--multiqc",
+        metavar="PATH",
+        help="also write a MultiQC custom-content table here (name it *_mqc.yaml)",
+    )
     p.add_argument(
         "--force", action="store_true", help="replace the TSV if it exists with other content"
     )
@@ -135,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     # once its new content is known, and before anything is printed
     check_output(tsv, force=True, inputs=(path,))
     html = Path(args.html) if args.html else None
-    if html is not None:
-        check_output(html, force=args.force, inputs=(path, tsv))
+    multiqc = Path(args.multiqc) if args.multiqc else None
+    for extra in (html, multiqc):
+        if extra is not None:
+            check_output(extra, force=args.force, inputs=(path, tsv))
     from ..varpart import VarPartResult
 
     adata = read_results(path, "result")
@@ -164,4 +171,39 @@ def run(args: argparse.Namespace) -> int:
 
         report(adata, html, key=key, n_top=args.top, force=args.force)
         print(f"wrote {html}")
+    if multiqc is not None:
+        import yaml
+
+        sample = path.name.split(".")[0]
+        with atomic_output(multiqc, force=args.force, inputs=(path,)) as tmp:
+            tmp.write_text(yaml.safe_dump(_multiqc(res, sample), sort_keys=False))
+        print(f"wrote {multiqc}")
     return 0
+
+
+def _multiqc(res, sample: str) -> dict:
+    """MultiQC custom content: one row of the fit's summary for ``sample``, as a table."""
+    summary = res.summary
+    row: dict[str, float] = {
+        "genes": int(summary["n_genes"]),
+        "fitted": int(summary["n_genes"] - summary["n_failed"]),
+        "singular": int(summary["n_singular"]),
+        "not converged": int(summary["n_not_converged"]),
+        "failed": int(summary["n_failed"]),
+    }
+    fractions = res.fractions
+    if res.batch and res.signal:
+        row["median batch fraction"] = float(fractions[res.batch].sum(axis=1).median())
+        row["median signal fraction"] = float(fractions[res.signal].sum(axis=1).median())
+        row["batch-dominated genes"] = len(res.batch_dominated())
+    return {
+        "id": "scvarpart",
+        "section_name": "scvarpart",
+        "description": (
+            f"Per-gene variance partition of {res.params['formula']} "
+            f"({res.params['method']}): batch and signal fractions, rho = batch / signal."
+        ),
+        "plot_type": "table",
+        "pconfig": {"id": "scvarpart_summary", "title": "scvarpart: variance partition"},
+        "data": {sample: row},
+    }

@@ -11,6 +11,7 @@ process SCVARPART_REPORT {
     tuple val(meta), path("*.varpart.tsv")       , emit: tsv
     tuple val(meta), path("*.varpart_report.txt"), emit: report
     tuple val(meta), path("*.varpart_report.html"), emit: html
+    tuple val(meta), path("*_mqc.yaml")           , emit: multiqc
     path "versions.yml"                          , emit: versions
 
     when:
@@ -20,7 +21,7 @@ process SCVARPART_REPORT {
     def args = task.ext.args ?: ''
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
-    scvarpart report ${h5ad} --tsv ${prefix}.varpart.tsv --html ${prefix}.varpart_report.html ${args} > ${prefix}.varpart_report.txt
+    scvarpart report ${h5ad} --tsv ${prefix}.varpart.tsv --html ${prefix}.varpart_report.html --multiqc ${prefix}.scvarpart_mqc.yaml ${args} > ${prefix}.varpart_report.txt
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
@@ -31,7 +32,7 @@ process SCVARPART_REPORT {
     stub:
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.varpart.tsv ${prefix}.varpart_report.txt ${prefix}.varpart_report.html
+    touch ${prefix}.varpart.tsv ${prefix}.varpart_report.txt ${prefix}.varpart_report.html ${prefix}.scvarpart_mqc.yaml
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
