@@ -134,7 +134,7 @@ def copy_notebooks() -> None:
         stale.unlink()
 
 
-CLI_COMMANDS = ("", "fit", "merge", "report", "example", "simulate")
+CLI_COMMANDS = ("", "fit", "merge", "report", "correct", "example", "simulate")
 
 
 def write_cli_help() -> None:

@@ -262,3 +262,37 @@ def test_effects_sum_the_chosen_parts_of_the_linear_predictor():
     day = Effects.of(design, beta, blups, terms=["day"]).at(obs)
     codes = design.factors[[f.name for f in design.factors].index("day")].codes[obs]
     np.testing.assert_allclose(day, blups["day"][:, codes, 0].T)
+
+
+def test_the_command_line_corrects_a_fitted_file(tmp_path):
+    from test_cli import cli, ok
+
+    adata = _fit(svp.datasets.crossed_example(n_cells=500, n_genes=6, seed=1), ci=None)
+    result = tmp_path / "cells.varpart.h5ad"
+    adata.write_h5ad(result)
+    (tmp_path / "genes.txt").write_text("gene0002\ngene0005\n")
+    out = tmp_path / "cells.corrected.h5ad"
+    run = ok(
+        cli(
+            "correct", result, "-o", out, "--genes", tmp_path / "genes.txt", "--terms",
+            "chemistry,day", "--batch-layer", "tech", "--chunk-size", "64",
+        )
+    )  # fmt: skip
+    assert "2 genes corrected for chemistry, day" in run.stdout
+    back = ad.read_h5ad(out)
+    _quiet(
+        svp.tl.remove_batch_effects,
+        adata,
+        terms=["chemistry", "day"],
+        genes=["gene0002", "gene0005"],
+    )
+    np.testing.assert_array_equal(
+        _dense(back.layers["varpart_corrected"]), _dense(adata.layers["varpart_corrected"])
+    )
+    assert cli("correct", result, "-o", out).returncode == 4  # exists: --force
+    assert cli("correct", result, "-o", result, "--force").returncode == 4  # the input
+    missing = cli("correct", result, "-o", tmp_path / "x.h5ad", "--genes", tmp_path / "no.txt")
+    assert missing.returncode == 3 and "no.txt does not exist" in missing.stderr
+    unknown = cli("correct", result, "-o", tmp_path / "x.h5ad", "--terms", "weekday")
+    assert unknown.returncode == 3 and "'weekday' is not a term" in unknown.stderr
+    assert not (tmp_path / "x.h5ad").exists()

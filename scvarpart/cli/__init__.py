@@ -1,8 +1,9 @@
 """Command line interface: ``scvarpart <command>`` (also ``python -m scvarpart``).
 
 Commands: ``fit`` (a whole file, or one chunk of its genes), ``merge`` (chunks into
-the complete result), ``report`` (a summary table and a TSV of per-gene results),
-``simulate`` (example data) and ``example`` (the main job on the built-in example).
+the complete result), ``report`` (a summary table, a TSV of per-gene results, an HTML
+report), ``correct`` (a copy of a fitted file with a batch-corrected layer), ``simulate``
+(example data) and ``example`` (the main job on the built-in example).
 
 Exit codes, for pipelines:
 
@@ -38,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .._io import handle_sigterm_during_writes
-from . import _example, _fit, _merge, _report
+from . import _correct, _example, _fit, _merge, _report
 from ._common import EXIT_CODES, CLIError, MergeError
 
 __all__ = ["Terminated", "main"]
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scvarpart {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (_fit, _merge, _report, _example):
+    for module in (_fit, _merge, _report, _correct, _example):
         module.add_parsers(sub)
     return parser
 
