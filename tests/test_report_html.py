@@ -119,6 +119,11 @@ def test_the_command_line_writes_the_page(fitted, tmp_path):
     ok(cli("report", result, "--tsv", tmp_path / "t.tsv", "--html", tmp_path / "r.html", "--force"))
     refused = cli("report", result, "--html", result, "--force")
     assert refused.returncode == 4
+    # a .zarr store gives its strings back in numpy's own string dtype
+    store = tmp_path / "fitted.zarr"
+    fitted.write_zarr(store)
+    ok(cli("report", store, "--tsv", tmp_path / "z.tsv", "--html", tmp_path / "z.html"))
+    assert set(SECTIONS) <= set(_parse((tmp_path / "z.html").read_text()).ids)
     assert fitted.n_obs == svp.datasets.crossed_example(n_cells=1200, n_genes=40, seed=1).n_obs
 
 

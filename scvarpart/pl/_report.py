@@ -107,7 +107,7 @@ def _correction(adata: AnnData, metrics_key: str) -> str:
 def _scatter(adata: AnnData, entry) -> plt.Figure:
     """The first two coordinates before and after, coloured by a batch and by a label."""
     params, coords = entry["params"], entry["coordinates"]
-    obs = adata.obs.loc[np.asarray(coords["cells"], dtype=str)]
+    obs = adata.obs.loc[[str(c) for c in coords["cells"]]]  # any string dtype of a file
     colour_by = [params["batch"][0], params["labels"][0]]
     fig, axes = plt.subplots(2, 2, figsize=(10, 9), layout="constrained")
     for row, column in enumerate(colour_by):

@@ -214,6 +214,12 @@ def remove_batch_effects(
     >>> adata.layers["varpart_corrected"].shape
     (600, 5)
     """
+    if adata.isbacked:
+        raise ValueError(
+            "remove_batch_effects writes the corrected values into memory; for a backed "
+            "object, correct its file with svp.tl.remove_batch_effects_file(path, output, "
+            "...), which writes the layer block by block."
+        )
     if copy:
         adata = adata.copy()
     names = _genes(adata, genes)
@@ -243,12 +249,6 @@ def remove_batch_effects(
     design = fitted_design(adata, params, covariance)
     _check_terms(terms_l, design, params)
     Y, source = _expression(adata, params.get("layer"), bool(params.get("use_raw", False)))
-    if adata.isbacked:
-        raise ValueError(
-            "remove_batch_effects writes the corrected values into memory; for a backed "
-            "object, correct its file with svp.tl.remove_batch_effects_file(path, output, "
-            "...), which writes the layer block by block."
-        )
     n_bytes = Y.shape[0] * len(names) * np.dtype(dtype).itemsize * (2 if batch_layer else 1)
     message = (
         f"remove_batch_effects: the corrected values of {len(names):,} genes x "
