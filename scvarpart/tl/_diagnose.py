@@ -20,20 +20,10 @@ from ..suffstats.leave_out import group_cross_products
 from ..suffstats.residuals import residual_checks
 from ..varpart import VarPartResult
 from ..varpart.diagnostics import influence_summary, standardised_blups
-from ._refit import fitted_design, refit_options
+from ._refit import chosen_genes, fitted_design, refit_options
 from ._variance_partition import _expression, variance_partition
 
 __all__ = ["diagnose"]
-
-
-def _genes(adata: AnnData, genes: str | Sequence[str] | None) -> pd.Index:
-    if genes is None:
-        return adata.var_names
-    names = pd.Index(as_names(genes, "genes") or [])
-    missing = names[~names.isin(adata.var_names)]
-    if len(missing):
-        raise KeyError(f"genes={list(missing[:10])} are not in adata.var_names.")
-    return names
 
 
 def _blup_table(fit, genes: pd.Index) -> pd.DataFrame:
@@ -247,7 +237,7 @@ def diagnose(
     """
     stored = result(adata, key=key)
     params = stored.params
-    names = _genes(adata, genes)
+    names = chosen_genes(adata, genes)
     options = refit_options(params, covariance, n_jobs)
     cells = params.get("cells") or None
     if leave_out is None:

@@ -1,4 +1,4 @@
-"""A stored fit, done again the same way: its options and its design.
+"""A stored fit, done again the same way (its options, its design), and the genes asked for.
 
 For the tools that need more of a fit than is stored (the BLUPs): ``svp.tl.diagnose``
 and ``svp.tl.remove_batch_effects``.
@@ -7,15 +7,16 @@ and ``svp.tl.remove_batch_effects``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import pandas as pd
 from anndata import AnnData
 
 from .._names import as_names
 from ..design import Design
 from ._variance_partition import _prepare
 
-__all__ = ["fitted_design", "refit_options"]
+__all__ = ["chosen_genes", "fitted_design", "refit_options"]
 
 
 def refit_options(params: Mapping, covariance, n_jobs) -> dict:
@@ -52,3 +53,14 @@ def fitted_design(adata: AnnData, params: Mapping, covariance) -> Design:
             params.get("cells") or None, params.get("weights"), covariance,
         )  # fmt: skip
     return prep.design
+
+
+def chosen_genes(adata: AnnData, genes: str | Sequence[str] | None) -> pd.Index:
+    """The genes asked for (all by default), each checked to be in ``adata.var_names``."""
+    if genes is None:
+        return adata.var_names
+    names = pd.Index(as_names(genes, "genes") or [])
+    missing = names[~names.isin(adata.var_names)]
+    if len(missing):
+        raise KeyError(f"genes={list(missing[:10])} are not in adata.var_names.")
+    return names

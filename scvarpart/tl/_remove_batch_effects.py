@@ -26,9 +26,8 @@ from ..storage.select import select_expression
 from ..storage.stores import dense_array, open_store
 from ..varpart import RESIDUAL, VarPartResult
 from ..varpart.correction import corrected_blocks, corrected_values
-from ._diagnose import _genes
 from ._file import _lazy_matrix, partition_file
-from ._refit import fitted_design, refit_options
+from ._refit import chosen_genes, fitted_design, refit_options
 from ._variance_partition import _expression, variance_partition
 
 __all__ = ["remove_batch_effects", "remove_batch_effects_file"]
@@ -222,7 +221,7 @@ def remove_batch_effects(
         )
     if copy:
         adata = adata.copy()
-    names = _genes(adata, genes)
+    names = chosen_genes(adata, genes)
     terms_l = as_names(terms, "terms")
     stored = _stored_fit(adata, formula, key)
     if stored is None:
@@ -444,7 +443,7 @@ def remove_batch_effects_file(
     holder = _stored_file_fit(path, key)
     stored = result(holder, key=key)
     params = stored.params
-    names = _genes(holder, genes)
+    names = chosen_genes(holder, genes)
     terms_l = as_names(terms, "terms") or as_names(params.get("batch"), "batch") or []
     if not terms_l:
         raise ValueError(f"The fit under key={key!r} has no batch terms: pass terms=[...].")
