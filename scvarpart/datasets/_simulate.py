@@ -45,12 +45,13 @@ def _nb_draw(lam, r):
 
 @nb.njit(cache=True, nogil=True)
 def _chunk(seed, eta, lib, size, mito, slope, r, target_sum, capacity):
-    """Counts of a block of cells, log-normalised, as CSR arrays."""
+    """Counts of a block of cells, log-normalised, as CSR arrays (and the counts' data)."""
     np.random.seed(seed)
     n, G = lib.shape[0], eta.shape[1]
     indptr = np.zeros(n + 1, dtype=np.int64)
     indices = np.empty(capacity, dtype=np.int32)
     data = np.empty(capacity, dtype=np.float32)
+    raw = np.empty(capacity, dtype=np.float32)
     counts = np.empty(G, dtype=np.int64)
     totals = np.empty(n)
     nnz = 0
@@ -63,6 +64,7 @@ def _chunk(seed, eta, lib, size, mito, slope, r, target_sum, capacity):
                 if nnz == indices.shape[0]:  # grow the buffers
                     indices = np.concatenate((indices, np.empty_like(indices)))
                     data = np.concatenate((data, np.empty_like(data)))
+                    raw = np.concatenate((raw, np.empty_like(raw)))
                 indices[nnz] = g
                 counts[nnz - start] = y
                 nnz += 1
@@ -71,8 +73,9 @@ def _chunk(seed, eta, lib, size, mito, slope, r, target_sum, capacity):
         scale = target_sum / max(total, 1)
         for j in range(start, nnz):
             data[j] = math.log1p(counts[j - start] * scale)
+            raw[j] = counts[j - start]
         indptr[c + 1] = nnz
-    return indptr, indices[:nnz], data[:nnz], totals
+    return indptr, indices[:nnz], data[:nnz], totals, raw[:nnz]
 
 
 def _design(n_cells, levels, libraries_per_patient, rng):
@@ -122,6 +125,7 @@ def simulate_counts(
     chunk_cells: int = 4096,
     path: str | os.PathLike | None = None,
     n_jobs: int = 1,
+    counts: bool = False,
 ) -> ad.AnnData:
     """Simulate log-normalised single-cell expression from negative binomial counts.
 
@@ -161,13 +165,16 @@ def simulate_counts(
         mode.
     n_jobs
         Threads simulating blocks in parallel.
+    counts
+        Also keep the counts, in ``layers["counts"]`` (CSR float32, the same cells and
+        sparsity as ``X``; ``X`` is unchanged).
 
     Returns
     -------
     AnnData
         With ``X`` (log-normalised, CSR float32), ``obs`` columns for every
         factor, ``library``, ``log_umi`` (log total counts) and ``pct_mito``; ``var``
-        with the simulation's parameters.
+        with the simulation's parameters; with ``counts``, ``layers["counts"]``.
 
     Examples
     --------
@@ -194,7 +201,7 @@ def simulate_counts(
 
     def block(i):
         a, b = i * chunk_cells, min((i + 1) * chunk_cells, n_cells)
-        indptr, indices, data, totals = _chunk(
+        indptr, indices, data, totals, raw = _chunk(
             int(chunk_seeds[i]),
             eta,
             lib[a:b],
@@ -205,7 +212,9 @@ def simulate_counts(
             target_sum,
             capacity,
         )
-        return sp.csr_matrix((data, indices, indptr), shape=(b - a, n_genes)), totals
+        shape = (b - a, n_genes)
+        kept = sp.csr_matrix((raw, indices, indptr), shape=shape) if counts else None
+        return sp.csr_matrix((data, indices, indptr), shape=shape), totals, kept
 
     n_blocks = len(chunk_seeds)
     obs["pct_mito"] = (100 * mito).round(4)
@@ -217,6 +226,8 @@ def simulate_counts(
         X = sp.vstack([b[0] for b in blocks], format="csr")
         obs["log_umi"] = np.log(np.maximum(np.concatenate([b[1] for b in blocks]), 1.0))
         adata = ad.AnnData(X=X, obs=obs, var=var)
+        if counts:
+            adata.layers["counts"] = sp.vstack([b[2] for b in blocks], format="csr")
         adata.uns["simulation"] = {"formula": SIMULATION_FORMULA, "seed": seed, "levels": levels}
         return adata
 
@@ -228,12 +239,15 @@ def simulate_counts(
         for start in range(0, n_blocks, max(n_jobs, 1)):
             idx = range(start, min(start + max(n_jobs, 1), n_blocks))
             done = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(block)(i) for i in idx)
-            for i, (Xb, tb) in zip(idx, done, strict=True):
+            for i, (Xb, tb, Cb) in zip(idx, done, strict=True):
                 totals[i * chunk_cells : i * chunk_cells + Xb.shape[0]] = tb
-                if i == 0:
-                    ad.io.write_elem(f, "X", Xb)  # appendable along rows
-                else:
-                    ad.io.sparse_dataset(f["X"]).append(Xb)
+                for group, name, values in ((f, "X", Xb), (f, "layers/counts", Cb)):
+                    if values is None:
+                        continue
+                    if i == 0:
+                        ad.io.write_elem(group, name, values)  # appendable along rows
+                    else:
+                        ad.io.sparse_dataset(group[name]).append(values)
         obs["log_umi"] = np.log(np.maximum(totals, 1.0))
         ad.io.write_elem(f, "obs", obs)
         ad.io.write_elem(f, "var", var)
@@ -243,7 +257,8 @@ def simulate_counts(
             {"simulation": {"formula": SIMULATION_FORMULA, "seed": seed, "levels": levels}},
         )
         for key in ("obsm", "varm", "obsp", "varp", "layers"):
-            ad.io.write_elem(f, key, {})
+            if key not in f:
+                ad.io.write_elem(f, key, {})
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
     return ad.read_h5ad(path, backed="r")
