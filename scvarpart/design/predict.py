@@ -98,11 +98,6 @@ class Effects:
         beta_t = np.ascontiguousarray(np.asarray(beta, dtype=float)[:, columns].T)
         return cls(design, columns, beta_t, centre, factors, tables)
 
-    @property
-    def n_genes(self) -> int:
-        """Number of genes."""
-        return self.beta_t.shape[1]
-
     def at(self, obs: np.ndarray) -> np.ndarray:
         """The parts' sum at the observations ``obs`` (rows of the design), ``n x G``."""
         X = self.design.X[np.ix_(obs, self.columns)] - self.centre

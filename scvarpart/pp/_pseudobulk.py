@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
 from .._docs import doc_n_jobs, doc_params
 from .._warn import warn
 from ..counts import filter_by_expr, log_cpm
-from ..storage.matrix import is_dask_array
+from ..storage.matrix import value_sample
 from ..storage.select import select_expression
 from ..suffstats.aggregate import group_sums
 
 __all__ = ["pseudobulk"]
 
-# Cells looked at to check that the values are counts.
-_CHECK_ROWS = 2000
-
 
 def _check_counts(Y, source: str) -> None:
     """Counts: no negative values; non-integers are warned about (edgeR expects counts)."""
-    sample = Y[: min(_CHECK_ROWS, Y.shape[0])]
-    if is_dask_array(sample):
-        sample = sample.compute()
-    values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+    values = value_sample(Y)
     if values.size and values.min() < 0:
         raise ValueError(
             f"{source} has negative values: pseudobulk sums raw counts. Pass the layer of "

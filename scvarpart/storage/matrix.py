@@ -42,6 +42,7 @@ __all__ = [
     "reduce_row_blocks",
     "row_bounds",
     "storage_format",
+    "value_sample",
 ]
 
 #: Values (rows x genes; for sparse blocks, stored values) per block by default:
@@ -113,6 +114,17 @@ def dense_columns(values, start: int, stop: int, cols: np.ndarray) -> np.ndarray
     if sp.issparse(block):
         return np.asarray(block[:, cols].toarray(), dtype=float)
     return np.asarray(block[:, cols], dtype=float)
+
+
+def value_sample(Y, rows: int = 2000, genes: int = 100) -> np.ndarray:
+    """Some stored values of ``Y``, cheaply: its first rows, or first genes if CSC.
+
+    For checks of what kind of values a matrix holds (counts, logs), before any pass.
+    """
+    sample = Y[:, :genes] if storage_format(Y) == "csc" else Y[:rows]
+    if is_dask_array(sample):
+        sample = sample.compute()
+    return sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
 
 
 def readable(Y):

@@ -68,6 +68,17 @@ def _stored_fit(adata: AnnData, formula: str | None, key: str) -> VarPartResult 
     return stored
 
 
+def _technical_terms(terms, params: Mapping, key: str) -> list[str]:
+    """The terms to remove: ``terms``, or by default the fit's batch terms."""
+    chosen = as_names(terms, "terms") or as_names(params.get("batch"), "batch") or []
+    if not chosen:
+        raise ValueError(
+            f"Which terms are technical? The fit under key={key!r} has no batch terms: "
+            "pass terms=[...] (random or fixed terms of the model)."
+        )
+    return chosen
+
+
 def _check_terms(terms: list[str], design: Design, params: Mapping) -> None:
     """Every term is a technical component of the model: not the residual or a signal."""
     known = [c for c in design.components if c != RESIDUAL]
@@ -239,12 +250,7 @@ def remove_batch_effects(
             f"adata.uns[{key!r}] holds one already; leave them out."
         )
     params = stored.params
-    terms_l = terms_l or as_names(params.get("batch"), "batch") or []
-    if not terms_l:
-        raise ValueError(
-            f"Which terms are technical? The fit under key={key!r} has no batch terms: "
-            "pass terms=[...] (random or fixed terms of the model)."
-        )
+    terms_l = _technical_terms(terms_l, params, key)
     design = fitted_design(adata, params, covariance)
     _check_terms(terms_l, design, params)
     Y, source = _expression(adata, params.get("layer"), bool(params.get("use_raw", False)))
@@ -281,11 +287,15 @@ def remove_batch_effects(
     return adata if copy else None
 
 
+def _lacks_blups(stored: VarPartResult, design: Design, terms) -> bool:
+    """Whether the stored fit lacks the BLUPs of one of the random ``terms``."""
+    blups = stored.blups or {}
+    return any(f.name in terms and f.name not in blups for f in design.factors)
+
+
 def _with_blups_of(adata, stored: VarPartResult, names, terms, design: Design, covariance, n_jobs):
     """A fit of ``names`` with the BLUPs of the random ``terms``: stored, or refitted."""
-    random = [f.name for f in design.factors if f.name in terms]
-    blups = stored.blups or {}
-    if all(t in blups for t in random):
+    if not _lacks_blups(stored, design, terms):
         return stored
     logg.info(f"remove_batch_effects: refitting {len(names):,} genes for their BLUPs")
     sub = adata if names.equals(adata.var_names) else adata[:, names]
@@ -339,8 +349,7 @@ class _LayerWriter:
         if self.full:
             self.out[start:stop] = values
             return
-        shaped = sp.csr_matrix(block.shape, dtype=self.dtype) if self.zeros else block
-        part = _full_layer(shaped, self.columns, values)
+        part = _full_layer(block, self.columns, values, zeros=self.zeros)
         if self.sparse:
             self.out.append(sp.csr_matrix(part))
         else:
@@ -444,13 +453,11 @@ def remove_batch_effects_file(
     stored = result(holder, key=key)
     params = stored.params
     names = chosen_genes(holder, genes)
-    terms_l = as_names(terms, "terms") or as_names(params.get("batch"), "batch") or []
-    if not terms_l:
-        raise ValueError(f"The fit under key={key!r} has no batch terms: pass terms=[...].")
+    terms_l = _technical_terms(terms, params, key)
     design = fitted_design(holder, params, covariance)
     _check_terms(terms_l, design, params)
     fit = stored
-    if not all(f.name in (stored.blups or {}) for f in design.factors if f.name in terms_l):
+    if _lacks_blups(stored, design, terms_l):
         logg.info(f"remove_batch_effects_file: refitting {holder.n_vars:,} genes for their BLUPs")
         fit = _refit_file(path, params, key, covariance, n_jobs, chunk_size)
     beta, blups, failed = _coefficients(fit, design, names, terms_l)
@@ -485,9 +492,8 @@ def remove_batch_effects_file(
         genes_of_y = columns if raw is None else raw[columns]
         for b in corrected_blocks(Y, effects, genes=genes_of_y, n_jobs=n_jobs, chunk_rows=rows):
             block = b.values if raw is None else b.values[:, raw]
-            writers[0].write(b.start, b.stop, b.corrected, block)
-            if len(writers) > 1:
-                writers[1].write(b.start, b.stop, b.technical, block)
+            for writer, values in zip(writers, (b.corrected, b.technical), strict=False):
+                writer.write(b.start, b.stop, values, block)
 
     record = _record(
         holder.var_names, names, failed, key=key, terms=list(terms_l),

@@ -11,7 +11,6 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
@@ -41,7 +40,7 @@ from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
 from ..lmm.genes import check_bootstrap
 from ..lmm.lrt import check_test
-from ..storage.matrix import is_dask_array, storage_format
+from ..storage.matrix import value_sample
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
 from ._progress import progress_bar
@@ -84,11 +83,7 @@ def _check_values(Y, source: str, var_names: pd.Index) -> None:
     are found by the pass over the data itself (in the statistics they make non-finite)
     and reported before any gene is fitted.
     """
-    # a cheap slice: first rows, or first genes of a column-compressed matrix
-    sample = Y[:, :_COUNT_CHECK_GENES] if storage_format(Y) == "csc" else Y[:_COUNT_CHECK_ROWS]
-    if is_dask_array(sample):
-        sample = sample.compute()
-    values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+    values = value_sample(Y, _COUNT_CHECK_ROWS, _COUNT_CHECK_GENES)
     if not values.size or not (values >= 0).all():
         return
     if values.max() > 1 and (values % 1 == 0).all():
