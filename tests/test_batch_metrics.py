@@ -181,3 +181,20 @@ def test_bad_input_is_refused(scored):
         svp.tl.batch_metrics(plain, after="X")
     with pytest.raises(KeyError, match=r"run svp\.tl\.batch_metrics"):
         svp.get.batch_metrics_df(plain)
+
+
+def test_the_corrected_layer_is_fitted_with_the_fits_known_covariance():
+    """A kinship fit: the after layer is fitted with the same model, or refused without K."""
+    adata = svp.datasets.crossed_example(n_cells=600, n_genes=8, seed=1)
+    levels = [str(p) for p in adata.obs["patient"].cat.categories]
+    G = np.random.default_rng(0).normal(size=(len(levels), 30))
+    K = pd.DataFrame(G @ G.T / 30 + 0.5 * np.eye(len(levels)), index=levels, columns=levels)
+    _quiet(
+        svp.tl.remove_batch_effects, adata, svp.datasets.EXAMPLE_FORMULA, terms=BATCH,
+        signal="patient", covariance={"patient": K},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="known covariances between levels"):
+        svp.tl.batch_metrics(adata, n_comps=5, n_sample=400)
+    _quiet(svp.tl.batch_metrics, adata, n_comps=5, n_sample=400, covariance={"patient": K})
+    after = svp.get.result(adata, key="varpart_varpart_corrected").params
+    assert after["layer"] == "varpart_corrected" and "patient" in after["covariance"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from .._names import as_names
 from ..get import result
 from ..metrics import embedding as em
 from ..metrics.genes import gene_changes
+from ._refit import refit_options
 from ._variance_partition import variance_partition
 
 __all__ = ["batch_metrics"]
@@ -128,8 +129,12 @@ def _genes_scored(adata: AnnData, after: str, mask_var) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _fit_after(adata: AnnData, after: str, key: str, key_after: str, n_jobs):
-    """The variance partition of the corrected layer under ``key_after`` (fitted if missing)."""
+def _fit_after(adata: AnnData, after: str, key: str, key_after: str, covariance, n_jobs):
+    """The variance partition of the corrected layer under ``key_after`` (fitted if missing).
+
+    Fitted as the fit under ``key`` was (:func:`~scvarpart.tl._refit.refit_options`: the same
+    model, cells, weights and known covariances), from the layer ``after``.
+    """
     if key_after in adata.uns:
         stored = result(adata, key=key_after)
         if stored.params.get("layer") != after:
@@ -140,12 +145,12 @@ def _fit_after(adata: AnnData, after: str, key: str, key_after: str, n_jobs):
             )
         return stored
     params = result(adata, key=key).params
+    options = refit_options(params, covariance, n_jobs)
+    options |= {"layer": after, "use_raw": False, "store_blups": False, "inplace": True}
     logg.info(f"batch_metrics: fitting layer {after!r} as {key!r} was fitted, under {key_after!r}")
     variance_partition(
-        adata, params["formula"], batch=params.get("batch"), signal=params.get("signal"),
-        method=params.get("method", "ML"), layer=after, cells=params.get("cells") or None,
-        min_cells=int(params.get("min_cells", 0)), weights=params.get("weights"), ci=None,
-        key_added=key_after, n_jobs=n_jobs, progress=False,
+        adata, params["formula"], cells=params.get("cells") or None, key_added=key_after,
+        **options,
     )  # fmt: skip
     return result(adata, key=key_after)
 
@@ -161,6 +166,7 @@ def batch_metrics(
     key: str = "varpart",
     key_after: str | None = None,
     mask_var: str | np.ndarray | None = None,
+    covariance: Mapping[str, pd.DataFrame] | None = None,
     n_comps: int = 30,
     n_sample: int | None = 5000,
     seed: int = 0,
@@ -206,6 +212,9 @@ def batch_metrics(
         Genes for the principal components (a boolean var column such as
         ``"highly_variable"``): by default those ``after`` corrected, if
         :func:`remove_batch_effects` made it, else all.
+    covariance
+        The known covariances between levels, when the fit under ``key`` had them (they
+        are not stored): the ``after`` layer is fitted with the same model.
     n_comps
         Principal components of a matrix.
     n_sample
@@ -274,7 +283,7 @@ def batch_metrics(
     if fitted and after in adata.layers:
         key_after = key_after or f"{key}_{after}"
         changes = gene_changes(
-            result(adata, key=key), _fit_after(adata, after, key, key_after, n_jobs),
+            result(adata, key=key), _fit_after(adata, after, key, key_after, covariance, n_jobs),
             batch=as_names(fitted.get("batch"), "batch") or [],
             signal=as_names(fitted.get("signal"), "signal") or [],
         )  # fmt: skip
