@@ -169,3 +169,27 @@ def test_the_multiqc_table_is_custom_content(fitted, tmp_path):
     assert row["genes"] == 40 and row["failed"] == 0
     assert 0 < row["median batch fraction"] < 1 and row["batch-dominated genes"] >= 0
     assert cli("report", result, "--multiqc", out).returncode == 4  # exists: --force
+
+
+def test_the_multiqc_medians_leave_out_genes_without_estimates(tmp_path):
+    import yaml
+
+    adata = svp.datasets.crossed_example(n_cells=400, n_genes=8, seed=1)
+    X = np.asarray(adata.X).copy()
+    X[:, :3] = 0.0  # three genes without estimates (min_cells)
+    adata.X = X
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        svp.tl.variance_partition(
+            adata, svp.datasets.EXAMPLE_FORMULA, batch=BATCH, signal="patient", min_cells=5,
+            ci=None,
+        )  # fmt: skip
+    result = tmp_path / "cells.varpart.h5ad"
+    adata.write_h5ad(result)
+    out = tmp_path / "cells_mqc.yaml"
+    ok(cli("report", result, "--tsv", tmp_path / "t.tsv", "--multiqc", out))
+    row = yaml.safe_load(out.read_text())["data"]["cells"]
+    rho = svp.get.rho_df(adata)
+    assert row["failed"] == 3
+    assert row["median batch fraction"] == pytest.approx(rho["batch_fraction"].median())
+    assert row["median signal fraction"] == pytest.approx(rho["signal_fraction"].median())

@@ -191,11 +191,11 @@ def _multiqc(res, sample: str) -> dict:
         "not converged": int(summary["n_not_converged"]),
         "failed": int(summary["n_failed"]),
     }
-    fractions = res.fractions
-    if res.batch and res.signal:
-        row["median batch fraction"] = float(fractions[res.batch].sum(axis=1).median())
-        row["median signal fraction"] = float(fractions[res.signal].sum(axis=1).median())
-        row["batch-dominated genes"] = len(res.batch_dominated())
+    if res.batch and res.signal:  # over the genes with estimates, as svp.get.rho_df
+        table = res.rho_table(sort_by=None)
+        row["median batch fraction"] = float(table["batch_fraction"].median())
+        row["median signal fraction"] = float(table["signal_fraction"].median())
+        row["batch-dominated genes"] = int(table["batch_dominated"].sum())
     return {
         "id": "scvarpart",
         "section_name": "scvarpart",
