@@ -72,13 +72,12 @@ def _sample_obs(obs: pd.DataFrame, codes: np.ndarray, labels: pd.DataFrame):
     return table, dropped
 
 
-def _filters(counts, n_cells, labels, groupby, options) -> tuple:
+def _filters(counts, n_cells, labels, groups, options) -> tuple:
     """Samples with too few cells, then each group's expressed genes (edgeR's rule).
 
     Returns the samples kept (mask), the table of samples removed, the genes expressed per
     group (groups x genes) and the per-group gene counts.
     """
-    groups = labels[groupby].to_numpy() if groupby else np.zeros(len(labels), dtype=object)
     few = n_cells < options["min_cells"]
     removed = labels[few].assign(
         n_cells=n_cells[few], reason=f"fewer than {options['min_cells']} cells"
@@ -219,12 +218,13 @@ def pseudobulk(
         "min_cells": min_cells, "min_count": min_count, "min_total_count": min_total_count,
         "large_n": large_n, "min_prop": min_prop,
     }  # fmt: skip
-    kept, removed, expressed, genes = _filters(counts, n_cells, labels, groupby, options)
+    # each pseudobulk sample's group (one group, 0, without groupby)
+    groups = labels[groupby].to_numpy() if groupby else np.zeros(len(labels), dtype=object)
+    kept, removed, expressed, genes = _filters(counts, n_cells, labels, groups, options)
     any_group = np.logical_or.reduce(list(expressed.values()))
     obs, dropped = _sample_obs(adata.obs, codes, labels)
     obs["n_cells"] = n_cells
     values = np.empty((len(labels), int(any_group.sum())))
-    groups = labels[groupby].to_numpy() if groupby else np.zeros(len(labels), dtype=object)
     for group, keep in expressed.items():
         rows = groups == group
         library = counts[np.ix_(rows, keep)].sum(axis=1)
