@@ -8,6 +8,7 @@ from ..varpart.result import VarPartResult
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
 from .fitting import LMMFit, choose_engine, fit_lmm
+from .gene_weights import fit_gene_weights
 from .general import GeneralDeviance
 from .genes import GeneStatistics, fit, fit_stats, profile_confint, response_stats
 from .modes import conditional_modes
@@ -28,6 +29,7 @@ __all__ = [
     "choose_engine",
     "conditional_modes",
     "fit",
+    "fit_gene_weights",
     "fit_lmm",
     "fit_stats",
     "minimise_batch",

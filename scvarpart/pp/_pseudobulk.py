@@ -189,7 +189,8 @@ def pseudobulk(
     ``layers["counts"]``
         The summed counts.
     ``obs``
-        The ``groupby`` and ``sample`` labels, ``n_cells``, the columns constant within
+        The ``groupby`` and ``sample`` labels, ``n_cells``, ``lib_size`` (the library
+        size of the log CPM: the counts of the group's kept genes), the columns constant within
         every pseudobulk sample (their value) and numeric others (their mean over the
         cells); ``uns["pseudobulk"]["params"]["dropped_columns"]`` names the others.
     ``varm["expressed"]``
@@ -225,10 +226,12 @@ def pseudobulk(
     obs, dropped = _sample_obs(adata.obs, codes, labels)
     obs["n_cells"] = n_cells
     values = np.empty((len(labels), int(any_group.sum())))
+    library = np.zeros(len(labels))
     for group, keep in expressed.items():
         rows = groups == group
-        library = counts[np.ix_(rows, keep)].sum(axis=1)
-        values[rows] = log_cpm(counts[np.ix_(rows, any_group)], library, prior_count)
+        library[rows] = counts[np.ix_(rows, keep)].sum(axis=1)
+        values[rows] = log_cpm(counts[np.ix_(rows, any_group)], library[rows], prior_count)
+    obs["lib_size"] = library
     obs = obs[kept].reset_index(drop=True)
     obs.index = pd.Index(obs[[c for c in (groupby, sample) if c]].astype(str).agg(":".join, axis=1))
     bulk = AnnData(X=values[kept], obs=obs, var=adata.var[any_group].copy())

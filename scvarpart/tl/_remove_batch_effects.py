@@ -25,7 +25,7 @@ from ..storage.matrix import default_chunk_rows, storage_format
 from ..storage.select import select_expression
 from ..storage.stores import dense_array, open_store
 from ..varpart import RESIDUAL, VarPartResult
-from ..varpart.correction import corrected_blocks, corrected_values
+from ..varpart.correction import coefficient_arrays, corrected_blocks, corrected_values
 from ._file import _lazy_matrix, partition_file
 from ._refit import chosen_genes, fitted_design, refit_options
 from ._variance_partition import _expression, variance_partition
@@ -94,22 +94,6 @@ def _check_terms(terms: list[str], design: Design, params: Mapping) -> None:
             f"terms={signal} are signal terms of the fit (signal=): removing them would "
             "remove the biology. Name only technical terms."
         )
-
-
-def _coefficients(fit, design: Design, names: pd.Index, terms: list[str]):
-    """Fixed effects and BLUPs of the genes, 0 for genes without estimates."""
-    failed = names.isin(fit.errors.index) | fit.beta.loc[names].isna().any(axis=1).to_numpy()
-    beta = fit.beta.loc[names, design.columns].to_numpy(dtype=float)
-    blups = {}
-    for f in design.factors:
-        if f.name in terms:
-            table = fit.blups[f.name].loc[names].to_numpy(dtype=float)
-            blups[f.name] = table.reshape(len(names), f.n_levels, f.n_coef)
-            failed |= np.isnan(blups[f.name]).any(axis=(1, 2))
-    beta[failed] = 0.0
-    for b in blups.values():
-        b[failed] = 0.0
-    return beta, blups, names[failed]
 
 
 def _full_layer(Y, columns: np.ndarray, values: np.ndarray, *, zeros: bool = False):
@@ -264,7 +248,7 @@ def remove_batch_effects(
     else:
         logg.info(message)
     fit = _with_blups_of(adata, stored, names, terms_l, design, covariance, n_jobs)
-    beta, blups, failed = _coefficients(fit, design, names, terms_l)
+    beta, blups, failed = coefficient_arrays(fit, design, names, terms_l)
     if len(failed):
         warn(
             f"{len(failed)} genes have no estimates under key={key!r} (e.g. "
@@ -460,7 +444,7 @@ def remove_batch_effects_file(
     if _lacks_blups(stored, design, terms_l):
         logg.info(f"remove_batch_effects_file: refitting {holder.n_vars:,} genes for their BLUPs")
         fit = _refit_file(path, params, key, covariance, n_jobs, chunk_size)
-    beta, blups, failed = _coefficients(fit, design, names, terms_l)
+    beta, blups, failed = coefficient_arrays(fit, design, names, terms_l)
     effects = Effects.of(design, beta, blups, terms=terms_l, centred=True)
     columns = holder.var_names.get_indexer(names)
     rows = chunk_size or default_chunk_rows(len(columns))

@@ -16,11 +16,13 @@ depends on the number of threads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
+from ..design import Design
 from ..design.predict import Effects
 from ..storage.matrix import (
     default_chunk_rows,
@@ -30,7 +32,7 @@ from ..storage.matrix import (
     row_bounds,
 )
 
-__all__ = ["CorrectedBlock", "corrected_blocks", "corrected_values"]
+__all__ = ["CorrectedBlock", "coefficient_arrays", "corrected_blocks", "corrected_values"]
 
 
 class CorrectedBlock(NamedTuple):
@@ -107,3 +109,25 @@ def corrected_values(
         if parts is not None:
             parts[b.start : b.stop] = b.technical
     return out, parts
+
+
+def coefficient_arrays(fit, design: Design, names: pd.Index, terms: Sequence[str]):
+    """The fixed effects and the BLUPs of ``terms`` of the genes ``names``, as arrays.
+
+    ``fit``: a :class:`~scvarpart.varpart.VarPartResult` with BLUPs. Returns ``beta``
+    (genes x columns of ``X``), the BLUPs per term (genes x levels x coefficients), for
+    :meth:`~scvarpart.design.predict.Effects.of`, and the genes without estimates, whose
+    coefficients are set to 0.
+    """
+    failed = names.isin(fit.errors.index) | fit.beta.loc[names].isna().any(axis=1).to_numpy()
+    beta = fit.beta.loc[names, design.columns].to_numpy(dtype=float)
+    blups = {}
+    for f in design.factors:
+        if f.name in terms:
+            table = fit.blups[f.name].loc[names].to_numpy(dtype=float)
+            blups[f.name] = table.reshape(len(names), f.n_levels, f.n_coef)
+            failed |= np.isnan(blups[f.name]).any(axis=(1, 2))
+    beta[failed] = 0.0
+    for b in blups.values():
+        b[failed] = 0.0
+    return beta, blups, names[failed]
