@@ -93,9 +93,14 @@ formula
     with ``a:b`` and ``a*b`` interactions. An intercept is required."""
 
 doc_weights = """weights
-    An ``obs`` column of positive observation weights: the residual variance of
-    cell ``i`` is ``sigma^2 / w_i``, as lme4's ``weights=``. The residual
-    component is then ``sigma^2`` times the mean of ``1 / w``."""
+    Observation weights (lme4's ``weights=``): the residual variance of observation
+    ``i`` is ``sigma^2 / w_i``, and the residual component is ``sigma^2`` times the mean of
+    ``1 / w``. Either an ``obs`` column, weights shared by every gene (such as the number
+    of cells of a pseudobulk sample; the fast path: the weighted cross-products are
+    computed once), or a layer of one weight per observation and gene (precision weights
+    from :func:`scvarpart.pp.voom_weights`): each gene is then fitted from its own
+    weighted statistics, exactly as ``lmer(weights=)`` fits it (for pseudobulk data;
+    about 10-30 ms per gene)."""
 
 doc_covariance = """covariance
     Known covariances between the levels of random intercepts, e.g.
@@ -129,6 +134,11 @@ key_added
 doc_key = """\
 key
     The results' ``key_added``."""
+
+doc_group = """\
+group
+    Results fitted per group (``groupby=``): this group's only. ``None``: every fitted
+    group's, stacked (a leading ``group`` column, or a ``group`` level of the index)."""
 
 # --- execution ------------------------------------------------------------------------
 

@@ -14,12 +14,14 @@ are). A real ``nextflow run`` runs when ``nextflow`` is on PATH.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -104,9 +106,13 @@ def fit_options(
     n_boot: int = 0,
     seed: int | None = None,
     ci: float | None = None,
+    groupby: str | None = None,
 ) -> tuple[dict[str, str], dict[str, Path]]:
     """The FIT script's model variables, as its Groovy lines compute them from its
-    ``model`` and covariance inputs, and where the covariance files are staged."""
+    ``model`` and covariance inputs, and where the covariance files are staged.
+
+    With ``groupby``, ``grouping`` and ``part`` hold ``{group}`` for :func:`group_values`.
+    """
     files = list((covariance or {}).items())
     staged = {f"covariance{i + 1}/{path.name}": path for i, (_, path) in enumerate(files)}
     terms = [term for term, _ in files]
@@ -120,8 +126,18 @@ def fit_options(
         "covariance": " ".join(
             f"--covariance '{t}={n}'" for t, n in zip(terms, staged, strict=True)
         ),
+        "grouping": f"--groupby '{groupby}' --group '{{group}}'" if groupby else "",
+        "part": "{part}" if groupby else "",
     }
     return values, staged
+
+
+def group_values(values: dict[str, str], group: str) -> dict[str, str]:
+    """The FIT variables of one group's task: its options and its file name's part."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", group)
+    part = f"{safe}-{hashlib.md5(group.encode()).hexdigest()[:8]}."  # Groovy's md5().take(8)
+    return {**values, "grouping": values["grouping"].replace("{group}", group),
+            "part": values["part"].replace("{part}", part)}  # fmt: skip
 
 
 def test_the_fit_script_computes_its_options_as_the_test_does():
@@ -135,20 +151,36 @@ def test_the_fit_script_computes_its_options_as_the_test_does():
     assert "def n_boot = model.n_boot ? \"--n-boot ${model.n_boot}\" : ''" in text
     assert "def seed = model.seed != null ? \"--seed ${model.seed}\" : ''" in text
     assert "def ci = model.ci != null ? \"--ci ${model.ci}\" : ''" in text
-    assert "${test} ${n_boot} ${seed} ${ci} --genes" in script_of("fit")
+    assert "${test} ${n_boot} ${seed} ${ci} ${grouping} --genes" in script_of("fit")
+    assert "def grouping = group ? \"--groupby '${model.groupby}' --group '${group}'\" : ''" in text
+    part = (
+        "def part = group ? group.toString().replaceAll(/[^A-Za-z0-9_.-]/, '_') + '-' + "
+        "group.toString().md5().take(8) + '.' : ''"
+    )
+    assert text.count(part) == 2  # the script's and the stub's
+    assert "-o ${prefix}.${part}chunk${chunk}of${n_chunks}.h5ad" in script_of("fit")
     main = (WORKFLOWS / "main.nf").read_text()
     assert "SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)" in main
     assert "covariance.keySet() as List, covariance_files*.name, covariance_files" in main
     assert "test       : params.test ? params.test.toString() : null," in main
     assert "n_boot     : params.n_boot.toString() as Long," in main
     assert "seed       : params.seed != null ? params.seed.toString() : null," in main
-    assert "ci         : params.ci != null ? params.ci.toString() : null" in main
+    assert "ci         : params.ci != null ? params.ci.toString() : null," in main
+    assert "groupby    : params.groupby ? params.groupby.toString() : null" in main
+    assert "SCVARPART_GROUPS(ch_input, params.groupby.toString())" in main
+    assert (
+        ".map { meta, h5ad, group, chunk -> [ meta, h5ad, group, chunk, params.chunks ] }" in main
+    )
+    assert "? SCVARPART_FIT.out.chunk.groupTuple()" in main
+    assert "scvarpart groups ${h5ad} --groupby '${groupby}' ${args} > groups.txt" in script_of(
+        "groups"
+    )
     # only numbers reach the tasks' command lines (they are not quoted there)
     assert "if (!(params.n_boot.toString() ==~ /\\d+/)) {" in main
     assert "if (params.seed != null && !(params.seed.toString() ==~ /\\d+/)) {" in main
     assert "params.ci != null && !(params.ci.toString() ==~ /" in main
     config = (WORKFLOWS / "nextflow.config").read_text()
-    for name in ("weights", "covariance", "store_blups", "test", "n_boot", "seed", "ci"):
+    for name in ("weights", "covariance", "store_blups", "test", "n_boot", "seed", "ci", "groupby"):
         assert re.search(rf"^\s+{name}\s+=", config, re.MULTILINE), name
     assert re.search(r"^\s+n_boot\s+= 0\s", config, re.MULTILINE)  # none unless asked
     for name in ("seed", "ci"):  # the plan's or scvarpart's unless given
@@ -159,29 +191,39 @@ def test_the_fit_script_computes_its_options_as_the_test_does():
         assert row in readme, row
 
 
-def run_chain(work: Path, h5ad: Path, plan: Path, n_chunks: int, options, meta_id: str) -> dict:
-    """FIT x n_chunks -> MERGE -> REPORT of ``h5ad``, as main.nf wires them."""
+def run_chain(
+    work: Path, h5ad: Path, plan: Path, n_chunks: int, options, meta_id: str, groupby=None
+) -> dict:
+    """[GROUPS ->] FIT x groups x n_chunks -> MERGE -> REPORT of ``h5ad``, as main.nf wires
+    them."""
     values, staged = options
+    groups = [""]
+    if groupby:
+        listed = run_task("groups", work / "groups", [h5ad],
+                          {"h5ad": h5ad.name, "groupby": groupby, "args": "",
+                           "meta.id": meta_id})["groups.txt"][0]  # fmt: skip
+        groups = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
     chunks = []
-    for chunk in range(1, n_chunks + 1):
-        out = run_task(
-            "fit",
-            work / f"fit{chunk}",
-            [h5ad, plan],
-            {
-                "h5ad": h5ad.name,
-                "plan": plan.name,
-                "chunk": chunk,
-                "n_chunks": n_chunks,
-                "task.cpus": 1,
-                "args": "",
-                "prefix": meta_id,
-                "meta.id": meta_id,
-                **values,
-            },
-            staged,
-        )
-        chunks += out["*.chunk*.h5ad"]
+    for g, group in enumerate(groups):
+        for chunk in range(1, n_chunks + 1):
+            out = run_task(
+                "fit",
+                work / f"fit{g}_{chunk}",
+                [h5ad, plan],
+                {
+                    "h5ad": h5ad.name,
+                    "plan": plan.name,
+                    "chunk": chunk,
+                    "n_chunks": n_chunks,
+                    "task.cpus": 1,
+                    "args": "",
+                    "prefix": meta_id,
+                    "meta.id": meta_id,
+                    **(group_values(values, group) if group else values),
+                },
+                staged,
+            )
+            chunks += out["*.chunk*.h5ad"]
     merged = run_task(
         "merge",
         work / "merge",
@@ -352,3 +394,44 @@ def test_nextflow_run_test_profile(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (outdir / "example.varpart.h5ad").exists()
     assert (outdir / "example.varpart.tsv").exists()
+
+
+GROUP_PLAN = """formula = "~ (1|patient) + (1|chemistry)"
+method = "REML"
+"""
+
+
+@pytest.fixture(scope="module")
+def group_chain(tmp_path_factory):
+    """GROUPS -> FIT x 3 groups x 2 chunks -> MERGE -> REPORT (main.nf's params.groupby) on
+    pseudobulk samples of cell types, one with a name that is no file name (a third, too
+    rare, keeps no sample with 5 cells: no group)."""
+    data = tmp_path_factory.mktemp("group_data")
+    cells = svp.datasets.simulate_counts(6000, 80, seed=2, counts=True)
+    rng = np.random.default_rng(2)
+    kinds = ["B cell", "T/NK", "rare"]
+    cells.obs["cell_type"] = rng.choice(kinds, cells.n_obs, p=[0.3, 0.69, 0.01])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bulk = svp.pp.pseudobulk(cells, "library", groupby="cell_type")
+    bulk.write_h5ad(data / "bulk.h5ad")
+    (data / "plan.toml").write_text(GROUP_PLAN)
+    work = tmp_path_factory.mktemp("nextflow_group_work")
+    options = fit_options(groupby="cell_type")
+    return run_chain(work, data / "bulk.h5ad", data / "plan.toml", 2, options, "bulk",
+                     groupby="cell_type")  # fmt: skip
+
+
+# seven processes of ~5 s each (groups, four fits, merge, report) and a single fit
+@pytest.mark.slow
+def test_chain_per_group_reproduces_a_single_fit(group_chain, tmp_path):
+    data = group_chain["input"].parent
+    single = single_fit(group_chain["input"], data / "plan.toml", tmp_path / "single.h5ad",
+                        "--groupby", "cell_type")  # fmt: skip
+    merged = ad.read_h5ad(group_chain["merged"])
+    assert repr(merged.uns["varpart"]) == repr(single.uns["varpart"])
+    table = svp.get.groups(merged).set_index("group")
+    assert list(table.index) == ["B cell", "T/NK"]
+    assert list(table["status"]) == ["fitted", "fitted"]
+    html = group_chain["report"]["*.varpart_report.html"][0].read_text()
+    assert "Group T/NK" in html and "Groups of &#x27;cell_type&#x27;" in html

@@ -1,14 +1,16 @@
 #!/usr/bin/env nextflow
 /*
- * scvarpart: per-gene variance partition of an AnnData file, scattered over chunks of genes.
+ * scvarpart: per-gene variance partition of an AnnData file, scattered over chunks of genes
+ * (and, with --groupby, over the groups of an obs column, e.g. cell types).
  *
- *   FIT (one task per chunk of genes, in parallel) -> MERGE -> REPORT
+ *   [GROUPS ->] FIT (one task per group and chunk of genes, in parallel) -> MERGE -> REPORT
  *
  * Every process runs the scvarpart command line; see workflows/README.md.
  */
 nextflow.enable.dsl = 2
 
 include { SCVARPART_SIMULATE } from './modules/local/scvarpart/simulate/main'
+include { SCVARPART_GROUPS   } from './modules/local/scvarpart/groups/main'
 include { SCVARPART_FIT      } from './modules/local/scvarpart/fit/main'
 include { SCVARPART_MERGE    } from './modules/local/scvarpart/merge/main'
 include { SCVARPART_REPORT   } from './modules/local/scvarpart/report/main'
@@ -69,7 +71,8 @@ workflow {
         test       : params.test ? params.test.toString() : null,
         n_boot     : params.n_boot.toString() as Long,
         seed       : params.seed != null ? params.seed.toString() : null,
-        ci         : params.ci != null ? params.ci.toString() : null
+        ci         : params.ci != null ? params.ci.toString() : null,
+        groupby    : params.groupby ? params.groupby.toString() : null
     ])
 
     if (params.input) {
@@ -83,17 +86,32 @@ workflow {
         error "Give the input: --input cells.h5ad (or -profile test for the example)"
     }
 
-    // scatter: one FIT task per chunk of genes
+    // the groups fitted separately (--groupby), each a line of 'scvarpart groups'; '' for none
+    if (params.groupby) {
+        SCVARPART_GROUPS(ch_input, params.groupby.toString())
+        ch_groups = SCVARPART_GROUPS.out.groups
+            .splitText(elem: 1)
+            .map { meta, line -> [ meta, line.trim() ] }
+            .filter { meta, group -> group }
+        ch_versions = ch_versions.mix(SCVARPART_GROUPS.out.versions)
+    } else {
+        ch_groups = ch_input.map { meta, h5ad -> [ meta, '' ] }
+    }
+
+    // scatter: one FIT task per group and chunk of genes
     ch_chunks = ch_input
+        .combine(ch_groups, by: 0)
         .combine(Channel.of(1..params.chunks))
-        .map { meta, h5ad, chunk -> [ meta, h5ad, chunk, params.chunks ] }
+        .map { meta, h5ad, group, chunk -> [ meta, h5ad, group, chunk, params.chunks ] }
     SCVARPART_FIT(ch_chunks, ch_plan, ch_covariance, ch_model)
     ch_versions = ch_versions.mix(SCVARPART_FIT.out.versions.first())
 
-    // gather: the chunks of each input, with the input itself
-    ch_merge = SCVARPART_FIT.out.chunk
-        .groupTuple(size: params.chunks)
-        .join(ch_input)
+    // gather: the chunks of each input (of every group: their number is known once the
+    // groups are), with the input itself
+    ch_gathered = params.groupby
+        ? SCVARPART_FIT.out.chunk.groupTuple()
+        : SCVARPART_FIT.out.chunk.groupTuple(size: params.chunks)
+    ch_merge = ch_gathered.join(ch_input)
     SCVARPART_MERGE(ch_merge)
     SCVARPART_REPORT(SCVARPART_MERGE.out.h5ad)
     ch_versions = ch_versions

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .._io import handle_sigterm_during_writes
-from . import _correct, _example, _fit, _merge, _report
+from . import _correct, _example, _fit, _groups, _merge, _report
 from ._common import EXIT_CODES, CLIError, MergeError
 
 __all__ = ["Terminated", "main"]
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scvarpart {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (_fit, _merge, _report, _correct, _example):
+    for module in (_fit, _groups, _merge, _report, _correct, _example):
         module.add_parsers(sub)
     return parser
 

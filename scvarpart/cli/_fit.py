@@ -209,7 +209,8 @@ def add_parsers(sub) -> None:
         "--weights",
         type=_column,
         metavar="COLUMN",
-        help="obs column of positive observation weights (residual variance sigma^2 / w, "
+        help="obs column (shared by every gene) or layer (one per cell and gene, e.g. from "
+        "svp.pp.voom_weights) of positive observation weights (residual variance sigma^2 / w, "
         "as lme4's weights=)",
     )
     model.add_argument(
@@ -260,9 +261,23 @@ def add_parsers(sub) -> None:
         "(varm KEY_ci_low, KEY_ci_high) and of rho (var KEY_rho_ci_low, KEY_rho_ci_high), "
         "and the bootstrap's",
     )
+    model.add_argument(
+        "--groupby",
+        type=_column,
+        metavar="COLUMN",
+        help="fit each group of this obs column (a cell type) on its own, as "
+        "svp.tl.variance_partition(groupby=); pseudobulk data are fitted on each group's "
+        "expressed genes",
+    )
     execution = p.add_argument_group("execution (the results do not depend on these)")
     execution.add_argument(
         "--genes", type=_chunk, metavar="I/N", help="fit only the I-th of N chunks of genes"
+    )
+    execution.add_argument(
+        "--group",
+        metavar="NAME",
+        help="with --groupby: fit only this group (and --genes I/N of its genes) into a "
+        "chunk file for 'scvarpart merge' ('scvarpart groups' lists them)",
     )
     execution.add_argument("--n-jobs", type=int, default=1, metavar="N", help="threads (default 1)")
     execution.add_argument("--chunk-size", type=int, metavar="CELLS", help="cells read per block")
@@ -470,11 +485,21 @@ def _check_files(args: argparse.Namespace, inputs: tuple) -> Path:
     written, and is of the kind --genes writes.
     """
     source = check_input(args.input)
-    if args.genes is None and _is_zarr(source) != _is_zarr(Path(args.output)):
+    if args.group is not None and args.groupby is None:
+        raise CLIError("--group NAME needs --groupby COLUMN (the column of the groups).", code=2)
+    if args.groupby is not None and args.genes is not None and args.group is None:
+        raise CLIError(
+            "with --groupby, --genes I/N splits one group's genes: give --group NAME too.",
+            code=2,
+        )
+    chunked = args.genes is not None or args.group is not None
+    if not chunked and _is_zarr(source) != _is_zarr(Path(args.output)):
         kind = ".zarr store" if _is_zarr(source) else ".h5ad file"
         raise CLIError(f"the output {args.output} must be a {kind}, as the input is.", code=2)
-    if args.genes is not None and _is_zarr(Path(args.output)):
-        raise CLIError(f"a chunk (--genes) is an .h5ad file; got -o {args.output}.", code=2)
+    if chunked and _is_zarr(Path(args.output)):
+        raise CLIError(
+            f"a chunk (--genes, --group) is an .h5ad file; got -o {args.output}.", code=2
+        )
     check_output(args.output, force=args.force, inputs=(source, *inputs))
     return source
 
@@ -514,9 +539,19 @@ def run(args: argparse.Namespace) -> int:
         **covariance_record,
         **plan_record,
         "params_fingerprint": params_fingerprint(
-            {**analysis, "covariance": covariance_record["covariance_fingerprints"], **plan_record}
+            {**analysis, "covariance": covariance_record["covariance_fingerprints"], **plan_record,
+             **({"groupby": args.groupby} if args.groupby else {})}
         ),
-    }
+    }  # fmt: skip
+    if args.groupby is not None:
+        if checks.get("diagnose"):
+            raise CLIError(
+                "the plan declares diagnostics ([checks] diagnose = true), which are not run "
+                "per group: fit without --groupby, or without the declared diagnostics."
+            )
+        from ._groups import run_grouped
+
+        return run_grouped(args, source, analysis, provenance, covariance, others)
 
     genes = None
     if args.genes is not None:

@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
             raise MergeError(f"{name} is not a chunk of 'scvarpart fit --genes I/N'.")
         chunks.append(chunk)
         infos.append(dict(chunk.uns[CHUNK_KEY]))
+    grouped = ["groupby" in info for info in infos]
+    if any(grouped):
+        return _merge_groups(args, source, chunks, infos, grouped)
     common = _check_consistent(args.chunks, infos)
     if file_fingerprint(source) != common["input_fingerprint"]:
         raise MergeError(
@@ -174,4 +177,23 @@ def run(args: argparse.Namespace) -> int:
 
     write_results_file(source, args.output, add, force=args.force, inputs=args.chunks)
     print(f"scvarpart merge: {len(order)} chunks, {len(var_names)} genes -> {args.output}")
+    return 0
+
+
+def _merge_groups(args, source, chunks, infos, grouped) -> int:
+    """Chunks of ``fit --groupby --group``: the results per group, into a copy of the input."""
+    from ._groups import merge_group_chunks, write_merged_groups
+
+    if not all(grouped):
+        plain = [n for n, g in zip(args.chunks, grouped, strict=True) if not g]
+        raise MergeError(
+            f"{', '.join(plain)} are chunks of a fit without --groupby; the others are per group."
+        )
+    if file_fingerprint(source) != infos[0]["input_fingerprint"]:
+        raise MergeError(
+            f"the chunks were computed from another input than {source} (its content "
+            "fingerprint differs)."
+        )
+    results, table, key, groupby = merge_group_chunks(args.chunks, chunks, infos)
+    write_merged_groups(source, args.output, results, table, key, groupby, args.force, args.chunks)
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .._io import OutputExistsError, atomic_output, check_input, check_output, read_results
+from ..varpart.grouped import group_names, is_grouped, read_group
 from ._common import EXIT_CODES, CLIError
 
 __all__ = ["add_parsers"]
@@ -144,18 +145,31 @@ def run(args: argparse.Namespace) -> int:
     for extra in (html, multiqc):
         if extra is not None:
             check_output(extra, force=args.force, inputs=(path, tsv))
-    from ..varpart import VarPartResult
+    import pandas as pd
+
+    from ..varpart.grouped import group_table
 
     adata = read_results(path, "result")
     try:
-        res = VarPartResult.read(adata, key)
+        results = _results(adata, key)
     except KeyError as err:
         raise CLIError(f"{path}: {err.args[0]}") from None
-    table = res.gene_table()
+    tables = {g: res.gene_table() for g, res in results.items()}
+    if None in tables:  # one result
+        table = tables[None]
+    else:  # per group: the groups' tables stacked, a group column first
+        table = pd.concat(tables, names=["group"])
     text = table.to_csv(sep="\t", float_format="%.10g")
     current = _tsv_is_current(tsv, text, path, args.force)
 
-    _print_summary(adata, res, table, path, key, args.top)
+    if None not in results:
+        print(f"scvarpart report: {path.name} (key {key!r}), fitted per group of "
+              f"{adata.uns[key]['params']['groupby']!r}")  # fmt: skip
+        print(group_table(adata, key).to_string(index=False))
+    for g, res in results.items():
+        if g is not None:
+            print(f"\n=== group {g} ===")
+        _print_summary(adata, res, tables[g], path, key, args.top)
 
     if current:
         print(f"\n{tsv} is up to date ({len(table)} genes): left as it was")
@@ -175,14 +189,41 @@ def run(args: argparse.Namespace) -> int:
         import yaml
 
         sample = path.name.split(".")[0]
+        content = _multiqc(results, sample)
         with atomic_output(multiqc, force=args.force, inputs=(path,)) as tmp:
-            tmp.write_text(yaml.safe_dump(_multiqc(res, sample), sort_keys=False))
+            tmp.write_text(yaml.safe_dump(content, sort_keys=False))
         print(f"wrote {multiqc}")
     return 0
 
 
-def _multiqc(res, sample: str) -> dict:
-    """MultiQC custom content: one row of the fit's summary for ``sample``, as a table."""
+def _results(adata, key: str) -> dict:
+    """The result under ``key`` (``{None: result}``), or every fitted group's."""
+    from ..varpart import VarPartResult
+
+    if is_grouped(adata, key):
+        return {g: read_group(adata, key, g) for g in group_names(adata, key)}
+    return {None: VarPartResult.read(adata, key)}
+
+
+def _multiqc(results: dict, sample: str) -> dict:
+    """MultiQC custom content: a row of each fit's summary (``sample:group`` per group)."""
+    first = next(iter(results.values()))
+    rows = {sample if g is None else f"{sample}:{g}": _multiqc_row(r) for g, r in results.items()}
+    return {
+        "id": "scvarpart",
+        "section_name": "scvarpart",
+        "description": (
+            f"Per-gene variance partition of {first.params['formula']} "
+            f"({first.params['method']}): batch and signal fractions, rho = batch / signal."
+        ),
+        "plot_type": "table",
+        "pconfig": {"id": "scvarpart_summary", "title": "scvarpart: variance partition"},
+        "data": rows,
+    }
+
+
+def _multiqc_row(res) -> dict:
+    """One fit's summary: genes fitted, singular, failed; batch and signal fractions."""
     summary = res.summary
     row: dict[str, float] = {
         "genes": int(summary["n_genes"]),
@@ -196,14 +237,4 @@ def _multiqc(res, sample: str) -> dict:
         row["median batch fraction"] = float(table["batch_fraction"].median())
         row["median signal fraction"] = float(table["signal_fraction"].median())
         row["batch-dominated genes"] = int(table["batch_dominated"].sum())
-    return {
-        "id": "scvarpart",
-        "section_name": "scvarpart",
-        "description": (
-            f"Per-gene variance partition of {res.params['formula']} "
-            f"({res.params['method']}): batch and signal fractions, rho = batch / signal."
-        ),
-        "plot_type": "table",
-        "pconfig": {"id": "scvarpart_summary", "title": "scvarpart: variance partition"},
-        "data": {sample: row},
-    }
+    return row

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from anndata import AnnData
 
-from .._docs import doc_adata_fitted, doc_adata_rho, doc_key, doc_min_rho, doc_params
+from .._docs import doc_adata_fitted, doc_adata_rho, doc_group, doc_key, doc_min_rho, doc_params
 from ..design import DesignAudit
+from ..varpart.grouped import group_names, group_table, is_grouped, read_group
 from ..varpart.result import VarPartResult
 from ..varpart.result import stored_keys as result_keys
 
@@ -21,6 +22,7 @@ __all__ = [
     "declared_checks",
     "design",
     "diagnostics",
+    "groups",
     "result",
     "result_keys",
     "rho_df",
@@ -46,13 +48,15 @@ def check_var_names(
 
 
 @doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
-def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
+def result(adata: AnnData, *, key: str = "varpart", group: str | None = None) -> VarPartResult:
     """The variance partition stored in ``adata`` under ``key``, as one object.
 
     Parameters
     ----------
     {doc_adata}
     {doc_key}
+    group
+        For results fitted per group (``groupby=``), the group whose result to return.
 
     Returns
     -------
@@ -71,16 +75,77 @@ def result(adata: AnnData, *, key: str = "varpart") -> VarPartResult:
     20
     """
     check_var_names(adata.var_names)
+    if is_grouped(adata, key):
+        if group is None:
+            groupby = adata.uns[key]["params"].get("groupby")
+            raise KeyError(
+                f"The results under {key!r} were fitted per group of {groupby!r}: pass "
+                f"group= (one of {group_names(adata, key)}), or use the tables "
+                "(svp.get.varpart_df, ...), which stack the groups."
+            )
+        return read_group(adata, key, group)
+    if group is not None:
+        raise ValueError(f"The results under {key!r} were not fitted per group (groupby=).")
     return VarPartResult.read(adata, key)
 
 
-@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
+def _stacked(adata: AnnData, key: str, group, table) -> pd.DataFrame:
+    """``table(result)``, of one result or of every group's, stacked."""
+    if group is not None or not is_grouped(adata, key):
+        return table(result(adata, key=key, group=group))
+    names = group_names(adata, key)
+    parts = {g: table(read_group(adata, key, g)) for g in names}
+    if isinstance(next(iter(parts.values())).index, pd.RangeIndex):
+        out = pd.concat([p.assign(group=g) for g, p in parts.items()], ignore_index=True)
+        out.insert(0, "group", pd.Categorical(out.pop("group"), categories=names))
+        return out
+    return pd.concat(parts, names=["group"])
+
+
+@doc_params(doc_key=doc_key)
+def groups(adata: AnnData, *, key: str = "varpart") -> pd.DataFrame:
+    """The groups of a fit per group (``groupby=``): which were fitted, and why not.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with :func:`scvarpart.tl.variance_partition` results fitted with
+        ``groupby=``.
+    {doc_key}
+
+    Returns
+    -------
+    DataFrame
+        One row per group: ``group``, ``n_obs``, ``n_genes`` (the genes fitted: for
+        pseudobulk data, those the group's filter kept), ``status`` (``"fitted"`` or
+        ``"skipped"``), ``reason`` (why it was skipped), ``warnings`` (about its design
+        and fit) and ``n_fitted_genes`` (genes with estimates).
+
+    Examples
+    --------
+    >>> import scvarpart as svp
+    >>> adata = svp.datasets.crossed_example(n_cells=900, n_genes=5, seed=1)
+    >>> adata.obs["cell_type"] = ["B", "T", "NK"] * 300
+    >>> svp.tl.variance_partition(
+    ...     adata, "~ (1|patient) + (1|chemistry)", groupby="cell_type", progress=False
+    ... )
+    >>> svp.get.groups(adata)[["group", "n_obs", "status"]]
+      group  n_obs  status
+    0     B    300  fitted
+    1    NK    300  fitted
+    2     T    300  fitted
+    """
+    return group_table(adata, key)
+
+
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key, doc_group=doc_group)
 def varpart_df(
     adata: AnnData,
     *,
     key: str = "varpart",
     genes: str | Sequence[str] | None = None,
     sort_by: str | None = None,
+    group: str | None = None,
 ) -> pd.DataFrame:
     """Variance fractions and variances as a tidy table: one row per gene and component.
 
@@ -91,6 +156,7 @@ def varpart_df(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     genes
         Only these genes, in this order (default: all, in ``adata.var_names`` order).
     sort_by
@@ -114,16 +180,17 @@ def varpart_df(
     >>> df.columns.tolist()
     ['gene', 'component', 'fraction', 'variance']
     """
-    return result(adata, key=key).long(genes, sort_by)
+    return _stacked(adata, key, group, lambda r: r.long(genes, sort_by))
 
 
-@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key)
+@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_group=doc_group)
 def rho_df(
     adata: AnnData,
     *,
     key: str = "varpart",
     genes: str | Sequence[str] | None = None,
     sort_by: str | None = "rho",
+    group: str | None = None,
 ) -> pd.DataFrame:
     """The batch-to-signal ratio of each gene, with the parts it is made of.
 
@@ -131,6 +198,7 @@ def rho_df(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     genes
         Only these genes, in this order (default: all).
     sort_by
@@ -154,12 +222,16 @@ def rho_df(
     >>> svp.get.rho_df(adata).columns.tolist()[:3]
     ['rho', 'batch_variance', 'signal_variance']
     """
-    return result(adata, key=key).rho_table(genes, sort_by)
+    return _stacked(adata, key, group, lambda r: r.rho_table(genes, sort_by))
 
 
-@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key, doc_group=doc_group)
 def beta_df(
-    adata: AnnData, *, key: str = "varpart", genes: str | Sequence[str] | None = None
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    genes: str | Sequence[str] | None = None,
+    group: str | None = None,
 ) -> pd.DataFrame:
     """Fixed effects with their standard errors, one row per gene and coefficient.
 
@@ -167,6 +239,7 @@ def beta_df(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     genes
         Only these genes, in this order (default: all).
 
@@ -188,12 +261,16 @@ def beta_df(
     >>> svp.get.beta_df(adata).coefficient.unique().tolist()
     ['(Intercept)', 'log_umi']
     """
-    return result(adata, key=key).beta_table(genes)
+    return _stacked(adata, key, group, lambda r: r.beta_table(genes))
 
 
-@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
+@doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key, doc_group=doc_group)
 def varcorr_df(
-    adata: AnnData, *, key: str = "varpart", genes: str | Sequence[str] | None = None
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    genes: str | Sequence[str] | None = None,
+    group: str | None = None,
 ) -> pd.DataFrame:
     """Every random term's variances, covariances and correlations, as lme4's ``VarCorr``.
 
@@ -201,6 +278,7 @@ def varcorr_df(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     genes
         Only these genes, in this order (default: all).
 
@@ -228,7 +306,7 @@ def varcorr_df(
     3  chemistry  (Intercept)
     4   Residual
     """
-    return result(adata, key=key).varcorr_table(genes)
+    return _stacked(adata, key, group, lambda r: r.varcorr_table(genes))
 
 
 @doc_params(doc_adata=doc_adata_fitted, doc_key=doc_key)
@@ -239,6 +317,7 @@ def blups(
     key: str = "varpart",
     genes: str | Sequence[str] | None = None,
     variance: bool = False,
+    group: str | None = None,
 ) -> pd.DataFrame:
     """The conditional modes (BLUPs) of a random term's effects, genes x levels.
 
@@ -255,6 +334,9 @@ def blups(
     variance
         Return the conditional variances instead (lme4's ``condVar``, given the fixed
         effects).
+    group
+        For results fitted per group (``groupby=``), the group whose BLUPs to return
+        (the levels differ between groups).
 
     Returns
     -------
@@ -272,7 +354,7 @@ def blups(
     >>> svp.get.blups(adata, "chemistry").shape
     (5, 3)
     """
-    res = result(adata, key=key)
+    res = result(adata, key=key, group=group)
     if not variance:
         return res.blup_table(term, genes)
     res.blup_table(term)  # the same checks and messages
@@ -280,9 +362,14 @@ def blups(
     return res.blup_var[term].loc[res._genes(genes)]
 
 
-@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_min_rho=doc_min_rho)
+@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_min_rho=doc_min_rho, doc_group=doc_group)
 def batch_dominated(
-    adata: AnnData, *, key: str = "varpart", n_top: int | None = None, min_rho: float = 1.0
+    adata: AnnData,
+    *,
+    key: str = "varpart",
+    n_top: int | None = None,
+    min_rho: float = 1.0,
+    group: str | None = None,
 ) -> pd.DataFrame:
     """The batch-dominated genes, most batch-dominated first.
 
@@ -297,6 +384,7 @@ def batch_dominated(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     n_top
         Return only the first ``n_top`` genes (default: all batch-dominated genes).
     {doc_min_rho}
@@ -319,11 +407,11 @@ def batch_dominated(
     >>> top.columns.tolist()
     ['batch_fraction', 'signal_fraction', 'rho']
     """
-    return result(adata, key=key).batch_dominated(min_rho=min_rho, n_top=n_top)
+    return _stacked(adata, key, group, lambda r: r.batch_dominated(min_rho=min_rho, n_top=n_top))
 
 
 @doc_params(doc_key=doc_key)
-def design(adata: AnnData, *, key: str = "varpart") -> DesignAudit:
+def design(adata: AnnData, *, key: str = "varpart", group: str | None = None) -> DesignAudit:
     """The design audit stored under ``key``: its terms, pairs of terms and problems.
 
     Stored by :func:`scvarpart.pp.check_design` and by every
@@ -334,6 +422,8 @@ def design(adata: AnnData, *, key: str = "varpart") -> DesignAudit:
     adata
         Annotated data after :func:`~scvarpart.pp.check_design` or a fit.
     {doc_key}
+    group
+        For results fitted per group (``groupby=``), the group whose design to return.
 
     Returns
     -------
@@ -358,6 +448,10 @@ def design(adata: AnnData, *, key: str = "varpart") -> DesignAudit:
     1   patient        day  partially crossed
     2   patient   operator  partially crossed
     """
+    if is_grouped(adata, key) or group is not None:
+        audit = result(adata, key=key, group=group).design
+        assert audit is not None  # every fit stores its design
+        return audit
     entry = adata.uns.get(key)
     if not isinstance(entry, Mapping) or "design" not in entry:
         raise KeyError(

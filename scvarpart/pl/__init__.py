@@ -9,6 +9,7 @@ from ._qq import qq
 from ._report import report
 from ._rho import rho
 from ._variance_partition import variance_partition
+from ._voom_trend import voom_trend
 
 __all__ = [
     "batch_metrics",
@@ -20,4 +21,5 @@ __all__ = [
     "report",
     "rho",
     "variance_partition",
+    "voom_trend",
 ]

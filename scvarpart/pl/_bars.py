@@ -9,7 +9,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from .._docs import doc_adata_fitted, doc_key, doc_min_rho, doc_params, doc_show_save
+from .._docs import doc_adata_fitted, doc_group, doc_key, doc_min_rho, doc_params, doc_show_save
 from ..get import result
 from ._common import component_colors, finish
 
@@ -21,12 +21,14 @@ __all__ = ["percent_bars"]
     doc_key=doc_key,
     doc_min_rho=doc_min_rho,
     doc_show_save=doc_show_save,
+    doc_group=doc_group,
 )
 def percent_bars(
     adata: AnnData,
     genes: Sequence[str] | None = None,
     *,
     key: str = "varpart",
+    group: str | None = None,
     sort_by: str | None = None,
     n_top: int = 20,
     min_rho: float = 1.0,
@@ -46,6 +48,7 @@ def percent_bars(
         Genes to show, in this order (top to bottom). By default the first ``n_top``
         genes by ``sort_by``.
     {doc_key}
+    {doc_group}
     sort_by
         ``"batch_dominated"`` (the default when ``rho`` is stored): the most
         batch-dominated genes, as :func:`scvarpart.get.batch_dominated` ranks them
@@ -75,7 +78,7 @@ def percent_bars(
     >>> len(ax.get_yticklabels())
     5
     """
-    res = result(adata, key=key)
+    res = result(adata, key=key, group=group)
     comps = res.component_order()  # sortCols: the bars stack in this order
     colors = component_colors(res.components)
     title = None

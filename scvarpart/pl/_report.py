@@ -15,6 +15,7 @@ from .._io import atomic_output
 from ..get import batch_metrics_df, result
 from ..get._results import declared_checks
 from ..varpart import VarPartResult
+from ..varpart.grouped import group_names, group_table, is_grouped
 from ._bars import percent_bars
 from ._batch_metrics import batch_metrics
 from ._design import design as design_plot
@@ -150,6 +151,43 @@ def _sections(adata: AnnData, res: VarPartResult, key: str, metrics_key: str, n_
     return out
 
 
+def _group_sections(adata: AnnData, key: str, n_top: int):
+    """The sections of results per group: the model, the groups, then one per group."""
+    params = adata.uns[key]["params"]
+    rows = {k: _text(params[k]) for k in ("groupby", *_PARAMS) if k in params and _shown(params[k])}
+    model = table(pd.DataFrame({"value": list(rows.values())}, index=list(rows)))
+    groups = group_table(adata, key)
+    names = group_names(adata, key)
+    results = {g: result(adata, key=key, group=g) for g in names}
+    medians = pd.DataFrame({g: r.summary["median_fraction"] for g, r in results.items()}).T
+    plot = violin(adata, key=key, show=False)
+    body = (
+        table(groups, index=False)
+        + figure_tag(_figure(plot), "fractions per group and component")
+        + "<h3>Median fraction per group and component</h3>"
+        + table(medians)
+    )
+    out = [
+        ("model", "Model", section("model", "Model", model)),
+        ("groups", "Groups", section("groups", f"Groups of {params['groupby']!r}", body)),
+    ]
+    for i, (g, res) in enumerate(results.items()):
+        parts = [_fits(res)]
+        if res.design is not None:
+            parts.append(preformatted(res.design.to_text()))
+        if "rho" in res.per_gene:
+            ranked = res.batch_dominated(n_top=n_top)
+            if len(ranked):
+                bars = percent_bars(adata, key=key, group=g, n_top=n_top, show=False)
+                parts += [figure_tag(_figure(bars), f"most batch-dominated genes of {g}"),
+                          table(ranked)]  # fmt: skip
+            else:
+                parts.append("<p>No gene has at least as much batch as signal variance.</p>")
+        anchor = f"group-{i + 1}"
+        out.append((anchor, str(g), section(anchor, f"Group {g}", *parts)))
+    return out
+
+
 def report(
     adata: AnnData,
     path: str | os.PathLike,
@@ -170,9 +208,11 @@ def report(
     ``rho`` (:func:`rho`); the analysis plan's declared checks and what they found; and,
     after :func:`scvarpart.tl.batch_metrics`, the correction's scores
     (:func:`batch_metrics`) and the embeddings before and after, coloured by a batch and
-    by a label. Figures are embedded PNGs and the style is inline: the file opens in any
-    browser, offline, and is mailed as it is. It is written under a temporary name and
-    renamed into place.
+    by a label. For results per group (``groupby=``): the model, the table of the groups
+    with their fractions side by side and the median per group, then per group its fits,
+    design audit and most batch-dominated genes. Figures are embedded PNGs and the style
+    is inline: the file opens in any browser, offline, and is mailed as it is. It is
+    written under a temporary name and renamed into place.
 
     Parameters
     ----------
@@ -210,13 +250,22 @@ def report(
     >>> 'id="fractions"' in out.read_text()
     True
     """
-    res = result(adata, key=key)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    n_genes = res.summary["n_genes"]
-    n_cells = res.params.get("n_obs", adata.n_obs)
-    subtitle = f"{n_genes:,} genes, {n_cells:,} cells; written {stamp}"
-    sections = _sections(adata, res, key, metrics_key, n_top)
-    text = page(title or f"scvarpart: {res.params['formula']}", subtitle, sections)
+    if is_grouped(adata, key):
+        params = adata.uns[key]["params"]
+        groups = group_table(adata, key)
+        subtitle = (
+            f"{len(groups)} groups of {params['groupby']!r}, {int(groups['n_obs'].sum()):,} "
+            f"observations; written {stamp}"
+        )
+        sections = _group_sections(adata, key, n_top)
+    else:
+        res = result(adata, key=key)
+        params = res.params
+        n_cells = res.params.get("n_obs", adata.n_obs)
+        subtitle = f"{res.summary['n_genes']:,} genes, {n_cells:,} cells; written {stamp}"
+        sections = _sections(adata, res, key, metrics_key, n_top)
+    text = page(title or f"scvarpart: {params['formula']}", subtitle, sections)
     path = Path(path)
     with atomic_output(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")

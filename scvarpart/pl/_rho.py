@@ -10,7 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from .._docs import doc_adata_rho, doc_key, doc_params, doc_show_save
+from .._docs import doc_adata_rho, doc_group, doc_key, doc_params, doc_show_save
 from ..get import result
 from ._common import axes_or_none, finish
 
@@ -39,11 +39,14 @@ def _spread(values: np.ndarray, gap: float, low: float, high: float) -> np.ndarr
     return out
 
 
-@doc_params(doc_adata=doc_adata_rho, doc_key=doc_key, doc_show_save=doc_show_save)
+@doc_params(
+    doc_adata=doc_adata_rho, doc_key=doc_key, doc_show_save=doc_show_save, doc_group=doc_group
+)
 def rho(
     adata: AnnData,
     *,
     key: str = "varpart",
+    group: str | None = None,
     threshold: float = 1.0,
     n_labels: int = 10,
     ax: Sequence[Axes] | None = None,
@@ -63,6 +66,7 @@ def rho(
     ----------
     {doc_adata}
     {doc_key}
+    {doc_group}
     threshold
         The ``rho`` past which a gene is batch-dominated (1: as much technical as
         biological variance).
@@ -88,7 +92,7 @@ def rho(
     >>> ax_scatter.get_xlabel()
     'mean expression'
     """
-    res = result(adata, key=key)
+    res = result(adata, key=key, group=group)
     r = res.rho
     mean = res.per_gene["mean"]
     finite = r[np.isfinite(r) & (r > 0)]

@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._docs import doc_adata_fitted, doc_key, doc_params, doc_show_save
 from ..get import result
 from ..varpart import component_order
-from ._common import component_colors, finish
+from ..varpart.grouped import group_names, is_grouped
+from ._common import axes_or_none, component_colors, finish
 
 if TYPE_CHECKING:
     from matplotlib.collections import PolyCollection
@@ -28,10 +30,11 @@ def variance_partition(
     key: str = "varpart",
     components: Sequence[str] | None = None,
     genes: Sequence[str] | None = None,
-    ax: Axes | None = None,
+    groups: Sequence[str] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: bool | str | None = None,
-) -> Axes | None:
+) -> Axes | list[Axes] | None:
     """Violin and box plot of each component's variance fraction across genes.
 
     As variancePartition's ``plotVarPart``: components sorted by their median
@@ -46,13 +49,18 @@ def variance_partition(
         Components to show (default: all).
     genes
         Genes to include (default: all with estimates).
+    groups
+        For results fitted per group (``groupby=``): the groups to draw, one panel each
+        (default: every fitted group), as dreamlet's ``plotVarPart``; the components in
+        one order throughout.
     ax
-        Axes to draw into; a new figure sized to the components otherwise.
+        Axes to draw into (one per group for results per group); a new figure sized
+        to the components otherwise.
     {doc_show_save}
 
     Returns
     -------
-    The Axes, when ``show`` is false.
+    The Axes (a list, one per group, for results per group), when ``show`` is false.
 
     Examples
     --------
@@ -66,22 +74,68 @@ def variance_partition(
     >>> [label.get_text() for label in ax.get_xticklabels()]
     ['patient', 'chemistry', 'day', 'operator', 'log_umi', 'Residual']
     """
+    if is_grouped(adata, key):
+        return _by_group(adata, key, components, genes, groups, ax, show, save)
+    if groups is not None:
+        raise ValueError(f"groups= needs results fitted per group (groupby=); {key!r} are not.")
+    if ax is not None and not isinstance(ax, Axes):
+        raise TypeError("ax= takes one Axes (a sequence of Axes is for results per group).")
     res = result(adata, key=key)
-    colors = component_colors(res.components)
-    fractions = res.fractions if genes is None else res.fractions.loc[list(genes)]
-    fractions = fractions.dropna() * 100
-    comps = list(fractions.columns if components is None else components)
-    unknown = [c for c in comps if c not in fractions.columns]
-    if unknown:
-        raise KeyError(f"{unknown} are not components; they are {list(fractions.columns)}.")
-    # variancePartition's sortCols over the genes shown
-    order = component_order(fractions[comps])
+    fractions = _fractions(res, components, genes)
+    order = component_order(fractions)  # variancePartition's sortCols over the genes shown
     if ax is None:
         longest = max((len(c) for c in order), default=1)
         _, ax = plt.subplots(
             figsize=(max(4.0, 0.55 * len(order) + 1.5), 4.0 + 0.07 * min(longest, 40)),
             layout="constrained",
         )
+    _panel(ax, fractions, order, component_colors(res.components))
+    ax.set_title(f"variance partition of {len(fractions):,} genes")
+    return finish(ax, show, save, "variance_partition")
+
+
+def _fractions(res, components, genes) -> pd.DataFrame:
+    """The fractions (percent) of the genes with estimates, of the components asked for."""
+    fractions = res.fractions if genes is None else res.fractions.loc[list(genes)]
+    fractions = fractions.dropna() * 100
+    comps = list(fractions.columns if components is None else components)
+    unknown = [c for c in comps if c not in fractions.columns]
+    if unknown:
+        raise KeyError(f"{unknown} are not components; they are {list(fractions.columns)}.")
+    return fractions[comps]
+
+
+def _by_group(adata, key, components, genes, groups, ax, show, save):
+    """One panel per group, the components in one order (sortCols over every group)."""
+    names = group_names(adata, key) if groups is None else [str(g) for g in groups]
+    results = {g: result(adata, key=key, group=g) for g in names}
+    tables = {
+        g: _fractions(r, components, None if genes is None else [x for x in genes if x in r.genes])
+        for g, r in results.items()
+    }
+    order = component_order(pd.concat(tables.values()))
+    colors = component_colors(next(iter(results.values())).components)
+    axes = axes_or_none(ax, len(names), "variance_partition", "groups " + ", ".join(names))
+    if axes is None:
+        cols = min(4, len(names))
+        rows = -(-len(names) // cols)
+        width = max(3.0, 0.45 * len(order) + 1.0)
+        _, grid = plt.subplots(rows, cols, figsize=(width * cols, 3.6 * rows), squeeze=False,
+                               sharey=True, layout="constrained")  # fmt: skip
+        for extra in grid.ravel()[len(names) :]:
+            extra.set_visible(False)
+        axes = list(grid.ravel()[: len(names)])
+    for a, g in zip(axes, names, strict=True):
+        _panel(a, tables[g], order, colors)
+        a.set_title(f"{g} ({len(tables[g]):,} genes)")
+        spec = a.get_subplotspec()
+        if spec is not None and not spec.is_first_col():
+            a.set_ylabel("")
+    return finish(axes, show, save, "variance_partition")
+
+
+def _panel(ax: Axes, fractions: pd.DataFrame, order: list[str], colors) -> None:
+    """Violins and boxes of the fractions (percent) of ``order``'s components."""
     data = [fractions[c].to_numpy() for c in order]
     positions = np.arange(len(order))
     if len(fractions):
@@ -114,6 +168,4 @@ def variance_partition(
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_ylim(0, 100)
     ax.set_ylabel("variance explained (%)")
-    ax.set_title(f"variance partition of {len(fractions):,} genes")
     ax.spines[["top", "right"]].set_visible(False)
-    return finish(ax, show, save, "variance_partition")

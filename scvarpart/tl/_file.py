@@ -109,12 +109,20 @@ def partition_file(
             f"The var names of {path}",
             "read it, run adata.var_names_make_unique() and write it again",
         )
-        prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance)
+        layers = list(root["layers"]) if "layers" in root else []
+        prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance, layers)
         check_test(test)
         check_bootstrap(*bootstrap)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
         elem, source = expression.matrix, expression.source
-        Y = _lazy_matrix(elem, len(var), chunk_size, dask)
+        W = None
+        if prep.weights_layer is not None:
+            # gene-specific weights are fitted gene by gene from columns: pseudobulk-sized
+            # data, read into memory with their responses
+            Y = ad.io.read_elem(elem)
+            W = ad.io.read_elem(root["layers"][prep.weights_layer])
+        else:
+            Y = _lazy_matrix(elem, len(var), chunk_size, dask)
         results = _partition(
             prep,
             Y,
@@ -131,6 +139,7 @@ def partition_file(
             store_blups=store_blups,
             test=test,
             bootstrap=bootstrap,
+            W=W,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 

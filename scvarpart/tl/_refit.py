@@ -50,7 +50,7 @@ def fitted_design(adata: AnnData, params: Mapping, covariance) -> Design:
         warnings.simplefilter("ignore")
         prep = _prepare(
             adata.obs, params["formula"], params.get("method", "ML"), None, None,
-            params.get("cells") or None, params.get("weights"), covariance,
+            params.get("cells") or None, params.get("weights"), covariance, list(adata.layers),
         )  # fmt: skip
     return prep.design
 

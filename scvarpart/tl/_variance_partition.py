@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from .._docs import (
 )
 from .._names import as_names
 from .._warn import warn
-from ..design import Design, DesignAudit, audit_design, build_design, parse_formula
+from ..design import Design, DesignAudit, DesignError, audit_design, build_design, parse_formula
 from ..design.audit import FEW_LEVELS
 from ..get._results import check_var_names
 from ..lmm.genes import check_bootstrap
@@ -43,6 +44,8 @@ from ..lmm.lrt import check_test
 from ..storage.matrix import value_sample
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
+from ..varpart.grouped import grouped_params, write_grouped
+from ._grouped import check_groupby, fit_groups
 from ._progress import progress_bar
 
 __all__ = ["check_options", "variance_partition", "write_results"]
@@ -118,6 +121,33 @@ class _Prepared(NamedTuple):
     signal: list[str] | None
     model: dict  # the model's options besides the formula, as recorded in params
     audit: DesignAudit
+    weights_layer: str | None = None  # gene-specific weights: the layer holding them
+
+
+def _weights_kind(weights, obs: pd.DataFrame, layers: Sequence[str]) -> str | None:
+    """Whether ``weights`` names an ``obs`` column (shared weights) or a layer (per gene).
+
+    ``"obs"``, ``"layer"`` or ``None`` (no weights); a name that is neither, or both, is
+    refused here, before anything is read.
+    """
+    if weights is None:
+        return None
+    if not isinstance(weights, str) or not weights:
+        raise TypeError(f"weights= must name an obs column or a layer of weights, got {weights!r}.")
+    in_obs, in_layers = weights in obs.columns, weights in layers
+    if in_obs and in_layers:
+        raise ValueError(
+            f"weights={weights!r} names both an obs column and a layer; rename one of "
+            "them (an obs column holds weights shared by every gene, a layer one weight "
+            "per cell and gene)."
+        )
+    if not (in_obs or in_layers):
+        raise DesignError(
+            f"weights={weights!r} is not a column of obs, nor a layer. obs columns: "
+            f"{list(obs.columns)[:20]}; layers: {list(layers)}. Compute precision weights "
+            "with svp.pp.voom_weights, or pass the column of sample weights."
+        )
+    return "layer" if in_layers else "obs"
 
 
 def _covariance_record(covariance: Mapping[str, pd.DataFrame] | None) -> dict[str, str] | None:
@@ -204,8 +234,12 @@ def _prepare(
     cells=None,
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
+    layers: Sequence[str] = (),
 ) -> _Prepared:
-    """Every check that needs only the design, before any data are touched."""
+    """Every check that needs only the design, before any data are touched.
+
+    ``layers``: the names of the layers, where ``weights`` may name gene-specific ones.
+    """
     method_u = _METHODS.get(str(method).upper())
     if method_u is None:
         raise ValueError(f"method must be 'ML' or 'REML', got {method!r}.")
@@ -222,15 +256,21 @@ def _prepare(
             f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
             "response is each gene in turn. Write it as '~ ...'."
         )
+    kind = _weights_kind(weights, obs, layers)
     design = build_design(
-        parsed, obs, rows=cell_filter(obs, cells), weights=weights, covariance=covariance
-    )
+        parsed, obs, rows=cell_filter(obs, cells), weights=weights if kind == "obs" else None,
+        covariance=covariance,
+    )  # fmt: skip
     check_roles(batch_l, signal_l, design.components)
     audit = audit_design(design)
     _warn_few_levels(design, method_u)
     _warn_weak(audit)
-    model = {"weights": weights, "covariance": _covariance_record(covariance)}
-    return _Prepared(design, method_u, batch_l, signal_l, model, audit)
+    model = {
+        "weights": weights, "weights_per_gene": kind == "layer" or None,
+        "covariance": _covariance_record(covariance),
+    }  # fmt: skip
+    layer = weights if kind == "layer" else None
+    return _Prepared(design, method_u, batch_l, signal_l, model, audit, layer)
 
 
 def _partition(
@@ -250,10 +290,12 @@ def _partition(
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
     bootstrap: tuple[int, int, float | None] = (0, 0, 0.95),
+    W=None,
 ) -> VarPartResult:
     """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`.
 
     ``bootstrap``: ``n_boot``, ``seed`` and ``ci`` of :func:`scvarpart.lmm.fit_stats`.
+    ``W``: the gene-specific weights (the layer ``prep.weights_layer``), shaped as ``Y``.
     """
     design = prep.design
     if Y.shape != (len(design.keep), len(var_names)):
@@ -267,34 +309,30 @@ def _partition(
     start = logg.info(
         f"fitting {design.formula.text!r} ({prep.method}) to {n_genes} genes x {design.n_obs} cells"
     )
-    with progress_bar("reading data", progress) as bar:
-        stats = lmm.response_stats(
-            Y,
-            design,
-            var_names=var_names,
-            genes=genes,
-            chunk_size=chunk_size,
-            n_jobs=n_jobs,
-            progress=bar,
-            source=source,
-        )
-    logg.debug("    sufficient statistics computed", time=start)
-    with progress_bar("fitting genes", progress) as bar:
-        result = lmm.fit_stats(
-            stats,
-            method=prep.method,
-            batch=prep.batch,
-            signal=prep.signal,
-            min_cells=min_cells,
-            n_jobs=n_jobs,
-            batch_size=batch_size,
-            progress=bar,
-            store_blups=store_blups,
-            test=test,
-            n_boot=bootstrap[0],
-            seed=bootstrap[1],
-            ci=bootstrap[2],
-        )
+    fit_options: dict[str, Any] = {
+        "method": prep.method, "batch": prep.batch, "signal": prep.signal,
+        "min_cells": min_cells, "store_blups": store_blups, "test": test,
+        "n_boot": bootstrap[0], "seed": bootstrap[1], "ci": bootstrap[2],
+    }  # fmt: skip
+    if W is not None:  # gene-specific weights: each gene its own weighted statistics
+        cols = slice(None) if genes is None else genes
+        with progress_bar("fitting genes", progress) as bar:
+            result = lmm.fit_gene_weights(
+                design, Y[:, cols], W[:, cols], var_names=var_names[cols], n_jobs=n_jobs,
+                progress=bar, source=source, weights_source=f"layers[{prep.weights_layer!r}]",
+                **fit_options,
+            )  # fmt: skip
+    else:
+        with progress_bar("reading data", progress) as bar:
+            stats = lmm.response_stats(
+                Y, design, var_names=var_names, genes=genes, chunk_size=chunk_size,
+                n_jobs=n_jobs, progress=bar, source=source,
+            )  # fmt: skip
+        logg.debug("    sufficient statistics computed", time=start)
+        with progress_bar("fitting genes", progress) as bar:
+            result = lmm.fit_stats(
+                stats, n_jobs=n_jobs, batch_size=batch_size, progress=bar, **fit_options
+            )
     fitted = result.params
     result = replace(
         result,
@@ -390,6 +428,7 @@ def variance_partition(
     batch_size: int = 256,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    groupby: str | None = None,
     copy: bool = False,
     inplace: bool = True,
 ) -> AnnData | VarPartResult | None:
@@ -445,16 +484,29 @@ def variance_partition(
         Cells read per block in the pass over the data (by default about 4 million
         stored values, 32 MB as float64); bounds the memory used for a backed object.
     {doc_progress}
+    groupby
+        An ``obs`` column (a cell type): fit the model to each group on its own, as
+        dreamlet fits each cell type. Every group's design is checked first; a group that
+        cannot be fitted (too few observations, a factor with one level) is skipped with
+        its reason. Pseudobulk data made with the same ``groupby`` are fitted on each
+        group's expressed genes. The results are stored per group in ``uns[key_added]``
+        (below); read them with :func:`scvarpart.get.varpart_df` and the other getters
+        (a ``group`` column, or ``group=``), :func:`scvarpart.get.groups` and
+        :func:`scvarpart.pl.variance_partition` (one panel per group).
     copy
         Return a modified copy instead of writing into ``adata``.
     inplace
-        Write the results into ``adata``; with ``False``, return them instead.
+        Write the results into ``adata``; with ``False``, return them instead (with
+        ``groupby``, a dict of each group's result).
 
     Returns
     -------
-    None or AnnData or VarPartResult
-        With ``inplace=True``, ``None`` (or the modified copy when ``copy=True``),
-        and these fields are set:
+    None or AnnData or VarPartResult or dict
+        With ``inplace=True``, ``None`` (or the modified copy when ``copy=True``). With
+        ``groupby``, ``adata.uns[key_added]`` holds ``params``, ``group_table`` (per
+        group: ``status`` fitted or skipped, ``reason``, observations, genes, genes with
+        estimates, the warnings about its design) and ``groups`` (each group's result as
+        it would be stored alone). Without, these fields are set:
 
         ``adata.varm[key_added]``
             DataFrame of variance fractions, genes x components (random terms as
@@ -552,10 +604,26 @@ def variance_partition(
         raise ValueError("copy=True returns the modified copy; it needs inplace=True.")
     check_options(batch_size=batch_size, chunk_size=chunk_size, n_jobs=n_jobs, min_cells=min_cells)
     check_var_names(adata.var_names)
-    prep = _prepare(adata.obs, formula, method, batch, signal, cells, weights, covariance)
+    with warnings.catch_warnings():
+        if groupby is not None:  # the whole data's design is checked, each group's warned of
+            check_groupby(adata.obs, groupby)
+            warnings.simplefilter("ignore")
+        prep = _prepare(
+            adata.obs, formula, method, batch, signal, cells, weights, covariance,
+            list(adata.layers),
+        )  # fmt: skip
     check_test(test)
     check_bootstrap(n_boot, seed, ci)
+    if groupby is not None:
+        return _by_group(adata, groupby, copy=copy, inplace=inplace, options=dict(
+            formula=formula, batch=batch, signal=signal, method=method, layer=layer,
+            use_raw=use_raw, cells=cells, min_cells=min_cells, weights=weights,
+            covariance=covariance, store_blups=store_blups, test=test, n_boot=n_boot,
+            seed=seed, ci=ci, n_jobs=n_jobs, batch_size=batch_size, chunk_size=chunk_size,
+            progress=progress, key_added=key_added,
+        ))  # fmt: skip
     Y, source = _expression(adata, layer, use_raw)
+    W = None if prep.weights_layer is None else adata.layers[prep.weights_layer]
     results = _partition(
         prep,
         Y,
@@ -571,10 +639,35 @@ def variance_partition(
         batch_size=batch_size,
         chunk_size=chunk_size,
         progress=progress,
+        W=W,
     )
     if not inplace:
         return results
     if copy:
         adata = adata.copy()
     write_results(adata, results, key_added)
+    return adata if copy else None
+
+
+def _by_group(adata: AnnData, groupby: str, *, copy, inplace, options):
+    """:func:`variance_partition` of each group of ``obs[groupby]`` (``options``: its arguments)."""
+    layers = list(adata.layers)
+    o = options
+
+    def prepare(obs: pd.DataFrame) -> _Prepared:
+        return _prepare(
+            obs, o["formula"], o["method"], o["batch"], o["signal"], o["cells"],
+            o["weights"], o["covariance"], layers,
+        )  # fmt: skip
+
+    def fit(view: AnnData) -> VarPartResult:
+        return cast(VarPartResult, variance_partition(view, inplace=False, **options))
+
+    results, table = fit_groups(adata, groupby, prepare, fit)
+    if not inplace:
+        return results
+    params = grouped_params(groupby, results)
+    if copy:
+        adata = adata.copy()
+    write_grouped(adata, results, table, o["key_added"], params)
     return adata if copy else None

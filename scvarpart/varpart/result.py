@@ -135,7 +135,8 @@ def stored_keys(adata: AnnData, key: str) -> dict[str, list[str]]:
     that is not a variance partition.
     """
     entry = adata.uns.get(key)
-    if not isinstance(entry, Mapping) or "params" not in entry:
+    # results per group keep everything in uns (scvarpart.varpart.grouped)
+    if not isinstance(entry, Mapping) or "params" not in entry or "group_table" in entry:
         return {"var": [], "varm": []}
     recorded = entry.get("result_keys")
     if isinstance(recorded, Mapping):
