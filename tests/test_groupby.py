@@ -66,7 +66,7 @@ def test_stacked_tables_and_errors():
     assert len(long) == 3 * 8 * 3  # groups x genes x components
     rho = svp.get.rho_df(adata)
     assert rho.index.names == ["group", "gene"]
-    with pytest.raises(KeyError, match=r"per group of 'cell_type': pass group="):
+    with pytest.raises(KeyError, match=r"per group of 'cell_type': read one group's with group="):
         svp.get.result(adata)
     with pytest.raises(KeyError, match="No group 'X'"):
         svp.get.result(adata, group="X")

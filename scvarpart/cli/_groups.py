@@ -214,19 +214,24 @@ def _chunks_by_group(names: list[str], infos: list[dict]) -> dict[str, list[int]
     MergeError for chunks of different analyses, missing or duplicated chunks, a group
     without chunks or one the input does not have.
     """
-    for field in ("groupby", "key", "n_chunks", "params_fingerprint", "version",
-                  "input_fingerprint", "covariance_fingerprints"):  # fmt: skip
+    for field in ("groupby", "key", "params_fingerprint", "version", "input_fingerprint",
+                  "covariance_fingerprints"):  # fmt: skip
         values = {str(info.get(field)) for info in infos}
         if len(values) > 1:
             raise MergeError(f"the chunks differ in {field} ({', '.join(sorted(values))}).")
     groups = [str(g) for g in infos[0]["groups"]]
-    n = int(infos[0]["n_chunks"])
     by_group: dict[str, dict[int, list[int]]] = {}
     for j, info in enumerate(infos):
         by_group.setdefault(str(info["group"]), {}).setdefault(int(info["index"]), []).append(j)
     problems = [f"group {g!r} has no chunk" for g in groups if g not in by_group]
     problems += [f"group {g!r} is not a group of the input" for g in by_group if g not in groups]
+    sizes = {}  # each group's number of chunks (a small group may be split in fewer)
     for g, files in by_group.items():
+        counts = {int(infos[j]["n_chunks"]) for js in files.values() for j in js}
+        if len(counts) > 1:
+            problems.append(f"group {g!r} has chunks of {' and '.join(map(str, sorted(counts)))}")
+            continue
+        n = sizes[g] = counts.pop()
         problems += [f"group {g!r} chunk {i}/{n} twice: {', '.join(names[j] for j in js)}"
                      for i, js in files.items() if len(js) > 1]  # fmt: skip
         missing = sorted(set(range(1, n + 1)) - set(files))
@@ -234,7 +239,7 @@ def _chunks_by_group(names: list[str], infos: list[dict]) -> dict[str, list[int]
             problems.append(f"group {g!r} misses chunks {', '.join(f'{i}/{n}' for i in missing)}")
     if problems:
         raise MergeError("; ".join(problems) + ".")
-    return {g: [by_group[g][i][0] for i in range(1, n + 1)] for g in groups}
+    return {g: [by_group[g][i][0] for i in range(1, sizes[g] + 1)] for g in groups}
 
 
 def _group_result(g: str, order: list[int], names, chunks, infos, key: str) -> VarPartResult:

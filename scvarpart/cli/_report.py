@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from .._io import OutputExistsError, atomic_output, check_input, check_output, read_results
-from ..varpart.grouped import group_names, is_grouped, read_group
 from ._common import EXIT_CODES, CLIError
 
 __all__ = ["add_parsers"]
@@ -199,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
 def _results(adata, key: str) -> dict:
     """The result under ``key`` (``{None: result}``), or every fitted group's."""
     from ..varpart import VarPartResult
+    from ..varpart.grouped import group_names, is_grouped, read_group
 
     if is_grouped(adata, key):
         return {g: read_group(adata, key, g) for g in group_names(adata, key)}

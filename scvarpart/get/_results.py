@@ -79,9 +79,11 @@ def result(adata: AnnData, *, key: str = "varpart", group: str | None = None) ->
         if group is None:
             groupby = adata.uns[key]["params"].get("groupby")
             raise KeyError(
-                f"The results under {key!r} were fitted per group of {groupby!r}: pass "
-                f"group= (one of {group_names(adata, key)}), or use the tables "
-                "(svp.get.varpart_df, ...), which stack the groups."
+                f"The results under {key!r} were fitted per group of {groupby!r}: read one "
+                f"group's with group= (one of {group_names(adata, key)}), or the tables "
+                "(svp.get.varpart_df, ...), which stack the groups. Tools that refit a fit "
+                "(diagnose, remove_batch_effects, batch_metrics) need a fit of one group's "
+                f"cells: variance_partition(adata[adata.obs[{groupby!r}] == group], ...)."
             )
         return read_group(adata, key, group)
     if group is not None:
