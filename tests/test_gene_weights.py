@@ -237,3 +237,49 @@ def test_voom_weights_refuse_what_is_not_counts_and_keep_the_input():
     assert len(ax.lines) == 1 and ax.get_legend() is not None
     with pytest.raises(KeyError, match=r"run svp\.pp\.voom_weights"):
         svp.pl.voom_trend(bulk, show=False)
+
+
+def test_a_weights_layer_from_a_file_and_the_command_line(tmp_path):
+    """The file function and chunks of the command line give the in-memory fit."""
+    from test_cli import cli, ok
+
+    bulk = _bulk()
+    bulk.layers["voom"] = np.array(_reference()["voom"]["sample_weights_w"]["weights"])
+    path = tmp_path / "bulk.h5ad"
+    bulk.write_h5ad(path)
+    svp.tl.variance_partition(bulk, FORMULA, method="REML", weights="voom", progress=False)
+    on_file = svp.tl.variance_partition_file(
+        path, FORMULA, method="REML", weights="voom", progress=False
+    )
+    pd.testing.assert_frame_equal(on_file.varm["varpart"], bulk.varm["varpart"])
+    model = ["--formula", FORMULA, "--method", "REML", "--weights", "voom"]
+    ok(cli("fit", path, *model, "-o", tmp_path / "whole.h5ad"))
+    for i in (1, 2):
+        ok(cli("fit", path, *model, "--genes", f"{i}/2", "-o", tmp_path / f"c{i}.h5ad"))
+    ok(cli("merge", tmp_path / "c1.h5ad", tmp_path / "c2.h5ad", "--into", path,
+           "-o", tmp_path / "merged.h5ad"))  # fmt: skip
+    whole, merged = ad.read_h5ad(tmp_path / "whole.h5ad"), ad.read_h5ad(tmp_path / "merged.h5ad")
+    pd.testing.assert_frame_equal(whole.varm["varpart"], bulk.varm["varpart"])
+    pd.testing.assert_frame_equal(merged.varm["varpart"], whole.varm["varpart"])
+    assert whole.uns["varpart"]["params"]["weights_per_gene"]
+
+
+def test_correcting_a_fit_with_a_weights_layer_refits_it_with_those_weights():
+    bulk = _bulk()
+    bulk.layers["voom"] = np.array(_reference()["voom"]["sample_weights_w"]["weights"])
+    svp.tl.variance_partition(bulk, FORMULA, method="REML", weights="voom", progress=False)
+    svp.tl.remove_batch_effects(bulk, terms=["batch"])
+    with_blups = svp.tl.variance_partition(
+        bulk, FORMULA, method="REML", weights="voom", store_blups=True, ci=None,
+        inplace=False, progress=False,
+    )  # fmt: skip
+    # the corrected values: X less each sample's batch BLUP, fitted with the weights
+    blups = with_blups.blups["batch"]
+    codes = bulk.obs["batch"].astype(str).to_numpy()
+    expected = bulk.X - blups[codes].to_numpy().T
+    corrected = bulk.layers["varpart_corrected"]  # float32
+    np.testing.assert_allclose(corrected, expected, rtol=1e-6)
+    unweighted = svp.tl.variance_partition(
+        bulk, FORMULA, method="REML", store_blups=True, ci=None, inplace=False, progress=False
+    ).blups["batch"]
+    assert np.abs(corrected - (bulk.X - unweighted[codes].to_numpy().T)).max() > 1e-3

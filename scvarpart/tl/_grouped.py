@@ -27,6 +27,7 @@ __all__ = [
     "count_fitted",
     "fit_group",
     "fit_groups",
+    "group_order",
     "say_skipped",
 ]
 
