@@ -102,10 +102,24 @@ def _options(analysis: dict, covariance, args: argparse.Namespace) -> dict:
     return out
 
 
+def _fitter(data, options: dict, provenance: dict):
+    """A group's fit: its rows in memory, the API's fit of them, the run's provenance.
+
+    From a backed file only the group's rows are read.
+    """
+    from ..tl._variance_partition import variance_partition
+
+    def fit(view):
+        sub = view.to_memory() if data.isbacked else view
+        return variance_partition(sub, inplace=False, **options).with_params(**provenance)
+
+    return fit
+
+
 def run_grouped(args, source: Path, analysis: dict, provenance: dict, covariance, others) -> int:
     """``fit --groupby``: every group into a copy of the input, or one group's chunk."""
     from ..tl._grouped import check_groups, count_fitted, fit_group, say_skipped
-    from ..tl._variance_partition import _prepare, variance_partition
+    from ..tl._variance_partition import _prepare
     from ..varpart.grouped import grouped_params, write_grouped
 
     groupby, key = args.groupby, analysis["key_added"]
@@ -137,10 +151,7 @@ def run_grouped(args, source: Path, analysis: dict, provenance: dict, covariance
             raise CLIError(f"no group of {groupby!r} can be fitted ({listing}).")
         say_skipped(table, groupby)
 
-        def fit(view):
-            sub = view.to_memory() if data.isbacked else view
-            return variance_partition(sub, inplace=False, **options).with_params(**provenance)
-
+        fit = _fitter(data, options, provenance)
         results = {g: fit_group(data, table, g, mask, genes, fit) for g, mask, genes in ready}
     finally:
         if data.isbacked:
@@ -162,7 +173,7 @@ def _one_group(args, source, data, table, ready, options, provenance, others) ->
 
     from .. import __version__
     from ..tl._grouped import fit_group
-    from ..tl._variance_partition import variance_partition, write_results
+    from ..tl._variance_partition import write_results
     from ._fit import CHUNK_KEY, chunk_bounds
 
     i, n = args.genes or (1, 1)
@@ -185,12 +196,7 @@ def _one_group(args, source, data, table, ready, options, provenance, others) ->
         info.update(start=start, stop=stop)
         if stop > start:
             chosen = np.isin(data.var_names, names[start:stop])
-
-            def fit(view):
-                sub = view.to_memory() if data.isbacked else view
-                res = variance_partition(sub, inplace=False, **options)
-                return res.with_params(**provenance)
-
+            fit = _fitter(data, options, provenance)
             result = fit_group(data, table, group, mask, chosen, fit)
             chunk = AnnData(var=data.var.loc[names[start:stop]].copy())
             write_results(chunk, result, options["key_added"])
