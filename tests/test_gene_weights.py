@@ -283,3 +283,36 @@ def test_correcting_a_fit_with_a_weights_layer_refits_it_with_those_weights():
         bulk, FORMULA, method="REML", store_blups=True, ci=None, inplace=False, progress=False
     ).blups["batch"]
     assert np.abs(corrected - (bulk.X - unweighted[codes].to_numpy().T)).max() > 1e-3
+
+
+def test_voom_weights_per_group_are_each_groups_own():
+    """groupby=: each group's weights are voom of its samples and expressed genes alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cells = svp.datasets.simulate_counts(8000, 150, seed=4, counts=True)
+    rng = np.random.default_rng(4)
+    cells.obs["cell_type"] = rng.choice(["B", "T"], cells.n_obs, p=[0.35, 0.65])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bulk = svp.pp.pseudobulk(cells, "library", groupby="cell_type")
+    model = "~ (1|patient) + (1|chemistry)"
+    svp.pp.voom_weights(bulk, model, groupby="cell_type", weights="n_cells", method="REML")
+    W = bulk.layers["voom"]
+    for group in ("B", "T"):
+        rows = (bulk.obs["cell_type"] == group).to_numpy()
+        genes = bulk.varm["expressed"][group].to_numpy()
+        alone = bulk[rows, genes].copy()
+        svp.pp.voom_weights(alone, model, weights="n_cells", method="REML")
+        np.testing.assert_array_equal(W[np.ix_(rows, genes)], alone.layers["voom"])
+        assert np.isnan(W[np.ix_(rows, ~genes)]).all()
+    trends = bulk.uns["voom"]["trend"]
+    assert [t["group"] for t in trends.values()] == ["B", "T"]
+    # and the fit per group with them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        svp.tl.variance_partition(bulk, model, groupby="cell_type", weights="voom",
+                                  method="REML", ci=None, progress=False)  # fmt: skip
+    assert (svp.get.groups(bulk)["status"] == "fitted").all()
+    axes = svp.pl.voom_trend(bulk, show=False)
+    assert [a.get_title() for a in axes] == ["B", "T"]

@@ -67,7 +67,7 @@ def _read_obs(source: Path) -> pd.DataFrame:
 
 
 def run_groups(args: argparse.Namespace) -> int:
-    from ..tl._grouped import group_order
+    from .._groups import group_order
 
     source = check_input(args.input)
     with reading(source):
@@ -209,7 +209,7 @@ def _one_group(args, source, data, table, ready, options, provenance, others) ->
 
 
 def _all_groups(obs, groupby: str) -> list[str]:
-    from ..tl._grouped import group_order
+    from .._groups import group_order
 
     return [str(g) for g in group_order(obs, groupby)[0]]
 

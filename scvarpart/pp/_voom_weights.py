@@ -11,6 +11,7 @@ from scanpy import logging as logg
 
 from .. import lmm
 from .._docs import doc_n_jobs, doc_params
+from .._groups import expressed_genes, group_order
 from .._warn import warn
 from ..counts import log_cpm
 from ..counts.voom import mean_variance_trend, precision_weights
@@ -68,6 +69,7 @@ def voom_weights(
     weights: str | None = None,
     method: Literal["ML", "REML"] = "ML",
     span: float = 0.5,
+    groupby: str | None = None,
     key_added: str = "voom",
     n_jobs: int | None = 1,
     copy: bool = False,
@@ -107,6 +109,12 @@ def voom_weights(
         ``"ML"`` (variancePartition's fit) or ``"REML"``.
     span
         The lowess span (voom's 0.5).
+    groupby
+        An ``obs`` column (a cell type): voom per group, on the group's samples and, for
+        pseudobulk data made with the same ``groupby``, its expressed genes, with the
+        group's own fit and trend (as dreamlet runs ``voomWithDreamWeights`` per cell
+        type). The weights of a gene outside a group's genes are NaN in its samples; a
+        group whose model cannot be fitted gets none, with a warning.
     key_added
         The weights are written to ``layers[key_added]``, the trend to ``uns[key_added]``.
     {doc_n_jobs}
@@ -121,10 +129,11 @@ def voom_weights(
         The weights, samples x genes (NaN for samples the model does not use: a missing
         covariate).
     ``var[f"{{key_added}}_mean_log_count"]``, ``var[f"{{key_added}}_sqrt_sd"]``
-        The trend's coordinates of each gene.
+        Without ``groupby``: the trend's coordinates of each gene.
     ``uns[key_added]``
         ``params``, and ``trend`` (the lowess curve's ``x`` and ``y``) for
-        :func:`scvarpart.pl.voom_trend`.
+        :func:`scvarpart.pl.voom_trend`; with ``groupby``, one per group (its ``group``,
+        curve, genes and their coordinates) under the group's position.
 
     Examples
     --------
@@ -140,21 +149,52 @@ def voom_weights(
     """
     counts, source = _counts(adata, layer)
     lib = _library_sizes(adata.obs, counts, lib_size)
-    design = build_design(parse_formula(formula), adata.obs, weights=weights)
+    options = {"formula": formula, "weights": weights, "method": method, "span": span,
+               "n_jobs": n_jobs}  # fmt: skip
+    start = logg.info(f"voom weights: fitting {formula!r} ({method}) to {counts.shape[1]} genes")
+    if groupby is None:
+        W, trend, notes = _voom(adata.obs, counts, lib, adata.var_names, **options)
+        trends = {"x": trend.x, "y": trend.y}
+    else:
+        W, trends, notes = _voom_groups(adata, groupby, counts, lib, options)
+    for note in notes:
+        warn(f"voom_weights: {note}")
+    logg.info("    finished", time=start)
+    if copy:
+        adata = adata.copy()
+    adata.layers[key_added] = W
+    if groupby is None:
+        adata.var[f"{key_added}_mean_log_count"] = trend.mean_log_count
+        adata.var[f"{key_added}_sqrt_sd"] = trend.sqrt_sd
+    adata.uns[key_added] = {
+        "params": {
+            "formula": formula, "method": method, "layer": layer, "source": source,
+            "lib_size": lib_size, "weights": weights, "span": span,
+            **({"groupby": groupby} if groupby else {}),
+        },
+        "trend": trends,
+    }  # fmt: skip
+    return adata if copy else None
+
+
+def _voom(obs, counts, lib, var_names, *, formula, weights, method, span, n_jobs):
+    """The weights of one set of samples by voom, its trend, and what to warn of.
+
+    The weights are NaN in the samples the model drops (a missing covariate).
+    """
+    design = build_design(parse_formula(formula), obs, weights=weights)
     E = log_cpm(counts, lib)
-    start = logg.info(f"voom weights: fitting {formula!r} ({method}) to {E.shape[1]} genes")
     fit = lmm.fit(
-        design, E, method=method, var_names=adata.var_names, store_blups=True, ci=None,
-        n_jobs=n_jobs,
-    )  # fmt: skip
+        design, E, method=method, var_names=var_names, store_blups=True, ci=None, n_jobs=n_jobs
+    )
     sample_w = np.ones(design.n_obs) if design.weights is None else design.weights
     # lme4's sigma: the residual component is sigma^2 times the mean of 1 / w
     sigma = np.sqrt(fit.variance["Residual"].to_numpy() / np.mean(1.0 / sample_w))
     rows = np.flatnonzero(design.keep)
     names = [f.name for f in design.factors]
-    beta, blups, failed = coefficient_arrays(fit, design, adata.var_names, names)
+    beta, blups, failed = coefficient_arrays(fit, design, pd.Index(var_names), names)
     fitted = Effects.of(design, beta, blups).at(np.arange(design.n_obs))
-    gone = adata.var_names.isin(failed)
+    gone = pd.Index(var_names).isin(failed)
     # genes without estimates: their mean as the fitted value (an intercept-only model)
     fitted[:, gone] = E[np.ix_(rows, gone)].mean(axis=0)
     trend = mean_variance_trend(
@@ -162,28 +202,48 @@ def voom_weights(
     )
     W = np.full(E.shape, np.nan)
     W[rows] = precision_weights(trend, fitted, lib[rows]) * sample_w[:, None]
+    notes = []
     if gone.any():
-        warn(
-            f"voom_weights: {int(gone.sum())} genes have no fit (e.g. {failed[0]!r}; the "
-            "reasons: svp.lmm.fit on layers of log CPM); their weights come from the trend "
-            "at their mean."
+        notes.append(
+            f"{int(gone.sum())} genes have no fit (e.g. {failed[0]!r}); their weights come "
+            "from the trend at their mean"
         )
     if np.nanmax(W) > _LARGE_WEIGHT:
-        warn(
-            f"voom_weights: the largest precision weight is {np.nanmax(W):.3g}: the trend "
-            "fits the highest counts badly (see svp.pl.voom_trend); try a smaller span."
+        notes.append(
+            f"the largest precision weight is {np.nanmax(W):.3g}: the trend fits the highest "
+            "counts badly (see svp.pl.voom_trend); try a smaller span"
         )
-    logg.info("    finished", time=start)
-    if copy:
-        adata = adata.copy()
-    adata.layers[key_added] = W
-    adata.var[f"{key_added}_mean_log_count"] = trend.mean_log_count
-    adata.var[f"{key_added}_sqrt_sd"] = trend.sqrt_sd
-    adata.uns[key_added] = {
-        "params": {
-            "formula": formula, "method": method, "layer": layer, "source": source,
-            "lib_size": lib_size, "weights": weights, "span": span,
-        },
-        "trend": {"x": trend.x, "y": trend.y},
-    }  # fmt: skip
-    return adata if copy else None
+    return W, trend, notes
+
+
+def _voom_groups(adata: AnnData, groupby: str, counts, lib, options):
+    """The weights per group, as dreamlet runs voom per cell type.
+
+    Each group's samples and genes get their own fit and trend. Returns the weights (NaN
+    outside each group's genes), the trends per group (keyed by the group's position) and
+    what to warn of.
+    """
+    groups, _ = group_order(adata.obs, groupby)
+    labels = adata.obs[groupby].to_numpy()
+    W = np.full(counts.shape, np.nan)
+    trends, notes = {}, []
+    for i, group in enumerate(groups):
+        rows = np.flatnonzero(labels == group)
+        genes = expressed_genes(adata, groupby, group)
+        cols = np.arange(adata.n_vars) if genes is None else np.flatnonzero(genes)
+        try:
+            Wg, trend, said = _voom(
+                adata.obs.iloc[rows], counts[np.ix_(rows, cols)], lib[rows],
+                adata.var_names[cols], **options,
+            )  # fmt: skip
+        except ValueError as err:  # a design that cannot be fitted, too few genes
+            notes.append(f"group {group!r} has no weights: {err}")
+            continue
+        W[np.ix_(rows, cols)] = Wg
+        notes += [f"group {group!r}: {n}" for n in said]
+        trends[str(i)] = {
+            "group": str(group), "x": trend.x, "y": trend.y, "genes": np.asarray(
+                adata.var_names[cols], dtype=str), "mean_log_count": trend.mean_log_count,
+            "sqrt_sd": trend.sqrt_sd,
+        }  # fmt: skip
+    return W, trends, notes

@@ -18,48 +18,17 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._groups import expressed_genes, group_order
 from .._warn import warn
 from ..varpart import VarPartResult
 
 __all__ = [
-    "check_groupby",
     "check_groups",
     "count_fitted",
     "fit_group",
     "fit_groups",
-    "group_order",
     "say_skipped",
 ]
-
-
-def check_groupby(obs: pd.DataFrame, groupby) -> None:
-    """``groupby`` names a column of ``obs``."""
-    if not isinstance(groupby, str) or groupby not in obs.columns:
-        raise KeyError(
-            f"groupby={groupby!r} is not a column of adata.obs. Available: "
-            f"{list(obs.columns)[:20]}."
-        )
-
-
-def group_order(obs: pd.DataFrame, groupby: str) -> tuple[list, int]:
-    """The groups in order (categories' order, else sorted) and the unlabelled cells."""
-    check_groupby(obs, groupby)
-    column = obs[groupby]
-    present = set(column.dropna().unique())
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        groups = [g for g in column.cat.categories if g in present]
-    else:
-        groups = sorted(present, key=str)
-    return groups, int(column.isna().sum())
-
-
-def _expressed_genes(adata: AnnData, groupby: str, group) -> np.ndarray | None:
-    """The genes pseudobulk's filter kept in ``group`` (None: every gene)."""
-    made = adata.uns.get("pseudobulk", {}).get("params", {})
-    table = adata.varm.get("expressed")
-    if made.get("groupby") != groupby or table is None or str(group) not in table:
-        return None
-    return np.asarray(table[str(group)], dtype=bool)
 
 
 def _reason(err: Exception) -> str:
@@ -93,7 +62,7 @@ def check_groups(
     rows, ready = [], []
     for group in groups:
         mask = labels == group
-        genes = _expressed_genes(adata, groupby, group)
+        genes = expressed_genes(adata, groupby, group)
         row = {"group": str(group), "n_obs": int(mask.sum()),
                "n_genes": int(adata.n_vars if genes is None else genes.sum())}  # fmt: skip
         with warnings.catch_warnings(record=True) as caught:

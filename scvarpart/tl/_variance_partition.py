@@ -34,6 +34,7 @@ from .._docs import (
     doc_use_raw,
     doc_weights,
 )
+from .._groups import check_groupby
 from .._names import as_names
 from .._warn import warn
 from ..design import Design, DesignAudit, DesignError, audit_design, build_design, parse_formula
@@ -45,7 +46,7 @@ from ..storage.matrix import value_sample
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
 from ..varpart.grouped import grouped_params, write_grouped
-from ._grouped import check_groupby, fit_groups
+from ._grouped import fit_groups
 from ._progress import progress_bar
 
 __all__ = ["check_options", "variance_partition", "write_results"]
