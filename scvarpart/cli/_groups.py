@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import check_input, read_var, reading, write_h5ad_atomic, write_results_file
-from ._common import EXIT_CODES, CLIError, MergeError
+from ._common import EXIT_CODES, MergeError
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -72,10 +72,7 @@ def run_groups(args: argparse.Namespace) -> int:
     source = check_input(args.input)
     with reading(source):
         obs = _read_obs(source)
-    try:
-        groups, _ = group_order(obs, args.groupby)
-    except KeyError as err:
-        raise CLIError(str(err.args[0])) from None
+    groups, _ = group_order(obs, args.groupby)  # a KeyError for another column: exit 3
     for group in groups:
         print(group)
     return 0
@@ -118,7 +115,7 @@ def _fitter(data, options: dict, provenance: dict):
 
 def run_grouped(args, source: Path, analysis: dict, provenance: dict, covariance, others) -> int:
     """``fit --groupby``: every group into a copy of the input, or one group's chunk."""
-    from ..tl._grouped import check_groups, count_fitted, fit_group, say_skipped
+    from ..tl._grouped import check_groups, fit_groups
     from ..tl._variance_partition import _prepare
     from ..varpart.grouped import grouped_params, write_grouped
 
@@ -138,25 +135,13 @@ def run_grouped(args, source: Path, analysis: dict, provenance: dict, covariance
         with warnings.catch_warnings():  # the whole data's design: every group's is warned of
             warnings.simplefilter("ignore")
             prepare(data.obs)
-        only = None if args.group is None else [args.group]
-        try:
-            table, ready = check_groups(data, groupby, prepare, only)
-        except KeyError as err:
-            raise CLIError(str(err.args[0])) from None
         if args.group is not None:
+            table, ready = check_groups(data, groupby, prepare, [args.group])
             return _one_group(args, source, data, table, ready, options, provenance, others)
-        if not ready:
-            listing = "; ".join(f"{g}: {r}" for g, r in zip(table["group"], table["reason"],
-                                                           strict=True))  # fmt: skip
-            raise CLIError(f"no group of {groupby!r} can be fitted ({listing}).")
-        say_skipped(table, groupby)
-
-        fit = _fitter(data, options, provenance)
-        results = {g: fit_group(data, table, g, mask, genes, fit) for g, mask, genes in ready}
+        results, table = fit_groups(data, groupby, prepare, _fitter(data, options, provenance))
     finally:
         if data.isbacked:
             data.file.close()
-    table = count_fitted(table, results)
     params = grouped_params(groupby, results)
     write_results_file(
         source, args.output, lambda holder: write_grouped(holder, results, table, key, params),

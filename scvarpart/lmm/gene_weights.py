@@ -19,28 +19,18 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from joblib import Parallel, delayed
 
 from .._names import as_names
 from ..design import Design
+from ..storage.matrix import column_block, row_bounds
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult
-from .genes import fit_stats, response_stats
+from .genes import fit_stats, gene_names, response_stats
 
 __all__ = ["check_gene_weights", "fit_gene_weights"]
 
 Progress = Callable[[int, int], object] | None
-
-
-def _columns(values, a: int, b: int) -> np.ndarray:
-    """Columns ``a:b`` of a matrix (NumPy, SciPy sparse, backed or Dask), dense float."""
-    block = values[:, a:b]
-    if hasattr(block, "compute"):  # a Dask array
-        block = block.compute()
-    if sp.issparse(block):
-        block = block.toarray()
-    return np.asarray(block, dtype=float)
 
 
 def check_gene_weights(
@@ -52,8 +42,8 @@ def check_gene_weights(
     first gene and observation at fault and how many values are.
     """
     rows = np.flatnonzero(design.keep)
-    for a in range(0, W.shape[1], chunk_genes):
-        block = _columns(W, a, min(a + chunk_genes, W.shape[1]))[rows]
+    for a, b in row_bounds(W.shape[1], chunk_genes):
+        block = column_block(W, a, b)[rows]
         bad = ~(np.isfinite(block) & (block > 0))
         if bad.any():
             i, j = np.argwhere(bad)[0]
@@ -152,9 +142,7 @@ def fit_gene_weights(
     if chunk_genes < 1:
         raise ValueError(f"chunk_genes must be a positive integer, got {chunk_genes!r}.")
     check_roles(as_names(batch, "batch"), as_names(signal, "signal"), design.components)
-    names = pd.Index([str(j) for j in range(Y.shape[1])] if var_names is None else list(var_names))
-    if len(names) != Y.shape[1]:
-        raise ValueError(f"var_names has {len(names)} names for the {Y.shape[1]} genes.")
+    names = gene_names(var_names, Y.shape[1])
     check_gene_weights(W, design, names, weights_source)
     fit_options = {
         "method": method, "batch": batch, "signal": signal, "min_cells": min_cells,
@@ -162,11 +150,11 @@ def fit_gene_weights(
     }  # fmt: skip
     options = {"source": source, "fit": fit_options}
     rows = np.flatnonzero(design.keep)
-    bounds = [(a, min(a + chunk_genes, Y.shape[1])) for a in range(0, Y.shape[1], chunk_genes)]
+    bounds = row_bounds(Y.shape[1], chunk_genes)  # blocks of genes
 
     def job(a: int, b: int):
-        y = _columns(Y, a, b)  # every row: response_stats skips the design's dropped ones
-        w = _columns(W, a, b)[rows]
+        y = column_block(Y, a, b)  # every row: response_stats skips the design's dropped ones
+        w = column_block(W, a, b)[rows]
         return delayed(_fit_chunk)(design, y, w, list(names[a:b]), options)
 
     if n_jobs in (None, 1) or len(bounds) <= 1:

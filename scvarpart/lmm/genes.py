@@ -258,6 +258,14 @@ def _design(
     return build_design(parsed, obs, weights=weights, covariance=covariance)
 
 
+def gene_names(var_names: Sequence[str] | None, n_cols: int) -> pd.Index:
+    """The genes' names: ``var_names``, checked to name every column, or numbers."""
+    names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
+    if len(names) != n_cols:
+        raise ValueError(f"var_names has {len(names)} names for the {n_cols} columns of Y.")
+    return names
+
+
 def response_stats(
     Y,
     design: Design | str,
@@ -324,9 +332,7 @@ def response_stats(
     w = design.weights
     Xc, _ = centred_fixed(design, weights=w)
     n_cols = Y.shape[1]
-    names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
-    if len(names) != n_cols:
-        raise ValueError(f"var_names has {len(names)} names for the {n_cols} columns of Y.")
+    names = gene_names(var_names, n_cols)
     if Y.shape[0] != len(design.keep):
         raise ValueError(
             f"Y has {Y.shape[0]} rows; the design has {len(design.keep)} observations."

@@ -81,6 +81,20 @@ def axes_or_none(ax, n: int, what: str, panels: str) -> list[Axes] | None:
     return axes
 
 
+def panel_grid(n: int, size: tuple[float, float], **subplots) -> list[Axes]:
+    """A new figure of ``n`` panels of ``size`` inches, up to four a row, the rest hidden.
+
+    ``subplots``: more arguments of ``plt.subplots`` (``sharey=True``).
+    """
+    cols = min(4, n)
+    rows = -(-n // cols)
+    _, grid = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows),
+                           squeeze=False, layout="constrained", **subplots)  # fmt: skip
+    for extra in grid.ravel()[n:]:
+        extra.set_visible(False)
+    return list(grid.ravel()[:n])
+
+
 def _save(figure: Figure, name: str, save: bool | str) -> Path:
     """Write ``figure`` as scanpy does.
 

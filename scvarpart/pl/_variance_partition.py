@@ -15,7 +15,7 @@ from .._docs import doc_adata_fitted, doc_key, doc_params, doc_show_save
 from ..get import result
 from ..varpart import component_order
 from ..varpart.grouped import group_names, is_grouped
-from ._common import axes_or_none, component_colors, finish
+from ._common import axes_or_none, component_colors, finish, panel_grid
 
 if TYPE_CHECKING:
     from matplotlib.collections import PolyCollection
@@ -117,14 +117,7 @@ def _by_group(adata, key, components, genes, groups, ax, show, save):
     colors = component_colors(next(iter(results.values())).components)
     axes = axes_or_none(ax, len(names), "variance_partition", "groups " + ", ".join(names))
     if axes is None:
-        cols = min(4, len(names))
-        rows = -(-len(names) // cols)
-        width = max(3.0, 0.45 * len(order) + 1.0)
-        _, grid = plt.subplots(rows, cols, figsize=(width * cols, 3.6 * rows), squeeze=False,
-                               sharey=True, layout="constrained")  # fmt: skip
-        for extra in grid.ravel()[len(names) :]:
-            extra.set_visible(False)
-        axes = list(grid.ravel()[: len(names)])
+        axes = panel_grid(len(names), (max(3.0, 0.45 * len(order) + 1.0), 3.6), sharey=True)
     for a, g in zip(axes, names, strict=True):
         _panel(a, tables[g], order, colors)
         a.set_title(f"{g} ({len(tables[g]):,} genes)")

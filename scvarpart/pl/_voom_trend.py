@@ -9,7 +9,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._docs import doc_params, doc_show_save
-from ._common import axes_or_none, finish
+from ._common import axes_or_none, finish, panel_grid
 
 __all__ = ["voom_trend"]
 
@@ -83,12 +83,7 @@ def voom_trend(
         raise KeyError(f"groups={unknown} have no voom trend; groups with one: {list(trends)}.")
     axes = axes_or_none(ax, len(names), "voom_trend", "groups " + ", ".join(names))
     if axes is None:
-        cols = min(4, len(names))
-        _, grid = plt.subplots(-(-len(names) // cols), cols, figsize=(3.6 * cols, 3.0 * -(
-            -len(names) // cols)), squeeze=False, layout="constrained")  # fmt: skip
-        for extra in grid.ravel()[len(names) :]:
-            extra.set_visible(False)
-        axes = list(grid.ravel()[: len(names)])
+        axes = panel_grid(len(names), (3.6, 3.0))
     for a, g in zip(axes, names, strict=True):
         t = trends[g]
         _panel(a, t["mean_log_count"], t["sqrt_sd"], t, str(g))

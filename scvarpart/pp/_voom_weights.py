@@ -188,8 +188,7 @@ def _voom(obs, counts, lib, var_names, *, formula, weights, method, span, n_jobs
         design, E, method=method, var_names=var_names, store_blups=True, ci=None, n_jobs=n_jobs
     )
     sample_w = np.ones(design.n_obs) if design.weights is None else design.weights
-    # lme4's sigma: the residual component is sigma^2 times the mean of 1 / w
-    sigma = np.sqrt(fit.variance["Residual"].to_numpy() / np.mean(1.0 / sample_w))
+    sigma = np.sqrt(fit.varcorr["Residual"].to_numpy())  # lme4's sigma (VarCorr's)
     rows = np.flatnonzero(design.keep)
     names = [f.name for f in design.factors]
     beta, blups, failed = coefficient_arrays(fit, design, pd.Index(var_names), names)

@@ -108,6 +108,19 @@ def row_bounds(n_rows: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n_rows)) for a in range(0, n_rows, size)]
 
 
+def column_block(Y, a: int, b: int) -> np.ndarray:
+    """Columns ``a:b`` of ``Y`` (NumPy, SciPy sparse, backed or Dask), every row, dense float.
+
+    For column-wise work on matrices of few rows (pseudobulk samples).
+    """
+    block = Y[:, a:b]
+    if is_dask_array(block):
+        block = block.compute()
+    if sp.issparse(block):
+        block = block.toarray()
+    return np.asarray(block, dtype=float)
+
+
 def dense_columns(values, start: int, stop: int, cols: np.ndarray) -> np.ndarray:
     """Rows ``start:stop`` and columns ``cols`` of an in-memory block, as a float array."""
     block = values[start:stop]
