@@ -13,13 +13,13 @@ import importlib
 
 from ._version import __version__
 
-__all__ = ["__version__", "datasets", "get", "lmm", "pl", "pp", "tl", "varpart"]
+__all__ = ["__version__", "datasets", "get", "glmm", "lmm", "pl", "pp", "tl", "varpart"]
 
-# ``pp``, ``tl``, ``pl``, ``get``, ``lmm`` and ``datasets`` pull in anndata, scanpy,
+# ``pp``, ``tl``, ``pl``, ``get``, ``lmm``, ``glmm`` and ``datasets`` pull in anndata, scanpy,
 # matplotlib and numba (seconds of imports): they are imported on first use (PEP 562),
 # so that ``scvarpart --help`` and ``--version`` start at once. ``svp.tl`` and
 # ``from scvarpart import tl`` work as with eager imports.
-_LAZY = ("datasets", "get", "lmm", "pl", "pp", "tl", "varpart")
+_LAZY = ("datasets", "get", "glmm", "lmm", "pl", "pp", "tl", "varpart")
 
 
 def __getattr__(name: str):

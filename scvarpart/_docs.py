@@ -113,6 +113,27 @@ doc_method = """\
 method
     ``"ML"`` (maximum likelihood, variancePartition's default) or ``"REML"``."""
 
+doc_count_model = """\
+family
+    ``"gaussian"``: the linear mixed model of log-normalised values. ``"nb"`` or
+    ``"poisson"``: a negative binomial (glmmTMB's ``nbinom2``, its dispersion estimated
+    per gene) or Poisson mixed model of the raw counts (pass ``layer="counts"``), log
+    link, fitted by the Laplace approximation of the likelihood (lme4's ``glmer`` with
+    ``nAGQ = 1``, glmmTMB); random intercepts only. The components are then on the
+    latent (log) scale (Nakagawa & Schielzeth 2010, 2017): each random term's variance,
+    each fixed term's, and as ``"Residual"`` the distribution-specific variance of
+    ``approximation`` (:mod:`scvarpart.glmm.latent`).
+offset
+    With a count family: an ``obs`` column of each cell's log size factor. By default
+    the log of each cell's library size, its total count over every gene of the
+    matrix fitted (``params["offset"]`` is then ``"log_library_size"``).
+approximation
+    With a count family, the distribution-specific variance: ``"lognormal"``,
+    ``ln(1 + 1/lambda + 1/phi)`` (the default: it stays moderate for sparse genes),
+    or ``"trigamma"``, ``psi_1(1 / (1/lambda + 1/phi))``. Both are stored per gene
+    (``varm[f"{key_added}_distribution"]``), with the NB size ``phi``
+    (``var[f"{key_added}_dispersion"]``) and ``lambda`` (``var[f"{key_added}_lambda"]``)."""
+
 doc_batch_signal = """\
 batch
     Components that are technical (e.g. ``["chemistry", "day"]``).

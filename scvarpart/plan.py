@@ -7,6 +7,9 @@ Example (``plan.toml``)::
     batch = ["chemistry", "day", "operator"]
     signal = ["patient"]
     weights = "w"             # obs column of observation weights (optional)
+    family = "nb"             # count model of layer's raw counts: "nb" or "poisson" (optional)
+    offset = "log_sf"         # with a count family: obs column of log size factors (optional)
+    approximation = "lognormal"  # with a count family: or "trigamma" (optional)
     store_blups = true        # also store every random term's BLUPs (optional)
     test = "lrt"              # likelihood-ratio test of each random term (optional)
     n_boot = 200              # parametric bootstrap replicates per gene (optional)
@@ -77,6 +80,9 @@ _TOP = {
     "use_raw",
     "key_added",
     "weights",
+    "family",
+    "offset",
+    "approximation",
     "store_blups",
     "test",
     "n_boot",
@@ -114,6 +120,11 @@ class AnalysisPlan:
     min_cells: int = 0
     cells: dict[str, list] | None = None
     weights: str | None = None
+    #: ``"gaussian"`` (the default) or a count family, with its offset column and
+    #: distribution-specific variance (:func:`scvarpart.tl.variance_partition`).
+    family: str = "gaussian"
+    offset: str | None = None
+    approximation: str = "lognormal"
     #: Random term -> its covariance file (resolved against the plan's folder).
     covariance: dict[str, str] | None = None
     #: ``None``: the plan does not say (no BLUPs; ``scvarpart fit --store-blups`` may
@@ -178,12 +189,19 @@ class AnalysisPlan:
             "min_cells": self.min_cells,
             "cells": self.cells,
             "weights": self.weights,
+            **self.count_model(),
             **covariance,
             "store_blups": bool(self.store_blups),
             **({"test": self.test} if self.test else {}),
             **self.bootstrap(),
             "ci": self.level(),
         }
+
+    def count_model(self) -> dict:
+        """``family``, ``offset`` and ``approximation`` for a count model; empty otherwise."""
+        if self.family == "gaussian":
+            return {}
+        return {"family": self.family, "offset": self.offset, "approximation": self.approximation}
 
     def level(self) -> float | None:
         """The intervals' level: the plan's, 0.95 if it does not say, ``None`` for none."""
@@ -285,6 +303,29 @@ def _covariance_files(value, plan: Path) -> dict[str, str] | None:
 
 # a sequence of checks of the plan's fields, each raising its own message naming the
 # field and the fix: one function reads as the list of what a plan may hold
+def _count_model(data: dict, path) -> tuple[str, str | None, str]:
+    """The plan's ``family``, ``offset`` and ``approximation``, checked."""
+    family = data.get("family", "gaussian")
+    if family not in ("gaussian", "poisson", "nb"):
+        raise PlanError(
+            f"Plan family must be 'gaussian', 'poisson' or 'nb', got {family!r} in {path}."
+        )
+    offset = data.get("offset")
+    if offset is not None and not (isinstance(offset, str) and offset):
+        raise PlanError(f"Plan offset must name an obs column of log size factors, got {offset!r}.")
+    approximation = data.get("approximation", "lognormal")
+    if approximation not in ("lognormal", "trigamma"):
+        raise PlanError(
+            f"Plan approximation must be 'lognormal' or 'trigamma', got {approximation!r}."
+        )
+    if family == "gaussian" and ("offset" in data or "approximation" in data):
+        raise PlanError(
+            f"The plan {path} sets offset or approximation, which are for count models: "
+            "set family = 'nb' or 'poisson' too, or remove them."
+        )
+    return family, offset, approximation
+
+
 def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
     """Read and validate a plan (``.toml``, ``.yaml`` or ``.yml``)."""
     path = Path(path)
@@ -341,6 +382,7 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
             f"Plan weights must be the name of an obs column of observation weights, got "
             f"{weights!r}."
         )
+    family, offset, approximation = _count_model(data, path)
     store_blups = data.get("store_blups")
     if store_blups is not None and not isinstance(store_blups, bool):
         raise PlanError(f"Plan store_blups must be true or false, got {store_blups!r}.")
@@ -368,6 +410,9 @@ def read_plan(path: str | os.PathLike) -> AnalysisPlan:  # noqa: C901
         min_cells=min_cells,
         cells={k: v if isinstance(v, list) else [v] for k, v in cells.items()} if cells else None,
         weights=weights,
+        family=family,
+        offset=offset,
+        approximation=approximation,
         covariance=covariance,
         store_blups=store_blups,
         test=test,

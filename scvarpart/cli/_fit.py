@@ -72,7 +72,10 @@ fit bit for bit. --seed and --ci need replicates (--n-boot, or n_boot in the pla
 
 """
 
-_MODEL_OPTIONS = ("formula", "batch", "signal", "method", "layer", "use_raw", "key", "min_cells")
+_MODEL_OPTIONS = (
+    "formula", "batch", "signal", "method", "family", "offset", "approximation", "layer",
+    "use_raw", "key", "min_cells",
+)  # fmt: skip
 
 
 class _CovarianceSource(NamedTuple):
@@ -181,7 +184,10 @@ def add_parsers(sub) -> None:
         epilog=_EXAMPLES + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="log-normalised expression: .h5ad file or .zarr store")
+    p.add_argument(
+        "input", help="log-normalised expression (raw counts with --family nb or poisson): "
+        ".h5ad file or .zarr store",
+    )  # fmt: skip
     model = p.add_argument_group("the analysis (from --plan, or from these options)")
     model.add_argument(
         "--plan",
@@ -193,6 +199,19 @@ def add_parsers(sub) -> None:
     model.add_argument("--batch", type=_names, metavar="A,B", help="technical components")
     model.add_argument("--signal", type=_names, metavar="A,B", help="biological components")
     model.add_argument("--method", type=str.upper, choices=["ML", "REML"], help="default ML")
+    model.add_argument(
+        "--family", choices=["gaussian", "poisson", "nb"],
+        help="gaussian (log-normalised values, the default), or a count model of raw counts "
+        "(with --layer counts): nb or poisson",
+    )  # fmt: skip
+    model.add_argument(
+        "--offset", metavar="COLUMN",
+        help="with a count family: obs column of log size factors (default: log library size)",
+    )  # fmt: skip
+    model.add_argument(
+        "--approximation", choices=["lognormal", "trigamma"],
+        help="with a count family: the distribution-specific variance (default lognormal)",
+    )  # fmt: skip
     model.add_argument("--layer", help="use this layer instead of X")
     model.add_argument("--use-raw", action="store_true", default=None, help="use raw.X")
     model.add_argument("--key", metavar="KEY", help="prefix of the result keys (default varpart)")
@@ -359,11 +378,29 @@ def _analysis(args: argparse.Namespace) -> tuple[dict, dict, dict[str, _Covarian
         "min_cells": args.min_cells or 0,
         "cells": _cells(args.cells),
         "weights": args.weights,
+        **_count_model(args),
         "store_blups": bool(args.store_blups),
         **({"test": args.test} if args.test else {}),
         **_bootstrap(args, None),
     }
     return analysis, {"plan": None, "plan_sha256": None}, sources
+
+
+def _count_model(args: argparse.Namespace) -> dict:
+    """``family``, ``offset`` and ``approximation`` of a count model (empty for gaussian)."""
+    family = args.family or "gaussian"
+    if family == "gaussian":
+        if args.offset is not None or args.approximation is not None:
+            raise CLIError(
+                "--offset and --approximation are for count models: add --family nb (or "
+                "poisson) and --layer counts.",
+                code=2,
+            )
+        return {}
+    return {
+        "family": family, "offset": args.offset,
+        "approximation": args.approximation or "lognormal",
+    }  # fmt: skip
 
 
 def _bootstrap(args: argparse.Namespace, plan: AnalysisPlan | None) -> dict:

@@ -262,7 +262,9 @@ def _nested_warnings(design: Design, pairs: pd.DataFrame) -> list[tuple[str, str
     return out
 
 
-def _level_warnings(design: Design, few_levels: int) -> list[tuple[str, str]]:
+def _level_warnings(
+    design: Design, few_levels: int, residual: bool = True
+) -> list[tuple[str, str]]:
     out = []
     for f in design.factors:
         k = f.n_levels
@@ -276,7 +278,7 @@ def _level_warnings(design: Design, few_levels: int) -> list[tuple[str, str]]:
             )
             out.append(("few levels", few))
         singles = int((f.counts == 1).sum())
-        if k >= few_levels and singles > SINGLETONS * k:
+        if residual and k >= few_levels and singles > SINGLETONS * k:
             once = (
                 f"{singles} of {k} levels of {f.name!r} have a single observation: their "
                 "effects cannot be told from the residual, so its variance rests on the "
@@ -286,7 +288,9 @@ def _level_warnings(design: Design, few_levels: int) -> list[tuple[str, str]]:
     return out
 
 
-def audit_design(design: Design, *, few_levels: int = FEW_LEVELS) -> DesignAudit:
+def audit_design(
+    design: Design, *, few_levels: int = FEW_LEVELS, residual: bool = True
+) -> DesignAudit:
     """Audit a design: its terms, their pairs, and what it cannot or can hardly separate.
 
     Parameters
@@ -296,6 +300,9 @@ def audit_design(design: Design, *, few_levels: int = FEW_LEVELS) -> DesignAudit
         ``check=False`` to audit a design it would refuse).
     few_levels
         A random factor with fewer levels gets a warning.
+    residual
+        Whether the model has a residual variance (``False`` for a count model; see
+        :func:`~scvarpart.design.build_design`).
 
     Returns
     -------
@@ -318,13 +325,13 @@ def audit_design(design: Design, *, few_levels: int = FEW_LEVELS) -> DesignAudit
     terms = pd.DataFrame.from_dict(rows, orient="index", columns=_TERM_COLUMNS)
     terms.index.name = "term"
     pairs = _pairs(design)
-    warnings = _level_warnings(design, few_levels) + _nested_warnings(design, pairs)
+    warnings = _level_warnings(design, few_levels, residual) + _nested_warnings(design, pairs)
     return DesignAudit(
         formula=design.formula.text,
         n_obs=design.n_obs,
         terms=_typed_terms(terms),
         pairs=pairs,
-        errors=tuple(design_problems(design)),
+        errors=tuple(design_problems(design, residual)),
         warnings=tuple(message for _, message in warnings),
         warning_kinds=tuple(kind for kind, _ in warnings),
     )

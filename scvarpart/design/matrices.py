@@ -484,7 +484,7 @@ def _residual_problems(X: np.ndarray, factors: list[GroupingFactor]) -> Iterator
 
 
 def _factor_problems(
-    factors: list[GroupingFactor], n: int, fixed_names: list[str]
+    factors: list[GroupingFactor], n: int, fixed_names: list[str], residual: bool = True
 ) -> Iterator[str]:
     for f in factors:
         if f.n_levels < 2:
@@ -493,7 +493,9 @@ def _factor_problems(
                 f"Grouping factor {f.name!r} has a single level ({only!r}); a variance "
                 f"cannot be estimated from one group. Remove (1|{f.name}) from the formula."
             )
-        if f.n_levels >= n:
+        if not residual:  # a level per observation is a count model's overdispersion
+            pass
+        elif f.n_levels >= n:
             yield (
                 f"Grouping factor {f.name!r} has a different level for every observation "
                 f"({f.n_levels} levels for {n} observations), so its variance cannot be "
@@ -522,27 +524,32 @@ def _factor_problems(
                     )
 
 
-def _size_problems(design: Design) -> Iterator[str]:
+def _size_problems(design: Design, residual: bool = True) -> Iterator[str]:
     n, X, factors = design.n_obs, design.X, design.factors
-    n_params = X.shape[1] + sum(f.n_coef * (f.n_coef + 1) // 2 for f in factors) + 1
+    n_params = X.shape[1] + sum(f.n_coef * (f.n_coef + 1) // 2 for f in factors) + residual
     if n <= n_params:
+        what = " and the residual variance" if residual else ""
         yield (
             f"{n} observations are too few for {n_params} parameters ({X.shape[1]} fixed "
-            f"effects, {len(factors)} random variances and the residual variance)."
+            f"effects, {len(factors)} random variances{what})."
         )
 
 
-def design_problems(design: Design) -> Iterator[str]:
+def design_problems(design: Design, residual: bool = True) -> Iterator[str]:
     """Every reason why ``design`` cannot be fitted, as a message naming the fix.
 
     Lazily, cheapest first: :func:`build_design` raises the first; the design audit
-    (:func:`~scvarpart.design.audit.audit_design`) lists them all.
+    (:func:`~scvarpart.design.audit.audit_design`) lists them all. ``residual=False``
+    for a count model, which has no residual variance for a factor to duplicate: a
+    level per observation is then an observation-level random effect (overdispersion).
     """
-    yield from _factor_problems(design.factors, design.n_obs, list(design.fixed_terms))
-    yield from _size_problems(design)
+    fixed = list(design.fixed_terms)
+    yield from _factor_problems(design.factors, design.n_obs, fixed, residual)
+    yield from _size_problems(design, residual)
     yield from _rank_problems(design.X, design.columns)
     yield from _random_not_fixed_problems(design.X, design.factors)
-    yield from _residual_problems(design.X, design.factors)
+    if residual:
+        yield from _residual_problems(design.X, design.factors)
 
 
 def _check_covariance_terms(f: Formula, covariance: Mapping | None) -> None:
@@ -594,6 +601,7 @@ def build_design(
     check: bool = True,
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
+    residual: bool = True,
 ) -> Design:
     """Build the model matrices of ``formula`` from a table of covariates.
 
@@ -620,6 +628,10 @@ def build_design(
         levels x levels positive semi-definite DataFrame indexed by level, e.g. a
         kinship matrix over donors): the term's effects are ``b ~ N(0, sigma^2 K)``,
         lme4qtl's ``relmatLmer`` model (:mod:`scvarpart.design.relmat`).
+    residual
+        Whether the model has a residual variance (the linear mixed model). ``False``
+        for a count model (:mod:`scvarpart.glmm`): a grouping factor with a level per
+        observation is then allowed (an observation-level random effect).
 
     Returns
     -------
@@ -706,6 +718,6 @@ def build_design(
         weights=None if weights is None else _observation_weights(data, weights),
     )
     if check:
-        for problem in design_problems(design):
+        for problem in design_problems(design, residual):
             raise DesignError(problem)
     return design

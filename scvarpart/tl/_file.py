@@ -15,6 +15,7 @@ from .._docs import (
     doc_batch_signal,
     doc_batch_size,
     doc_cells,
+    doc_count_model,
     doc_covariance,
     doc_formula,
     doc_key_added,
@@ -34,6 +35,7 @@ from ..storage.matrix import default_chunk_rows
 from ..storage.select import select_expression
 from ..storage.stores import open_store
 from ..varpart import VarPartResult
+from ._counts import offset_values
 from ._variance_partition import (
     _partition,
     _plain,
@@ -91,6 +93,9 @@ def partition_file(
     store_blups: bool = False,
     test: Literal["lrt"] | None = None,
     bootstrap: tuple[int, int, float | None] = (0, 0, 0.95),
+    family: str = "gaussian",
+    offset: str | None = None,
+    approximation: str = "lognormal",
 ) -> tuple[pd.DataFrame, pd.DataFrame, VarPartResult]:
     """The file's ``obs`` and ``var`` (of ``genes``) and the result.
 
@@ -110,7 +115,13 @@ def partition_file(
             "read it, run adata.var_names_make_unique() and write it again",
         )
         layers = list(root["layers"]) if "layers" in root else []
-        prep = _prepare(obs, formula, method, batch, signal, cells, weights, covariance, layers)
+        count_options = {
+            "family": family, "offset": offset, "approximation": approximation, "test": test,
+            "n_boot": bootstrap[0],
+        }  # fmt: skip
+        prep = _prepare(
+            obs, formula, method, batch, signal, cells, weights, covariance, layers, count_options
+        )
         check_test(test)
         check_bootstrap(*bootstrap)
         expression = select_expression(root, layer, use_raw, var_names=var.index, path=path)
@@ -123,6 +134,9 @@ def partition_file(
             W = ad.io.read_elem(root["layers"][prep.weights_layer])
         else:
             Y = _lazy_matrix(elem, len(var), chunk_size, dask)
+        offset = None if prep.count is None else offset_values(
+            obs, prep.count, Y, prep.design, var.index, source
+        )
         results = _partition(
             prep,
             Y,
@@ -140,6 +154,7 @@ def partition_file(
             test=test,
             bootstrap=bootstrap,
             W=W,
+            offset=offset,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 
@@ -148,6 +163,7 @@ def partition_file(
     doc_formula=doc_formula,
     doc_batch_signal=doc_batch_signal,
     doc_method=doc_method,
+    doc_count_model=doc_count_model,
     doc_layer=doc_layer,
     doc_use_raw=doc_use_raw,
     doc_cells=doc_cells,
@@ -165,6 +181,9 @@ def variance_partition_file(
     batch: str | Sequence[str] | None = None,
     signal: str | Sequence[str] | None = None,
     method: Literal["ML", "REML"] = "ML",
+    family: Literal["gaussian", "poisson", "nb"] = "gaussian",
+    offset: str | None = None,
+    approximation: Literal["lognormal", "trigamma"] = "lognormal",
     layer: str | None = None,
     use_raw: bool = False,
     cells: Mapping[str, Sequence] | None = None,
@@ -199,6 +218,7 @@ def variance_partition_file(
     {doc_formula}
     {doc_batch_signal}
     {doc_method}
+    {doc_count_model}
     {doc_layer}
     {doc_use_raw}
     {doc_cells}
@@ -280,6 +300,9 @@ def variance_partition_file(
         store_blups=store_blups,
         test=test,
         bootstrap=(n_boot, seed, ci),
+        family=family,
+        offset=offset,
+        approximation=approximation,
     )
     result = AnnData(obs=obs, var=var)
     write_results(result, results, key_added)

@@ -15,13 +15,14 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .. import lmm
+from .. import glmm, lmm
 from .._cells import cell_filter, cell_lists
 from .._docs import (
     doc_adata,
     doc_batch_signal,
     doc_batch_size,
     doc_cells,
+    doc_count_model,
     doc_covariance,
     doc_formula,
     doc_key_added,
@@ -46,6 +47,13 @@ from ..storage.matrix import value_sample
 from ..storage.select import select_expression
 from ..varpart import VarPartResult, check_roles
 from ..varpart.grouped import grouped_params, write_grouped
+from ._counts import (
+    LIBRARY_SIZE,
+    CountModel,
+    check_count_design,
+    check_count_options,
+    offset_values,
+)
 from ._grouped import fit_groups
 from ._progress import progress_bar
 
@@ -123,6 +131,7 @@ class _Prepared(NamedTuple):
     model: dict  # the model's options besides the formula, as recorded in params
     audit: DesignAudit
     weights_layer: str | None = None  # gene-specific weights: the layer holding them
+    count: CountModel | None = None  # family="poisson" or "nb": the count model
 
 
 def _weights_kind(weights, obs: pd.DataFrame, layers: Sequence[str]) -> str | None:
@@ -236,10 +245,13 @@ def _prepare(
     weights: str | None = None,
     covariance: Mapping[str, pd.DataFrame] | None = None,
     layers: Sequence[str] = (),
+    counts: Mapping[str, Any] | None = None,
 ) -> _Prepared:
     """Every check that needs only the design, before any data are touched.
 
     ``layers``: the names of the layers, where ``weights`` may name gene-specific ones.
+    ``counts``: ``family``, ``offset``, ``approximation``, ``test`` and ``n_boot``, for
+    :func:`~._counts.check_count_options` (default: the Gaussian model).
     """
     method_u = _METHODS.get(str(method).upper())
     if method_u is None:
@@ -257,21 +269,34 @@ def _prepare(
             f"The formula {formula!r} has a left-hand side ({parsed.response!r}); the "
             "response is each gene in turn. Write it as '~ ...'."
         )
+    c = dict(counts or {})
+    family = c.pop("family", "gaussian")
+    count = check_count_options(
+        family, obs=obs, method=method, weights=weights, covariance=covariance,
+        **{"offset": None, "approximation": "lognormal", "test": None, "n_boot": 0, **c},
+    )  # fmt: skip
     kind = _weights_kind(weights, obs, layers)
     design = build_design(
         parsed, obs, rows=cell_filter(obs, cells), weights=weights if kind == "obs" else None,
-        covariance=covariance,
+        covariance=covariance, residual=count is None,
     )  # fmt: skip
     check_roles(batch_l, signal_l, design.components)
-    audit = audit_design(design)
-    _warn_few_levels(design, method_u)
+    check_count_design(design, family)
+    audit = audit_design(design, residual=count is None)
+    if count is None:  # REML, its remedy, is not defined for count models
+        _warn_few_levels(design, method_u)
     _warn_weak(audit)
     model = {
         "weights": weights, "weights_per_gene": kind == "layer" or None,
         "covariance": _covariance_record(covariance),
     }  # fmt: skip
+    if count is not None:
+        model.update(
+            family=count.family, offset=count.offset or LIBRARY_SIZE,
+            approximation=count.approximation,
+        )  # fmt: skip
     layer = weights if kind == "layer" else None
-    return _Prepared(design, method_u, batch_l, signal_l, model, audit, layer)
+    return _Prepared(design, method_u, batch_l, signal_l, model, audit, layer, count)
 
 
 def _partition(
@@ -292,11 +317,13 @@ def _partition(
     test: Literal["lrt"] | None = None,
     bootstrap: tuple[int, int, float | None] = (0, 0, 0.95),
     W=None,
+    offset: np.ndarray | None = None,
 ) -> VarPartResult:
     """The pass over the data and the fits (of ``genes``), through :mod:`scvarpart.lmm`.
 
     ``bootstrap``: ``n_boot``, ``seed`` and ``ci`` of :func:`scvarpart.lmm.fit_stats`.
     ``W``: the gene-specific weights (the layer ``prep.weights_layer``), shaped as ``Y``.
+    ``offset``: a count model's offset per row (:func:`~._counts.offset_values`).
     """
     design = prep.design
     if Y.shape != (len(design.keep), len(var_names)):
@@ -304,18 +331,29 @@ def _partition(
             f"{source} has shape {Y.shape}; expected {len(design.keep)} observations x "
             f"{len(var_names)} genes."
         )
-    if genes is None:
+    if genes is None and prep.count is None:
         _check_values(Y, source, var_names)
     n_genes = len(var_names) if genes is None else len(var_names[genes])
+    how = prep.method if prep.count is None else f"{prep.count.family}, Laplace"
     start = logg.info(
-        f"fitting {design.formula.text!r} ({prep.method}) to {n_genes} genes x {design.n_obs} cells"
+        f"fitting {design.formula.text!r} ({how}) to {n_genes} genes x {design.n_obs} cells"
     )
     fit_options: dict[str, Any] = {
         "method": prep.method, "batch": prep.batch, "signal": prep.signal,
         "min_cells": min_cells, "store_blups": store_blups, "test": test,
         "n_boot": bootstrap[0], "seed": bootstrap[1], "ci": bootstrap[2],
     }  # fmt: skip
-    if W is not None:  # gene-specific weights: each gene its own weighted statistics
+    if prep.count is not None:  # a count model, gene by gene
+        cols = slice(None) if genes is None else genes
+        with progress_bar("fitting genes", progress) as bar:
+            result = glmm.fit_counts(
+                design, Y[:, cols], family=prep.count.family, offset=offset,
+                approximation=prep.count.approximation, var_names=var_names[cols],
+                batch=prep.batch, signal=prep.signal, min_cells=min_cells,
+                store_blups=store_blups, ci=bootstrap[2], n_jobs=n_jobs, progress=bar,
+                source=source,
+            )  # fmt: skip
+    elif W is not None:  # gene-specific weights: each gene its own weighted statistics
         cols = slice(None) if genes is None else genes
         with progress_bar("fitting genes", progress) as bar:
             result = lmm.fit_gene_weights(
@@ -395,6 +433,7 @@ def write_results(adata: AnnData, result: VarPartResult, key_added: str) -> None
     doc_formula=doc_formula,
     doc_batch_signal=doc_batch_signal,
     doc_method=doc_method,
+    doc_count_model=doc_count_model,
     doc_layer=doc_layer,
     doc_use_raw=doc_use_raw,
     doc_cells=doc_cells,
@@ -413,6 +452,9 @@ def variance_partition(
     batch: str | Sequence[str] | None = None,
     signal: str | Sequence[str] | None = None,
     method: Literal["ML", "REML"] = "ML",
+    family: Literal["gaussian", "poisson", "nb"] = "gaussian",
+    offset: str | None = None,
+    approximation: Literal["lognormal", "trigamma"] = "lognormal",
     layer: str | None = None,
     use_raw: bool = False,
     cells: Mapping[str, Sequence] | None = None,
@@ -448,6 +490,7 @@ def variance_partition(
     {doc_formula}
     {doc_batch_signal}
     {doc_method}
+    {doc_count_model}
     {doc_layer}
     {doc_use_raw}
     {doc_cells}
@@ -609,15 +652,20 @@ def variance_partition(
         if groupby is not None:  # the whole data's design is checked, each group's warned of
             check_groupby(adata.obs, groupby)
             warnings.simplefilter("ignore")
+        counts = {
+            "family": family, "offset": offset, "approximation": approximation,
+            "test": test, "n_boot": n_boot,
+        }  # fmt: skip
         prep = _prepare(
             adata.obs, formula, method, batch, signal, cells, weights, covariance,
-            list(adata.layers),
+            list(adata.layers), counts,
         )  # fmt: skip
     check_test(test)
     check_bootstrap(n_boot, seed, ci)
     if groupby is not None:
         return _by_group(adata, groupby, copy=copy, inplace=inplace, options=dict(
-            formula=formula, batch=batch, signal=signal, method=method, layer=layer,
+            formula=formula, batch=batch, signal=signal, method=method, family=family,
+            offset=offset, approximation=approximation, layer=layer,
             use_raw=use_raw, cells=cells, min_cells=min_cells, weights=weights,
             covariance=covariance, store_blups=store_blups, test=test, n_boot=n_boot,
             seed=seed, ci=ci, n_jobs=n_jobs, batch_size=batch_size, chunk_size=chunk_size,
@@ -625,6 +673,9 @@ def variance_partition(
         ))  # fmt: skip
     Y, source = _expression(adata, layer, use_raw)
     W = None if prep.weights_layer is None else adata.layers[prep.weights_layer]
+    off = None if prep.count is None else offset_values(
+        adata.obs, prep.count, Y, prep.design, adata.var_names, source
+    )
     results = _partition(
         prep,
         Y,
@@ -641,6 +692,7 @@ def variance_partition(
         chunk_size=chunk_size,
         progress=progress,
         W=W,
+        offset=off,
     )
     if not inplace:
         return results
@@ -656,9 +708,10 @@ def _by_group(adata: AnnData, groupby: str, *, copy, inplace, options):
     o = options
 
     def prepare(obs: pd.DataFrame) -> _Prepared:
+        counts = {k: o[k] for k in ("family", "offset", "approximation", "test", "n_boot")}
         return _prepare(
             obs, o["formula"], o["method"], o["batch"], o["signal"], o["cells"],
-            o["weights"], o["covariance"], layers,
+            o["weights"], o["covariance"], layers, counts,
         )  # fmt: skip
 
     def fit(view: AnnData) -> VarPartResult:

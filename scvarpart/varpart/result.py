@@ -69,6 +69,8 @@ PER_GENE_FIELDS: dict[str, type] = {
     "singular": np.bool_,
     "converged": np.bool_,
     "loglik": np.float64,
+    "dispersion": np.float64,
+    "lambda": np.float64,
 }
 # varm tables: attribute of the result -> suffix of the key ("" for the key itself)
 _TABLES = {
@@ -89,6 +91,7 @@ _TABLES = {
     "ci_high": "_ci_high",
     "boot_low": "_boot_low",
     "boot_high": "_boot_high",
+    "distribution": "_distribution",
 }
 # per-term tables: attribute -> prefix of the key's suffix (the term's name follows)
 _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
@@ -96,7 +99,10 @@ _TERM_TABLES = {"blups": "_blup_", "blup_var": "_blupvar_"}
 _LEGACY_VAR = ("rho", "mean", "singular", "converged", "loglik")
 _LEGACY_VARM = ("", "_variance")
 # The params that define an analysis: results to combine must agree on them.
-_ANALYSIS = ("formula", "method", "batch", "signal", "test", "n_boot", "seed", "ci")
+_ANALYSIS = (
+    "formula", "method", "family", "offset", "approximation", "batch", "signal", "test",
+    "n_boot", "seed", "ci",
+)  # fmt: skip
 
 
 def _names(value: Any) -> list[str]:
@@ -250,6 +256,7 @@ class VarPartResult:
     ci_high: pd.DataFrame | None = None
     boot_low: pd.DataFrame | None = None
     boot_high: pd.DataFrame | None = None
+    distribution: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         """Check that every table is indexed by the genes, in order, and has the components."""

@@ -1,0 +1,457 @@
+"""Count models fitted gene by gene: Poisson and NB2 mixed models, latent-scale fractions.
+
+:func:`fit_counts` fits every gene's counts with the design's random intercepts and
+fixed effects, a log link and an offset (:mod:`.search`), and reports the variance
+components on the latent scale (:mod:`.latent`) in the
+:class:`~scvarpart.varpart.VarPartResult` every fit returns. The cost of a gene grows
+with its rows (Poisson: the design's classes, :mod:`.rows`; NB2: the observations) times
+the evaluations of the search, and with the cube of the number of levels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from scipy import stats as st
+
+from .._names import as_names
+from ..design import Design
+from ..lmm.genes import gene_names
+from ..storage.matrix import column_block, row_bounds
+from ..varpart.fractions import RESIDUAL, check_roles, component_variances, fractions
+from ..varpart.result import VarPartResult, assemble
+from ._laplace_kernel import NB2, POISSON, conditional_modes
+from .latent import APPROXIMATIONS, distribution_variance, mean_count
+from .rows import RowDesign, row_design
+from .search import LOG_PHI_BOUNDS, GeneFit, RowProblem, fit_rows
+
+__all__ = ["FAMILIES", "check_counts", "check_family", "fit_counts"]
+
+#: The count families, by name: Poisson, and the negative binomial of glmmTMB's ``nbinom2``.
+FAMILIES = {"poisson": POISSON, "nb": NB2}
+Progress = Callable[[int, int], object] | None
+# A log NB size this close to its lower bound is at the bound: the dispersion is not identified.
+_AT_BOUND = 1e-6
+
+
+def check_family(family: str, approximation: str = "lognormal") -> int:
+    """The kernel's code of a count family; unknown names are refused."""
+    if family not in FAMILIES:
+        raise ValueError(
+            f"family={family!r}: a count model is one of {list(FAMILIES)} ('gaussian' is "
+            "the linear mixed model of log-normalised values)."
+        )
+    if approximation not in APPROXIMATIONS:
+        raise ValueError(
+            f"approximation={approximation!r}: the distribution-specific variance is "
+            f"one of {list(APPROXIMATIONS)}."
+        )
+    return FAMILIES[family]
+
+
+def check_counts(Y, design: Design, var_names: pd.Index, source: str, chunk_genes: int = 256):
+    """Refuse values that are not non-negative whole numbers, before anything is fitted.
+
+    The message names the first gene and observation at fault, and what to pass instead.
+    """
+    rows = np.flatnonzero(design.keep)
+    for a, b in row_bounds(Y.shape[1], chunk_genes):
+        block = column_block(Y, a, b)[rows]
+        bad = ~(np.isfinite(block) & (block >= 0) & (block == np.round(block)))
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{source} must hold counts (non-negative whole numbers) for a count model, "
+                f"but {int(bad.sum())} values in genes {a + 1}-{b} are not: the first is "
+                f"{block[i, j]!r} (gene {var_names[a + j]!r}, observation {int(rows[i])}). "
+                "Pass the raw counts (layer='counts'), or use family='gaussian' for "
+                "log-normalised values."
+            )
+
+
+class _Context:
+    """What every gene's fit shares: the design, the offset, the options."""
+
+    def __init__(self, design, offset, family, approximation, level, store_blups, min_cells):
+        self.rows: RowDesign = row_design(design)
+        self.X = np.ascontiguousarray(design.X)
+        self.offset = np.ascontiguousarray(offset, dtype=float)
+        self.family = family
+        self.approximation = approximation
+        self.level = level
+        self.store_blups = store_blups
+        self.min_cells = min_cells
+        Xc = design.X - design.X.mean(axis=0)
+        self.x_cov = Xc.T @ Xc / len(Xc)  # population covariance, as calcVarPart's
+        self.fixed_terms = design.fixed_terms
+        self.linear_mean = float(self.offset.mean())
+        self.x_mean = design.X.mean(axis=0)
+        self.n_levels = [f.n_levels for f in design.factors]
+
+    def problem(self, y: np.ndarray) -> tuple[RowProblem, float]:
+        """The gene's rows (Poisson: class totals) and its log-likelihood's constant."""
+        r = self.rows
+        if self.family == POISSON:
+            yc, log_e, const = r.poisson_rows(y, self.offset)
+            return RowProblem(POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms), const
+        return RowProblem(NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms), 0.0
+
+    def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Every component's variance at parameters ``x``, and the latent quantities."""
+        k, p = self.rows.n_terms, self.X.shape[1]
+        theta, beta = x[:k], x[k : k + p]
+        random = theta**2
+        lam = mean_count(self.linear_mean + self.x_mean @ beta, random.sum())
+        inv_size = float(np.exp(-x[k + p])) if self.family == NB2 else 0.0
+        dist = {a: float(distribution_variance(lam, inv_size, a)) for a in APPROXIMATIONS}
+        V = component_variances(
+            random[None, :], np.array([dist[self.approximation]]), beta[None, :], self.x_cov,
+            self.fixed_terms,
+        )[0]  # fmt: skip
+        return V, {"lambda": float(lam), **dist}
+
+
+def _jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Central differences of ``fn`` (a vector) in the ``free`` coordinates of ``x``."""
+    cols = []
+    for j in np.flatnonzero(free):
+        e = np.zeros_like(x)
+        e[j] = 1e-6 * max(1.0, abs(x[j]))
+        cols.append((fn(x + e) - fn(x - e)) / (2 * e[j]))
+    return np.column_stack(cols) if cols else np.zeros((len(fn(x)), 0))
+
+
+def _logit_interval(f, se, z):
+    with np.errstate(all="ignore"):
+        lf = np.log(f) - np.log1p(-f)
+        half = z * se / (f * (1 - f))
+        return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))
+
+
+def _intervals(ctx: _Context, fit: GeneFit, roles) -> dict[str, np.ndarray]:
+    """Delta-method standard errors and intervals, one-sided for a variance at 0.
+
+    ``Cov(x) = 2 H^-1`` over the coordinates off the boundary (a variance at 0 is held
+    there). Fractions: Wald on the logit scale. A variance at 0: ``[0, u]``, ``u`` the
+    fraction at ``theta = z sqrt(2 / D''(0))`` (the Wald bound of the 50:50 mixture at
+    the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
+    """
+    k = ctx.rows.n_terms
+    x = fit.x
+    at_zero = np.zeros(len(x), bool)
+    at_zero[:k] = x[:k] == 0
+    free = ~at_zero
+    out: dict[str, np.ndarray] = {}
+    H = fit.hessian[np.ix_(free, free)]
+    try:
+        cov = 2 * np.linalg.inv(H)
+        ok = np.all(np.linalg.eigvalsh(H) > 0)
+    except np.linalg.LinAlgError:
+        ok = False
+    V, _ = ctx.variances(x)
+    C = len(V)
+    if not ok:
+        nan = np.full(C, np.nan)
+        return {"variance_se": nan, "ci_low": nan, "ci_high": nan, "rho": (np.nan, np.nan)}
+    JV = _jacobian(lambda z: ctx.variances(z)[0], x, free)
+    JF = _jacobian(lambda z: fractions(ctx.variances(z)[0][None, :])[0], x, free)
+    se_v = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JV, cov, JV), 0))
+    se_f = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JF, cov, JF), 0))
+    f = V / V.sum()
+    z2 = st.norm.ppf(0.5 + ctx.level / 2)
+    low, high = _logit_interval(f, se_f, z2)
+    V_up = V.copy()
+    for j in np.flatnonzero(at_zero[:k]):
+        se_v[j] = np.nan
+        curvature = fit.hessian[j, j]
+        theta_u = st.norm.ppf(ctx.level) * np.sqrt(2 / curvature) if curvature > 0 else np.nan
+        V_up[j] = theta_u**2
+        low[j], high[j] = 0.0, V_up[j] / (V_up[j] + V.sum() - V[j])
+    rho_ci = (np.nan, np.nan)
+    if roles is not None:
+        batch, signal = roles
+        b, s = V[batch].sum(), V[signal].sum()
+        if b > 0 and s > 0:
+            g = (JV[batch].sum(axis=0) / b) - (JV[signal].sum(axis=0) / s)
+            se = np.sqrt(max(g @ cov @ g, 0))
+            rho_ci = (b / s * np.exp(-z2 * se), b / s * np.exp(z2 * se))
+        elif b == 0 and s > 0:
+            rho_ci = (0.0, V_up[batch].sum() / s)
+    return {"variance_se": se_v, "ci_low": low, "ci_high": high, "rho": rho_ci}
+
+
+def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
+    """Each level's conditional mode ``theta u`` and its conditional variance."""
+    k, p = ctx.rows.n_terms, ctx.X.shape[1]
+    theta, beta = fit.x[:k], fit.x[k : k + p]
+    phi = float(np.exp(fit.x[k + p])) if ctx.family == NB2 else 1.0
+    u = fit.u.copy()
+    base = problem.offset + problem.X @ beta
+    _, _, L = conditional_modes(
+        problem.family, problem.y, base, phi, theta, problem.codes, problem.term, u, 1e-11, 100
+    )
+    Linv = np.linalg.inv(L)
+    scale = theta[problem.term]
+    return scale * u, scale**2 * np.einsum("ij,ij->j", Linv, Linv)
+
+
+def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
+    """One gene: its estimates, or the reason it has none."""
+    n_nonzero = int((y > 0).sum())
+    if n_nonzero == 0:
+        return {"error": "every count is 0: no variance to partition"}
+    if n_nonzero < ctx.min_cells:
+        return {
+            "error": f"filtered: non-zero in {n_nonzero} cells, fewer than "
+            f"min_cells={ctx.min_cells}"
+        }
+    problem, const = ctx.problem(y)
+    fit = fit_rows(problem)
+    k, p = ctx.rows.n_terms, ctx.X.shape[1]
+    if not np.isfinite(fit.deviance):
+        return {"error": "no finite optimum of the Laplace criterion (counts too extreme)"}
+    if ctx.family == NB2 and fit.x[k + p] <= LOG_PHI_BOUNDS[0] + _AT_BOUND:
+        return {
+            "error": "the NB dispersion is at its bound (size "
+            f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
+        }
+    V, latent = ctx.variances(fit.x)
+    free = np.ones(len(fit.x), bool)
+    free[:k] = fit.x[:k] > 0
+    Hf = fit.hessian[np.ix_(free, free)]
+    try:
+        cov = 2 * np.linalg.inv(Hf)
+        beta_se = np.sqrt(np.diag(cov)[int(free[:k].sum()) :][:p])
+    except np.linalg.LinAlgError:
+        beta_se = np.full(p, np.nan)
+    out = {
+        "error": "",
+        "theta": fit.x[:k],
+        "beta": fit.x[k : k + p],
+        "beta_se": beta_se,
+        "variance": V,
+        "loglik": -0.5 * fit.deviance + const,
+        "converged": fit.converged,
+        "dispersion": float(np.exp(fit.x[k + p])) if ctx.family == NB2 else np.inf,
+        "gradient": fit.gradient[:k],
+        "hessian": fit.hessian[:k, :k].ravel(),
+        **latent,
+    }
+    if ctx.level is not None:
+        out["intervals"] = _intervals(ctx, fit, roles)
+    if ctx.store_blups:
+        out["blups"] = _blups(ctx, problem, fit)
+    return out
+
+
+def _fit_block(ctx: _Context, Y: np.ndarray, roles) -> list[dict]:
+    """The genes of a block, each with its mean count."""
+    return [{**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])]
+
+
+def _collect(ctx: _Context, design: Design, genes: pd.Index, parts: list[dict], params, roles):
+    """The per-gene records as a :class:`VarPartResult`."""
+    G, k, p = len(genes), design.n_random, design.n_fixed
+    comps = design.components
+    C = len(comps)
+    ok = np.array([r["error"] == "" for r in parts])
+    error = np.array([r["error"] for r in parts], dtype=object)
+
+    def stack(name: str, width: int) -> np.ndarray:
+        out = np.full((G, width), np.nan)
+        for g, r in enumerate(parts):
+            if r["error"] == "":
+                out[g] = r[name]
+        return out
+
+    def column(name: str) -> np.ndarray:
+        return np.array([r.get(name, np.nan) for r in parts], dtype=float)
+
+    V = stack("variance", C)
+    fields = {
+        "mean": column("mean"),
+        "singular": (stack("theta", k) == 0).any(axis=1),
+        "converged": np.array([bool(r.get("converged", False)) for r in parts]) & ok,
+        "loglik": column("loglik"),
+        "dispersion": column("dispersion"),
+        "lambda": column("lambda"),
+    }
+    names = [f.name for f in design.factors]
+    theta_cols = [f"{n}.(Intercept)" for n in names]
+    extra: dict = {
+        "varcorr": pd.DataFrame(
+            np.column_stack([V[:, :k], V[:, -1]]), index=genes,
+            columns=[f"{n}|(Intercept)" for n in names] + [RESIDUAL],
+        ),
+        "theta": pd.DataFrame(stack("theta", k), index=genes, columns=theta_cols),
+        "gradient": pd.DataFrame(stack("gradient", k), index=genes, columns=theta_cols),
+        "hessian": pd.DataFrame(
+            stack("hessian", k * k), index=genes,
+            columns=[f"{a}|{b}" for a in theta_cols for b in theta_cols],
+        ),
+        "distribution": pd.DataFrame(
+            {a: column(a) for a in APPROXIMATIONS}, index=genes
+        ),
+    }  # fmt: skip
+    if ctx.level is not None:
+        se, lo, hi = (np.full((G, C), np.nan) for _ in range(3))
+        rho_lo, rho_hi = np.full(G, np.nan), np.full(G, np.nan)
+        for g, r in enumerate(parts):
+            if r["error"] == "":
+                iv = r["intervals"]
+                se[g], lo[g], hi[g] = iv["variance_se"], iv["ci_low"], iv["ci_high"]
+                rho_lo[g], rho_hi[g] = iv["rho"]
+        for name, table in (("variance_se", se), ("ci_low", lo), ("ci_high", hi)):
+            extra[name] = pd.DataFrame(table, index=genes, columns=comps)
+        if roles is not None:
+            fields["rho_ci_low"], fields["rho_ci_high"] = rho_lo, rho_hi
+    if ctx.store_blups:
+        blups, blup_var = {}, {}
+        starts = np.cumsum([0] + ctx.n_levels)
+        for t, f in enumerate(design.factors):
+            cols = [str(v) for v in f.levels]
+            m, v = np.full((G, f.n_levels), np.nan), np.full((G, f.n_levels), np.nan)
+            for g, r in enumerate(parts):
+                if r["error"] == "":
+                    m[g] = r["blups"][0][starts[t] : starts[t + 1]]
+                    v[g] = r["blups"][1][starts[t] : starts[t + 1]]
+            blups[f.name] = pd.DataFrame(m, index=genes, columns=cols)
+            blup_var[f.name] = pd.DataFrame(v, index=genes, columns=cols)
+        extra["blups"], extra["blup_var"] = blups, blup_var
+    return assemble(
+        genes, comps, V, fractions(V), fields, error, beta=stack("beta", p),
+        beta_se=stack("beta_se", p), columns=design.columns, params=params, extra=extra,
+    )  # fmt: skip
+
+
+def fit_counts(
+    design: Design,
+    Y,
+    *,
+    family: str = "nb",
+    offset: np.ndarray | None = None,
+    approximation: str = "lognormal",
+    var_names: Sequence[str] | None = None,
+    batch: str | Sequence[str] | None = None,
+    signal: str | Sequence[str] | None = None,
+    min_cells: int = 0,
+    store_blups: bool = False,
+    ci: float | None = 0.95,
+    n_jobs: int | None = 1,
+    chunk_genes: int = 64,
+    progress: Progress = None,
+    source: str = "Y",
+) -> VarPartResult:
+    """Fit a Poisson or negative binomial mixed model to every gene's counts.
+
+    Per gene ``g``: ``y_ig ~ NB2(mu_ig, phi_g)`` (or Poisson) with ``log mu_ig =
+    offset_i + x_i beta_g + sum_t u_{t, level_t(i), g}`` and ``u_t ~ N(0, sigma_{tg}^2)``,
+    fitted by maximising the Laplace approximation of the likelihood over ``sigma``,
+    ``beta`` and ``phi`` (lme4's ``glmer``, ``nAGQ = 1``; glmmTMB's ``nbinom2``).
+
+    Parameters
+    ----------
+    design
+        The model (:func:`~scvarpart.design.build_design`): random intercepts ``(1|g)``
+        with independent levels, and fixed effects.
+    Y
+        Observations x genes of counts (non-negative whole numbers), with the rows of
+        the design's covariate table: NumPy, SciPy sparse, backed or Dask; read a block
+        of genes at a time, never modified.
+    family
+        ``"nb"`` (negative binomial, dispersion per gene) or ``"poisson"``.
+    offset
+        Per row of the covariate table, the log of each observation's size factor
+        (e.g. its library size); default 0.
+    approximation
+        The distribution-specific variance that is the ``"Residual"`` component:
+        ``"lognormal"`` or ``"trigamma"`` (:mod:`scvarpart.glmm.latent`); both are
+        reported in the result's ``distribution`` table.
+    var_names
+        The genes' names (default ``"0"``, ``"1"``, ...).
+    batch, signal
+        Technical and biological terms, for ``rho``.
+    min_cells
+        Genes with non-zero counts in fewer observations get no estimates.
+    store_blups
+        Also return each term's conditional modes (on the log scale) and conditional
+        variances.
+    ci
+        The level of the delta-method intervals of the fractions and ``rho`` (``None``:
+        none).
+    n_jobs
+        Worker processes over blocks of genes; results do not depend on it.
+    chunk_genes
+        Genes per block, the unit of parallel work.
+    progress
+        Called after each block with its size and the total.
+    source
+        What ``Y`` is, in messages.
+
+    Returns
+    -------
+    The :class:`~scvarpart.varpart.VarPartResult`: latent-scale variances and fractions
+    (the residual is the distribution-specific variance), fixed effects, ``loglik``
+    (the Laplace approximation, as lme4's and glmmTMB's ``logLik``), and per gene
+    ``dispersion`` (the NB size; ``inf`` for Poisson) and ``lambda``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import scvarpart as svp
+    >>> from scvarpart.design import build_design, parse_formula
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"donor": np.repeat(list("abcdefgh"), 25)})
+    >>> design = build_design(parse_formula("~ (1|donor)"), obs)
+    >>> donor = rng.normal(0, 0.5, 8).repeat(25)
+    >>> Y = rng.poisson(np.exp(1 + donor)[:, None], size=(200, 2))
+    >>> result = svp.glmm.fit_counts(design, Y, family="poisson", ci=None)
+    >>> result.fractions.columns.tolist()
+    ['donor', 'Residual']
+    """
+    code = check_family(family, approximation)
+    if Y.shape[0] != len(design.keep):
+        raise ValueError(f"{source} has {Y.shape[0]} rows; the design has {len(design.keep)}.")
+    if chunk_genes < 1:
+        raise ValueError(f"chunk_genes must be a positive integer, got {chunk_genes!r}.")
+    batch_l, signal_l = as_names(batch, "batch"), as_names(signal, "signal")
+    check_roles(batch_l, signal_l, design.components)
+    names = gene_names(var_names, Y.shape[1])
+    rows = np.flatnonzero(design.keep)
+    off = np.zeros(len(design.keep)) if offset is None else np.asarray(offset, dtype=float)
+    if off.shape != (len(design.keep),) or not np.isfinite(off[rows]).all():
+        raise ValueError(
+            f"offset must be one finite value per observation ({len(design.keep)}), the "
+            "log of its size factor."
+        )
+    check_counts(Y, design, names, source)
+    ctx = _Context(design, off[rows], code, approximation, ci, store_blups, min_cells)
+    comps = design.components
+    roles = None
+    if batch_l and signal_l:
+        roles = (np.isin(comps, batch_l), np.isin(comps, signal_l))
+    bounds = row_bounds(Y.shape[1], chunk_genes)
+
+    def job(a: int, b: int):
+        return delayed(_fit_block)(ctx, column_block(Y, a, b)[rows], roles)
+
+    if n_jobs in (None, 1) or len(bounds) <= 1:
+        outputs = (fn(*args, **kw) for fn, args, kw in (job(a, b) for a, b in bounds))
+    else:
+        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(job(a, b) for a, b in bounds)
+    parts: list[dict] = []
+    for (a, b), out in zip(bounds, outputs, strict=True):
+        parts.extend(out)
+        if progress is not None:
+            progress(b - a, Y.shape[1])
+    if not parts:
+        raise ValueError(f"{source} has no genes.")
+    params = {
+        "formula": design.formula.text, "method": "Laplace", "family": family,
+        "approximation": approximation, "batch": batch_l, "signal": signal_l,
+        "engine": "laplace",
+    }  # fmt: skip
+    return _collect(ctx, design, pd.Index(names), parts, params, roles)

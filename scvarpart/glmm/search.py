@@ -1,0 +1,274 @@
+"""The outer search: the Laplace criterion minimised over variances, fixed effects and dispersion.
+
+lme4's ``glmer`` (``nAGQ = 1``) and glmmTMB minimise the Laplace approximation
+``D(theta, beta, log phi)`` (:mod:`._laplace_kernel`) over all its parameters at once,
+with the conditional modes found anew at every point. So does this module, with the
+criterion's exact gradient, under bounds: ``theta >= 0`` (a variance at 0 is a
+boundary optimum, as lme4's), and ``log phi`` within :data:`LOG_PHI_BOUNDS`.
+
+The criterion need not be convex in ``theta``: the search starts from several points
+(a variance near 0 and away from it, for each term) and keeps the best optimum, then
+polishes it with Newton steps on the exact gradient (a finite-difference Hessian of it),
+which also gives the Hessian for standard errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from ._laplace_kernel import NB2, laplace
+
+__all__ = ["LOG_PHI_BOUNDS", "GeneFit", "RowProblem", "fit_rows", "glm_start"]
+
+#: Bounds of ``log phi`` (NB size ``phi`` from 4.5e-5 to 4.9e8): at the upper one the
+#: counts show no overdispersion beyond the random effects (the Poisson limit); at the
+#: lower one the dispersion is not identified.
+LOG_PHI_BOUNDS = (-10.0, 20.0)
+_THETA_MAX = 20.0  # a standard deviation of 20 on the log scale: e^20-fold between levels
+_MODE_TOL = 1e-11  # Newton decrement at which the conditional modes are converged
+_MODE_ITER = 100
+_STARTS = (0.2, 1.0)  # each term's starting theta, in every combination
+_SNAP_BELOW = 1e-3  # a theta this small is tried at 0 (:func:`_snap_to_zero`)
+_ROUNDING = 1e-13  # relative rounding of the criterion's evaluation
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One gene's count model on rows (observations, or classes of them).
+
+    ``codes`` holds each row's column of ``u`` per term (``n x k``, columns of term
+    ``t`` contiguous), ``term`` the term of each column of ``u``.
+    """
+
+    family: int
+    y: np.ndarray
+    X: np.ndarray
+    offset: np.ndarray
+    codes: np.ndarray
+    term: np.ndarray
+    n_terms: int
+
+    @property
+    def n_params(self) -> int:
+        """Length of the parameter vector ``(theta, beta[, log phi])``."""
+        return self.n_terms + self.X.shape[1] + (1 if self.family == NB2 else 0)
+
+    def criterion(self, x: np.ndarray, u: np.ndarray, gradient: bool = True):
+        """``(D, grad, converged)`` at ``x``; ``u`` starts the modes and receives them."""
+        k, p = self.n_terms, self.X.shape[1]
+        log_phi = x[k + p] if self.family == NB2 else 0.0
+        return laplace(
+            self.family, self.y, self.X, self.offset, self.codes, self.term,
+            np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]), log_phi, u,
+            _MODE_TOL, _MODE_ITER, gradient,
+        )  # fmt: skip
+
+    def bounds(self) -> list[tuple[float | None, float | None]]:
+        """``theta >= 0`` (bounded above), ``beta`` free, ``log phi`` in its bounds."""
+        out: list[tuple[float | None, float | None]] = [(0.0, _THETA_MAX)] * self.n_terms
+        out += [(None, None)] * self.X.shape[1]
+        return out + ([LOG_PHI_BOUNDS] if self.family == NB2 else [])
+
+
+@dataclass(frozen=True)
+class GeneFit:
+    """The optimum of one gene: parameters, criterion, modes and curvature."""
+
+    x: np.ndarray
+    deviance: float
+    u: np.ndarray
+    gradient: np.ndarray
+    hessian: np.ndarray
+    converged: bool
+
+
+def glm_start(problem: RowProblem) -> tuple[np.ndarray, float]:
+    """Fixed effects of the Poisson GLM without random effects, and a moment estimate of ``log phi``.
+
+    Iteratively reweighted least squares; the dispersion from ``Var y = mu + mu^2 / phi``.
+    """
+    X, y, off = problem.X, problem.y, problem.offset
+    beta = np.zeros(X.shape[1])
+    beta[0] = np.log(max(y.sum(), 0.5) / np.exp(off).sum())
+    for _ in range(30):
+        mu = np.exp(off + X @ beta)
+        step = np.linalg.lstsq((X * mu[:, None]).T @ X, X.T @ (y - mu), rcond=None)[0]
+        beta = beta + step
+        if np.abs(step).max() < 1e-8:
+            break
+    mu = np.exp(off + X @ beta)
+    excess = ((y - mu) ** 2 - mu).sum()
+    phi = (mu**2).sum() / excess if excess > 0 else np.exp(LOG_PHI_BOUNDS[1] - 1)
+    lo, hi = LOG_PHI_BOUNDS
+    return beta, float(np.clip(np.log(phi), lo + 1, hi - 1))
+
+
+def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, step: float = 1e-5):
+    """Central differences of the exact gradient, symmetrised (inside the bounds)."""
+    m = len(x)
+    H = np.empty((m, m))
+    lower = np.array([b[0] if b[0] is not None else -np.inf for b in problem.bounds()])
+    for j in range(m):
+        e = np.zeros(m)
+        e[j] = step * max(1.0, abs(x[j]))
+        hi, lo = x + e, x - e
+        if lo[j] < lower[j]:  # one-sided at a bound
+            lo = x
+        gh = problem.criterion(hi, u.copy())[1]
+        gl = problem.criterion(lo, u.copy())[1]
+        H[:, j] = (gh - gl) / (hi[j] - lo[j])
+    return 0.5 * (H + H.T)
+
+
+def _minimise(problem: RowProblem, x0: np.ndarray, u0: np.ndarray):
+    """L-BFGS-B from ``x0`` with the exact gradient; the modes warm-start each point.
+
+    To moderate tolerances: Newton steps finish the optimum (:func:`_newton_polish`).
+    """
+    u = u0.copy()
+
+    def fun(x):
+        D, g, _ = problem.criterion(x, u)
+        if not np.isfinite(D):
+            return np.inf, np.zeros_like(x)
+        return D, g
+
+    # theta free of sign: D is even in each theta, so theta = 0 is always stationary and a
+    # search bounded at 0 stops there even where D falls away from it; from a signed
+    # start, descent reaches 0 only where 0 is a minimum.
+    k = problem.n_terms
+    bounds = [(-_THETA_MAX, _THETA_MAX)] * k + problem.bounds()[k:]
+    res = optimize.minimize(
+        fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+        options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 1000, "maxcor": 20},
+    )  # fmt: skip
+    x = res.x.copy()
+    x[:k] = np.abs(x[:k])
+    return x, float(res.fun)
+
+
+def _newton_polish(
+    problem: RowProblem, x: np.ndarray, u: np.ndarray, D: float, held: int | None = None
+):
+    """Projected Newton steps from the search's optimum, while they lower ``D``.
+
+    ``held``: a coordinate kept where it is.
+    """
+    bounds = problem.bounds()
+    lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+    hi = np.array([b[1] if b[1] is not None else np.inf for b in bounds])
+    for _ in range(8):
+        _, g, _ = problem.criterion(x, u)
+        free = ~(((x <= lo) & (g >= 0)) | ((x >= hi) & (g < 0)))
+        if held is not None:
+            free[held] = False
+        if not free.any():
+            break
+        H = _hessian(problem, x, u)
+        Hf = H[np.ix_(free, free)]
+        try:
+            step = -np.linalg.solve(Hf, g[free])
+        except np.linalg.LinAlgError:
+            break
+        if g[free] @ step >= 0:
+            break
+        t = 1.0
+        while t > 1e-6:
+            trial = x.copy()
+            trial[free] = np.clip(x[free] + t * step, lo[free], hi[free])
+            ut = u.copy()
+            Dt = problem.criterion(trial, ut, gradient=False)[0]
+            if Dt <= D:
+                break
+            t *= 0.5
+        if not (Dt <= D):
+            break
+        improved = D - Dt
+        x, u, D = trial, ut, Dt
+        if improved < 1e-12 * (1 + abs(D)):
+            break
+    return x, u, D
+
+
+def _snap_to_zero(problem: RowProblem, x: np.ndarray, u: np.ndarray, D: float):
+    """Put at 0 every small ``theta`` where 0 is as good, within the criterion's rounding.
+
+    ``D`` is even in each ``theta``: where its minimum is at 0, a search from a signed
+    start ends a rounding error away from 0 (``|theta| ~ sqrt(eps / D'')``). Such a
+    variance is 0 (a singular fit, as lme4 reports it) when ``D`` with it at 0, the
+    other parameters polished again, is no larger than the optimum plus
+    :data:`_ROUNDING` (far below the 1e-6 relative differences between engines).
+    """
+    for j in np.argsort(x[: problem.n_terms]):
+        if not 0 < x[j] < _SNAP_BELOW:
+            continue
+        trial = x.copy()
+        trial[j] = 0.0
+        ut = u.copy()
+        Dt = problem.criterion(trial, ut, gradient=False)[0]
+        trial, ut, Dt = _newton_polish(problem, trial, ut, Dt, held=j)
+        if Dt <= D + _ROUNDING * (1 + abs(D)):
+            x, u, D = trial, ut, Dt
+    return x, u, D
+
+
+def _escape(problem: RowProblem, fit: GeneFit) -> list[np.ndarray]:
+    """Starts away from each variance at 0 where ``D`` falls off 0 along it.
+
+    ``D`` is even in each ``theta``, so a variance at 0 is always stationary; it is a
+    minimum along its axis only where ``D'' >= 0`` there (the Hessian's diagonal).
+    """
+    out = []
+    for j in range(problem.n_terms):
+        if fit.x[j] == 0 and not fit.hessian[j, j] > 0:
+            x0 = fit.x.copy()
+            x0[j] = _STARTS[0]
+            out.append(x0)
+    return out
+
+
+def _finish(problem: RowProblem, x: np.ndarray) -> GeneFit:
+    """Polish an optimum, put negligible variances at 0, and take its derivatives."""
+    u = np.zeros(len(problem.term))
+    D = problem.criterion(x, u, gradient=False)[0]
+    x, u, D = _newton_polish(problem, x, u, D)
+    x, u, D = _snap_to_zero(problem, x, u, D)
+    D, g, converged = problem.criterion(x, u)
+    H = _hessian(problem, x, u)
+    return GeneFit(x=x, deviance=float(D), u=u, gradient=g, hessian=H, converged=bool(converged))
+
+
+def fit_rows(problem: RowProblem, exhaustive: bool = False) -> GeneFit:
+    """The best optimum of ``D`` over starts, polished, with its gradient and Hessian.
+
+    Starts: every variance small, and every variance large (``exhaustive``: every
+    combination of the two, ``2^k`` starts, for tests); then, from the best optimum,
+    a start away from each variance at 0 that is not a minimum along its axis.
+    """
+    beta0, log_phi0 = glm_start(problem)
+    k = problem.n_terms
+    tail = [beta0] + ([[log_phi0]] if problem.family == NB2 else [])
+    combos = itertools.product(_STARTS, repeat=k) if exhaustive else ((t,) * k for t in _STARTS)
+    best = None
+    for thetas in combos:
+        x, D = _minimise(problem, np.concatenate([thetas, *tail]), np.zeros(len(problem.term)))
+        if best is None or D < best[1]:
+            best = (x, D)
+    assert best is not None
+    fit = _finish(problem, best[0])
+    for _ in range(k):
+        better = None
+        for x0 in _escape(problem, fit):
+            x, D = _minimise(problem, x0, fit.u)
+            if D < fit.deviance - _ROUNDING * (1 + abs(fit.deviance)):
+                candidate = _finish(problem, x)
+                if candidate.deviance < (better or fit).deviance:
+                    better = candidate
+        if better is None:
+            break
+        fit = better
+    return fit
