@@ -29,9 +29,7 @@ def cells():
 @pytest.fixture(scope="module")
 def fitted(cells):
     adata = cells.copy()
-    svp.tl.variance_partition(
-        adata, FORMULA, family="nb", layer="counts", offset="log_sf", **ROLES
-    )
+    svp.tl.variance_partition(adata, FORMULA, family="nb", layer="counts", offset="log_sf", **ROLES)
     return adata
 
 
@@ -135,7 +133,7 @@ def test_a_cell_without_counts_is_named(cells):
 
 
 def test_slopes_are_refused_before_fitting(cells):
-    with pytest.raises(ValueError, match="random term 'patient.pct_mito'"):
+    with pytest.raises(ValueError, match=r"random term 'patient\.pct_mito'"):
         svp.tl.variance_partition(
             cells, "~ (1|chemistry) + (0 + pct_mito|patient)", family="nb", layer="counts"
         )

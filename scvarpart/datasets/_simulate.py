@@ -173,7 +173,9 @@ def simulate_counts(
     -------
     AnnData
         With ``X`` (log-normalised, CSR float32), ``obs`` columns for every
-        factor, ``library``, ``log_umi`` (log total counts) and ``pct_mito``; ``var``
+        factor, ``library``, ``pct_mito``, ``log_umi`` (log total counts) and
+        ``log_size_factor`` (the simulation's ``log size_c``, the offset of a count model
+        such as ``svp.tl.variance_partition(family="nb")``); ``var``
         with the simulation's parameters; with ``counts``, ``layers["counts"]``.
 
     Examples
@@ -183,7 +185,7 @@ def simulate_counts(
     >>> adata.shape
     (300, 30)
     >>> adata.obs.columns.tolist()
-    ['patient', 'chemistry', 'day', 'operator', 'library', 'pct_mito', 'log_umi']
+    ['patient', 'chemistry', 'day', 'operator', 'library', 'pct_mito', 'log_umi', 'log_size_factor']
     """
     levels = dict(_DEFAULT_LEVELS if levels is None else levels)
     if n_cells < 1 or n_genes < 1 or chunk_cells < 1:
@@ -218,6 +220,7 @@ def simulate_counts(
 
     n_blocks = len(chunk_seeds)
     obs["pct_mito"] = (100 * mito).round(4)
+    log_size = np.log(size)  # the true size factors: the offset of a count model
     var.index.name = None
     if path is None:
         blocks = Parallel(n_jobs=n_jobs, prefer="threads")(
@@ -225,6 +228,7 @@ def simulate_counts(
         )
         X = sp.vstack([b[0] for b in blocks], format="csr")
         obs["log_umi"] = np.log(np.maximum(np.concatenate([b[1] for b in blocks]), 1.0))
+        obs["log_size_factor"] = log_size
         adata = ad.AnnData(X=X, obs=obs, var=var)
         if counts:
             adata.layers["counts"] = sp.vstack([b[2] for b in blocks], format="csr")
@@ -249,6 +253,7 @@ def simulate_counts(
                     else:
                         ad.io.sparse_dataset(group[name]).append(values)
         obs["log_umi"] = np.log(np.maximum(totals, 1.0))
+        obs["log_size_factor"] = log_size
         ad.io.write_elem(f, "obs", obs)
         ad.io.write_elem(f, "var", var)
         ad.io.write_elem(

@@ -31,13 +31,28 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["NB2", "POISSON", "conditional_modes", "laplace", "loglik_terms"]
+from ._zero_tables import zero_terms
+
+__all__ = [
+    "DIFFERENCE",
+    "NB2",
+    "OBSERVATION",
+    "POISSON",
+    "ZEROS",
+    "conditional_modes",
+    "laplace",
+    "loglik_terms",
+]
 
 POISSON = 0
 NB2 = 1
-# Below this count, lgamma(y + phi) - lgamma(phi) is summed as log(phi + j), j < y: exact
-# where the difference of two large lgamma values loses digits (phi large, near Poisson).
-_SUM_BELOW = 64
+# Kinds of rows: an observation; a non-zero NB2 count less its zero; a class's zeros.
+OBSERVATION = 0
+DIFFERENCE = 1
+ZEROS = 2
+# From this NB size on, lgamma(y + phi) - lgamma(phi) is Stirling's series of the
+# difference (its error below 1e-15 there), not a difference of two large numbers.
+_STIRLING_FROM = 50.0
 # A Newton decrement below which halving that finds no better point counts as converged.
 _STALL = 1e-6
 
@@ -58,19 +73,31 @@ def _digamma(x):
 
 @nb.njit(cache=True, nogil=True)
 def _gamma_ratio(y, phi):
-    """``lgamma(y + phi) - lgamma(phi)`` and its derivative in ``phi``, for a count ``y``."""
-    if y < _SUM_BELOW:
-        lg, dg = 0.0, 0.0
-        for j in range(int(y)):
-            lg += math.log(phi + j)
-            dg += 1.0 / (phi + j)
-        return lg, dg
-    return math.lgamma(y + phi) - math.lgamma(phi), _digamma(y + phi) - _digamma(phi)
+    """``lgamma(y + phi) - lgamma(phi)`` and its derivative in ``phi``, for a count ``y``.
+
+    For ``phi >= 50``, Stirling's series of the difference, written so that nothing
+    large cancels (``lgamma(phi)`` alone is ``~ phi log phi``: near the Poisson limit its
+    rounding would swamp the difference); below, the functions themselves.
+    """
+    if y == 0.0:  # most counts of a cell
+        return 0.0, 0.0
+    if phi < _STIRLING_FROM:
+        return math.lgamma(y + phi) - math.lgamma(phi), _digamma(y + phi) - _digamma(phi)
+    x = phi + y
+    a, b = 1.0 / x, 1.0 / phi
+    a2, b2 = a * a, b * b
+    lg = (phi - 0.5) * math.log1p(y / phi) + y * math.log(x) - y
+    lg += (a - b) / 12.0 - (a * a2 - b * b2) / 360.0 + (a * a2 * a2 - b * b2 * b2) / 1260.0
+    lg -= (a * a2 * a2 * a2 - b * b2 * b2 * b2) / 1680.0
+    dg = math.log1p(y / phi) + 0.5 * y * a * b - (a2 - b2) / 12.0
+    dg += (a2 * a2 - b2 * b2) / 120.0 - (a2 * a2 * a2 - b2 * b2 * b2) / 252.0
+    dg += (a2 * a2 * a2 * a2 - b2 * b2 * b2 * b2) / 240.0
+    return lg, dg
 
 
 @nb.njit(cache=True, nogil=True)
 def loglik_terms(family, y, eta, phi):
-    """One row's ``log f``, its derivatives in ``eta`` and in ``log phi``.
+    """One observation's ``log f``, its derivatives in ``eta`` and in ``log phi``.
 
     Returns ``(l, g, h, h1, l_p, g_p, h_p)``: the log density; ``g = dl/deta``;
     ``h = -d2l/deta2`` (the observed information); ``h1 = dh/deta``; and the
@@ -82,14 +109,83 @@ def loglik_terms(family, y, eta, phi):
     s = phi + mu
     lg, dg = _gamma_ratio(y, phi)
     # phi log phi - (y + phi) log(phi + mu) + y eta, without cancelling large terms
-    l = lg - math.lgamma(y + 1.0) - phi * math.log1p(mu / phi) + y * (eta - math.log(s))
+    l_y = lg - math.lgamma(y + 1.0) - phi * math.log1p(mu / phi) + y * (eta - math.log(s))
     g = phi * (y - mu) / s
     h = (y + phi) * phi * mu / (s * s)
     h1 = h * (phi - mu) / s
     l_p = phi * (dg - math.log1p(mu / phi) + (mu - y) / s)
     g_p = phi * (y - mu) * mu / (s * s)
     h_p = phi * mu * (2.0 * phi * mu - y * phi + y * mu) / (s * s * s)
-    return l, g, h, h1, l_p, g_p, h_p
+    return l_y, g, h, h1, l_p, g_p, h_p
+
+
+@nb.njit(cache=True, nogil=True)
+def _difference_terms(y, eta, phi):
+    """``log f(y) - log f(0)`` of NB2 and its derivatives.
+
+    A non-zero count whose zero is counted in its class's :mod:`._zero_tables` sum.
+    """
+    mu = math.exp(eta)
+    s = phi + mu
+    lg, dg = _gamma_ratio(y, phi)
+    l_y = lg - math.lgamma(y + 1.0) + y * (eta - math.log(s))
+    h = y * phi * mu / (s * s)
+    g_p = phi * y * mu / (s * s)
+    return l_y, phi * y / s, h, h * (phi - mu) / s, phi * (dg - y / s), g_p, g_p * (mu - phi) / s
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_terms(family, y, eta, phi, r, aux):
+    """Row ``r``'s ``loglik_terms``: an observation, a difference row, or a class's zeros.
+
+    ``aux = (kind, cls, start, n_segments, coef, tails)``: each row's kind
+    (:data:`OBSERVATION`, :data:`DIFFERENCE`, :data:`ZEROS`), its class, and the zero
+    tables of :mod:`._zero_tables`.
+    """
+    kind = aux[0][r]
+    if kind == OBSERVATION:
+        return loglik_terms(family, y, eta, phi)
+    if kind == DIFFERENCE:
+        return _difference_terms(y, eta, phi)
+    f0, f1, f2, f3 = zero_terms(eta - math.log(phi), aux[1][r], aux[2], aux[3], aux[4], aux[5])
+    return (
+        -phi * f0, -phi * f1, phi * f2, phi * f3, phi * (f1 - f0), phi * (f2 - f1),
+        phi * (f2 - f3),
+    )  # fmt: skip
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_loglik(family, y, eta, phi, r, aux):
+    """Row ``r``'s ``log f`` alone (cheaper than :func:`_row_terms` for the criterion)."""
+    kind = aux[0][r]
+    if kind == ZEROS:
+        x = eta - math.log(phi)
+        return -phi * zero_terms(x, aux[1][r], aux[2], aux[3], aux[4], aux[5])[0]
+    mu = math.exp(eta)
+    if family == POISSON:
+        return y * eta - mu - math.lgamma(y + 1.0)
+    zero = -phi * math.log1p(mu / phi)
+    if y == 0.0:
+        return zero
+    lg = _gamma_ratio(y, phi)[0] - math.lgamma(y + 1.0) + y * (eta - math.log(phi + mu))
+    return lg if kind == DIFFERENCE else lg + zero
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_lgh(family, y, eta, phi, r, aux):
+    """Row ``r``'s ``log f``, ``g`` and ``h`` (for the Newton steps of the modes)."""
+    kind = aux[0][r]
+    if kind == ZEROS:
+        f = zero_terms(eta - math.log(phi), aux[1][r], aux[2], aux[3], aux[4], aux[5])
+        return -phi * f[0], -phi * f[1], phi * f[2]
+    mu = math.exp(eta)
+    if family == POISSON:
+        return y * eta - mu - math.lgamma(y + 1.0), y - mu, mu
+    s = phi + mu
+    ll = _row_loglik(family, y, eta, phi, r, aux)
+    if kind == DIFFERENCE:
+        return ll, phi * y / s, y * phi * mu / (s * s)
+    return ll, phi * (y - mu) / s, (y + phi) * phi * mu / (s * s)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -105,24 +201,44 @@ def _linear_predictor(base, theta, codes, term, u, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _penalised(family, y, eta, phi, u):
-    """``sum log f(y | u) - |u|^2 / 2`` at ``eta``."""
-    total = 0.0
-    for i in range(len(y)):
-        total += loglik_terms(family, y[i], eta[i], phi)[0]
-    return total - 0.5 * (u @ u)
+def _add(total, carry, value):
+    """Neumaier's compensated sum: ``(total, carry)`` after adding ``value``.
+
+    A plain sum of 100,000 terms drifts by about 1e-10 of a log-likelihood of 1e4, more
+    than the changes the modes' Newton steps are judged by.
+    """
+    t = total + value
+    if abs(total) >= abs(value):
+        carry += (total - t) + value
+    else:
+        carry += (value - t) + total
+    return t, carry
 
 
 @nb.njit(cache=True, nogil=True)
-def _system(family, y, eta, phi, u, theta, codes, term, H, grad):
-    """``H = Lambda Z'WZ Lambda + I`` and ``grad = Lambda Z' g - u`` at ``eta``."""
+def _loglik(family, y, eta, phi, aux):
+    """``sum log f(y | u)`` at ``eta``."""
+    total = carry = 0.0
+    for i in range(len(y)):
+        total, carry = _add(total, carry, _row_loglik(family, y[i], eta[i], phi, i, aux))
+    return total + carry
+
+
+@nb.njit(cache=True, nogil=True)
+def _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad):
+    """``H = Lambda Z'WZ Lambda + I`` and ``grad = Lambda Z' g - u`` at ``eta``.
+
+    Returns ``sum log f(y | u)``, from the same pass.
+    """
     n, k = codes.shape
     H[:] = 0.0
     for c in range(len(u)):
         H[c, c] = 1.0
         grad[c] = -u[c]
+    total = carry = 0.0
     for i in range(n):
-        _, g, h, _, _, _, _ = loglik_terms(family, y[i], eta[i], phi)
+        ll, g, h = _row_lgh(family, y[i], eta[i], phi, i, aux)
+        total, carry = _add(total, carry, ll)
         for s in range(k):
             cs = codes[i, s]
             ts = theta[term[cs]]
@@ -131,12 +247,15 @@ def _system(family, y, eta, phi, u, theta, codes, term, H, grad):
             for t in range(k):
                 ct = codes[i, t]
                 H[cs, ct] += hs * theta[term[ct]]
+    return total + carry
 
 
 @nb.njit(cache=True, nogil=True)
 def _cholesky(H, L):
-    """Lower Cholesky factor of ``H`` into ``L``; ``False`` where ``H`` is not numerically
-    positive definite (mu so large that ``I`` is lost in rounding).
+    """Lower Cholesky factor of ``H`` into ``L``.
+
+    ``False`` where ``H`` is not numerically positive definite (``mu`` so large that
+    ``I`` is lost in rounding).
     """
     m = H.shape[0]
     for j in range(m):
@@ -176,12 +295,13 @@ def _cholesky_solve(L, b):
 
 
 @nb.njit(cache=True, nogil=True)
-def conditional_modes(family, y, base, phi, theta, codes, term, u, tol, max_iter):
+def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max_iter):
     """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
 
     Newton steps with halving, until the Newton decrement ``grad' H^-1 grad`` is below
-    ``tol``. Returns ``(converged, eta, L)``: ``L`` the Cholesky factor of ``H`` at
-    the modes.
+    ``tol (1 + |f|)``, ``f`` the penalised log-likelihood (its rounding grows with it).
+    Returns ``(converged, eta, L, loglik)``: ``L`` the Cholesky factor of ``H`` at the
+    modes, ``loglik`` the sum of ``log f(y | u)`` there.
     """
     q = len(u)
     eta = np.empty(len(y))
@@ -190,18 +310,15 @@ def conditional_modes(family, y, base, phi, theta, codes, term, u, tol, max_iter
     grad = np.empty(q)
     trial = np.empty(q)
     _linear_predictor(base, theta, codes, term, u, eta)
-    f = _penalised(family, y, eta, phi, u)
     converged = False
     failed = np.full((q, q), np.nan)
-    if not math.isfinite(f):
-        return False, eta, failed
     for _ in range(max_iter):
-        _system(family, y, eta, phi, u, theta, codes, term, H, grad)
-        if not _cholesky(H, L):  # mu overflowed: no modes at these parameters
-            return False, eta, failed
+        f = _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad) - 0.5 * (u @ u)
+        if not math.isfinite(f) or not _cholesky(H, L):  # mu overflowed: no modes here
+            return False, eta, failed, np.nan
         step = _cholesky_solve(L, grad)
         decrement = grad @ step
-        if decrement < tol:  # the last step is below rounding in f: take it whole
+        if decrement < tol * (1.0 + abs(f)):  # the step is below f's rounding: take it whole
             u += step
             converged = True
             break
@@ -209,7 +326,7 @@ def conditional_modes(family, y, base, phi, theta, codes, term, u, tol, max_iter
         while True:
             trial[:] = u + t * step
             _linear_predictor(base, theta, codes, term, trial, eta)
-            f_new = _penalised(family, y, eta, phi, trial)
+            f_new = _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial)
             if f_new >= f or t < 1e-10:
                 break
             t *= 0.5
@@ -217,52 +334,56 @@ def conditional_modes(family, y, base, phi, theta, codes, term, u, tol, max_iter
             converged = decrement < _STALL
             break
         u[:] = trial
-        f = f_new
     _linear_predictor(base, theta, codes, term, u, eta)
-    _system(family, y, eta, phi, u, theta, codes, term, H, grad)
-    if not _cholesky(H, L):
-        return False, eta, failed
-    return converged, eta, L
+    ll = _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad)
+    if not math.isfinite(ll) or not _cholesky(H, L):
+        return False, eta, failed, np.nan
+    return converged, eta, L, ll
 
 
 @nb.njit(cache=True, nogil=True)
-def laplace(family, y, X, offset, codes, term, theta, beta, log_phi, u, tol, max_iter, gradient):
+def laplace(
+    family, y, X, offset, codes, term, aux, theta, beta, log_phi, u, tol, max_iter, gradient
+):
     """The Laplace criterion ``D`` and, with ``gradient``, its exact gradient.
 
     Parameters are ``theta`` (one per term), ``beta`` and, for NB2, ``log_phi``; the
-    gradient is in that order (``log_phi`` last, only for NB2). ``u`` holds the starting
-    modes and is overwritten with the modes found. Returns ``(D, grad, converged)``.
+    gradient is in that order (``log_phi`` last, only for NB2). ``aux`` describes the
+    rows (:func:`_row_terms`). ``u`` holds the starting modes and is overwritten with the
+    modes found. Returns ``(D, grad, converged)``.
     """
-    n, k = codes.shape
-    q, p, nt = len(u), X.shape[1], len(theta)
+    n_par = len(theta) + X.shape[1] + (1 if family == NB2 else 0)
     phi = math.exp(log_phi)
     base = offset + X @ beta
-    converged, eta, L = conditional_modes(family, y, base, phi, theta, codes, term, u, tol, max_iter)
-    n_par = nt + p + (1 if family == NB2 else 0)
-    out = np.zeros(n_par)
+    converged, eta, L, ll = conditional_modes(
+        family, y, base, phi, theta, codes, term, aux, u, tol, max_iter
+    )
     if not np.isfinite(L[0, 0]):
-        return np.inf, out, False
-    D = u @ u
-    for c in range(q):
+        return np.inf, np.zeros(n_par), False
+    D = u @ u - 2.0 * ll
+    for c in range(len(u)):
         D += 2.0 * math.log(L[c, c])
-    for i in range(n):
-        D -= 2.0 * loglik_terms(family, y[i], eta[i], phi)[0]
     if not gradient:
-        return D, out, converged
+        return D, np.zeros(n_par), converged
     Linv = np.linalg.inv(L)
     Hinv = Linv.T @ Linv
-    g = np.empty(n)
-    h = np.empty(n)
-    h1 = np.empty(n)
-    g_p = np.empty(n)
-    h_p = np.empty(n)
-    lev = np.empty(n)  # a_i' H^-1 a_i
-    r = np.empty((n, k))  # (H^-1 a_i) at row i's column of each term
-    explicit = np.zeros(n_par)
+    return D, _gradient(family, y, X, codes, term, aux, theta, phi, u, eta, Hinv), converged
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_derivatives(family, y, eta, phi, aux, theta, codes, term, Hinv):
+    """Per row: ``g``, ``h``, ``h1``, ``g_p``, ``h_p``, ``l_p``, and two products with ``H^-1``.
+
+    With ``a_i`` the row of ``Z Lambda``: the leverage ``a_i' H^-1 a_i``, and
+    ``(H^-1 a_i)`` at the row's columns.
+    """
+    n, k = codes.shape
+    out = np.empty((6, n))
+    lev = np.empty(n)
+    r = np.empty((n, k))
     for i in range(n):
-        _, g[i], h[i], h1[i], l_p, g_p[i], h_p[i] = loglik_terms(family, y[i], eta[i], phi)
-        if family == NB2:
-            explicit[n_par - 1] -= 2.0 * l_p
+        _, g, h, h1, l_p, g_p, h_p = _row_terms(family, y[i], eta[i], phi, i, aux)
+        out[0, i], out[1, i], out[2, i], out[3, i], out[4, i], out[5, i] = g, h, h1, g_p, h_p, l_p
         c_i = 0.0
         for s in range(k):
             cs = codes[i, s]
@@ -273,37 +394,52 @@ def laplace(family, y, X, offset, codes, term, theta, beta, log_phi, u, tol, max
             r[i, s] = acc
             c_i += theta[term[cs]] * acc
         lev[i] = c_i
+    return out, lev, r
+
+
+@nb.njit(cache=True, nogil=True)
+def _gradient(family, y, X, codes, term, aux, theta, phi, u, eta, Hinv):
+    """``dD/dpar`` by the implicit function theorem (see the module's documentation).
+
+    For each parameter: its direct effect on ``-2 log f`` (the modes held), and on
+    ``log det H`` through ``W`` and ``Lambda``, with ``eta`` moving with the modes
+    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation).
+    """
+    n, k = codes.shape
+    nt, p = len(theta), X.shape[1]
+    n_par = nt + p + (1 if family == NB2 else 0)
+    d, lev, r = _row_derivatives(family, y, eta, phi, aux, theta, codes, term, Hinv)
+    g, h, h1, g_p, h_p = d[0], d[1], d[2], d[3], d[4]
+    out = np.zeros(n_par)
     deta = np.empty(n)  # d eta_i / d par with u held
-    dF = np.empty(q)
+    dF = np.empty(len(u))
     for j in range(n_par):
+        dispersion = j == nt + p
         dF[:] = 0.0
-        extra = 0.0
+        total = -2.0 * d[5].sum() if dispersion else 0.0
         for i in range(n):
-            if j < nt:
-                d = 0.0
+            e = 0.0
+            if j < nt:  # theta_j scales the modes of its term's columns
                 for s in range(k):
                     cs = codes[i, s]
                     if term[cs] == j:
-                        d += u[cs]
+                        e += u[cs]
                         dF[cs] += g[i]
-                        extra += 2.0 * h[i] * r[i, s]
-            elif j < nt + p:
-                d = X[i, j - nt]
-            else:
-                d = 0.0
-            deta[i] = d
-            v = -h[i] * d + (g_p[i] if j == nt + p else 0.0)
+                        total += 2.0 * h[i] * r[i, s]
+            elif not dispersion:
+                e = X[i, j - nt]
+            deta[i] = e
+            v = -h[i] * e + (g_p[i] if dispersion else 0.0)
             for s in range(k):
                 cs = codes[i, s]
                 dF[cs] += theta[term[cs]] * v
-            explicit[j] -= 2.0 * g[i] * d
+            total -= 2.0 * g[i] * e
         du = Hinv @ dF
-        total = explicit[j] + extra
         for i in range(n):
-            d = deta[i]
+            e = deta[i]
             for s in range(k):
                 cs = codes[i, s]
-                d += theta[term[cs]] * du[cs]
-            total += lev[i] * (h1[i] * d + (h_p[i] if j == nt + p else 0.0))
+                e += theta[term[cs]] * du[cs]
+            total += lev[i] * (h1[i] * e + (h_p[i] if dispersion else 0.0))
         out[j] = total
-    return D, out, converged
+    return out

@@ -11,6 +11,7 @@ the evaluations of the search, and with the cube of the number of levels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,10 +24,20 @@ from ..lmm.genes import gene_names
 from ..storage.matrix import column_block, row_bounds
 from ..varpart.fractions import RESIDUAL, check_roles, component_variances, fractions
 from ..varpart.result import VarPartResult, assemble
-from ._laplace_kernel import NB2, POISSON, conditional_modes
+from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
+from ._zero_tables import ZeroTables, zero_tables
 from .latent import APPROXIMATIONS, distribution_variance, mean_count
 from .rows import RowDesign, row_design
-from .search import LOG_PHI_BOUNDS, GeneFit, RowProblem, fit_rows
+from .search import (
+    LOG_PHI_BOUNDS,
+    MODE_ITER,
+    MODE_TOL,
+    GeneFit,
+    RowProblem,
+    fit_rows,
+    glm_start,
+    moment_log_phi,
+)
 
 __all__ = ["FAMILIES", "check_counts", "check_family", "fit_counts"]
 
@@ -35,6 +46,9 @@ FAMILIES = {"poisson": POISSON, "nb": NB2}
 Progress = Callable[[int, int], object] | None
 # A log NB size this close to its lower bound is at the bound: the dispersion is not identified.
 _AT_BOUND = 1e-6
+# NB2 sums a class's zero counts from tables (:mod:`._zero_tables`) when its classes hold
+# this many observations on average: below it, the observations are as cheap.
+_CELLS_PER_CLASS = 8
 
 
 def check_family(family: str, approximation: str = "lognormal") -> int:
@@ -90,14 +104,43 @@ class _Context:
         self.linear_mean = float(self.offset.mean())
         self.x_mean = design.X.mean(axis=0)
         self.n_levels = [f.n_levels for f in design.factors]
+        self.tables: ZeroTables | None = None
+        if family == NB2 and self.rows.n_classes * _CELLS_PER_CLASS <= len(self.offset):
+            r = self.rows
+            self.tables = zero_tables(self.offset, r.classes, r.n_classes)
 
-    def problem(self, y: np.ndarray) -> tuple[RowProblem, float]:
-        """The gene's rows (Poisson: class totals) and its log-likelihood's constant."""
+    def problem(self, y: np.ndarray) -> tuple[RowProblem, float, tuple]:
+        """The gene's rows, its log-likelihood's constant, and where its search starts.
+
+        Poisson: the class totals. NB2: the observations, or with the zero tables, the
+        non-zero counts and the classes' zeros (:mod:`._zero_tables`).
+        """
         r = self.rows
+        yc, log_e, const = r.poisson_rows(y, self.offset)
+        beta0, log_phi0 = glm_start(yc, r.class_X, log_e)  # the cells' Poisson GLM
         if self.family == POISSON:
-            yc, log_e, const = r.poisson_rows(y, self.offset)
-            return RowProblem(POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms), const
-        return RowProblem(NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms), 0.0
+            problem = RowProblem(POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms)
+            return problem, const, (beta0, log_phi0)
+        log_phi0 = moment_log_phi(y, np.exp(self.offset + self.X @ beta0))
+        if self.tables is None:
+            problem = RowProblem(NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms)
+            return problem, 0.0, (beta0, log_phi0)
+        return self._aggregated(y), 0.0, (beta0, log_phi0)
+
+    def _aggregated(self, y: np.ndarray) -> RowProblem:
+        """NB2 rows: each non-zero count less its zero, then each class's zeros."""
+        r, T = self.rows, self.tables
+        assert T is not None
+        nz = np.flatnonzero(y)
+        m = r.n_classes
+        kind = np.concatenate([np.full(len(nz), DIFFERENCE), np.full(m, ZEROS)])
+        cls = np.concatenate([np.zeros(len(nz), np.int64), np.arange(m)])
+        return RowProblem(
+            NB2, np.concatenate([y[nz], np.zeros(m)]), np.concatenate([self.X[nz], r.class_X]),
+            np.concatenate([self.offset[nz], np.zeros(m)]),
+            np.concatenate([r.codes[nz], r.class_codes]), r.term, r.n_terms,
+            (kind, cls, T.start, T.n_segments, T.coef, T.tails),
+        )  # fmt: skip
 
     def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Every component's variance at parameters ``x``, and the latent quantities."""
@@ -131,7 +174,7 @@ def _logit_interval(f, se, z):
         return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))
 
 
-def _intervals(ctx: _Context, fit: GeneFit, roles) -> dict[str, np.ndarray]:
+def _intervals(ctx: _Context, fit: GeneFit, roles) -> dict[str, Any]:
     """Delta-method standard errors and intervals, one-sided for a variance at 0.
 
     ``Cov(x) = 2 H^-1`` over the coordinates off the boundary (a variance at 0 is held
@@ -144,11 +187,10 @@ def _intervals(ctx: _Context, fit: GeneFit, roles) -> dict[str, np.ndarray]:
     at_zero = np.zeros(len(x), bool)
     at_zero[:k] = x[:k] == 0
     free = ~at_zero
-    out: dict[str, np.ndarray] = {}
     H = fit.hessian[np.ix_(free, free)]
     try:
         cov = 2 * np.linalg.inv(H)
-        ok = np.all(np.linalg.eigvalsh(H) > 0)
+        ok = bool(np.all(np.linalg.eigvalsh(H) > 0))
     except np.linalg.LinAlgError:
         ok = False
     V, _ = ctx.variances(x)
@@ -190,9 +232,10 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     phi = float(np.exp(fit.x[k + p])) if ctx.family == NB2 else 1.0
     u = fit.u.copy()
     base = problem.offset + problem.X @ beta
-    _, _, L = conditional_modes(
-        problem.family, problem.y, base, phi, theta, problem.codes, problem.term, u, 1e-11, 100
-    )
+    _, _, L, _ = conditional_modes(
+        problem.family, problem.y, base, phi, theta, problem.codes, problem.term, problem.aux,
+        u, MODE_TOL, MODE_ITER,
+    )  # fmt: skip
     Linv = np.linalg.inv(L)
     scale = theta[problem.term]
     return scale * u, scale**2 * np.einsum("ij,ij->j", Linv, Linv)
@@ -208,8 +251,8 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
             "error": f"filtered: non-zero in {n_nonzero} cells, fewer than "
             f"min_cells={ctx.min_cells}"
         }
-    problem, const = ctx.problem(y)
-    fit = fit_rows(problem)
+    problem, const, start = ctx.problem(y)
+    fit = fit_rows(problem, start=start)
     k, p = ctx.rows.n_terms, ctx.X.shape[1]
     if not np.isfinite(fit.deviance):
         return {"error": "no finite optimum of the Laplace criterion (counts too extreme)"}
@@ -252,78 +295,105 @@ def _fit_block(ctx: _Context, Y: np.ndarray, roles) -> list[dict]:
     return [{**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])]
 
 
-def _collect(ctx: _Context, design: Design, genes: pd.Index, parts: list[dict], params, roles):
-    """The per-gene records as a :class:`VarPartResult`."""
-    G, k, p = len(genes), design.n_random, design.n_fixed
-    comps = design.components
-    C = len(comps)
-    ok = np.array([r["error"] == "" for r in parts])
-    error = np.array([r["error"] for r in parts], dtype=object)
+class _Records:
+    """The per-gene records of a fit, read as genes x something arrays."""
 
-    def stack(name: str, width: int) -> np.ndarray:
-        out = np.full((G, width), np.nan)
-        for g, r in enumerate(parts):
+    def __init__(self, parts: list[dict]):
+        self.parts = parts
+        self.ok = np.array([r["error"] == "" for r in parts])
+
+    def stack(self, name: str, width: int) -> np.ndarray:
+        """Field ``name`` of the fitted genes, NaN for the others."""
+        out = np.full((len(self.parts), width), np.nan)
+        for g, r in enumerate(self.parts):
             if r["error"] == "":
                 out[g] = r[name]
         return out
 
-    def column(name: str) -> np.ndarray:
-        return np.array([r.get(name, np.nan) for r in parts], dtype=float)
+    def column(self, name: str) -> np.ndarray:
+        """A scalar field of every gene (NaN where absent)."""
+        return np.array([r.get(name, np.nan) for r in self.parts], dtype=float)
 
-    V = stack("variance", C)
-    fields = {
-        "mean": column("mean"),
-        "singular": (stack("theta", k) == 0).any(axis=1),
-        "converged": np.array([bool(r.get("converged", False)) for r in parts]) & ok,
-        "loglik": column("loglik"),
-        "dispersion": column("dispersion"),
-        "lambda": column("lambda"),
-    }
+
+def _interval_tables(records: _Records, genes: pd.Index, comps: list[str]):
+    """``variance_se``, ``ci_low``, ``ci_high``, and rho's bounds (per-gene fields)."""
+    G, C = len(genes), len(comps)
+    se, lo, hi = (np.full((G, C), np.nan) for _ in range(3))
+    rho_lo, rho_hi = np.full(G, np.nan), np.full(G, np.nan)
+    for g, r in enumerate(records.parts):
+        if r["error"] == "":
+            iv = r["intervals"]
+            se[g], lo[g], hi[g] = iv["variance_se"], iv["ci_low"], iv["ci_high"]
+            rho_lo[g], rho_hi[g] = iv["rho"]
+    tables = {"variance_se": se, "ci_low": lo, "ci_high": hi}
+    frames = {k: pd.DataFrame(v, index=genes, columns=comps) for k, v in tables.items()}
+    return frames, {"rho_ci_low": rho_lo, "rho_ci_high": rho_hi}
+
+
+def _blup_tables(records: _Records, design: Design, genes: pd.Index):
+    """Per term, genes x levels of conditional modes and of their variances."""
+    starts = np.cumsum([0, *(f.n_levels for f in design.factors)])
+    blups, blup_var = {}, {}
+    for t, f in enumerate(design.factors):
+        cols = [str(v) for v in f.levels]
+        m, v = (np.full((len(genes), f.n_levels), np.nan) for _ in range(2))
+        for g, r in enumerate(records.parts):
+            if r["error"] == "":
+                m[g] = r["blups"][0][starts[t] : starts[t + 1]]
+                v[g] = r["blups"][1][starts[t] : starts[t + 1]]
+        blups[f.name] = pd.DataFrame(m, index=genes, columns=cols)
+        blup_var[f.name] = pd.DataFrame(v, index=genes, columns=cols)
+    return {"blups": blups, "blup_var": blup_var}
+
+
+def _random_tables(records: _Records, design: Design, genes: pd.Index, V: np.ndarray):
+    """lme4's ``VarCorr``, ``theta`` and the criterion's derivatives in ``theta``."""
+    k = design.n_random
     names = [f.name for f in design.factors]
     theta_cols = [f"{n}.(Intercept)" for n in names]
-    extra: dict = {
+    return {
         "varcorr": pd.DataFrame(
             np.column_stack([V[:, :k], V[:, -1]]), index=genes,
             columns=[f"{n}|(Intercept)" for n in names] + [RESIDUAL],
         ),
-        "theta": pd.DataFrame(stack("theta", k), index=genes, columns=theta_cols),
-        "gradient": pd.DataFrame(stack("gradient", k), index=genes, columns=theta_cols),
+        "theta": pd.DataFrame(records.stack("theta", k), index=genes, columns=theta_cols),
+        "gradient": pd.DataFrame(records.stack("gradient", k), index=genes, columns=theta_cols),
         "hessian": pd.DataFrame(
-            stack("hessian", k * k), index=genes,
+            records.stack("hessian", k * k), index=genes,
             columns=[f"{a}|{b}" for a in theta_cols for b in theta_cols],
         ),
-        "distribution": pd.DataFrame(
-            {a: column(a) for a in APPROXIMATIONS}, index=genes
-        ),
     }  # fmt: skip
+
+
+def _collect(ctx: _Context, design: Design, genes: pd.Index, parts: list[dict], params):
+    """The per-gene records as a :class:`VarPartResult`."""
+    records = _Records(parts)
+    comps = design.components
+    V = records.stack("variance", len(comps))
+    fields = {
+        "mean": records.column("mean"),
+        "singular": (records.stack("theta", design.n_random) == 0).any(axis=1),
+        "converged": np.array([bool(r.get("converged", False)) for r in parts]) & records.ok,
+        "loglik": records.column("loglik"),
+        "dispersion": records.column("dispersion"),
+        "lambda": records.column("lambda"),
+    }
+    extra = _random_tables(records, design, genes, V)
+    extra["distribution"] = pd.DataFrame(
+        {a: records.column(a) for a in APPROXIMATIONS}, index=genes
+    )
     if ctx.level is not None:
-        se, lo, hi = (np.full((G, C), np.nan) for _ in range(3))
-        rho_lo, rho_hi = np.full(G, np.nan), np.full(G, np.nan)
-        for g, r in enumerate(parts):
-            if r["error"] == "":
-                iv = r["intervals"]
-                se[g], lo[g], hi[g] = iv["variance_se"], iv["ci_low"], iv["ci_high"]
-                rho_lo[g], rho_hi[g] = iv["rho"]
-        for name, table in (("variance_se", se), ("ci_low", lo), ("ci_high", hi)):
-            extra[name] = pd.DataFrame(table, index=genes, columns=comps)
-        if roles is not None:
-            fields["rho_ci_low"], fields["rho_ci_high"] = rho_lo, rho_hi
+        frames, rho_bounds = _interval_tables(records, genes, comps)
+        extra.update(frames)
+        if params.get("batch") and params.get("signal"):
+            fields.update(rho_bounds)
     if ctx.store_blups:
-        blups, blup_var = {}, {}
-        starts = np.cumsum([0] + ctx.n_levels)
-        for t, f in enumerate(design.factors):
-            cols = [str(v) for v in f.levels]
-            m, v = np.full((G, f.n_levels), np.nan), np.full((G, f.n_levels), np.nan)
-            for g, r in enumerate(parts):
-                if r["error"] == "":
-                    m[g] = r["blups"][0][starts[t] : starts[t + 1]]
-                    v[g] = r["blups"][1][starts[t] : starts[t + 1]]
-            blups[f.name] = pd.DataFrame(m, index=genes, columns=cols)
-            blup_var[f.name] = pd.DataFrame(v, index=genes, columns=cols)
-        extra["blups"], extra["blup_var"] = blups, blup_var
+        extra.update(_blup_tables(records, design, genes))
+    error = np.array([r["error"] for r in parts], dtype=object)
     return assemble(
-        genes, comps, V, fractions(V), fields, error, beta=stack("beta", p),
-        beta_se=stack("beta_se", p), columns=design.columns, params=params, extra=extra,
+        genes, comps, V, fractions(V), fields, error, beta=records.stack("beta", design.n_fixed),
+        beta_se=records.stack("beta_se", design.n_fixed), columns=design.columns,
+        params=params, extra=extra,
     )  # fmt: skip
 
 
@@ -454,4 +524,4 @@ def fit_counts(
         "approximation": approximation, "batch": batch_l, "signal": signal_l,
         "engine": "laplace",
     }  # fmt: skip
-    return _collect(ctx, design, pd.Index(names), parts, params, roles)
+    return _collect(ctx, design, pd.Index(names), parts, params)

@@ -27,6 +27,7 @@ variance, so the fractions sum to 1 as for a Gaussian fit.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special
 
 __all__ = ["APPROXIMATIONS", "distribution_variance", "mean_count"]
@@ -35,7 +36,7 @@ __all__ = ["APPROXIMATIONS", "distribution_variance", "mean_count"]
 APPROXIMATIONS = ("lognormal", "trigamma")
 
 
-def mean_count(linear_mean: np.ndarray, random_variance: np.ndarray) -> np.ndarray:
+def mean_count(linear_mean: ArrayLike, random_variance: ArrayLike) -> np.ndarray:
     """``lambda = exp(mean fixed predictor + sum of random variances / 2)``.
 
     Examples
@@ -49,7 +50,7 @@ def mean_count(linear_mean: np.ndarray, random_variance: np.ndarray) -> np.ndarr
 
 
 def distribution_variance(
-    lam: np.ndarray, inverse_size: np.ndarray, approximation: str = "lognormal"
+    lam: ArrayLike, inverse_size: ArrayLike, approximation: str = "lognormal"
 ) -> np.ndarray:
     """The distribution-specific variance on the log scale, per gene.
 

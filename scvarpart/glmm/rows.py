@@ -26,7 +26,7 @@ from scipy import special
 
 from ..design import Design
 
-__all__ = ["RowDesign", "row_design"]
+__all__ = ["RowDesign", "observation_rows", "row_design"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class RowDesign:
         pos = yc > 0
         const -= (yc[pos] * log_e[pos]).sum() - special.gammaln(yc[pos] + 1).sum()
         return yc, log_e, float(const)
+
+
+def observation_rows(n: int) -> tuple:
+    """The kernel's description (``aux``) of ``n`` rows that are all observations."""
+    return (
+        np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(0), np.zeros(0, np.int64),
+        np.zeros((0, 0, 4, 1)), np.zeros((0, 5)),
+    )  # fmt: skip
 
 
 def row_design(design: Design) -> RowDesign:

@@ -21,19 +21,29 @@ import numpy as np
 from scipy import optimize
 
 from ._laplace_kernel import NB2, laplace
+from .rows import observation_rows
 
-__all__ = ["LOG_PHI_BOUNDS", "GeneFit", "RowProblem", "fit_rows", "glm_start"]
+__all__ = [
+    "LOG_PHI_BOUNDS",
+    "GeneFit",
+    "RowProblem",
+    "fit_rows",
+    "glm_start",
+    "moment_log_phi",
+]
 
 #: Bounds of ``log phi`` (NB size ``phi`` from 4.5e-5 to 4.9e8): at the upper one the
 #: counts show no overdispersion beyond the random effects (the Poisson limit); at the
 #: lower one the dispersion is not identified.
 LOG_PHI_BOUNDS = (-10.0, 20.0)
 _THETA_MAX = 20.0  # a standard deviation of 20 on the log scale: e^20-fold between levels
-_MODE_TOL = 1e-11  # Newton decrement at which the conditional modes are converged
-_MODE_ITER = 100
+MODE_TOL = 1e-14  # Newton decrement, relative, at which the conditional modes are converged
+MODE_ITER = 100
 _STARTS = (0.2, 1.0)  # each term's starting theta, in every combination
 _SNAP_BELOW = 1e-3  # a theta this small is tried at 0 (:func:`_snap_to_zero`)
 _ROUNDING = 1e-13  # relative rounding of the criterion's evaluation
+_STEP = 1e-6  # relative step of the Hessian's differences
+_POLISHED = 1e-6  # a projected gradient below this needs no Newton step
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class RowProblem:
     """One gene's count model on rows (observations, or classes of them).
 
     ``codes`` holds each row's column of ``u`` per term (``n x k``, columns of term
-    ``t`` contiguous), ``term`` the term of each column of ``u``.
+    ``t`` contiguous), ``term`` the term of each column of ``u``; ``aux`` what kind of
+    row each is (:func:`.rows.observation_rows` for observations, the default).
     """
 
     family: int
@@ -51,6 +62,12 @@ class RowProblem:
     codes: np.ndarray
     term: np.ndarray
     n_terms: int
+    aux: tuple = ()
+
+    def __post_init__(self) -> None:
+        """Rows that are all observations unless ``aux`` says otherwise."""
+        if not self.aux:
+            object.__setattr__(self, "aux", observation_rows(len(self.y)))
 
     @property
     def n_params(self) -> int:
@@ -62,9 +79,9 @@ class RowProblem:
         k, p = self.n_terms, self.X.shape[1]
         log_phi = x[k + p] if self.family == NB2 else 0.0
         return laplace(
-            self.family, self.y, self.X, self.offset, self.codes, self.term,
+            self.family, self.y, self.X, self.offset, self.codes, self.term, self.aux,
             np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]), log_phi, u,
-            _MODE_TOL, _MODE_ITER, gradient,
+            MODE_TOL, MODE_ITER, gradient,
         )  # fmt: skip
 
     def bounds(self) -> list[tuple[float | None, float | None]]:
@@ -86,12 +103,12 @@ class GeneFit:
     converged: bool
 
 
-def glm_start(problem: RowProblem) -> tuple[np.ndarray, float]:
-    """Fixed effects of the Poisson GLM without random effects, and a moment estimate of ``log phi``.
+def glm_start(y: np.ndarray, X: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, float]:
+    """The Poisson GLM's fixed effects (no random effects), and a moment estimate of ``log phi``.
 
-    Iteratively reweighted least squares; the dispersion from ``Var y = mu + mu^2 / phi``.
+    Of observations (or of Poisson class totals, which give the same fixed effects).
+    Iteratively reweighted least squares.
     """
-    X, y, off = problem.X, problem.y, problem.offset
     beta = np.zeros(X.shape[1])
     beta[0] = np.log(max(y.sum(), 0.5) / np.exp(off).sum())
     for _ in range(30):
@@ -100,27 +117,31 @@ def glm_start(problem: RowProblem) -> tuple[np.ndarray, float]:
         beta = beta + step
         if np.abs(step).max() < 1e-8:
             break
-    mu = np.exp(off + X @ beta)
+    return beta, moment_log_phi(y, np.exp(off + X @ beta))
+
+
+def moment_log_phi(y: np.ndarray, mu: np.ndarray) -> float:
+    """``log phi`` from ``Var y = mu + mu^2 / phi``, inside the bounds."""
     excess = ((y - mu) ** 2 - mu).sum()
-    phi = (mu**2).sum() / excess if excess > 0 else np.exp(LOG_PHI_BOUNDS[1] - 1)
     lo, hi = LOG_PHI_BOUNDS
-    return beta, float(np.clip(np.log(phi), lo + 1, hi - 1))
+    if not excess > 0:
+        return hi - 1
+    return float(np.clip(np.log((mu**2).sum() / excess), lo + 1, hi - 1))
 
 
-def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, step: float = 1e-5):
-    """Central differences of the exact gradient, symmetrised (inside the bounds)."""
+def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, g: np.ndarray):
+    """Forward differences of the exact gradient ``g`` (at ``x``), symmetrised.
+
+    Steps of ``1e-6`` relative: the gradient is exact to about 1e-12 of ``D``, so the
+    Hessian is good to about 1e-6 relative, ample for Newton steps and standard errors.
+    Steps go up, away from the lower bounds.
+    """
     m = len(x)
     H = np.empty((m, m))
-    lower = np.array([b[0] if b[0] is not None else -np.inf for b in problem.bounds()])
     for j in range(m):
         e = np.zeros(m)
-        e[j] = step * max(1.0, abs(x[j]))
-        hi, lo = x + e, x - e
-        if lo[j] < lower[j]:  # one-sided at a bound
-            lo = x
-        gh = problem.criterion(hi, u.copy())[1]
-        gl = problem.criterion(lo, u.copy())[1]
-        H[:, j] = (gh - gl) / (hi[j] - lo[j])
+        e[j] = _STEP * max(1.0, abs(x[j]))
+        H[:, j] = (problem.criterion(x + e, u.copy())[1] - g) / e[j]
     return 0.5 * (H + H.T)
 
 
@@ -166,9 +187,9 @@ def _newton_polish(
         free = ~(((x <= lo) & (g >= 0)) | ((x >= hi) & (g < 0)))
         if held is not None:
             free[held] = False
-        if not free.any():
+        if not free.any() or np.abs(g[free]).max() < _POLISHED:
             break
-        H = _hessian(problem, x, u)
+        H = _hessian(problem, x, u, g)
         Hf = H[np.ix_(free, free)]
         try:
             step = -np.linalg.solve(Hf, g[free])
@@ -238,18 +259,22 @@ def _finish(problem: RowProblem, x: np.ndarray) -> GeneFit:
     x, u, D = _newton_polish(problem, x, u, D)
     x, u, D = _snap_to_zero(problem, x, u, D)
     D, g, converged = problem.criterion(x, u)
-    H = _hessian(problem, x, u)
+    H = _hessian(problem, x, u, g)
     return GeneFit(x=x, deviance=float(D), u=u, gradient=g, hessian=H, converged=bool(converged))
 
 
-def fit_rows(problem: RowProblem, exhaustive: bool = False) -> GeneFit:
+def fit_rows(
+    problem: RowProblem, exhaustive: bool = False, start: tuple[np.ndarray, float] | None = None
+) -> GeneFit:
     """The best optimum of ``D`` over starts, polished, with its gradient and Hessian.
 
     Starts: every variance small, and every variance large (``exhaustive``: every
     combination of the two, ``2^k`` starts, for tests); then, from the best optimum,
     a start away from each variance at 0 that is not a minimum along its axis.
+    ``start``: the fixed effects and ``log phi`` to start from (by default
+    :func:`glm_start` of the rows, which must then be observations).
     """
-    beta0, log_phi0 = glm_start(problem)
+    beta0, log_phi0 = start or glm_start(problem.y, problem.X, problem.offset)
     k = problem.n_terms
     tail = [beta0] + ([[log_phi0]] if problem.family == NB2 else [])
     combos = itertools.product(_STARTS, repeat=k) if exhaustive else ((t,) * k for t in _STARTS)

@@ -134,9 +134,9 @@ def partition_file(
             W = ad.io.read_elem(root["layers"][prep.weights_layer])
         else:
             Y = _lazy_matrix(elem, len(var), chunk_size, dask)
-        offset = None if prep.count is None else offset_values(
-            obs, prep.count, Y, prep.design, var.index, source
-        )
+        offsets = None
+        if prep.count_model is not None:
+            offsets = offset_values(obs, prep.count_model, Y, prep.design, var.index, source)
         results = _partition(
             prep,
             Y,
@@ -154,7 +154,7 @@ def partition_file(
             test=test,
             bootstrap=bootstrap,
             W=W,
-            offset=offset,
+            offset=offsets,
         )
     return obs, (var if genes is None else var.iloc[genes]), results
 

@@ -131,7 +131,7 @@ class _Prepared(NamedTuple):
     model: dict  # the model's options besides the formula, as recorded in params
     audit: DesignAudit
     weights_layer: str | None = None  # gene-specific weights: the layer holding them
-    count: CountModel | None = None  # family="poisson" or "nb": the count model
+    count_model: CountModel | None = None  # family="poisson" or "nb": the count model
 
 
 def _weights_kind(weights, obs: pd.DataFrame, layers: Sequence[str]) -> str | None:
@@ -331,10 +331,10 @@ def _partition(
             f"{source} has shape {Y.shape}; expected {len(design.keep)} observations x "
             f"{len(var_names)} genes."
         )
-    if genes is None and prep.count is None:
+    if genes is None and prep.count_model is None:
         _check_values(Y, source, var_names)
     n_genes = len(var_names) if genes is None else len(var_names[genes])
-    how = prep.method if prep.count is None else f"{prep.count.family}, Laplace"
+    how = prep.method if prep.count_model is None else f"{prep.count_model.family}, Laplace"
     start = logg.info(
         f"fitting {design.formula.text!r} ({how}) to {n_genes} genes x {design.n_obs} cells"
     )
@@ -343,12 +343,12 @@ def _partition(
         "min_cells": min_cells, "store_blups": store_blups, "test": test,
         "n_boot": bootstrap[0], "seed": bootstrap[1], "ci": bootstrap[2],
     }  # fmt: skip
-    if prep.count is not None:  # a count model, gene by gene
+    if prep.count_model is not None:  # a count model, gene by gene
         cols = slice(None) if genes is None else genes
         with progress_bar("fitting genes", progress) as bar:
             result = glmm.fit_counts(
-                design, Y[:, cols], family=prep.count.family, offset=offset,
-                approximation=prep.count.approximation, var_names=var_names[cols],
+                design, Y[:, cols], family=prep.count_model.family, offset=offset,
+                approximation=prep.count_model.approximation, var_names=var_names[cols],
                 batch=prep.batch, signal=prep.signal, min_cells=min_cells,
                 store_blups=store_blups, ci=bootstrap[2], n_jobs=n_jobs, progress=bar,
                 source=source,
@@ -673,9 +673,9 @@ def variance_partition(
         ))  # fmt: skip
     Y, source = _expression(adata, layer, use_raw)
     W = None if prep.weights_layer is None else adata.layers[prep.weights_layer]
-    off = None if prep.count is None else offset_values(
-        adata.obs, prep.count, Y, prep.design, adata.var_names, source
-    )
+    off = None
+    if prep.count_model is not None:
+        off = offset_values(adata.obs, prep.count_model, Y, prep.design, adata.var_names, source)
     results = _partition(
         prep,
         Y,

@@ -26,8 +26,11 @@ Layout under ``key`` (e.g. ``"varpart"``)::
     varm[f"{key}_qvalue"]      0 and chi-squared(1)) and Benjamini-Hochberg q-value
     varm[f"{key}_blup_{term}"] conditional modes of a term's effects, genes x levels
     varm[f"{key}_blupvar_{term}"]  their conditional variances (with store_blups)
+    varm[f"{key}_distribution"]  count models: the distribution-specific variances
+                               (lognormal, trigamma) of each gene
     var[f"{key}_{field}"]      per-gene fields: rho (with batch and signal), mean,
-                               singular, converged, loglik
+                               singular, converged, loglik; dispersion and lambda (count
+                               models)
     uns[key]                   params, components, summary, errors, result_keys, and
                                design (the design audit, :class:`~scvarpart.design.DesignAudit`)
 
@@ -226,6 +229,12 @@ class VarPartResult:
         With ``n_boot``: genes x components, the parametric bootstrap's percentile
         interval of each fraction (:mod:`scvarpart.lmm.bootstrap`); the per-gene fields
         ``rho_boot_low`` and ``rho_boot_high`` hold ``rho``'s.
+    distribution
+        For a count model (:mod:`scvarpart.glmm`): genes x ``"lognormal"``,
+        ``"trigamma"``, the two distribution-specific variances on the latent scale; the
+        one of ``params["approximation"]`` is the ``"Residual"`` component. The per-gene
+        fields ``dispersion`` (the NB size, ``inf`` for Poisson) and ``lambda`` (the mean
+        count the variances are computed at) come with it.
     design
         The audit of the design the genes were fitted with
         (:func:`~scvarpart.design.audit_design`): terms, pairs of terms, warnings.
