@@ -11,21 +11,20 @@ the evaluations of the search, and with the cube of the number of levels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from scipy import stats as st
 
 from .._names import as_names
 from ..design import Design
 from ..lmm.genes import gene_names
 from ..storage.matrix import column_block, row_bounds
-from ..varpart.fractions import RESIDUAL, check_roles, component_variances, fractions
-from ..varpart.result import VarPartResult, assemble
+from ..varpart.fractions import check_roles, component_variances
+from ..varpart.result import VarPartResult
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
 from ._zero_tables import ZeroTables, zero_tables
+from .intervals import intervals
 from .latent import APPROXIMATIONS, distribution_variance, mean_count
 from .rows import RowDesign, row_design
 from .search import (
@@ -38,6 +37,7 @@ from .search import (
     glm_start,
     moment_log_phi,
 )
+from .tables import collect
 
 __all__ = ["FAMILIES", "check_counts", "check_family", "fit_counts"]
 
@@ -157,74 +157,6 @@ class _Context:
         return V, {"lambda": float(lam), **dist}
 
 
-def _jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Central differences of ``fn`` (a vector) in the ``free`` coordinates of ``x``."""
-    cols = []
-    for j in np.flatnonzero(free):
-        e = np.zeros_like(x)
-        e[j] = 1e-6 * max(1.0, abs(x[j]))
-        cols.append((fn(x + e) - fn(x - e)) / (2 * e[j]))
-    return np.column_stack(cols) if cols else np.zeros((len(fn(x)), 0))
-
-
-def _logit_interval(f, se, z):
-    with np.errstate(all="ignore"):
-        lf = np.log(f) - np.log1p(-f)
-        half = z * se / (f * (1 - f))
-        return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))
-
-
-def _intervals(ctx: _Context, fit: GeneFit, roles) -> dict[str, Any]:
-    """Delta-method standard errors and intervals, one-sided for a variance at 0.
-
-    ``Cov(x) = 2 H^-1`` over the coordinates off the boundary (a variance at 0 is held
-    there). Fractions: Wald on the logit scale. A variance at 0: ``[0, u]``, ``u`` the
-    fraction at ``theta = z sqrt(2 / D''(0))`` (the Wald bound of the 50:50 mixture at
-    the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
-    """
-    k = ctx.rows.n_terms
-    x = fit.x
-    at_zero = np.zeros(len(x), bool)
-    at_zero[:k] = x[:k] == 0
-    free = ~at_zero
-    H = fit.hessian[np.ix_(free, free)]
-    try:
-        cov = 2 * np.linalg.inv(H)
-        ok = bool(np.all(np.linalg.eigvalsh(H) > 0))
-    except np.linalg.LinAlgError:
-        ok = False
-    V, _ = ctx.variances(x)
-    C = len(V)
-    if not ok:
-        nan = np.full(C, np.nan)
-        return {"variance_se": nan, "ci_low": nan, "ci_high": nan, "rho": (np.nan, np.nan)}
-    JV = _jacobian(lambda z: ctx.variances(z)[0], x, free)
-    JF = _jacobian(lambda z: fractions(ctx.variances(z)[0][None, :])[0], x, free)
-    se_v = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JV, cov, JV), 0))
-    se_f = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JF, cov, JF), 0))
-    f = V / V.sum()
-    z2 = st.norm.ppf(0.5 + ctx.level / 2)
-    low, high = _logit_interval(f, se_f, z2)
-    V_up = V.copy()
-    for j in np.flatnonzero(at_zero[:k]):
-        se_v[j] = np.nan
-        curvature = fit.hessian[j, j]
-        theta_u = st.norm.ppf(ctx.level) * np.sqrt(2 / curvature) if curvature > 0 else np.nan
-        V_up[j] = theta_u**2
-        low[j], high[j] = 0.0, V_up[j] / (V_up[j] + V.sum() - V[j])
-    rho_ci = (np.nan, np.nan)
-    if roles is not None:
-        batch, signal = roles
-        b, s = V[batch].sum(), V[signal].sum()
-        if b > 0 and s > 0:
-            g = (JV[batch].sum(axis=0) / b) - (JV[signal].sum(axis=0) / s)
-            se = np.sqrt(max(g @ cov @ g, 0))
-            rho_ci = (b / s * np.exp(-z2 * se), b / s * np.exp(z2 * se))
-        elif b == 0 and s > 0:
-            rho_ci = (0.0, V_up[batch].sum() / s)
-    return {"variance_se": se_v, "ci_low": low, "ci_high": high, "rho": rho_ci}
-
-
 def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     """Each level's conditional mode ``theta u`` and its conditional variance."""
     k, p = ctx.rows.n_terms, ctx.X.shape[1]
@@ -284,7 +216,9 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
         **latent,
     }
     if ctx.level is not None:
-        out["intervals"] = _intervals(ctx, fit, roles)
+        out["intervals"] = intervals(
+            lambda z: ctx.variances(z)[0], fit, ctx.rows.n_terms, ctx.level, roles
+        )
     if ctx.store_blups:
         out["blups"] = _blups(ctx, problem, fit)
     return out
@@ -293,108 +227,6 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
 def _fit_block(ctx: _Context, Y: np.ndarray, roles) -> list[dict]:
     """The genes of a block, each with its mean count."""
     return [{**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])]
-
-
-class _Records:
-    """The per-gene records of a fit, read as genes x something arrays."""
-
-    def __init__(self, parts: list[dict]):
-        self.parts = parts
-        self.ok = np.array([r["error"] == "" for r in parts])
-
-    def stack(self, name: str, width: int) -> np.ndarray:
-        """Field ``name`` of the fitted genes, NaN for the others."""
-        out = np.full((len(self.parts), width), np.nan)
-        for g, r in enumerate(self.parts):
-            if r["error"] == "":
-                out[g] = r[name]
-        return out
-
-    def column(self, name: str) -> np.ndarray:
-        """A scalar field of every gene (NaN where absent)."""
-        return np.array([r.get(name, np.nan) for r in self.parts], dtype=float)
-
-
-def _interval_tables(records: _Records, genes: pd.Index, comps: list[str]):
-    """``variance_se``, ``ci_low``, ``ci_high``, and rho's bounds (per-gene fields)."""
-    G, C = len(genes), len(comps)
-    se, lo, hi = (np.full((G, C), np.nan) for _ in range(3))
-    rho_lo, rho_hi = np.full(G, np.nan), np.full(G, np.nan)
-    for g, r in enumerate(records.parts):
-        if r["error"] == "":
-            iv = r["intervals"]
-            se[g], lo[g], hi[g] = iv["variance_se"], iv["ci_low"], iv["ci_high"]
-            rho_lo[g], rho_hi[g] = iv["rho"]
-    tables = {"variance_se": se, "ci_low": lo, "ci_high": hi}
-    frames = {k: pd.DataFrame(v, index=genes, columns=comps) for k, v in tables.items()}
-    return frames, {"rho_ci_low": rho_lo, "rho_ci_high": rho_hi}
-
-
-def _blup_tables(records: _Records, design: Design, genes: pd.Index):
-    """Per term, genes x levels of conditional modes and of their variances."""
-    starts = np.cumsum([0, *(f.n_levels for f in design.factors)])
-    blups, blup_var = {}, {}
-    for t, f in enumerate(design.factors):
-        cols = [str(v) for v in f.levels]
-        m, v = (np.full((len(genes), f.n_levels), np.nan) for _ in range(2))
-        for g, r in enumerate(records.parts):
-            if r["error"] == "":
-                m[g] = r["blups"][0][starts[t] : starts[t + 1]]
-                v[g] = r["blups"][1][starts[t] : starts[t + 1]]
-        blups[f.name] = pd.DataFrame(m, index=genes, columns=cols)
-        blup_var[f.name] = pd.DataFrame(v, index=genes, columns=cols)
-    return {"blups": blups, "blup_var": blup_var}
-
-
-def _random_tables(records: _Records, design: Design, genes: pd.Index, V: np.ndarray):
-    """lme4's ``VarCorr``, ``theta`` and the criterion's derivatives in ``theta``."""
-    k = design.n_random
-    names = [f.name for f in design.factors]
-    theta_cols = [f"{n}.(Intercept)" for n in names]
-    return {
-        "varcorr": pd.DataFrame(
-            np.column_stack([V[:, :k], V[:, -1]]), index=genes,
-            columns=[f"{n}|(Intercept)" for n in names] + [RESIDUAL],
-        ),
-        "theta": pd.DataFrame(records.stack("theta", k), index=genes, columns=theta_cols),
-        "gradient": pd.DataFrame(records.stack("gradient", k), index=genes, columns=theta_cols),
-        "hessian": pd.DataFrame(
-            records.stack("hessian", k * k), index=genes,
-            columns=[f"{a}|{b}" for a in theta_cols for b in theta_cols],
-        ),
-    }  # fmt: skip
-
-
-def _collect(ctx: _Context, design: Design, genes: pd.Index, parts: list[dict], params):
-    """The per-gene records as a :class:`VarPartResult`."""
-    records = _Records(parts)
-    comps = design.components
-    V = records.stack("variance", len(comps))
-    fields = {
-        "mean": records.column("mean"),
-        "singular": (records.stack("theta", design.n_random) == 0).any(axis=1),
-        "converged": np.array([bool(r.get("converged", False)) for r in parts]) & records.ok,
-        "loglik": records.column("loglik"),
-        "dispersion": records.column("dispersion"),
-        "lambda": records.column("lambda"),
-    }
-    extra = _random_tables(records, design, genes, V)
-    extra["distribution"] = pd.DataFrame(
-        {a: records.column(a) for a in APPROXIMATIONS}, index=genes
-    )
-    if ctx.level is not None:
-        frames, rho_bounds = _interval_tables(records, genes, comps)
-        extra.update(frames)
-        if params.get("batch") and params.get("signal"):
-            fields.update(rho_bounds)
-    if ctx.store_blups:
-        extra.update(_blup_tables(records, design, genes))
-    error = np.array([r["error"] for r in parts], dtype=object)
-    return assemble(
-        genes, comps, V, fractions(V), fields, error, beta=records.stack("beta", design.n_fixed),
-        beta_se=records.stack("beta_se", design.n_fixed), columns=design.columns,
-        params=params, extra=extra,
-    )  # fmt: skip
 
 
 def fit_counts(
@@ -524,4 +356,4 @@ def fit_counts(
         "approximation": approximation, "batch": batch_l, "signal": signal_l,
         "engine": "laplace",
     }  # fmt: skip
-    return _collect(ctx, design, pd.Index(names), parts, params)
+    return collect(design, pd.Index(names), parts, params, level=ci, store_blups=store_blups)

@@ -61,7 +61,7 @@ from ..suffstats import ResponseStats
 from .profiled import ProfiledDeviance
 from .roots import expand_bracket, illinois
 
-__all__ = ["Intervals", "theta_covariance", "wald_intervals"]
+__all__ = ["Intervals", "logit_interval", "theta_covariance", "wald_intervals"]
 
 #: ``f(theta, sigma2, beta) -> (G, C)``: the variance of every component from the
 #: parameters (centred or not: only the intercept differs, which adds no variance).
@@ -267,7 +267,8 @@ def _residual_ray(eng, stats, fit, variances: VarianceFunction, base, crit):
     return low, high
 
 
-def _logit_interval(f, se, z):
+def logit_interval(f, se, z):
+    """Wald interval of a fraction ``f`` with standard error ``se`` on the logit scale."""
     with np.errstate(all="ignore"):
         lf = np.log(f) - np.log1p(-f)
         half = z * se / (f * (1 - f))
@@ -400,7 +401,7 @@ def _closed_form_bounds(V, cov_v, level, k):
     A = (np.eye(V.shape[1])[None] - f[:, :, None]) / total[:, None, None]
     cov_f = np.einsum("gij,gjk,glk->gil", A, cov_v, A)
     se_f = np.sqrt(np.clip(np.diagonal(cov_f, axis1=1, axis2=2), 0, None))
-    lo, hi = _logit_interval(f, se_f, float(st.norm.ppf(0.5 + level / 2)))
+    lo, hi = logit_interval(f, se_f, float(st.norm.ppf(0.5 + level / 2)))
     f_lo, f_hi = _ratio_intervals(V, cov_v, level)
     lo[:, :-1] = np.where(np.isfinite(f_lo), f_lo, lo[:, :-1])
     hi[:, k:-1] = np.fmax(hi[:, k:-1], f_hi[:, k:])

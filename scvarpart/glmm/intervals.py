@@ -1,0 +1,88 @@
+"""Delta-method standard errors and intervals of a count model's fractions and rho.
+
+From the Hessian of the Laplace criterion in every parameter at the optimum
+(:mod:`.search`): ``Cov = 2 H^-1`` over the parameters off the boundary, and the
+Jacobian of the components' variances, by central differences of the function that
+computes them from the parameters (:mod:`.latent` through the fit's context). Fractions
+are Wald intervals on the logit scale, as the Gaussian model's first step
+(:func:`scvarpart.lmm.intervals.logit_interval`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import stats as st
+
+from ..lmm.intervals import logit_interval
+from ..varpart.fractions import fractions
+from .search import GeneFit
+
+__all__ = ["intervals", "jacobian"]
+
+
+def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Central differences of ``fn`` (a vector) in the ``free`` coordinates of ``x``."""
+    cols = []
+    for j in np.flatnonzero(free):
+        e = np.zeros_like(x)
+        e[j] = 1e-6 * max(1.0, abs(x[j]))
+        cols.append((fn(x + e) - fn(x - e)) / (2 * e[j]))
+    return np.column_stack(cols) if cols else np.zeros((len(fn(x)), 0))
+
+
+def intervals(
+    variances: Callable[[np.ndarray], np.ndarray], fit: GeneFit, k: int, level: float, roles
+) -> dict[str, Any]:
+    """Delta-method standard errors and intervals, one-sided for a variance at 0.
+
+    ``Cov(x) = 2 H^-1`` over the coordinates off the boundary (a variance at 0 is held
+    there). Fractions: Wald on the logit scale. A variance at 0: ``[0, u]``, ``u`` the
+    fraction at ``theta = z sqrt(2 / D''(0))`` (the Wald bound of the 50:50 mixture at
+    the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
+
+    ``variances``: the components' variances at the parameters (``theta`` first, ``k`` of
+    them); ``roles``: boolean masks of the batch and signal components, or ``None``.
+    """
+    x = fit.x
+    at_zero = np.zeros(len(x), bool)
+    at_zero[:k] = x[:k] == 0
+    free = ~at_zero
+    H = fit.hessian[np.ix_(free, free)]
+    try:
+        cov = 2 * np.linalg.inv(H)
+        ok = bool(np.all(np.linalg.eigvalsh(H) > 0))
+    except np.linalg.LinAlgError:
+        ok = False
+    V = variances(x)
+    C = len(V)
+    if not ok:
+        nan = np.full(C, np.nan)
+        return {"variance_se": nan, "ci_low": nan, "ci_high": nan, "rho": (np.nan, np.nan)}
+    JV = jacobian(variances, x, free)
+    JF = jacobian(lambda z: fractions(variances(z)[None, :])[0], x, free)
+    se_v = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JV, cov, JV), 0))
+    se_f = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JF, cov, JF), 0))
+    f = V / V.sum()
+    z2 = st.norm.ppf(0.5 + level / 2)
+    low, high = logit_interval(f, se_f, z2)
+    V_up = V.copy()
+    for j in np.flatnonzero(at_zero[:k]):
+        se_v[j] = np.nan
+        curvature = fit.hessian[j, j]
+        theta_u = st.norm.ppf(level) * np.sqrt(2 / curvature) if curvature > 0 else np.nan
+        V_up[j] = theta_u**2
+        low[j], high[j] = 0.0, V_up[j] / (V_up[j] + V.sum() - V[j])
+    rho_ci = (np.nan, np.nan)
+    if roles is not None:
+        batch, signal = roles
+        b, s = V[batch].sum(), V[signal].sum()
+        if b > 0 and s > 0:
+            g = (JV[batch].sum(axis=0) / b) - (JV[signal].sum(axis=0) / s)
+            se = np.sqrt(max(g @ cov @ g, 0))
+            rho_ci = (b / s * np.exp(-z2 * se), b / s * np.exp(z2 * se))
+        elif b == 0 and s > 0:
+            rho_ci = (0.0, V_up[batch].sum() / s)
+    return {"variance_se": se_v, "ci_low": low, "ci_high": high, "rho": rho_ci}
