@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 
 from .._names import as_names
 from ..design import Design
 from ..lmm.genes import gene_names
-from ..storage.matrix import column_block, row_bounds
+from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles, component_variances
 from ..varpart.result import VarPartResult
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
@@ -335,20 +335,11 @@ def fit_counts(
     roles = None
     if batch_l and signal_l:
         roles = (np.isin(comps, batch_l), np.isin(comps, signal_l))
-    bounds = row_bounds(Y.shape[1], chunk_genes)
 
     def job(a: int, b: int):
         return delayed(_fit_block)(ctx, column_block(Y, a, b)[rows], roles)
 
-    if n_jobs in (None, 1) or len(bounds) <= 1:
-        outputs = (fn(*args, **kw) for fn, args, kw in (job(a, b) for a, b in bounds))
-    else:
-        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(job(a, b) for a, b in bounds)
-    parts: list[dict] = []
-    for (a, b), out in zip(bounds, outputs, strict=True):
-        parts.extend(out)
-        if progress is not None:
-            progress(b - a, Y.shape[1])
+    parts = map_column_blocks(Y.shape[1], chunk_genes, job, n_jobs=n_jobs, progress=progress)
     if not parts:
         raise ValueError(f"{source} has no genes.")
     params = {

@@ -19,11 +19,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 
 from .._names import as_names
 from ..design import Design
-from ..storage.matrix import column_block, row_bounds
+from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult
 from .genes import fit_stats, gene_names, response_stats
@@ -150,22 +150,13 @@ def fit_gene_weights(
     }  # fmt: skip
     options = {"source": source, "fit": fit_options}
     rows = np.flatnonzero(design.keep)
-    bounds = row_bounds(Y.shape[1], chunk_genes)  # blocks of genes
 
     def job(a: int, b: int):
         y = column_block(Y, a, b)  # every row: response_stats skips the design's dropped ones
         w = column_block(W, a, b)[rows]
         return delayed(_fit_chunk)(design, y, w, list(names[a:b]), options)
 
-    if n_jobs in (None, 1) or len(bounds) <= 1:
-        outputs = (fn(*args, **kw) for fn, args, kw in (job(a, b) for a, b in bounds))
-    else:
-        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(job(a, b) for a, b in bounds)
-    parts = []
-    for (a, b), out in zip(bounds, outputs, strict=True):
-        parts.extend(out)
-        if progress is not None:
-            progress(b - a, Y.shape[1])
+    parts = map_column_blocks(Y.shape[1], chunk_genes, job, n_jobs=n_jobs, progress=progress)
     if not parts:
         raise ValueError(f"{source} has no genes.")
     return VarPartResult.concat(parts)

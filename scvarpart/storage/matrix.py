@@ -34,6 +34,7 @@ __all__ = [
     "few_blocks_rows",
     "is_backed_sparse",
     "is_dask_array",
+    "map_column_blocks",
     "map_row_blocks",
     "nonfinite_columns",
     "readable",
@@ -119,6 +120,36 @@ def column_block(Y, a: int, b: int) -> np.ndarray:
     if sp.issparse(block):
         block = block.toarray()
     return np.asarray(block, dtype=float)
+
+
+def map_column_blocks(
+    n_columns: int,
+    size: int,
+    job: Callable[[int, int], Any],
+    *,
+    n_jobs: int | None = 1,
+    progress: Callable[[int, int], object] | None = None,
+) -> list:
+    """The results of every block of ``size`` columns, concatenated in column order.
+
+    ``job(a, b)`` returns a joblib ``delayed`` call giving the list of results of columns
+    ``a:b``, run in this process for ``n_jobs`` 1 (or a single block), otherwise in
+    ``n_jobs`` worker processes (for per-gene work that is mostly Python). ``progress``
+    is called after each block with its size and ``n_columns``.
+    """
+    from joblib import Parallel
+
+    bounds = row_bounds(n_columns, size)
+    if n_jobs in (None, 1) or len(bounds) <= 1:
+        outputs = (fn(*args, **kw) for fn, args, kw in (job(a, b) for a, b in bounds))
+    else:
+        outputs = Parallel(n_jobs=n_jobs, return_as="generator")(job(a, b) for a, b in bounds)
+    parts: list = []
+    for (a, b), out in zip(bounds, outputs, strict=True):
+        parts.extend(out)
+        if progress is not None:
+            progress(b - a, n_columns)
+    return parts
 
 
 def dense_columns(values, start: int, stop: int, cols: np.ndarray) -> np.ndarray:
