@@ -202,3 +202,10 @@ def test_a_plan_sets_the_count_model(cells, fitted, tmp_path):
     plan.write_text(f'formula = "{FORMULA}"\noffset = "log_sf"\n')
     refused = cli("fit", path, "--plan", plan, "-o", tmp_path / "no.h5ad")
     assert refused.returncode != 0 and "for count models" in refused.stderr
+
+
+def test_tools_built_on_the_gaussian_fit_refuse_a_count_fit(fitted):
+    with pytest.raises(ValueError, match=r"count model.*key_added"):
+        svp.tl.diagnose(fitted)
+    with pytest.raises(ValueError, match="count model"):
+        svp.tl.remove_batch_effects(fitted)

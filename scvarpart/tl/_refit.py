@@ -19,8 +19,26 @@ from ._variance_partition import _prepare
 __all__ = ["chosen_genes", "fitted_design", "refit_options"]
 
 
+def _check_gaussian(params: Mapping) -> None:
+    """Refuse a count model's fit, before anything is refitted.
+
+    The model checks, the batch correction and the batch metrics work on the Gaussian
+    model's residuals and BLUPs of log-normalised values.
+    """
+    family = params.get("family", "gaussian")
+    if family != "gaussian":
+        raise ValueError(
+            f"This fit is a count model (family={family!r}); svp.tl.diagnose, "
+            "remove_batch_effects and batch_metrics work on the Gaussian model of "
+            "log-normalised values. Fit that too, under another key_added (e.g. "
+            "svp.tl.variance_partition(adata, formula, key_added='varpart_log')), and pass "
+            "that key."
+        )
+
+
 def refit_options(params: Mapping, covariance, n_jobs) -> dict:
     """The stored fit's options, to refit it the same way (no intervals, BLUPs kept)."""
+    _check_gaussian(params)
     if params.get("covariance_files") or params.get("covariance"):
         if covariance is None:
             raise ValueError(
@@ -46,6 +64,7 @@ def refit_options(params: Mapping, covariance, n_jobs) -> dict:
 
 def fitted_design(adata: AnnData, params: Mapping, covariance) -> Design:
     """The stored fit's design (checked and warned about when it was fitted)."""
+    _check_gaussian(params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prep = _prepare(
