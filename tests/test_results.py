@@ -48,8 +48,9 @@ def test_round_trip_through_files(fitted, tmp_path, suffix):
     assert read.params["formula"] == svp.datasets.EXAMPLE_FORMULA
     assert read.batch == BATCH and read.signal == ["patient"]
     fields = svp.varpart.result.PER_GENE_FIELDS
-    # the bootstrap's fields only with n_boot
-    assert set(fields) - set(read.per_gene) == {"rho_boot_low", "rho_boot_high"}
+    # the bootstrap's fields only with n_boot, the count model's only with a count family
+    only = {"rho_boot_low", "rho_boot_high", "dispersion", "lambda"}
+    assert set(fields) - set(read.per_gene) == only
     for field in read.per_gene:
         assert read.per_gene[field].dtype == fields[field], field
 

@@ -32,6 +32,7 @@ def test_log_normalised_counts_with_a_crossed_design():
         "library",
         "pct_mito",
         "log_umi",
+        "log_size_factor",
     ]
     assert [adata.obs[f].nunique() for f in ("patient", "chemistry", "day", "operator")] == [
         24,
