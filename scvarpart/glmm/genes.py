@@ -103,7 +103,6 @@ class _Context:
         self.fixed_terms = design.fixed_terms
         self.linear_mean = float(self.offset.mean())
         self.x_mean = design.X.mean(axis=0)
-        self.n_levels = [f.n_levels for f in design.factors]
         self.tables: ZeroTables | None = None
         if family == NB2 and self.rows.n_classes * _CELLS_PER_CLASS <= len(self.offset):
             r = self.rows
@@ -246,6 +245,7 @@ def fit_counts(
     chunk_genes: int = 64,
     progress: Progress = None,
     source: str = "Y",
+    check: bool = True,
 ) -> VarPartResult:
     """Fit a Poisson or negative binomial mixed model to every gene's counts.
 
@@ -292,6 +292,10 @@ def fit_counts(
         Called after each block with its size and the total.
     source
         What ``Y`` is, in messages.
+    check
+        Check that ``Y`` holds counts (:func:`check_counts`, a pass over it). ``False``
+        where the caller has checked it already (``svp.tl`` does, before it computes the
+        library sizes).
 
     Returns
     -------
@@ -329,7 +333,8 @@ def fit_counts(
             f"offset must be one finite value per observation ({len(design.keep)}), the "
             "log of its size factor."
         )
-    check_counts(Y, design, names, source)
+    if check:
+        check_counts(Y, design, names, source)
     ctx = _Context(design, off[rows], code, approximation, ci, store_blups, min_cells)
     comps = design.components
     roles = None

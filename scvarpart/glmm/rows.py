@@ -26,7 +26,7 @@ from scipy import special
 
 from ..design import Design
 
-__all__ = ["RowDesign", "observation_rows", "row_design"]
+__all__ = ["RowDesign", "check_intercepts", "observation_rows", "row_design"]
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,13 @@ def observation_rows(n: int) -> tuple:
     )  # fmt: skip
 
 
-def row_design(design: Design) -> RowDesign:
-    """The layout of a design of random intercepts with independent levels.
+def check_intercepts(design: Design) -> None:
+    """Refuse random slopes and known covariances, which the count models do not support.
 
     Raises
     ------
     ValueError
-        For random slopes or a known covariance between levels, which the count models
-        do not support yet, naming the term.
+        Naming the term.
     """
     for f in design.factors:
         if not f.scalar:
@@ -103,6 +102,17 @@ def row_design(design: Design) -> RowDesign:
                 "Fit slopes and known covariances with family='gaussian' on "
                 "log-normalised values."
             )
+
+
+def row_design(design: Design) -> RowDesign:
+    """The layout of a design of random intercepts with independent levels.
+
+    Raises
+    ------
+    ValueError
+        For random slopes or a known covariance between levels (:func:`check_intercepts`).
+    """
+    check_intercepts(design)
     starts = np.cumsum([0] + [f.n_levels for f in design.factors])
     codes = np.stack(
         [f.codes.astype(np.int64) + starts[t] for t, f in enumerate(design.factors)], axis=1

@@ -323,7 +323,8 @@ def _partition(
 
     ``bootstrap``: ``n_boot``, ``seed`` and ``ci`` of :func:`scvarpart.lmm.fit_stats`.
     ``W``: the gene-specific weights (the layer ``prep.weights_layer``), shaped as ``Y``.
-    ``offset``: a count model's offset per row (:func:`~._counts.offset_values`).
+    ``offset``: a count model's offset per row (:func:`~._counts.offset_values`, which
+    has checked that ``Y`` holds counts).
     """
     design = prep.design
     if Y.shape != (len(design.keep), len(var_names)):
@@ -351,7 +352,7 @@ def _partition(
                 approximation=prep.count_model.approximation, var_names=var_names[cols],
                 batch=prep.batch, signal=prep.signal, min_cells=min_cells,
                 store_blups=store_blups, ci=bootstrap[2], n_jobs=n_jobs, progress=bar,
-                source=source,
+                source=source, check=False,  # offset_values checked the counts
             )  # fmt: skip
     elif W is not None:  # gene-specific weights: each gene its own weighted statistics
         cols = slice(None) if genes is None else genes
