@@ -21,7 +21,7 @@ terms are stationary in ``u`` at ``u_hat``, and ``log det H`` moves with ``u_hat
 through ``W``, which needs the third derivative of ``log f`` in ``eta``.
 
 Rows may be observations or classes of observations that share everything but the
-response (:mod:`scvarpart.glmm.classes`): the kernel only sees rows.
+response (:mod:`scvarpart.glmm.rows`): the kernel only sees rows.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import math
 import numba as nb
 import numpy as np
 
+from ._blocked import assemble, empty_factor, factorise, leverages, logdet, solve
 from ._zero_tables import zero_terms
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "ZEROS",
     "conditional_modes",
     "laplace",
-    "loglik_terms",
 ]
 
 POISSON = 0
@@ -53,6 +53,7 @@ ZEROS = 2
 # From this NB size on, lgamma(y + phi) - lgamma(phi) is Stirling's series of the
 # difference (its error below 1e-15 there), not a difference of two large numbers.
 _STIRLING_FROM = 50.0
+_SUMMED = 8.0  # counts up to this: lgamma(y + phi) - lgamma(phi) as a sum of y logs
 # A Newton decrement below which halving that finds no better point counts as converged.
 _STALL = 1e-6
 
@@ -75,12 +76,18 @@ def _digamma(x):
 def _gamma_ratio(y, phi):
     """``lgamma(y + phi) - lgamma(phi)`` and its derivative in ``phi``, for a count ``y``.
 
-    For ``phi >= 50``, Stirling's series of the difference, written so that nothing
-    large cancels (``lgamma(phi)`` alone is ``~ phi log phi``: near the Poisson limit its
-    rounding would swamp the difference); below, the functions themselves.
+    Counts up to :data:`_SUMMED` as the sums ``sum_j log(phi + j)`` and
+    ``sum_j 1 / (phi + j)``, ``j < y`` (exact, and cheaper than four special functions);
+    larger ones for ``phi >= 50`` by Stirling's series of the difference, written so that
+    nothing large cancels (``lgamma(phi)`` alone is ``~ phi log phi``: near the Poisson
+    limit its rounding would swamp the difference), and below by the functions themselves.
     """
-    if y == 0.0:  # most counts of a cell
-        return 0.0, 0.0
+    if y <= _SUMMED:
+        lg = dg = 0.0
+        for j in range(int(y)):
+            lg += math.log(phi + j)
+            dg += 1.0 / (phi + j)
+        return lg, dg
     if phi < _STIRLING_FROM:
         return math.lgamma(y + phi) - math.lgamma(phi), _digamma(y + phi) - _digamma(phi)
     x = phi + y
@@ -96,57 +103,79 @@ def _gamma_ratio(y, phi):
 
 
 @nb.njit(cache=True, nogil=True)
-def loglik_terms(family, y, eta, phi):
-    """One observation's ``log f``, its derivatives in ``eta`` and in ``log phi``.
+def _row_constants(family, y, phi, aux, derivative):
+    """The part of ``sum log f`` free of ``eta``, and per row its derivative in ``phi``.
 
-    Returns ``(l, g, h, h1, l_p, g_p, h_p)``: the log density; ``g = dl/deta``;
-    ``h = -d2l/deta2`` (the observed information); ``h1 = dh/deta``; and the
-    derivatives of ``l``, ``g`` and ``h`` in ``log phi`` (0 for Poisson).
+    ``lgamma(y + phi) - lgamma(phi) - lgamma(y + 1)`` (Poisson: ``-lgamma(y + 1)``) of
+    every row but a class's zeros: computed once per evaluation, not at every pass of
+    the modes' Newton steps, which never need it. Returns ``(sum, dg)``; ``dg`` (the
+    digamma difference) only with ``derivative``.
+    """
+    n = len(y)
+    dg = np.zeros(n if derivative else 0)
+    total = carry = 0.0
+    for i in range(n):
+        if aux[0][i] == ZEROS or y[i] == 0.0:
+            continue
+        if family == POISSON:
+            value = -math.lgamma(y[i] + 1.0)
+        else:
+            lg, d = _gamma_ratio(y[i], phi)
+            value = lg - math.lgamma(y[i] + 1.0)
+            if derivative:
+                dg[i] = d
+        total, carry = _add(total, carry, value)
+    return total + carry, dg
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_lgh(family, kind, y, eta, phi):
+    """An observation's ``log f`` (less its constant), ``g = dl/deta``, ``h = -d2l/deta2``.
+
+    ``h`` is the observed information. ``kind``: an observation, or a non-zero NB2
+    count less its zero (:data:`DIFFERENCE`). Scalars only: called once per row and pass.
     """
     mu = math.exp(eta)
     if family == POISSON:
-        return y * eta - mu - math.lgamma(y + 1.0), y - mu, mu, mu, 0.0, 0.0, 0.0
+        return y * eta - mu, y - mu, mu
     s = phi + mu
-    lg, dg = _gamma_ratio(y, phi)
+    if kind == DIFFERENCE:
+        return y * (eta - math.log(s)), phi * y / s, y * phi * mu / (s * s)
     # phi log phi - (y + phi) log(phi + mu) + y eta, without cancelling large terms
-    l_y = lg - math.lgamma(y + 1.0) - phi * math.log1p(mu / phi) + y * (eta - math.log(s))
-    g = phi * (y - mu) / s
+    ll = -phi * math.log1p(mu / phi)
+    if y > 0.0:
+        ll += y * (eta - math.log(s))
+    return ll, phi * (y - mu) / s, (y + phi) * phi * mu / (s * s)
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_terms(family, kind, y, eta, phi, dg):
+    """An observation's derivatives for the gradient: ``(g, h, h1, l_p, g_p, h_p)``.
+
+    ``h1 = dh/deta``, and the derivatives of ``l``, ``g`` and ``h`` in ``log phi`` (0 for
+    Poisson); ``dg`` is the row's digamma difference (:func:`_row_constants`).
+    """
+    mu = math.exp(eta)
+    if family == POISSON:
+        return y - mu, mu, mu, 0.0, 0.0, 0.0
+    s = phi + mu
+    if kind == DIFFERENCE:
+        h = y * phi * mu / (s * s)
+        g_p = phi * y * mu / (s * s)
+        return phi * y / s, h, h * (phi - mu) / s, phi * (dg - y / s), g_p, g_p * (mu - phi) / s
     h = (y + phi) * phi * mu / (s * s)
-    h1 = h * (phi - mu) / s
     l_p = phi * (dg - math.log1p(mu / phi) + (mu - y) / s)
     g_p = phi * (y - mu) * mu / (s * s)
     h_p = phi * mu * (2.0 * phi * mu - y * phi + y * mu) / (s * s * s)
-    return l_y, g, h, h1, l_p, g_p, h_p
+    return phi * (y - mu) / s, h, h * (phi - mu) / s, l_p, g_p, h_p
 
 
 @nb.njit(cache=True, nogil=True)
-def _difference_terms(y, eta, phi):
-    """``log f(y) - log f(0)`` of NB2 and its derivatives.
+def _zeros(eta, phi, r, aux):
+    """A class's zeros (row ``r``): ``-phi F_c`` at ``eta - log phi`` and its derivatives.
 
-    A non-zero count whose zero is counted in its class's :mod:`._zero_tables` sum.
+    ``(l, g, h, h1, l_p, g_p, h_p)`` from the tables of :mod:`._zero_tables`.
     """
-    mu = math.exp(eta)
-    s = phi + mu
-    lg, dg = _gamma_ratio(y, phi)
-    l_y = lg - math.lgamma(y + 1.0) + y * (eta - math.log(s))
-    h = y * phi * mu / (s * s)
-    g_p = phi * y * mu / (s * s)
-    return l_y, phi * y / s, h, h * (phi - mu) / s, phi * (dg - y / s), g_p, g_p * (mu - phi) / s
-
-
-@nb.njit(cache=True, nogil=True)
-def _row_terms(family, y, eta, phi, r, aux):
-    """Row ``r``'s ``loglik_terms``: an observation, a difference row, or a class's zeros.
-
-    ``aux = (kind, cls, start, n_segments, coef, tails)``: each row's kind
-    (:data:`OBSERVATION`, :data:`DIFFERENCE`, :data:`ZEROS`), its class, and the zero
-    tables of :mod:`._zero_tables`.
-    """
-    kind = aux[0][r]
-    if kind == OBSERVATION:
-        return loglik_terms(family, y, eta, phi)
-    if kind == DIFFERENCE:
-        return _difference_terms(y, eta, phi)
     f0, f1, f2, f3 = zero_terms(eta - math.log(phi), aux[1][r], aux[2], aux[3], aux[4], aux[5])
     return (
         -phi * f0, -phi * f1, phi * f2, phi * f3, phi * (f1 - f0), phi * (f2 - f1),
@@ -155,48 +184,13 @@ def _row_terms(family, y, eta, phi, r, aux):
 
 
 @nb.njit(cache=True, nogil=True)
-def _row_loglik(family, y, eta, phi, r, aux):
-    """Row ``r``'s ``log f`` alone (cheaper than :func:`_row_terms` for the criterion)."""
-    kind = aux[0][r]
-    if kind == ZEROS:
-        x = eta - math.log(phi)
-        return -phi * zero_terms(x, aux[1][r], aux[2], aux[3], aux[4], aux[5])[0]
-    mu = math.exp(eta)
-    if family == POISSON:
-        return y * eta - mu - math.lgamma(y + 1.0)
-    zero = -phi * math.log1p(mu / phi)
-    if y == 0.0:
-        return zero
-    lg = _gamma_ratio(y, phi)[0] - math.lgamma(y + 1.0) + y * (eta - math.log(phi + mu))
-    return lg if kind == DIFFERENCE else lg + zero
-
-
-@nb.njit(cache=True, nogil=True)
-def _row_lgh(family, y, eta, phi, r, aux):
-    """Row ``r``'s ``log f``, ``g`` and ``h`` (for the Newton steps of the modes)."""
-    kind = aux[0][r]
-    if kind == ZEROS:
-        f = zero_terms(eta - math.log(phi), aux[1][r], aux[2], aux[3], aux[4], aux[5])
-        return -phi * f[0], -phi * f[1], phi * f[2]
-    mu = math.exp(eta)
-    if family == POISSON:
-        return y * eta - mu - math.lgamma(y + 1.0), y - mu, mu
-    s = phi + mu
-    ll = _row_loglik(family, y, eta, phi, r, aux)
-    if kind == DIFFERENCE:
-        return ll, phi * y / s, y * phi * mu / (s * s)
-    return ll, phi * (y - mu) / s, (y + phi) * phi * mu / (s * s)
-
-
-@nb.njit(cache=True, nogil=True)
-def _linear_predictor(base, theta, codes, term, u, out):
+def _linear_predictor(base, theta, codes, u, out):
     """``out = base + Z Lambda u`` (``codes``: each row's column of ``u`` per term)."""
     n, k = codes.shape
     for i in range(n):
         e = base[i]
         for t in range(k):
-            c = codes[i, t]
-            e += theta[term[c]] * u[c]
+            e += theta[t] * u[codes[i, t]]
         out[i] = e
 
 
@@ -217,128 +211,110 @@ def _add(total, carry, value):
 
 @nb.njit(cache=True, nogil=True)
 def _loglik(family, y, eta, phi, aux):
-    """``sum log f(y | u)`` at ``eta``."""
+    """``sum log f(y | u)`` at ``eta``, less the constant."""
+    kind = aux[0]  # (the rows' kinds read here: aux passed to a call per row is slow)
     total = carry = 0.0
     for i in range(len(y)):
-        total, carry = _add(total, carry, _row_loglik(family, y[i], eta[i], phi, i, aux))
+        if kind[i] == ZEROS:
+            ll = _zeros(eta[i], phi, i, aux)[0]
+        else:
+            ll = _row_lgh(family, kind[i], y[i], eta[i], phi)[0]
+        total, carry = _add(total, carry, ll)
     return total + carry
 
 
 @nb.njit(cache=True, nogil=True)
-def _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad):
-    """``H = Lambda Z'WZ Lambda + I`` and ``grad = Lambda Z' g - u`` at ``eta``.
+def _system(family, y, eta, phi, u, theta, codes, aux, factor, grad):
+    """The blocks of ``H`` (:mod:`._blocked`, not yet factored) and ``grad = Lambda Z' g - u``.
 
-    Returns ``sum log f(y | u)``, from the same pass.
+    Returns ``sum log f(y | u)`` less its constant, from the same pass.
     """
     n, k = codes.shape
-    H[:] = 0.0
-    for c in range(len(u)):
-        H[c, c] = 1.0
-        grad[c] = -u[c]
+    kind = aux[0]
+    h = np.empty(n)
+    grad[:] = -u
     total = carry = 0.0
     for i in range(n):
-        ll, g, h = _row_lgh(family, y[i], eta[i], phi, i, aux)
+        if kind[i] == ZEROS:
+            ll, g, h[i] = _zeros(eta[i], phi, i, aux)[:3]
+        else:
+            ll, g, h[i] = _row_lgh(family, kind[i], y[i], eta[i], phi)
         total, carry = _add(total, carry, ll)
         for s in range(k):
-            cs = codes[i, s]
-            ts = theta[term[cs]]
-            grad[cs] += ts * g
-            hs = h * ts
-            for t in range(k):
-                ct = codes[i, t]
-                H[cs, ct] += hs * theta[term[ct]]
+            grad[codes[i, s]] += theta[s] * g
+    assemble(factor, codes, theta, h)
     return total + carry
 
 
 @nb.njit(cache=True, nogil=True)
-def _cholesky(H, L):
-    """Lower Cholesky factor of ``H`` into ``L``.
-
-    ``False`` where ``H`` is not numerically positive definite (``mu`` so large that
-    ``I`` is lost in rounding).
-    """
-    m = H.shape[0]
-    for j in range(m):
-        s = H[j, j]
-        for t in range(j):
-            s -= L[j, t] * L[j, t]
-        if not s > 0.0:
-            return False
-        d = math.sqrt(s)
-        L[j, j] = d
-        for i in range(j + 1, m):
-            v = H[i, j]
-            for t in range(j):
-                v -= L[i, t] * L[j, t]
-            L[i, j] = v / d
-        for i in range(j):
-            L[i, j] = 0.0
-    return True
+def _direction(factor, grad):
+    """The Newton step ``H^-1 grad``."""
+    return np.ascontiguousarray(solve(factor, grad.reshape((len(grad), 1)))[:, 0])
 
 
 @nb.njit(cache=True, nogil=True)
-def _cholesky_solve(L, b):
-    """``x`` with ``L L' x = b`` (``L`` lower triangular)."""
-    m = len(b)
-    x = b.copy()
-    for i in range(m):
-        s = x[i]
-        for j in range(i):
-            s -= L[i, j] * x[j]
-        x[i] = s / L[i, i]
-    for i in range(m - 1, -1, -1):
-        s = x[i]
-        for j in range(i + 1, m):
-            s -= L[j, i] * x[j]
-        x[i] = s / L[i, i]
-    return x
+def _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta):
+    """Halve ``step`` until ``u + t step`` is no worse than ``f``: ``(found, point)``."""
+    t = 0.5
+    trial = u.copy()
+    while t >= 1e-10:
+        trial[:] = u + t * step
+        _linear_predictor(base, theta, codes, trial, eta)
+        if _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial) >= f:
+            return True, trial
+        t *= 0.5
+    return False, trial
 
 
 @nb.njit(cache=True, nogil=True)
-def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max_iter):
+def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max_iter, const):
     """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
 
-    Newton steps with halving, until the Newton decrement ``grad' H^-1 grad`` is below
-    ``tol (1 + |f|)``, ``f`` the penalised log-likelihood (its rounding grows with it).
-    Returns ``(converged, eta, L, loglik)``: ``L`` the Cholesky factor of ``H`` at the
-    modes, ``loglik`` the sum of ``log f(y | u)`` there.
+    Newton steps (halved where the whole step does not improve), until the Newton
+    decrement ``grad' H^-1 grad`` is below ``tol (1 + |f|)``, ``f`` the penalised
+    log-likelihood (its rounding grows with it). A whole step is judged by the pass that
+    also assembles ``H`` there: one pass over the rows per step. Returns
+    ``(converged, eta, factor, loglik)``: the factor of ``H`` at the modes
+    (:mod:`._blocked`) and the sum of ``log f(y | u)`` there less ``const`` (the part
+    free of ``eta``, :func:`_row_constants`, which the tolerance counts in ``f``),
+    ``NaN`` where there are no modes (``mu`` overflowed).
     """
-    q = len(u)
+    factor = empty_factor(term)
     eta = np.empty(len(y))
-    H = np.empty((q, q))
-    L = np.empty((q, q))
-    grad = np.empty(q)
-    trial = np.empty(q)
-    _linear_predictor(base, theta, codes, term, u, eta)
+    grad = np.empty(len(u))
+    _linear_predictor(base, theta, codes, u, eta)
+    f = _system(family, y, eta, phi, u, theta, codes, aux, factor, grad) - 0.5 * (u @ u)
+    if not math.isfinite(f) or not factorise(factor):
+        return False, eta, factor, np.nan
     converged = False
-    failed = np.full((q, q), np.nan)
     for _ in range(max_iter):
-        f = _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad) - 0.5 * (u @ u)
-        if not math.isfinite(f) or not _cholesky(H, L):  # mu overflowed: no modes here
-            return False, eta, failed, np.nan
-        step = _cholesky_solve(L, grad)
+        step = _direction(factor, grad)
         decrement = grad @ step
-        if decrement < tol * (1.0 + abs(f)):  # the step is below f's rounding: take it whole
+        if decrement < tol * (1.0 + abs(f + const)):  # below f's rounding: take it whole
             u += step
             converged = True
             break
-        t = 1.0
-        while True:
-            trial[:] = u + t * step
-            _linear_predictor(base, theta, codes, term, trial, eta)
-            f_new = _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial)
-            if f_new >= f or t < 1e-10:
+        trial = u + step
+        _linear_predictor(base, theta, codes, trial, eta)
+        f_new = _system(family, y, eta, phi, trial, theta, codes, aux, factor, grad)
+        f_new -= 0.5 * (trial @ trial)
+        if not f_new >= f:
+            found, trial = _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta)
+            if not found:  # no step improves f: rounding, or a flat direction
+                converged = decrement < _STALL
                 break
-            t *= 0.5
-        if f_new < f:  # no step improves f: rounding, or a flat direction
-            converged = decrement < _STALL
-            break
+            _linear_predictor(base, theta, codes, trial, eta)
+            f_new = _system(family, y, eta, phi, trial, theta, codes, aux, factor, grad)
+            f_new -= 0.5 * (trial @ trial)
         u[:] = trial
-    _linear_predictor(base, theta, codes, term, u, eta)
-    ll = _system(family, y, eta, phi, u, theta, codes, term, aux, H, grad)
-    if not math.isfinite(ll) or not _cholesky(H, L):
-        return False, eta, failed, np.nan
-    return converged, eta, L, ll
+        f = f_new
+        if not math.isfinite(f) or not factorise(factor):
+            return False, eta, factor, np.nan
+    _linear_predictor(base, theta, codes, u, eta)
+    ll = _system(family, y, eta, phi, u, theta, codes, aux, factor, grad)
+    if not math.isfinite(ll) or not factorise(factor):
+        return False, eta, factor, np.nan
+    return converged, eta, factor, ll
 
 
 @nb.njit(cache=True, nogil=True)
@@ -347,99 +323,99 @@ def laplace(
 ):
     """The Laplace criterion ``D`` and, with ``gradient``, its exact gradient.
 
-    Parameters are ``theta`` (one per term), ``beta`` and, for NB2, ``log_phi``; the
-    gradient is in that order (``log_phi`` last, only for NB2). ``aux`` describes the
-    rows (:func:`_row_terms`). ``u`` holds the starting modes and is overwritten with the
-    modes found. Returns ``(D, grad, converged)``.
+    Parameters are ``theta`` (one per term; column ``t`` of ``codes`` is term ``t``'s),
+    ``beta`` and, for NB2, ``log_phi``; the gradient is in that order (``log_phi`` last,
+    only for NB2). ``aux`` describes the rows (:func:`_lgh`). ``u`` holds the
+    starting modes and is overwritten with the modes found. Returns
+    ``(D, grad, converged)``.
     """
     n_par = len(theta) + X.shape[1] + (1 if family == NB2 else 0)
     phi = math.exp(log_phi)
     base = offset + X @ beta
-    converged, eta, L, ll = conditional_modes(
-        family, y, base, phi, theta, codes, term, aux, u, tol, max_iter
+    const, dg = _row_constants(family, y, phi, aux, gradient)
+    converged, eta, factor, ll = conditional_modes(
+        family, y, base, phi, theta, codes, term, aux, u, tol, max_iter, const
     )
-    if not np.isfinite(L[0, 0]):
+    if not math.isfinite(ll):
         return np.inf, np.zeros(n_par), False
-    D = u @ u - 2.0 * ll
-    for c in range(len(u)):
-        D += 2.0 * math.log(L[c, c])
+    D = u @ u - 2.0 * (ll + const) + logdet(factor)
     if not gradient:
         return D, np.zeros(n_par), converged
-    Linv = np.linalg.inv(L)
-    Hinv = Linv.T @ Linv
-    return D, _gradient(family, y, X, codes, term, aux, theta, phi, u, eta, Hinv), converged
+    return D, _gradient(family, y, X, codes, aux, theta, phi, dg, u, eta, factor), converged
 
 
 @nb.njit(cache=True, nogil=True)
-def _row_derivatives(family, y, eta, phi, aux, theta, codes, term, Hinv):
-    """Per row: ``g``, ``h``, ``h1``, ``g_p``, ``h_p``, ``l_p``, and two products with ``H^-1``.
-
-    With ``a_i`` the row of ``Z Lambda``: the leverage ``a_i' H^-1 a_i``, and
-    ``(H^-1 a_i)`` at the row's columns.
-    """
-    n, k = codes.shape
-    out = np.empty((6, n))
-    lev = np.empty(n)
-    r = np.empty((n, k))
-    for i in range(n):
-        _, g, h, h1, l_p, g_p, h_p = _row_terms(family, y[i], eta[i], phi, i, aux)
-        out[0, i], out[1, i], out[2, i], out[3, i], out[4, i], out[5, i] = g, h, h1, g_p, h_p, l_p
-        c_i = 0.0
-        for s in range(k):
-            cs = codes[i, s]
-            acc = 0.0
-            for t in range(k):
-                ct = codes[i, t]
-                acc += theta[term[ct]] * Hinv[cs, ct]
-            r[i, s] = acc
-            c_i += theta[term[cs]] * acc
-        lev[i] = c_i
-    return out, lev, r
-
-
-@nb.njit(cache=True, nogil=True)
-def _gradient(family, y, X, codes, term, aux, theta, phi, u, eta, Hinv):
+def _gradient(family, y, X, codes, aux, theta, phi, dg, u, eta, factor):
     """``dD/dpar`` by the implicit function theorem (see the module's documentation).
 
     For each parameter: its direct effect on ``-2 log f`` (the modes held), and on
     ``log det H`` through ``W`` and ``Lambda``, with ``eta`` moving with the modes
-    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation).
+    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation). Two
+    passes over the rows for every parameter at once (:func:`_direct`, then
+    :func:`_through_modes`).
+    """
+    lev, r = leverages(factor, codes, theta)
+    out, dF, curvature = _direct(family, y, X, codes, aux, theta, phi, dg, u, eta, r)
+    du = solve(factor, dF)
+    _through_modes(X, codes, theta, u, lev, curvature, du, family == NB2, out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _direct(family, y, X, codes, aux, theta, phi, dg, u, eta, r):
+    """The direct effects, ``dF/dpar`` and per row ``(h1, h_p)``.
+
+    ``r``: each row's ``H^-1 a_i`` at its columns (:func:`._blocked.leverages`).
     """
     n, k = codes.shape
-    nt, p = len(theta), X.shape[1]
-    n_par = nt + p + (1 if family == NB2 else 0)
-    d, lev, r = _row_derivatives(family, y, eta, phi, aux, theta, codes, term, Hinv)
-    g, h, h1, g_p, h_p = d[0], d[1], d[2], d[3], d[4]
+    p = X.shape[1]
+    n_par = k + p + (1 if family == NB2 else 0)
+    last = n_par - 1 if family == NB2 else -1  # the dispersion's index
     out = np.zeros(n_par)
-    deta = np.empty(n)  # d eta_i / d par with u held
-    dF = np.empty(len(u))
-    for j in range(n_par):
-        dispersion = j == nt + p
-        dF[:] = 0.0
-        total = -2.0 * d[5].sum() if dispersion else 0.0
-        for i in range(n):
-            e = 0.0
-            if j < nt:  # theta_j scales the modes of its term's columns
-                for s in range(k):
-                    cs = codes[i, s]
-                    if term[cs] == j:
-                        e += u[cs]
-                        dF[cs] += g[i]
-                        total += 2.0 * h[i] * r[i, s]
-            elif not dispersion:
-                e = X[i, j - nt]
-            deta[i] = e
-            v = -h[i] * e + (g_p[i] if dispersion else 0.0)
+    dF = np.zeros((len(u), n_par))
+    kind = aux[0]
+    curvature = np.empty((2, n))
+    for i in range(n):
+        if kind[i] == ZEROS:
+            g, h, h1, l_p, g_p, h_p = _zeros(eta[i], phi, i, aux)[1:]
+        else:
+            d = dg[i] if dg.size else 0.0
+            g, h, h1, l_p, g_p, h_p = _row_terms(family, kind[i], y[i], eta[i], phi, d)
+        curvature[0, i], curvature[1, i] = h1, h_p
+        for t in range(k):  # theta_t scales the modes of its term's columns
+            out[t] += 2.0 * h * r[i, t] - 2.0 * g * u[codes[i, t]]
+            dF[codes[i, t], t] += g
+        for j in range(p):
+            out[k + j] -= 2.0 * g * X[i, j]
+        if last >= 0:
+            out[last] -= 2.0 * l_p
+        for s in range(k):  # d eta / d par with the modes held: u, then X, then 0
+            c, ts = codes[i, s], theta[s]
+            for t in range(k):
+                dF[c, t] -= ts * h * u[codes[i, t]]
+            for j in range(p):
+                dF[c, k + j] -= ts * h * X[i, j]
+            if last >= 0:
+                dF[c, last] += ts * g_p
+    return out, dF, curvature
+
+
+@nb.njit(cache=True, nogil=True)
+def _through_modes(X, codes, theta, u, lev, curvature, du, dispersion, out):
+    """Add each parameter's effect on ``log det H`` through ``W``: ``eta`` moving with it."""
+    n, k = codes.shape
+    p = X.shape[1]
+    n_par = len(out)
+    for i in range(n):
+        w = lev[i] * curvature[0, i]
+        for j in range(n_par):
+            moved = 0.0
             for s in range(k):
-                cs = codes[i, s]
-                dF[cs] += theta[term[cs]] * v
-            total -= 2.0 * g[i] * e
-        du = Hinv @ dF
-        for i in range(n):
-            e = deta[i]
-            for s in range(k):
-                cs = codes[i, s]
-                e += theta[term[cs]] * du[cs]
-            total += lev[i] * (h1[i] * e + (h_p[i] if dispersion else 0.0))
-        out[j] = total
-    return out
+                moved += theta[s] * du[codes[i, s], j]
+            out[j] += w * moved
+        for t in range(k):
+            out[t] += w * u[codes[i, t]]
+        for j in range(p):
+            out[k + j] += w * X[i, j]
+        if dispersion:
+            out[n_par - 1] += lev[i] * curvature[1, i]

@@ -22,6 +22,7 @@ from ..lmm.genes import gene_names
 from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles, component_variances
 from ..varpart.result import VarPartResult
+from ._blocked import diagonal_inverse
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
 from ._zero_tables import ZeroTables, zero_tables
 from .intervals import intervals
@@ -143,17 +144,24 @@ class _Context:
 
     def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Every component's variance at parameters ``x``, and the latent quantities."""
-        k, p = self.rows.n_terms, self.X.shape[1]
-        theta, beta = x[:k], x[k : k + p]
-        random = theta**2
-        lam = mean_count(self.linear_mean + self.x_mean @ beta, random.sum())
-        inv_size = float(np.exp(-x[k + p])) if self.family == NB2 else 0.0
+        lam, inv_size = self._latent(x)
         dist = {a: float(distribution_variance(lam, inv_size, a)) for a in APPROXIMATIONS}
-        V = component_variances(
-            random[None, :], np.array([dist[self.approximation]]), beta[None, :], self.x_cov,
+        return self.components(x), {"lambda": lam, **dist}
+
+    def components(self, x: np.ndarray) -> np.ndarray:
+        """Every component's variance at parameters ``x``, the chosen approximation's residual."""
+        k, p = self.rows.n_terms, self.X.shape[1]
+        residual = distribution_variance(*self._latent(x), self.approximation)
+        return component_variances(
+            x[None, :k] ** 2, np.atleast_1d(residual), x[None, k : k + p], self.x_cov,
             self.fixed_terms,
         )[0]  # fmt: skip
-        return V, {"lambda": float(lam), **dist}
+
+    def _latent(self, x: np.ndarray) -> tuple[float, float]:
+        """``lambda`` (Nakagawa 2017) and ``1 / phi`` (0 for Poisson) at parameters ``x``."""
+        k, p = self.rows.n_terms, self.X.shape[1]
+        lam = mean_count(self.linear_mean + self.x_mean @ x[k : k + p], (x[:k] ** 2).sum())
+        return float(lam), float(np.exp(-x[k + p])) if self.family == NB2 else 0.0
 
 
 def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
@@ -163,13 +171,12 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     phi = float(np.exp(fit.x[k + p])) if ctx.family == NB2 else 1.0
     u = fit.u.copy()
     base = problem.offset + problem.X @ beta
-    _, _, L, _ = conditional_modes(
+    _, _, factor, _ = conditional_modes(
         problem.family, problem.y, base, phi, theta, problem.codes, problem.term, problem.aux,
-        u, MODE_TOL, MODE_ITER,
+        u, MODE_TOL, MODE_ITER, 0.0,
     )  # fmt: skip
-    Linv = np.linalg.inv(L)
     scale = theta[problem.term]
-    return scale * u, scale**2 * np.einsum("ij,ij->j", Linv, Linv)
+    return scale * u, scale**2 * diagonal_inverse(factor)
 
 
 def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
@@ -215,9 +222,7 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
         **latent,
     }
     if ctx.level is not None:
-        out["intervals"] = intervals(
-            lambda z: ctx.variances(z)[0], fit, ctx.rows.n_terms, ctx.level, roles
-        )
+        out["intervals"] = intervals(ctx.components, fit, ctx.rows.n_terms, ctx.level, roles)
     if ctx.store_blups:
         out["blups"] = _blups(ctx, problem, fit)
     return out

@@ -17,7 +17,6 @@ import numpy as np
 from scipy import stats as st
 
 from ..lmm.intervals import logit_interval
-from ..varpart.fractions import fractions
 from .search import GeneFit
 
 __all__ = ["intervals", "jacobian"]
@@ -62,7 +61,7 @@ def intervals(
         nan = np.full(C, np.nan)
         return {"variance_se": nan, "ci_low": nan, "ci_high": nan, "rho": (np.nan, np.nan)}
     JV = jacobian(variances, x, free)
-    JF = jacobian(lambda z: fractions(variances(z)[None, :])[0], x, free)
+    JF = (JV - (V / V.sum())[:, None] * JV.sum(axis=0)) / V.sum()  # of V / sum V
     se_v = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JV, cov, JV), 0))
     se_f = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JF, cov, JF), 0))
     f = V / V.sum()

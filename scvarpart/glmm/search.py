@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize
@@ -89,6 +90,17 @@ class RowProblem:
         out: list[tuple[float | None, float | None]] = [(0.0, _THETA_MAX)] * self.n_terms
         out += [(None, None)] * self.X.shape[1]
         return out + ([LOG_PHI_BOUNDS] if self.family == NB2 else [])
+
+
+class _Point(NamedTuple):
+    """A point of the search: ``x``, modes, ``D``, gradient, Hessian (once taken), convergence."""
+
+    x: np.ndarray
+    u: np.ndarray
+    D: float
+    g: np.ndarray
+    H: np.ndarray | None
+    converged: bool
 
 
 @dataclass(frozen=True)
@@ -172,27 +184,29 @@ def _minimise(problem: RowProblem, x0: np.ndarray, u0: np.ndarray):
     return x, float(res.fun)
 
 
-def _newton_polish(
-    problem: RowProblem, x: np.ndarray, u: np.ndarray, D: float, held: int | None = None
-):
-    """Projected Newton steps from the search's optimum, while they lower ``D``.
+def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) -> _Point:
+    """Projected Newton steps from ``point`` while they lower ``D``; ``held``: a coordinate kept.
 
-    ``held``: a coordinate kept where it is.
+    Each step takes the Hessian at its start, except at the end: the point returned
+    carries the Hessian of the last step's start when that step polished the gradient.
+    The step was then of the order of the gradient (below 1e-5), and so is the
+    Hessian's relative change: far below what Newton steps and standard errors need,
+    and a Hessian (one gradient per parameter) saved per gene.
     """
     bounds = problem.bounds()
     lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
     hi = np.array([b[1] if b[1] is not None else np.inf for b in bounds])
+    x, u, D, g, H, converged = point
+    if H is None:
+        H = _hessian(problem, x, u, g)
     for _ in range(8):
-        _, g, _ = problem.criterion(x, u)
         free = ~(((x <= lo) & (g >= 0)) | ((x >= hi) & (g < 0)))
         if held is not None:
             free[held] = False
         if not free.any() or np.abs(g[free]).max() < _POLISHED:
             break
-        H = _hessian(problem, x, u, g)
-        Hf = H[np.ix_(free, free)]
         try:
-            step = -np.linalg.solve(Hf, g[free])
+            step = -np.linalg.solve(H[np.ix_(free, free)], g[free])
         except np.linalg.LinAlgError:
             break
         if g[free] @ step >= 0:
@@ -202,20 +216,21 @@ def _newton_polish(
             trial = x.copy()
             trial[free] = np.clip(x[free] + t * step, lo[free], hi[free])
             ut = u.copy()
-            Dt = problem.criterion(trial, ut, gradient=False)[0]
+            Dt, gt, ct = problem.criterion(trial, ut)
             if Dt <= D:
                 break
             t *= 0.5
         if not (Dt <= D):
             break
         improved = D - Dt
-        x, u, D = trial, ut, Dt
-        if improved < 1e-12 * (1 + abs(D)):
+        x, u, D, g, converged = trial, ut, Dt, gt, ct
+        if improved < 1e-12 * (1 + abs(D)) or np.abs(g[free]).max() < _POLISHED:
             break
-    return x, u, D
+        H = _hessian(problem, x, u, g)
+    return _Point(x, u, D, g, H, converged)
 
 
-def _snap_to_zero(problem: RowProblem, x: np.ndarray, u: np.ndarray, D: float):
+def _snap_to_zero(problem: RowProblem, point: _Point) -> _Point:
     """Put at 0 every small ``theta`` where 0 is as good, within the criterion's rounding.
 
     ``D`` is even in each ``theta``: where its minimum is at 0, a search from a signed
@@ -224,17 +239,15 @@ def _snap_to_zero(problem: RowProblem, x: np.ndarray, u: np.ndarray, D: float):
     other parameters polished again, is no larger than the optimum plus
     :data:`_ROUNDING` (far below the 1e-6 relative differences between engines).
     """
-    for j in np.argsort(x[: problem.n_terms]):
-        if not 0 < x[j] < _SNAP_BELOW:
+    for j in np.argsort(point.x[: problem.n_terms]):
+        if not 0 < point.x[j] < _SNAP_BELOW:
             continue
-        trial = x.copy()
-        trial[j] = 0.0
-        ut = u.copy()
-        Dt = problem.criterion(trial, ut, gradient=False)[0]
-        trial, ut, Dt = _newton_polish(problem, trial, ut, Dt, held=j)
-        if Dt <= D + _ROUNDING * (1 + abs(D)):
-            x, u, D = trial, ut, Dt
-    return x, u, D
+        x = point.x.copy()
+        x[j] = 0.0
+        trial = _newton_polish(problem, _evaluate(problem, x, point.u), held=j)
+        if trial.D <= point.D + _ROUNDING * (1 + abs(point.D)):
+            point = trial._replace(H=_hessian(problem, trial.x, trial.u, trial.g))
+    return point
 
 
 def _escape(problem: RowProblem, fit: GeneFit) -> list[np.ndarray]:
@@ -252,15 +265,22 @@ def _escape(problem: RowProblem, fit: GeneFit) -> list[np.ndarray]:
     return out
 
 
-def _finish(problem: RowProblem, x: np.ndarray) -> GeneFit:
-    """Polish an optimum, put negligible variances at 0, and take its derivatives."""
-    u = np.zeros(len(problem.term))
-    D = problem.criterion(x, u, gradient=False)[0]
-    x, u, D = _newton_polish(problem, x, u, D)
-    x, u, D = _snap_to_zero(problem, x, u, D)
+def _evaluate(problem: RowProblem, x: np.ndarray, u0: np.ndarray) -> _Point:
+    """``D`` and its gradient at ``x``, the modes from ``u0`` (not modified)."""
+    u = u0.copy()
     D, g, converged = problem.criterion(x, u)
-    H = _hessian(problem, x, u, g)
-    return GeneFit(x=x, deviance=float(D), u=u, gradient=g, hessian=H, converged=bool(converged))
+    return _Point(x, u, float(D), g, None, bool(converged))
+
+
+def _finish(problem: RowProblem, x: np.ndarray) -> GeneFit:
+    """Polish an optimum, put negligible variances at 0; with its gradient and Hessian."""
+    point = _newton_polish(problem, _evaluate(problem, x, np.zeros(len(problem.term))))
+    point = _snap_to_zero(problem, point)
+    assert point.H is not None
+    return GeneFit(
+        x=point.x, deviance=point.D, u=point.u, gradient=point.g, hessian=point.H,
+        converged=point.converged,
+    )  # fmt: skip
 
 
 def fit_rows(
