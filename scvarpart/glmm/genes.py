@@ -17,6 +17,7 @@ import pandas as pd
 from joblib import delayed
 
 from .._names import as_names
+from .._threads import one_blas_thread
 from ..design import Design
 from ..lmm.genes import gene_names
 from ..storage.matrix import column_block, map_column_blocks, row_bounds
@@ -230,7 +231,11 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
 
 def _fit_block(ctx: _Context, Y: np.ndarray, roles) -> list[dict]:
     """The genes of a block, each with its mean count."""
-    return [{**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])]
+    Y = np.asfortranarray(Y, dtype=float)  # each gene's counts contiguous
+    with one_blas_thread():
+        return [
+            {**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])
+        ]
 
 
 def fit_counts(

@@ -14,15 +14,14 @@ variances by the square exactly and changes nothing else.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
 from joblib import Parallel, delayed
-from threadpoolctl import ThreadpoolController
 
+from .._threads import one_blas_thread
 from ..suffstats import DesignGram, ResponseStats
 from .blocked import BlockedDeviance
 from .dense import DenseDeviance
@@ -163,21 +162,6 @@ def choose_engine(
     return "dense" if gram.n_levels + gram.n_fixed <= _DENSE_MAX_SIZE else "blocked"
 
 
-@functools.cache
-def _blas() -> ThreadpoolController:
-    """The process's thread pools, found once.
-
-    Scanning the loaded libraries costs milliseconds, and every batch of genes limits
-    BLAS to one thread.
-    """
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """A context in which BLAS runs single-threaded (in this process)."""
-    return _blas().limit(limits=1, user_api="blas")
-
-
 def make_engine(gram: DesignGram, reml: bool, engine: str, terms: list[ReTerm]):
     """The engine ``engine`` (not ``"auto"``) for this design and terms."""
     scalar = all(t.scalar for t in terms) and gram.weight_sum is None
@@ -203,7 +187,7 @@ def _fit_batch(eng, m: Moments | None, stats: ResponseStats, strategy: str):
     oversubscribe the cores. An engine may also return the gradient and Hessian in
     its parameters at the optima (``at_optima``), which saves evaluating them again.
     """
-    with _one_blas_thread():
+    with one_blas_thread():
         if m is None:  # no moment estimates in theta: the engine's own starts
             x0, f0 = np.full((len(stats), eng.n_params), np.nan), np.full(len(stats), np.nan)
         else:
@@ -329,7 +313,7 @@ def fit_lmm(
     # BLAS single-threaded throughout (and in _fit_batch, for process workers): n_jobs is
     # the only parallelism, and a BLAS pool woken by one call spins on a core the
     # workers need
-    with _one_blas_thread():
+    with one_blas_thread():
         eng = make_engine(gram, reml, engine, terms)
         rest = np.flatnonzero(error == "")
         error[rest] = unfittable_reasons(gram, stats.subset(rest), names)

@@ -30,6 +30,7 @@ from joblib import Parallel, delayed
 from .. import suffstats
 from .._bootstrap_options import BOOTSTRAP_KEYS, bootstrap_problem
 from .._names import as_names
+from .._threads import one_blas_thread
 from ..design import Design, build_design, parse_formula
 from ..suffstats import DesignGram, ResponseStats, design_gram
 from ..suffstats.gram import centred_fixed, indicator_matrix
@@ -37,7 +38,7 @@ from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
 from ..varpart.result import VarPartResult, assemble
 from .bootstrap import DesignFactor, simulate_statistics
-from .fitting import _one_blas_thread, choose_engine, fit_lmm, make_engine, relative_covariances
+from .fitting import choose_engine, fit_lmm, make_engine, relative_covariances
 from .intervals import wald_intervals
 from .lrt import LocalRefits, check_test
 from .profile import profile_bounds
@@ -451,7 +452,7 @@ def _intervals(stats, fit_, infos, variances, roles, level: float, pvalue, **opt
 
     def run(idx: np.ndarray):
         part, response = fit_.subset(idx), stats.response.subset(idx)
-        with _one_blas_thread():
+        with one_blas_thread():
             p = pvalue[idx] if refits is None else refits.pvalues(response, part, level)
             return wald_intervals(
                 eng, response, part, of_parameters, variances[idx], coords, level, masks, p,
@@ -550,7 +551,7 @@ def profile_confint(
     columns = [*range(k), C - 1]
     coords = [np.arange(s.start, s.stop) for s in theta_slices(terms)]
     comps = list(zip(columns, [*coords, np.array([], dtype=int)], strict=True))
-    with _one_blas_thread():
+    with one_blas_thread():
         low, high = profile_bounds(eng, stats.response, fit_, of_parameters, comps, level)
     V = of_parameters(fit_.theta, fit_.sigma2, fit_.beta)
     G, P = len(stats.genes), len(comps)
