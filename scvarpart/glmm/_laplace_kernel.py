@@ -350,22 +350,27 @@ def _gradient(family, y, X, codes, aux, theta, phi, dg, u, eta, factor):
 
     For each parameter: its direct effect on ``-2 log f`` (the modes held), and on
     ``log det H`` through ``W`` and ``Lambda``, with ``eta`` moving with the modes
-    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation). Two
-    passes over the rows for every parameter at once (:func:`_direct`, then
-    :func:`_through_modes`).
+    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation). One
+    pass over the rows for every parameter at once (:func:`_row_pass`); the modes'
+    part is then a product over the columns of ``u``.
     """
     lev, r = leverages(factor, codes, theta)
-    out, dF, curvature = _direct(family, y, X, codes, aux, theta, phi, dg, u, eta, r)
+    out, dF, weight = _row_pass(family, y, X, codes, aux, theta, phi, dg, u, eta, lev, r)
     du = solve(factor, dF)
-    _through_modes(X, codes, theta, u, lev, curvature, du, family == NB2, out)
+    for c in range(len(u)):  # sum_i w_i (Z Lambda du)_i, by columns of u
+        for j in range(len(out)):
+            out[j] += weight[c] * du[c, j]
     return out
 
 
 @nb.njit(cache=True, nogil=True)
-def _direct(family, y, X, codes, aux, theta, phi, dg, u, eta, r):
-    """The direct effects, ``dF/dpar`` and per row ``(h1, h_p)``.
+def _row_pass(family, y, X, codes, aux, theta, phi, dg, u, eta, lev, r):
+    """The direct effects, ``dF/dpar``, and what the modes' effects need.
 
-    ``r``: each row's ``H^-1 a_i`` at its columns (:func:`._blocked.leverages`).
+    ``lev``, ``r``: each row's leverage and ``H^-1 a_i`` at its columns
+    (:func:`._blocked.leverages`). The effect through the modes of parameter ``j`` is
+    ``sum_i lev_i h1_i (d eta_i / d par_j)``; its part with the modes held is added here,
+    and its part through them is ``sum_c weight_c du_cj``, ``weight`` returned.
     """
     n, k = codes.shape
     p = X.shape[1]
@@ -373,49 +378,30 @@ def _direct(family, y, X, codes, aux, theta, phi, dg, u, eta, r):
     last = n_par - 1 if family == NB2 else -1  # the dispersion's index
     out = np.zeros(n_par)
     dF = np.zeros((len(u), n_par))
+    weight = np.zeros(len(u))
     kind = aux[0]
-    curvature = np.empty((2, n))
     for i in range(n):
         if kind[i] == ZEROS:
             g, h, h1, l_p, g_p, h_p = _zeros(eta[i], phi, i, aux)[1:]
         else:
             d = dg[i] if dg.size else 0.0
             g, h, h1, l_p, g_p, h_p = _row_terms(family, kind[i], y[i], eta[i], phi, d)
-        curvature[0, i], curvature[1, i] = h1, h_p
+        w = lev[i] * h1
         for t in range(k):  # theta_t scales the modes of its term's columns
-            out[t] += 2.0 * h * r[i, t] - 2.0 * g * u[codes[i, t]]
-            dF[codes[i, t], t] += g
+            c = codes[i, t]
+            out[t] += 2.0 * h * r[i, t] + (w - 2.0 * g) * u[c]
+            dF[c, t] += g
+            weight[c] += w * theta[t]
         for j in range(p):
-            out[k + j] -= 2.0 * g * X[i, j]
+            out[k + j] += (w - 2.0 * g) * X[i, j]
         if last >= 0:
-            out[last] -= 2.0 * l_p
+            out[last] += lev[i] * h_p - 2.0 * l_p
         for s in range(k):  # d eta / d par with the modes held: u, then X, then 0
-            c, ts = codes[i, s], theta[s]
+            c, ts = codes[i, s], theta[s] * h
             for t in range(k):
-                dF[c, t] -= ts * h * u[codes[i, t]]
+                dF[c, t] -= ts * u[codes[i, t]]
             for j in range(p):
-                dF[c, k + j] -= ts * h * X[i, j]
+                dF[c, k + j] -= ts * X[i, j]
             if last >= 0:
-                dF[c, last] += ts * g_p
-    return out, dF, curvature
-
-
-@nb.njit(cache=True, nogil=True)
-def _through_modes(X, codes, theta, u, lev, curvature, du, dispersion, out):
-    """Add each parameter's effect on ``log det H`` through ``W``: ``eta`` moving with it."""
-    n, k = codes.shape
-    p = X.shape[1]
-    n_par = len(out)
-    for i in range(n):
-        w = lev[i] * curvature[0, i]
-        for j in range(n_par):
-            moved = 0.0
-            for s in range(k):
-                moved += theta[s] * du[codes[i, s], j]
-            out[j] += w * moved
-        for t in range(k):
-            out[t] += w * u[codes[i, t]]
-        for j in range(p):
-            out[k + j] += w * X[i, j]
-        if dispersion:
-            out[n_par - 1] += lev[i] * curvature[1, i]
+                dF[c, last] += theta[s] * g_p
+    return out, dF, weight
