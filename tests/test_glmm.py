@@ -495,3 +495,34 @@ def test_never_beaten_by_a_grid_of_starts_on_400_designs():
     """As above on 400 more random designs."""
     tested, beaten = _beaten_by_the_grid(range(1000, 1400))
     assert tested >= 300 and not beaten, beaten
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocked_factor_is_the_dense_one(seed):
+    """The blocked factor of H (the largest term eliminated) gives the dense algebra's
+    log-determinant, solves, leverages and diagonal of the inverse."""
+    from scvarpart.glmm import _blocked
+
+    rng = np.random.default_rng(seed)
+    k = seed % 3 + 1
+    levels = rng.integers(1, 12, k)
+    starts = np.concatenate([[0], np.cumsum(levels)])
+    n = 60
+    codes = np.stack([rng.integers(0, m, n) + s for m, s in zip(levels, starts, strict=False)], 1)
+    term = np.repeat(np.arange(k), levels)
+    theta, h = rng.uniform(0.1, 2, k), rng.exponential(1.0, n)
+    A = np.zeros((n, starts[-1]))
+    for t in range(k):
+        A[np.arange(n), codes[:, t]] = theta[t]
+    H = A.T @ (h[:, None] * A) + np.eye(starts[-1])
+    factor = _blocked.empty_factor(term)
+    _blocked.assemble(factor, codes, theta, h)
+    assert _blocked.factorise(factor)
+    assert _blocked.logdet(factor) == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-12)
+    b = rng.normal(size=(starts[-1], 3))
+    np.testing.assert_allclose(_blocked.solve(factor, b), np.linalg.solve(H, b), rtol=1e-10)
+    Hinv = np.linalg.inv(H)
+    np.testing.assert_allclose(_blocked.diagonal_inverse(factor), np.diag(Hinv), rtol=1e-10)
+    lev, r = _blocked.leverages(factor, codes, theta)
+    np.testing.assert_allclose(lev, np.einsum("ij,jk,ik->i", A, Hinv, A), rtol=1e-10)
+    np.testing.assert_allclose(r, np.take_along_axis(A @ Hinv, codes, 1), rtol=1e-10)

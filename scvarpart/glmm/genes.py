@@ -26,7 +26,7 @@ from ..varpart.result import VarPartResult
 from ._blocked import diagonal_inverse
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
 from ._zero_tables import ZeroTables, zero_tables
-from .intervals import intervals
+from .intervals import free_parameters, intervals
 from .latent import APPROXIMATIONS, distribution_variance, mean_count
 from .rows import RowDesign, row_design
 from .search import (
@@ -201,14 +201,15 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
             f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
         }
     V, latent = ctx.variances(fit.x)
-    free = np.ones(len(fit.x), bool)
-    free[:k] = fit.x[:k] > 0
-    Hf = fit.hessian[np.ix_(free, free)]
+    free = free_parameters(fit.x, k, ctx.family == NB2)
+    beta_se = np.full(p, np.nan)
     try:
-        cov = 2 * np.linalg.inv(Hf)
-        beta_se = np.sqrt(np.diag(cov)[int(free[:k].sum()) :][:p])
+        var = np.diag(2 * np.linalg.inv(fit.hessian[np.ix_(free, free)]))
     except np.linalg.LinAlgError:
-        beta_se = np.full(p, np.nan)
+        var = None
+    if var is not None:  # a Hessian not positive definite on them: no standard errors
+        beta = var[int(free[:k].sum()) :][:p]
+        beta_se[beta > 0] = np.sqrt(beta[beta > 0])
     out = {
         "error": "",
         "theta": fit.x[:k],
@@ -223,7 +224,9 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
         **latent,
     }
     if ctx.level is not None:
-        out["intervals"] = intervals(ctx.components, fit, ctx.rows.n_terms, ctx.level, roles)
+        out["intervals"] = intervals(
+            ctx.components, fit, k, ctx.level, roles, dispersion=ctx.family == NB2
+        )
     if ctx.store_blups:
         out["blups"] = _blups(ctx, problem, fit)
     return out

@@ -17,9 +17,9 @@ import numpy as np
 from scipy import stats as st
 
 from ..lmm.intervals import logit_interval
-from .search import GeneFit
+from .search import LOG_PHI_BOUNDS, GeneFit
 
-__all__ = ["intervals", "jacobian"]
+__all__ = ["free_parameters", "intervals", "jacobian"]
 
 
 def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -32,8 +32,26 @@ def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((len(fn(x)), 0))
 
 
+def free_parameters(x: np.ndarray, k: int, dispersion: bool) -> np.ndarray:
+    """The parameters off their bounds: all but a variance at 0 and ``log phi`` at a bound.
+
+    ``x`` of a count fit: ``k`` variances first, ``log phi`` last with ``dispersion``.
+    Those at a bound have no sampling variance in the delta method's ``2 H^-1``.
+    """
+    free = np.ones(len(x), bool)
+    free[:k] = x[:k] > 0
+    if dispersion and x[-1] in LOG_PHI_BOUNDS:
+        free[-1] = False
+    return free
+
+
 def intervals(
-    variances: Callable[[np.ndarray], np.ndarray], fit: GeneFit, k: int, level: float, roles
+    variances: Callable[[np.ndarray], np.ndarray],
+    fit: GeneFit,
+    k: int,
+    level: float,
+    roles,
+    dispersion: bool = False,
 ) -> dict[str, Any]:
     """Delta-method standard errors and intervals, one-sided for a variance at 0.
 
@@ -43,12 +61,13 @@ def intervals(
     the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
 
     ``variances``: the components' variances at the parameters (``theta`` first, ``k`` of
-    them); ``roles``: boolean masks of the batch and signal components, or ``None``.
+    them; ``log phi`` last with ``dispersion``); ``roles``: boolean masks of the batch and
+    signal components, or ``None``.
     """
     x = fit.x
     at_zero = np.zeros(len(x), bool)
     at_zero[:k] = x[:k] == 0
-    free = ~at_zero
+    free = free_parameters(x, k, dispersion)
     H = fit.hessian[np.ix_(free, free)]
     try:
         cov = 2 * np.linalg.inv(H)
