@@ -259,6 +259,8 @@ def _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta):
     trial = u.copy()
     while t >= 1e-10:
         trial[:] = u + t * step
+        if (trial == u).all():  # the step is below u's rounding
+            break
         _linear_predictor(base, theta, codes, trial, eta)
         if _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial) >= f:
             return True, trial
@@ -271,13 +273,15 @@ def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max
     """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
 
     Newton steps (halved where the whole step does not improve), until the Newton
-    decrement ``grad' H^-1 grad`` is below ``tol (1 + |f|)``, ``f`` the penalised
-    log-likelihood (its rounding grows with it). A whole step is judged by the pass that
-    also assembles ``H`` there: one pass over the rows per step. Returns
-    ``(converged, eta, factor, loglik)``: the factor of ``H`` at the modes
-    (:mod:`._blocked`) and the sum of ``log f(y | u)`` there less ``const`` (the part
-    free of ``eta``, :func:`_row_constants`, which the tolerance counts in ``f``),
-    ``NaN`` where there are no modes (``mu`` overflowed).
+    decrement ``grad' H^-1 grad`` is below ``tol (1 + |f| + |const|)``: ``f`` the
+    penalised log-likelihood less ``const``, whose rounding grows with the magnitude of
+    its terms, not with their sum (a highly expressed gene's ``f`` and ``const`` are both
+    near 2e4 and cancel to 1.5e3: a tolerance of the sum had the steps judged by
+    rounding). A whole step is judged by the pass that also assembles ``H`` there: one
+    pass over the rows per step. Returns ``(converged, eta, factor, loglik)``: the factor
+    of ``H`` at the modes (:mod:`._blocked`) and the sum of ``log f(y | u)`` there less
+    ``const`` (the part free of ``eta``, :func:`_row_constants`), ``NaN`` where there are
+    no modes (``mu`` overflowed).
     """
     factor = empty_factor(term)
     eta = np.empty(len(y))
@@ -290,7 +294,7 @@ def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max
     for _ in range(max_iter):
         step = _direction(factor, grad)
         decrement = grad @ step
-        if decrement < tol * (1.0 + abs(f + const)):  # below f's rounding: take it whole
+        if decrement < tol * (1.0 + abs(f) + abs(const)):  # below f's rounding: take it whole
             u += step
             converged = True
             break
