@@ -4,8 +4,10 @@
 fixed effects, a log link and an offset (:mod:`.search`), and reports the variance
 components on the latent scale (:mod:`.latent`) in the
 :class:`~scvarpart.varpart.VarPartResult` every fit returns. The cost of a gene grows
-with its rows (Poisson: the design's classes, :mod:`.rows`; NB2: the observations) times
-the evaluations of the search, and with the cube of the number of levels.
+with its rows (Poisson: the design's classes, :mod:`.rows`; NB2: the observations, or
+its non-zero counts and the classes with :mod:`._zero_tables`) times the evaluations of
+the search, and with the cube of the levels of every term but the largest
+(:mod:`._blocked`).
 """
 
 from __future__ import annotations
