@@ -177,7 +177,7 @@ def _minimise(
     To moderate tolerances: Newton steps finish the optimum (:func:`_newton_polish`).
     ``known``: an optimum ``(x, D)`` found already. A descent that comes within
     :data:`_NEAR` of it in every coordinate (``theta`` up to its sign), no lower, ends
-    there: it would reach that optimum, at the cost of a third of its evaluations.
+    there: it would reach that optimum, and the last third of its evaluations is saved.
     """
     u = u0.copy()
     k = problem.n_terms
