@@ -174,7 +174,10 @@ def _row_terms(family, kind, y, eta, phi, dg):
 def _zeros(eta, phi, r, aux):
     """A class's zeros (row ``r``): ``-phi F_c`` at ``eta - log phi`` and its derivatives.
 
-    ``(l, g, h, h1, l_p, g_p, h_p)`` from the tables of :mod:`._zero_tables`.
+    ``(l, g, h, h1, l_p, g_p, h_p)`` from the tables of :mod:`._zero_tables`. The rows
+    are described by ``aux = (kind, cls, start, n_segments, coef, tails)``: each row's
+    kind (:data:`OBSERVATION`, :data:`DIFFERENCE`, :data:`ZEROS`), its class, and the
+    tables.
     """
     f0, f1, f2, f3 = zero_terms(eta - math.log(phi), aux[1][r], aux[2], aux[3], aux[4], aux[5])
     return (
@@ -329,7 +332,7 @@ def laplace(
 
     Parameters are ``theta`` (one per term; column ``t`` of ``codes`` is term ``t``'s),
     ``beta`` and, for NB2, ``log_phi``; the gradient is in that order (``log_phi`` last,
-    only for NB2). ``aux`` describes the rows (:func:`_lgh`). ``u`` holds the
+    only for NB2). ``aux`` describes the rows (:func:`_zeros`). ``u`` holds the
     starting modes and is overwritten with the modes found. Returns
     ``(D, grad, converged)``.
     """

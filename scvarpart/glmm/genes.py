@@ -28,7 +28,7 @@ from ..varpart.result import VarPartResult
 from ._blocked import diagonal_inverse
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
 from ._zero_tables import ZeroTables, zero_tables
-from .intervals import free_parameters, intervals
+from .intervals import covariance, intervals
 from .latent import APPROXIMATIONS, distribution_variance, mean_count
 from .rows import RowDesign, row_design
 from .search import (
@@ -203,14 +203,10 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
             f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
         }
     V, latent = ctx.variances(fit.x)
-    free = free_parameters(fit.x, k, ctx.family == NB2)
+    free, cov, _ = covariance(fit, k, ctx.family == NB2)
     beta_se = np.full(p, np.nan)
-    try:
-        var = np.diag(2 * np.linalg.inv(fit.hessian[np.ix_(free, free)]))
-    except np.linalg.LinAlgError:
-        var = None
-    if var is not None:  # a Hessian not positive definite on them: no standard errors
-        beta = var[int(free[:k].sum()) :][:p]
+    if cov is not None:  # a Hessian not positive definite there: some variances below 0
+        beta = np.diag(cov)[int(free[:k].sum()) :][:p]
         beta_se[beta > 0] = np.sqrt(beta[beta > 0])
     out = {
         "error": "",

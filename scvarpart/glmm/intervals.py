@@ -19,7 +19,7 @@ from scipy.special import ndtri  # the normal quantile, without scipy.stats' ove
 from ..lmm.intervals import logit_interval
 from .search import LOG_PHI_BOUNDS, GeneFit
 
-__all__ = ["free_parameters", "intervals", "jacobian"]
+__all__ = ["covariance", "free_parameters", "intervals", "jacobian"]
 
 
 def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -45,6 +45,24 @@ def free_parameters(x: np.ndarray, k: int, dispersion: bool) -> np.ndarray:
     return free
 
 
+def covariance(fit: GeneFit, k: int, dispersion: bool):
+    """``(free, Cov, positive)``: the delta method's ``Cov = 2 H^-1`` over the free parameters.
+
+    ``free`` from :func:`free_parameters`; ``Cov`` is ``None`` where ``H`` on them is
+    singular; ``positive``: whether it is positive definite there.
+    """
+    free = free_parameters(fit.x, k, dispersion)
+    H = fit.hessian[np.ix_(free, free)]
+    try:
+        cov = 2 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return free, None, False
+    try:
+        return free, cov, bool(np.all(np.linalg.eigvalsh(H) > 0))
+    except np.linalg.LinAlgError:
+        return free, cov, False
+
+
 def intervals(
     variances: Callable[[np.ndarray], np.ndarray],
     fit: GeneFit,
@@ -67,13 +85,7 @@ def intervals(
     x = fit.x
     at_zero = np.zeros(len(x), bool)
     at_zero[:k] = x[:k] == 0
-    free = free_parameters(x, k, dispersion)
-    H = fit.hessian[np.ix_(free, free)]
-    try:
-        cov = 2 * np.linalg.inv(H)
-        ok = bool(np.all(np.linalg.eigvalsh(H) > 0))
-    except np.linalg.LinAlgError:
-        ok = False
+    free, cov, ok = covariance(fit, k, dispersion)
     V = variances(x)
     C = len(V)
     if not ok:

@@ -19,7 +19,6 @@ the optimum against a grid of ``4^k`` starts on random designs.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,7 +30,6 @@ from .rows import observation_rows
 
 __all__ = [
     "LOG_PHI_BOUNDS",
-    "STARTS",
     "GeneFit",
     "RowProblem",
     "fit_rows",
@@ -46,7 +44,7 @@ LOG_PHI_BOUNDS = (-10.0, 20.0)
 _THETA_MAX = 20.0  # a standard deviation of 20 on the log scale: e^20-fold between levels
 MODE_TOL = 1e-14  # Newton decrement, relative, at which the conditional modes are converged
 MODE_ITER = 100
-STARTS = (0.2, 1.0)  # every term's starting theta, one start each
+_STARTS = (0.2, 1.0)  # every term's starting theta, one start each
 _GRID = (0.05, 0.3, 1.0, 3.0)  # each term's starting theta, in every combination (tests)
 _SNAP_BELOW = 1e-3  # a theta this small is tried at 0 (:func:`_snap_to_zero`)
 _ROUNDING = 1e-13  # relative rounding of the criterion's evaluation
@@ -287,7 +285,7 @@ def _escape(problem: RowProblem, fit: GeneFit) -> list[np.ndarray]:
     for j in range(problem.n_terms):
         if fit.x[j] == 0 and not fit.hessian[j, j] > 0:
             x0 = fit.x.copy()
-            x0[j] = STARTS[0]
+            x0[j] = _STARTS[0]
             out.append(x0)
     return out
 
@@ -314,11 +312,10 @@ def fit_rows(
     problem: RowProblem,
     exhaustive: bool = False,
     start: tuple[np.ndarray, float] | None = None,
-    starts: Sequence[float] = STARTS,
 ) -> GeneFit:
     """The best optimum of ``D`` over starts, polished, with its gradient and Hessian.
 
-    Starts: every standard deviation at each of ``starts`` (``exhaustive``: every
+    Starts: every standard deviation at each of :data:`_STARTS` (``exhaustive``: every
     combination of 0.05, 0.3, 1 and 3 over the terms, ``4^k`` starts, for tests); then,
     from the best optimum, a start away from each variance at 0 that is not a minimum
     along its axis. ``start``: the fixed effects and ``log phi`` to start from (by
@@ -327,7 +324,7 @@ def fit_rows(
     beta0, log_phi0 = start or glm_start(problem.y, problem.X, problem.offset)
     k = problem.n_terms
     tail = [beta0] + ([[log_phi0]] if problem.family == NB2 else [])
-    combos = itertools.product(_GRID, repeat=k) if exhaustive else ((t,) * k for t in starts)
+    combos = itertools.product(_GRID, repeat=k) if exhaustive else ((t,) * k for t in _STARTS)
     best = None
     for thetas in combos:
         x0 = np.concatenate([thetas, *tail])
