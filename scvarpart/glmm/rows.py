@@ -13,7 +13,9 @@ the first part a Poisson row with offset ``log E_c``, the constant
 ``sum_i (y_i o_i - log y_i!) - y_c log E_c + log y_c!`` free of the parameters. So a
 Poisson gene is fitted on its class totals (for the example design, hundreds of classes
 in place of thousands of cells) and the constant added back to its log-likelihood. NB2
-counts do not aggregate: their rows are the observations.
+counts do not aggregate: their rows are the observations, except that with few classes
+a class's zero counts are summed in closed form (:mod:`._zero_tables`) and only the
+non-zero counts remain rows.
 """
 
 from __future__ import annotations
