@@ -147,24 +147,28 @@ class _Context:
 
     def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Every component's variance at parameters ``x``, and the latent quantities."""
-        lam, inv_size = self._latent(x)
-        dist = {a: float(distribution_variance(lam, inv_size, a)) for a in APPROXIMATIONS}
-        return self.components(x), {"lambda": lam, **dist}
+        lam, inv_size = self._latent(x[None])
+        dist = {a: float(distribution_variance(lam, inv_size, a)[0]) for a in APPROXIMATIONS}
+        return self.components(x[None])[0], {"lambda": float(lam[0]), **dist}
 
-    def components(self, x: np.ndarray) -> np.ndarray:
-        """Every component's variance at parameters ``x``, the chosen approximation's residual."""
+    def components(self, xs: np.ndarray) -> np.ndarray:
+        """Every component's variance at each row of parameters ``xs`` (the chosen residual).
+
+        Vectorised over the rows: the intervals' Jacobian takes all its differences at once.
+        """
         k, p = self.rows.n_terms, self.X.shape[1]
-        residual = distribution_variance(*self._latent(x), self.approximation)
+        residual = distribution_variance(*self._latent(xs), self.approximation)
         return component_variances(
-            x[None, :k] ** 2, np.atleast_1d(residual), x[None, k : k + p], self.x_cov,
-            self.fixed_terms,
-        )[0]  # fmt: skip
+            xs[:, :k] ** 2, residual, xs[:, k : k + p], self.x_cov, self.fixed_terms
+        )
 
-    def _latent(self, x: np.ndarray) -> tuple[float, float]:
-        """``lambda`` (Nakagawa 2017) and ``1 / phi`` (0 for Poisson) at parameters ``x``."""
+    def _latent(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``lambda`` (Nakagawa 2017) and ``1 / phi`` (0 for Poisson) at each row of ``xs``."""
         k, p = self.rows.n_terms, self.X.shape[1]
-        lam = mean_count(self.linear_mean + self.x_mean @ x[k : k + p], (x[:k] ** 2).sum())
-        return float(lam), float(np.exp(-x[k + p])) if self.family == NB2 else 0.0
+        lam = mean_count(self.linear_mean + xs[:, k : k + p] @ self.x_mean, (xs[:, :k] ** 2).sum(1))
+        if self.family == NB2:
+            return lam, np.exp(-xs[:, k + p])
+        return lam, np.zeros(len(xs))
 
 
 def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
@@ -203,7 +207,8 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
             f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
         }
     V, latent = ctx.variances(fit.x)
-    free, cov, _ = covariance(fit, k, ctx.family == NB2)
+    delta = covariance(fit, k, ctx.family == NB2)
+    free, cov, _ = delta
     beta_se = np.full(p, np.nan)
     if cov is not None:  # a Hessian not positive definite there: some variances below 0
         beta = np.diag(cov)[int(free[:k].sum()) :][:p]
@@ -223,7 +228,13 @@ def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
     }
     if ctx.level is not None:
         out["intervals"] = intervals(
-            ctx.components, fit, k, ctx.level, roles, dispersion=ctx.family == NB2
+            ctx.components,
+            fit,
+            k,
+            ctx.level,
+            roles,
+            dispersion=ctx.family == NB2,
+            delta=delta,
         )
     if ctx.store_blups:
         out["blups"] = _blups(ctx, problem, fit)

@@ -23,13 +23,20 @@ __all__ = ["covariance", "free_parameters", "intervals", "jacobian"]
 
 
 def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Central differences of ``fn`` (a vector) in the ``free`` coordinates of ``x``."""
-    cols = []
-    for j in np.flatnonzero(free):
-        e = np.zeros_like(x)
-        e[j] = 1e-6 * max(1.0, abs(x[j]))
-        cols.append((fn(x + e) - fn(x - e)) / (2 * e[j]))
-    return np.column_stack(cols) if cols else np.zeros((len(fn(x)), 0))
+    """Central differences of ``fn`` in the ``free`` coordinates of ``x``.
+
+    ``fn`` maps a stack of parameter vectors (rows) to a stack of results: every
+    difference is taken in one call.
+    """
+    cols = np.flatnonzero(free)
+    if not len(cols):
+        return np.zeros((fn(x[None]).shape[1], 0))
+    step = 1e-6 * np.maximum(1.0, np.abs(x[cols]))
+    points = np.repeat(x[None], 2 * len(cols), axis=0)
+    points[np.arange(len(cols)), cols] += step
+    points[len(cols) + np.arange(len(cols)), cols] -= step
+    values = fn(points)
+    return ((values[: len(cols)] - values[len(cols) :]) / (2 * step[:, None])).T
 
 
 def free_parameters(x: np.ndarray, k: int, dispersion: bool) -> np.ndarray:
@@ -70,6 +77,7 @@ def intervals(
     level: float,
     roles,
     dispersion: bool = False,
+    delta: tuple | None = None,
 ) -> dict[str, Any]:
     """Delta-method standard errors and intervals, one-sided for a variance at 0.
 
@@ -78,15 +86,16 @@ def intervals(
     fraction at ``theta = z sqrt(2 / D''(0))`` (the Wald bound of the 50:50 mixture at
     the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
 
-    ``variances``: the components' variances at the parameters (``theta`` first, ``k`` of
-    them; ``log phi`` last with ``dispersion``); ``roles``: boolean masks of the batch and
-    signal components, or ``None``.
+    ``variances``: the components' variances at each row of a stack of parameters
+    (``theta`` first, ``k`` of them; ``log phi`` last with ``dispersion``); ``roles``:
+    boolean masks of the batch and signal components, or ``None``; ``delta``:
+    :func:`covariance` of the fit, if taken already.
     """
     x = fit.x
     at_zero = np.zeros(len(x), bool)
     at_zero[:k] = x[:k] == 0
-    free, cov, ok = covariance(fit, k, dispersion)
-    V = variances(x)
+    free, cov, ok = delta or covariance(fit, k, dispersion)
+    V = variances(x[None])[0]
     C = len(V)
     if not ok:
         nan = np.full(C, np.nan)

@@ -3,8 +3,9 @@
 lme4's ``glmer`` (``nAGQ = 1``) and glmmTMB minimise the Laplace approximation
 ``D(theta, beta, log phi)`` (:mod:`._laplace_kernel`) over all its parameters at once,
 with the conditional modes found anew at every point. So does this module, with the
-criterion's exact gradient, under bounds: ``theta >= 0`` (a variance at 0 is a
-boundary optimum, as lme4's), and ``log phi`` within :data:`LOG_PHI_BOUNDS`.
+criterion's exact gradient and a compiled L-BFGS descent (:mod:`._descent`), under
+bounds: ``theta >= 0`` (a variance at 0 is a boundary optimum, as lme4's), and
+``log phi`` within :data:`LOG_PHI_BOUNDS`.
 
 The criterion need not be convex in ``theta``: the search starts from two points
 (every standard deviation at 0.2, and at 1) and keeps the best optimum, then polishes it
@@ -19,13 +20,13 @@ the optimum against a grid of ``4^k`` starts on random designs.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize
 
-from ._laplace_kernel import NB2, laplace
+from ._descent import descend
+from ._laplace_kernel import NB2, distinct_counts, laplace
 from .rows import observation_rows
 
 __all__ = [
@@ -70,11 +71,13 @@ class RowProblem:
     term: np.ndarray
     n_terms: int
     aux: tuple = ()
+    counts: tuple = field(init=False)
 
     def __post_init__(self) -> None:
-        """Rows that are all observations unless ``aux`` says otherwise."""
+        """Rows that are all observations unless ``aux`` says otherwise; the distinct counts."""
         if not self.aux:
             object.__setattr__(self, "aux", observation_rows(len(self.y)))
+        object.__setattr__(self, "counts", distinct_counts(self.y, self.aux[0]))
 
     @property
     def n_params(self) -> int:
@@ -87,8 +90,15 @@ class RowProblem:
         log_phi = x[k + p] if self.family == NB2 else 0.0
         return laplace(
             self.family, self.y, self.X, self.offset, self.codes, self.term, self.aux,
-            np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]), log_phi, u,
-            MODE_TOL, MODE_ITER, gradient,
+            self.counts, np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]),
+            log_phi, u, MODE_TOL, MODE_ITER, gradient,
+        )  # fmt: skip
+
+    def kernel_arguments(self) -> tuple:
+        """The problem as the compiled descent takes it (:func:`._descent.descend`)."""
+        return (
+            self.family, self.y, self.X, self.offset, self.codes, self.term, self.aux,
+            self.counts, self.n_terms,
         )  # fmt: skip
 
     def bounds(self) -> list[tuple[float | None, float | None]]:
@@ -163,48 +173,38 @@ def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, g: np.ndarray):
     return 0.5 * (H + H.T)
 
 
-class _Known(Exception):
-    """A descent has come into a known optimum's neighbourhood (:func:`_minimise`)."""
-
-
 def _minimise(
     problem: RowProblem, x0: np.ndarray, u0: np.ndarray, known: tuple | None = None
 ) -> tuple[np.ndarray, float]:
-    """L-BFGS-B from ``x0`` with the exact gradient; the modes warm-start each point.
+    """A compiled L-BFGS descent from ``x0`` (:mod:`._descent`); the modes warm-start each point.
 
     To moderate tolerances: Newton steps finish the optimum (:func:`_newton_polish`).
     ``known``: an optimum ``(x, D)`` found already. A descent that comes within
     :data:`_NEAR` of it in every coordinate (``theta`` up to its sign), no lower, ends
     there: it would reach that optimum, and the last third of its evaluations is saved.
     """
-    u = u0.copy()
     k = problem.n_terms
-
-    def fun(x):
-        D, g, _ = problem.criterion(x, u)
-        if not np.isfinite(D):
-            return np.inf, np.zeros_like(x)
-        if known is not None and D >= known[1]:
-            gap = np.abs(np.concatenate([np.abs(x[:k]), x[k:]]) - known[0])
-            if gap.max() < _NEAR:
-                raise _Known
-        return D, g
-
     # theta free of sign: D is even in each theta, so theta = 0 is always stationary and a
     # search bounded at 0 stops there even where D falls away from it; from a signed
     # start, descent reaches 0 only where 0 is a minimum.
-    bounds = [(-_THETA_MAX, _THETA_MAX)] * k + problem.bounds()[k:]
-    try:
-        res = optimize.minimize(
-            fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-            options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 1000, "maxcor": 20},
-        )  # fmt: skip
-    except _Known:
-        assert known is not None
-        return known[0], known[1]
-    x = res.x.copy()
+    lo, hi = _box(problem)
+    lo[:k] = -_THETA_MAX
+    target = np.empty(0) if known is None else np.append(known[0], known[1])
+    x, D, _, _ = descend(
+        problem.kernel_arguments(), np.asarray(x0, dtype=float), u0.copy(), lo, hi, target,
+        _NEAR, MODE_TOL, MODE_ITER, 1e-12, 1e-6, 1000,
+    )  # fmt: skip
+    x = x.copy()
     x[:k] = np.abs(x[:k])
-    return x, float(res.fun)
+    return x, float(D)
+
+
+def _box(problem: RowProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds as arrays of lower and upper values (infinite where there are none)."""
+    bounds = problem.bounds()
+    lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
+    hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
+    return lo, hi
 
 
 def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) -> _Point:
@@ -216,9 +216,7 @@ def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) 
     Hessian's relative change: far below what Newton steps and standard errors need,
     and a Hessian (one gradient per parameter) saved per gene.
     """
-    bounds = problem.bounds()
-    lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
-    hi = np.array([b[1] if b[1] is not None else np.inf for b in bounds])
+    lo, hi = _box(problem)
     x, u, D, g, H, converged = point
     if H is None:
         H = _hessian(problem, x, u, g)
