@@ -36,28 +36,15 @@ _BACKTRACKS = 30
 @nb.njit(cache=True, nogil=True)
 def _criterion(problem, x, u, tol, max_iter):
     """``(D, grad)`` of :func:`._laplace_kernel.laplace` at ``x``; ``D = inf`` without modes."""
-    family, y, X, offset, codes, term, aux, counts, k = problem
+    family, y, X, offset, layout, term, aux, counts, k = problem
     p = X.shape[1]
     log_phi = x[k + p] if family == NB2 else 0.0
     theta = np.ascontiguousarray(x[:k])
     beta = np.ascontiguousarray(x[k : k + p])
     D, g, _ = laplace(
-        family,
-        y,
-        X,
-        offset,
-        codes,
-        term,
-        aux,
-        counts,
-        theta,
-        beta,
-        log_phi,
-        u,
-        tol,
-        max_iter,
-        True,
-    )
+        family, y, X, offset, layout, term, aux, counts, theta, beta, log_phi, u, tol,
+        max_iter, True,
+    )  # fmt: skip
     if not math.isfinite(D):
         return math.inf, np.zeros(len(x))
     return D, g
@@ -120,7 +107,8 @@ def _free(x, g, lo, hi):
 def descend(problem, x0, u, lo, hi, known, near, tol, max_iter, ftol, gtol, max_steps):
     """Minimise ``D`` from ``x0`` within ``[lo, hi]``; ``u`` warm-starts the modes, updated.
 
-    ``problem``: ``(family, y, X, offset, codes, term, aux, counts, k)``, the kernel's arguments.
+    ``problem``: ``(family, y, X, offset, layout, term, aux, counts, k)``, the kernel's
+    arguments.
     ``known``: an optimum's parameters followed by its ``D`` (empty: none); a descent whose
     evaluation comes within ``near`` of it in every coordinate, no lower, ends there.
     ``tol``, ``max_iter``: the modes' tolerance and iterations. Returns ``(x, D, status,

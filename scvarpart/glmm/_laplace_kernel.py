@@ -44,6 +44,7 @@ __all__ = [
     "conditional_modes",
     "distinct_counts",
     "laplace",
+    "row_layout",
 ]
 
 POISSON = 0
@@ -132,6 +133,23 @@ def _row_constants(family, counts, phi, derivative):
     return total + carry - log_fact, dg
 
 
+def row_layout(codes: np.ndarray, classes: np.ndarray | None = None) -> tuple:
+    """``(cls, class_codes)`` of rows with columns ``codes`` (``n x k``) for the kernel.
+
+    ``classes``: a partition of the rows whose members share their codes (the design's
+    classes, :mod:`.rows`); by default the distinct rows of ``codes``. The passes over
+    the rows then reach ``u`` once per class: at cell level, a few hundred classes for
+    tens of thousands of non-zero counts.
+    """
+    if classes is None:
+        _, first, classes = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+    else:
+        first = np.zeros(int(classes.max()) + 1 if len(classes) else 0, np.int64)
+        first[classes] = np.arange(len(classes))
+    cls = np.ascontiguousarray(np.ravel(classes), dtype=np.int64)
+    return cls, np.ascontiguousarray(codes[first], dtype=np.int64)
+
+
 def distinct_counts(y: np.ndarray, kind: np.ndarray) -> tuple:
     """The non-zero counts of the rows that are counts (not a class's zeros), by value.
 
@@ -209,14 +227,16 @@ def _zeros(eta, phi, r, aux):
 
 
 @nb.njit(cache=True, nogil=True)
-def _linear_predictor(base, theta, codes, u, out):
-    """``out = base + Z Lambda u`` (``codes``: each row's column of ``u`` per term)."""
-    n, k = codes.shape
-    for i in range(n):
-        e = base[i]
+def _linear_predictor(base, theta, layout, u, out):
+    """``out = base + Z Lambda u``: each class's random effects, then each row's."""
+    cls, class_codes = layout
+    m, k = class_codes.shape
+    effect = np.zeros(m)
+    for c in range(m):
         for t in range(k):
-            e += theta[t] * u[codes[i, t]]
-        out[i] = e
+            effect[c] += theta[t] * u[class_codes[c, t]]
+    for i in range(len(base)):
+        out[i] = base[i] + effect[cls[i]]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -250,26 +270,33 @@ def _loglik(family, y, eta, phi, aux):
 
 
 @nb.njit(cache=True, nogil=True)
-def _system(family, y, eta, phi, u, theta, codes, aux, factor, grad):
+def _system(family, y, eta, phi, u, theta, layout, aux, factor, grad):
     """The blocks of ``H`` (:mod:`._blocked`, not yet factored) and ``grad = Lambda Z' g - u``.
 
-    Returns ``sum log f(y | u)`` less its constant, from the same pass.
+    Both from the classes' sums of ``g`` and ``h`` (the rows of a class share their
+    columns of ``u``): per row only its own terms and two additions. Returns
+    ``sum log f(y | u)`` less its constant, from the same pass.
     """
-    n, k = codes.shape
+    cls, class_codes = layout
+    m, k = class_codes.shape
     kind = aux[0]
     log_phi = math.log(phi)
-    h = np.empty(n)
-    grad[:] = -u
+    g_sum = np.zeros(m)
+    h_sum = np.zeros(m)
     total = carry = 0.0
-    for i in range(n):
+    for i in range(len(y)):
         if kind[i] == ZEROS:
-            ll, g, h[i] = _zeros(eta[i], phi, i, aux)[:3]
+            ll, g, h = _zeros(eta[i], phi, i, aux)[:3]
         else:
-            ll, g, h[i] = _row_lgh(family, kind[i], y[i], eta[i], phi, log_phi)
+            ll, g, h = _row_lgh(family, kind[i], y[i], eta[i], phi, log_phi)
         total, carry = _add(total, carry, ll)
+        g_sum[cls[i]] += g
+        h_sum[cls[i]] += h
+    grad[:] = -u
+    for c in range(m):
         for s in range(k):
-            grad[codes[i, s]] += theta[s] * g
-    assemble(factor, codes, theta, h)
+            grad[class_codes[c, s]] += theta[s] * g_sum[c]
+    assemble(factor, class_codes, theta, h_sum)
     return total + carry
 
 
@@ -280,7 +307,7 @@ def _direction(factor, grad):
 
 
 @nb.njit(cache=True, nogil=True)
-def _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta):
+def _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta):
     """Halve ``step`` until ``u + t step`` is no worse than ``f``: ``(found, point)``."""
     t = 0.5
     trial = u.copy()
@@ -288,7 +315,7 @@ def _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta):
         trial[:] = u + t * step
         if (trial == u).all():  # the step is below u's rounding
             break
-        _linear_predictor(base, theta, codes, trial, eta)
+        _linear_predictor(base, theta, layout, trial, eta)
         if _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial) >= f:
             return True, trial
         t *= 0.5
@@ -296,7 +323,7 @@ def _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta):
 
 
 @nb.njit(cache=True, nogil=True)
-def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max_iter, const):
+def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const):
     """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
 
     Newton steps (halved where the whole step does not improve), until the Newton
@@ -313,8 +340,8 @@ def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max
     factor = empty_factor(term)
     eta = np.empty(len(y))
     grad = np.empty(len(u))
-    _linear_predictor(base, theta, codes, u, eta)
-    f = _system(family, y, eta, phi, u, theta, codes, aux, factor, grad) - 0.5 * (u @ u)
+    _linear_predictor(base, theta, layout, u, eta)
+    f = _system(family, y, eta, phi, u, theta, layout, aux, factor, grad) - 0.5 * (u @ u)
     if not math.isfinite(f) or not factorise(factor):
         return False, eta, factor, np.nan
     converged = False
@@ -326,23 +353,23 @@ def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max
             converged = True
             break
         trial = u + step
-        _linear_predictor(base, theta, codes, trial, eta)
-        f_new = _system(family, y, eta, phi, trial, theta, codes, aux, factor, grad)
+        _linear_predictor(base, theta, layout, trial, eta)
+        f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
         f_new -= 0.5 * (trial @ trial)
         if not f_new >= f:
-            found, trial = _halve(family, y, base, phi, theta, codes, aux, u, step, f, eta)
+            found, trial = _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta)
             if not found:  # no step improves f: rounding, or a flat direction
                 converged = decrement < _STALL
                 break
-            _linear_predictor(base, theta, codes, trial, eta)
-            f_new = _system(family, y, eta, phi, trial, theta, codes, aux, factor, grad)
+            _linear_predictor(base, theta, layout, trial, eta)
+            f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
             f_new -= 0.5 * (trial @ trial)
         u[:] = trial
         f = f_new
         if not math.isfinite(f) or not factorise(factor):
             return False, eta, factor, np.nan
-    _linear_predictor(base, theta, codes, u, eta)
-    ll = _system(family, y, eta, phi, u, theta, codes, aux, factor, grad)
+    _linear_predictor(base, theta, layout, u, eta)
+    ll = _system(family, y, eta, phi, u, theta, layout, aux, factor, grad)
     if not math.isfinite(ll) or not factorise(factor):
         return False, eta, factor, np.nan
     return converged, eta, factor, ll
@@ -350,49 +377,37 @@ def conditional_modes(family, y, base, phi, theta, codes, term, aux, u, tol, max
 
 @nb.njit(cache=True, nogil=True)
 def laplace(
-    family,
-    y,
-    X,
-    offset,
-    codes,
-    term,
-    aux,
-    counts,
-    theta,
-    beta,
-    log_phi,
-    u,
-    tol,
-    max_iter,
+    family, y, X, offset, layout, term, aux, counts, theta, beta, log_phi, u, tol, max_iter,
     gradient,
-):
+):  # fmt: skip
     """The Laplace criterion ``D`` and, with ``gradient``, its exact gradient.
 
-    Parameters are ``theta`` (one per term; column ``t`` of ``codes`` is term ``t``'s),
-    ``beta`` and, for NB2, ``log_phi``; the gradient is in that order (``log_phi`` last,
-    only for NB2). ``aux`` describes the rows (:func:`_zeros`); ``counts`` their
-    :func:`distinct_counts`. ``u`` holds the
-    starting modes and is overwritten with the modes found. Returns
-    ``(D, grad, converged)``.
+    Parameters are ``theta`` (one per term; column ``t`` of ``layout``'s codes is term
+    ``t``'s), ``beta`` and, for NB2, ``log_phi``; the gradient is in that order
+    (``log_phi`` last, only for NB2). ``layout`` is ``(cls, class_codes)``: each row's
+    class and each class's column of ``u`` per term (rows of a class share them;
+    :func:`row_layout`). ``aux`` describes the rows (:func:`_zeros`); ``counts`` their
+    :func:`distinct_counts`. ``u`` holds the starting modes and is overwritten with the
+    modes found. Returns ``(D, grad, converged)``.
     """
     n_par = len(theta) + X.shape[1] + (1 if family == NB2 else 0)
     phi = math.exp(log_phi)
     base = offset + X @ beta
     const, dg = _row_constants(family, counts, phi, gradient)
     converged, eta, factor, ll = conditional_modes(
-        family, y, base, phi, theta, codes, term, aux, u, tol, max_iter, const
+        family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const
     )
     if not math.isfinite(ll):
         return np.inf, np.zeros(n_par), False
     D = u @ u - 2.0 * (ll + const) + logdet(factor)
     if not gradient:
         return D, np.zeros(n_par), converged
-    grad = _gradient(family, y, X, codes, aux, theta, phi, dg, counts[2], u, eta, factor)
+    grad = _gradient(family, y, X, layout, aux, theta, phi, dg, counts[2], u, eta, factor)
     return D, grad, converged
 
 
 @nb.njit(cache=True, nogil=True)
-def _gradient(family, y, X, codes, aux, theta, phi, dg, index, u, eta, factor):
+def _gradient(family, y, X, layout, aux, theta, phi, dg, index, u, eta, factor):
     """``dD/dpar`` by the implicit function theorem (see the module's documentation).
 
     For each parameter: its direct effect on ``-2 log f`` (the modes held), and on
@@ -401,8 +416,8 @@ def _gradient(family, y, X, codes, aux, theta, phi, dg, index, u, eta, factor):
     pass over the rows for every parameter at once (:func:`_row_pass`); the modes'
     part is then a product over the columns of ``u``.
     """
-    lev, r = leverages(factor, codes, theta)
-    out, dF, weight = _row_pass(family, y, X, codes, aux, theta, phi, dg, index, u, eta, lev, r)
+    lev, r = leverages(factor, layout[1], theta)  # per class: its rows share a_i
+    out, dF, weight = _row_pass(family, y, X, layout, aux, theta, phi, dg, index, u, eta, lev, r)
     du = solve(factor, dF)
     for c in range(len(u)):  # sum_i w_i (Z Lambda du)_i, by columns of u
         for j in range(len(out)):
@@ -411,45 +426,57 @@ def _gradient(family, y, X, codes, aux, theta, phi, dg, index, u, eta, factor):
 
 
 @nb.njit(cache=True, nogil=True)
-def _row_pass(family, y, X, codes, aux, theta, phi, dg, index, u, eta, lev, r):
+def _row_pass(family, y, X, layout, aux, theta, phi, dg, index, u, eta, lev, r):
     """The direct effects, ``dF/dpar``, and what the modes' effects need.
 
-    ``lev``, ``r``: each row's leverage and ``H^-1 a_i`` at its columns
+    ``lev``, ``r``: each class's leverage and ``H^-1 a`` at its columns
     (:func:`._blocked.leverages`); ``dg[index[i]]``: row ``i``'s digamma difference.
     The effect through the modes of parameter ``j`` is
     ``sum_i lev_i h1_i (d eta_i / d par_j)``; its part with the modes held is added here,
-    and its part through them is ``sum_c weight_c du_cj``, ``weight`` returned.
+    and its part through them is ``sum_c weight_c du_cj``, ``weight`` returned. The rows
+    add their terms to their class's sums; the columns of ``u`` are reached per class.
     """
-    n, k = codes.shape
+    cls, class_codes = layout
+    m, k = class_codes.shape
     p = X.shape[1]
     n_par = k + p + (1 if family == NB2 else 0)
     last = n_par - 1 if family == NB2 else -1  # the dispersion's index
     out = np.zeros(n_par)
-    dF = np.zeros((len(u), n_par))
-    weight = np.zeros(len(u))
+    sums = np.zeros((m, 4))  # per class: g, h, h1, g_p
+    hX = np.zeros((m, p))  # per class: sum h_i x_i
     kind = aux[0]
-    for i in range(n):
+    for i in range(len(y)):
         if kind[i] == ZEROS:
             g, h, h1, l_p, g_p, h_p = _zeros(eta[i], phi, i, aux)[1:]
         else:
             d = dg[index[i]] if index[i] >= 0 and dg.size else 0.0
             g, h, h1, l_p, g_p, h_p = _row_terms(family, kind[i], y[i], eta[i], phi, d)
-        w = lev[i] * h1
-        for t in range(k):  # theta_t scales the modes of its term's columns
-            c = codes[i, t]
-            out[t] += 2.0 * h * r[i, t] + (w - 2.0 * g) * u[c]
-            dF[c, t] += g
-            weight[c] += w * theta[t]
+        c = cls[i]
+        w = lev[c] * h1
         for j in range(p):
             out[k + j] += (w - 2.0 * g) * X[i, j]
+            hX[c, j] += h * X[i, j]
         if last >= 0:
-            out[last] += lev[i] * h_p - 2.0 * l_p
+            out[last] += lev[c] * h_p - 2.0 * l_p
+        sums[c, 0] += g
+        sums[c, 1] += h
+        sums[c, 2] += h1
+        sums[c, 3] += g_p
+    dF = np.zeros((len(u), n_par))
+    weight = np.zeros(len(u))
+    for c in range(m):
+        g, h, w, g_p = sums[c, 0], sums[c, 1], lev[c] * sums[c, 2], sums[c, 3]
+        for t in range(k):  # theta_t scales the modes of its term's columns
+            col = class_codes[c, t]
+            out[t] += 2.0 * h * r[c, t] + (w - 2.0 * g) * u[col]
+            dF[col, t] += g
+            weight[col] += w * theta[t]
         for s in range(k):  # d eta / d par with the modes held: u, then X, then 0
-            c, ts = codes[i, s], theta[s] * h
+            col = class_codes[c, s]
             for t in range(k):
-                dF[c, t] -= ts * u[codes[i, t]]
+                dF[col, t] -= theta[s] * h * u[class_codes[c, t]]
             for j in range(p):
-                dF[c, k + j] -= ts * X[i, j]
+                dF[col, k + j] -= theta[s] * hX[c, j]
             if last >= 0:
-                dF[c, last] += theta[s] * g_p
+                dF[col, last] += theta[s] * g_p
     return out, dF, weight

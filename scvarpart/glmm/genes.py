@@ -122,11 +122,16 @@ class _Context:
         yc, log_e, const = r.poisson_rows(y, self.offset)
         beta0, log_phi0 = glm_start(yc, r.class_X, log_e)  # the cells' Poisson GLM
         if self.family == POISSON:
-            problem = RowProblem(POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms)
+            problem = RowProblem(
+                POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms,
+                classes=np.arange(r.n_classes),
+            )  # fmt: skip
             return problem, const, (beta0, log_phi0)
         log_phi0 = moment_log_phi(y, np.exp(self.offset + self.X @ beta0))
         if self.tables is None:
-            problem = RowProblem(NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms)
+            problem = RowProblem(
+                NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms, classes=r.classes
+            )
             return problem, 0.0, (beta0, log_phi0)
         return self._aggregated(y), 0.0, (beta0, log_phi0)
 
@@ -143,6 +148,7 @@ class _Context:
             np.concatenate([self.offset[nz], np.zeros(m)]),
             np.concatenate([r.codes[nz], r.class_codes]), r.term, r.n_terms,
             (kind, cls, T.start, T.n_segments, T.coef, T.tails),
+            classes=np.concatenate([r.classes[nz], np.arange(m)]),
         )  # fmt: skip
 
     def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -179,7 +185,7 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     u = fit.u.copy()
     base = problem.offset + problem.X @ beta
     _, _, factor, _ = conditional_modes(
-        problem.family, problem.y, base, phi, theta, problem.codes, problem.term, problem.aux,
+        problem.family, problem.y, base, phi, theta, problem.layout, problem.term, problem.aux,
         u, MODE_TOL, MODE_ITER, 0.0,
     )  # fmt: skip
     scale = theta[problem.term]

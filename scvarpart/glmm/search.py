@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._descent import descend
-from ._laplace_kernel import NB2, distinct_counts, laplace
+from ._laplace_kernel import NB2, distinct_counts, laplace, row_layout
 from .rows import observation_rows
 
 __all__ = [
@@ -60,7 +60,9 @@ class RowProblem:
 
     ``codes`` holds each row's column of ``u`` per term (``n x k``, columns of term
     ``t`` contiguous), ``term`` the term of each column of ``u``; ``aux`` what kind of
-    row each is (:func:`.rows.observation_rows` for observations, the default).
+    row each is (:func:`.rows.observation_rows` for observations, the default);
+    ``classes`` groups rows with the same ``codes`` (by default the distinct rows of
+    ``codes``; :func:`._laplace_kernel.row_layout`).
     """
 
     family: int
@@ -71,12 +73,15 @@ class RowProblem:
     term: np.ndarray
     n_terms: int
     aux: tuple = ()
+    classes: np.ndarray | None = None
+    layout: tuple = field(init=False)
     counts: tuple = field(init=False)
 
     def __post_init__(self) -> None:
-        """Rows that are all observations unless ``aux`` says otherwise; the distinct counts."""
+        """Rows that are all observations unless ``aux`` says otherwise; the kernel's layout."""
         if not self.aux:
             object.__setattr__(self, "aux", observation_rows(len(self.y)))
+        object.__setattr__(self, "layout", row_layout(self.codes, self.classes))
         object.__setattr__(self, "counts", distinct_counts(self.y, self.aux[0]))
 
     @property
@@ -89,7 +94,7 @@ class RowProblem:
         k, p = self.n_terms, self.X.shape[1]
         log_phi = x[k + p] if self.family == NB2 else 0.0
         return laplace(
-            self.family, self.y, self.X, self.offset, self.codes, self.term, self.aux,
+            self.family, self.y, self.X, self.offset, self.layout, self.term, self.aux,
             self.counts, np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]),
             log_phi, u, MODE_TOL, MODE_ITER, gradient,
         )  # fmt: skip
@@ -97,7 +102,7 @@ class RowProblem:
     def kernel_arguments(self) -> tuple:
         """The problem as the compiled descent takes it (:func:`._descent.descend`)."""
         return (
-            self.family, self.y, self.X, self.offset, self.codes, self.term, self.aux,
+            self.family, self.y, self.X, self.offset, self.layout, self.term, self.aux,
             self.counts, self.n_terms,
         )  # fmt: skip
 
