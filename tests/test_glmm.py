@@ -373,6 +373,43 @@ def test_blups_are_the_conditional_modes():
     assert (result.blup_var["patient"].iloc[0] > 0).all()
 
 
+@pytest.mark.parametrize("phi", [0.05, 20.0, 4.8e8])
+def test_nb_row_terms_hold_every_digit(phi):
+    """An NB2 row's ``log f`` (less its constant), ``g`` and ``h`` from ``mu = 1e-8`` to ``1e7``.
+
+    Against 50-digit decimal arithmetic: the one logarithm per row must not lose digits
+    near the Poisson limit (``mu << phi``) nor for a highly expressed gene (``mu >> phi``),
+    where a log-likelihood of 1e7 is judged by its changes of 1e-9.
+    """
+    from decimal import Decimal, localcontext
+
+    from scvarpart.glmm._laplace_kernel import DIFFERENCE, OBSERVATION, _row_lgh
+
+    for mu in (1e-8, 0.3, 40.0, 1e4, 1e7):
+        for y in (0.0, 3.0, round(mu) + 2.0):
+            eta = float(np.log(mu))
+            with localcontext() as ctx:
+                ctx.prec = 50
+                m, p, yy = Decimal(eta).exp(), Decimal(phi), Decimal(y)
+                log_ratio = (1 + m / p).ln()
+                exact = -p * log_ratio + yy * (Decimal(eta) - p.ln() - log_ratio)
+                exact_g = p * (yy - m) / (p + m)
+                exact_h = (yy + p) * p * m / (p + m) ** 2
+                # the rounding of its terms: p l1, and y times eta, log phi and l1
+                scale = p * log_ratio + yy * (abs(Decimal(eta)) + abs(p.ln()) + log_ratio)
+            ll, g, h = _row_lgh(1, OBSERVATION, y, eta, phi, float(np.log(phi)))
+            assert abs(ll - float(exact)) <= 1e-15 * float(scale)
+            # (y - mu cancels: exp's last digit of mu bounds g's accuracy)
+            assert g == pytest.approx(float(exact_g), rel=1e-13, abs=1e-15 * (y + mu))
+            assert h == pytest.approx(float(exact_h), rel=1e-13)
+            if y > 0:  # a non-zero count less its zero: y (eta - log(phi + mu))
+                ll, g, h = _row_lgh(1, DIFFERENCE, y, eta, phi, float(np.log(phi)))
+                with localcontext() as ctx:
+                    ctx.prec = 50
+                    exact = yy * (Decimal(eta) - (p + m).ln())
+                assert abs(ll - float(exact)) <= 1e-14 * abs(float(exact)) + 1e-14 * y
+
+
 @pytest.mark.parametrize("phi", [0.05, 2.5, 49.9, 50.0, 333.0, 1e4, 4.8e8])
 def test_gamma_ratio(phi):
     """``lgamma(y + phi) - lgamma(phi)`` and its digamma, on both sides of the series' switch.

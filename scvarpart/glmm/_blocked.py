@@ -217,34 +217,29 @@ def inverse(factor):
 def leverages(factor, codes, scale):
     """Per row ``i``: ``a_i' H^-1 a_i`` and ``r_i = (H^-1 a_i)`` at the row's columns.
 
-    ``a_i`` as in :func:`assemble`. The entries of ``H^-1`` (:func:`inverse`) are laid
-    out as a dense ``q x q`` table first, so that the rows read them without branching
-    on their blocks; the first block's off-diagonal entries, which no row reads, are 0.
+    ``a_i`` as in :func:`assemble`. The entries of ``H^-1`` a row reaches are read from
+    the blocks of :func:`inverse`: two columns of the eliminated term are never in one
+    row unless they are the same column.
     """
     lo, rest = factor[0], factor[1]
     diag11, C12, Sinv = inverse(factor)
-    q = len(rest)
-    table = np.zeros((q, q))
-    for a in range(q):
-        ra = rest[a]
-        for b in range(q):
-            rb = rest[b]
-            if ra < 0:
-                if rb >= 0:
-                    table[a, b] = C12[a - lo, rb]
-                elif a == b:
-                    table[a, b] = diag11[a - lo]
-            else:
-                table[a, b] = C12[b - lo, ra] if rb < 0 else Sinv[ra, rb]
     n, k = codes.shape
     lev = np.empty(n)
     r = np.empty((n, k))
     for i in range(n):
         total = 0.0
         for s in range(k):
+            a = codes[i, s]
+            ra = rest[a]
             acc = 0.0
             for t in range(k):
-                acc += scale[t] * table[codes[i, s], codes[i, t]]
+                b = codes[i, t]
+                rb = rest[b]
+                if ra < 0:
+                    v = diag11[a - lo] if rb < 0 else C12[a - lo, rb]
+                else:
+                    v = C12[b - lo, ra] if rb < 0 else Sinv[ra, rb]
+                acc += scale[t] * v
             r[i, s] = acc
             total += scale[s] * acc
         lev[i] = total

@@ -161,8 +161,20 @@ def distinct_counts(y: np.ndarray, kind: np.ndarray) -> tuple:
     values, inverse, multiplicity = np.unique(y[counted], return_inverse=True, return_counts=True)
     index = np.full(len(y), -1, np.int64)
     index[counted] = inverse.ravel()
-    log_fact = math.fsum(multiplicity * special.gammaln(values + 1.0))
+    log_fact = float(np.dot(multiplicity, special.gammaln(values + 1.0)))
     return values.astype(float), multiplicity.astype(float), index, log_fact
+
+
+@nb.njit(cache=True, nogil=True)
+def _log_ratio(q, m):
+    """``log((phi + mu) / phi) = -log q`` from ``q = phi / (phi + mu)`` and ``m = 1 - q``.
+
+    Of whichever is the smaller, both being accurate to their last digits: ``-log q``
+    where ``q < 1/2`` (a highly expressed gene's ``mu >> phi``: ``1 - m`` would lose
+    ``m``'s digits, 5e-6 of a log-likelihood at ``mu = 1e6``), ``-log1p(-m)`` elsewhere
+    (near the Poisson limit ``m`` is 1e-8 and ``log q`` would lose it).
+    """
+    return -math.log(q) if q < 0.5 else -math.log1p(-m)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -176,16 +188,18 @@ def _row_lgh(family, kind, y, eta, phi, log_phi):
     mu = math.exp(eta)
     if family == POISSON:
         return y * eta - mu, y - mu, mu
-    s = phi + mu
-    # log(phi + mu) = log phi + l1: one logarithm, and the NB2 log-likelihood
+    # q = phi / (phi + mu) and m = mu / (phi + mu), from one division; log(phi + mu) is
+    # log phi + l1 (_log_ratio): the NB2 log-likelihood
     # phi log phi - (y + phi) log(phi + mu) + y eta without cancelling large terms
-    l1 = math.log1p(mu / phi)
+    inv = 1.0 / (phi + mu)
+    q, m = phi * inv, mu * inv
+    l1 = _log_ratio(q, m)
     if kind == DIFFERENCE:
-        return y * (eta - log_phi - l1), phi * y / s, y * phi * mu / (s * s)
+        return y * (eta - log_phi - l1), q * y, y * q * m
     ll = -phi * l1
     if y > 0.0:
         ll += y * (eta - log_phi - l1)
-    return ll, phi * (y - mu) / s, (y + phi) * phi * mu / (s * s)
+    return ll, q * (y - mu), (y + phi) * q * m
 
 
 @nb.njit(cache=True, nogil=True)
@@ -198,16 +212,16 @@ def _row_terms(family, kind, y, eta, phi, dg):
     mu = math.exp(eta)
     if family == POISSON:
         return y - mu, mu, mu, 0.0, 0.0, 0.0
-    s = phi + mu
+    inv = 1.0 / (phi + mu)  # q and m as in _row_lgh
+    q, m = phi * inv, mu * inv
     if kind == DIFFERENCE:
-        h = y * phi * mu / (s * s)
-        g_p = phi * y * mu / (s * s)
-        return phi * y / s, h, h * (phi - mu) / s, phi * (dg - y / s), g_p, g_p * (mu - phi) / s
-    h = (y + phi) * phi * mu / (s * s)
-    l_p = phi * (dg - math.log1p(mu / phi) + (mu - y) / s)
-    g_p = phi * (y - mu) * mu / (s * s)
-    h_p = phi * mu * (2.0 * phi * mu - y * phi + y * mu) / (s * s * s)
-    return phi * (y - mu) / s, h, h * (phi - mu) / s, l_p, g_p, h_p
+        h = y * q * m  # (and g_p: the same)
+        return q * y, h, h * (q - m), phi * dg - y * q, h, h * (m - q)
+    h = (y + phi) * q * m
+    l_p = phi * (dg - _log_ratio(q, m)) + q * (mu - y)
+    g_p = (y - mu) * q * m
+    h_p = q * m * (2.0 * phi * m - y * q + y * m)
+    return q * (y - mu), h, h * (q - m), l_p, g_p, h_p
 
 
 @nb.njit(cache=True, nogil=True)

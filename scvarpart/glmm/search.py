@@ -179,14 +179,15 @@ def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, g: np.ndarray):
 
 
 def _minimise(
-    problem: RowProblem, x0: np.ndarray, u0: np.ndarray, known: tuple | None = None
+    problem: RowProblem, x0: np.ndarray, u0: np.ndarray, known: GeneFit | None = None
 ) -> tuple[np.ndarray, float]:
     """A compiled L-BFGS descent from ``x0`` (:mod:`._descent`); the modes warm-start each point.
 
     To moderate tolerances: Newton steps finish the optimum (:func:`_newton_polish`).
-    ``known``: an optimum ``(x, D)`` found already. A descent that comes within
-    :data:`_NEAR` of it in every coordinate (``theta`` up to its sign), no lower, ends
-    there: it would reach that optimum, and the last third of its evaluations is saved.
+    ``known``: an optimum found already. A descent that comes within :data:`_NEAR` of it
+    in every coordinate (``theta`` up to its sign), or into the region where its
+    quadratic model holds, no lower, ends there: it would reach that optimum, and the
+    rest of its evaluations is saved.
     """
     k = problem.n_terms
     # theta free of sign: D is even in each theta, so theta = 0 is always stationary and a
@@ -194,7 +195,10 @@ def _minimise(
     # start, descent reaches 0 only where 0 is a minimum.
     lo, hi = _box(problem)
     lo[:k] = -_THETA_MAX
-    target = np.empty(0) if known is None else np.append(known[0], known[1])
+    if known is None:
+        target = (np.empty(0), np.inf, np.empty(0), np.empty((0, 0)))
+    else:
+        target = (known.x, known.deviance, known.gradient, known.hessian)
     x, D, _, _ = descend(
         problem.kernel_arguments(), np.asarray(x0, dtype=float), u0.copy(), lo, hi, target,
         _NEAR, MODE_TOL, MODE_ITER, 1e-12, 1e-6, 1000,
@@ -328,18 +332,19 @@ def fit_rows(
     k = problem.n_terms
     tail = [beta0] + ([[log_phi0]] if problem.family == NB2 else [])
     combos = itertools.product(_GRID, repeat=k) if exhaustive else ((t,) * k for t in _STARTS)
-    best = None
-    for thetas in combos:
+    fit = None
+    for thetas in combos:  # each descent ends where it meets the best optimum so far
         x0 = np.concatenate([thetas, *tail])
-        x, D = _minimise(problem, x0, np.zeros(len(problem.term)), known=best)
-        if best is None or D < best[1]:
-            best = (x, D)
-    assert best is not None
-    fit = _finish(problem, best[0])
+        x, D = _minimise(problem, x0, np.zeros(len(problem.term)), fit)
+        if fit is None or D < fit.deviance - _ROUNDING * (1 + abs(fit.deviance)):
+            candidate = _finish(problem, x)
+            if fit is None or candidate.deviance < fit.deviance:
+                fit = candidate
+    assert fit is not None
     for _ in range(k):
         better = None
         for x0 in _escape(problem, fit):
-            x, D = _minimise(problem, x0, fit.u)
+            x, D = _minimise(problem, x0, fit.u, fit)
             if D < fit.deviance - _ROUNDING * (1 + abs(fit.deviance)):
                 candidate = _finish(problem, x)
                 if candidate.deviance < (better or fit).deviance:
