@@ -21,10 +21,9 @@ from joblib import delayed
 from .._names import as_names
 from .._threads import one_blas_thread
 from ..design import Design
-from ..lmm.genes import gene_names
 from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles, component_variances
-from ..varpart.result import VarPartResult
+from ..varpart.result import VarPartResult, gene_names
 from ._blocked import diagonal_inverse
 from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
 from ._zero_tables import ZeroTables, zero_tables

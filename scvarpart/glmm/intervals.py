@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtri  # the normal quantile, without scipy.stats' overhead per call
 
-from ..lmm.intervals import logit_interval
+from ..varpart.fractions import logit_interval
 from .search import LOG_PHI_BOUNDS, GeneFit
 
 __all__ = ["covariance", "free_parameters", "intervals", "jacobian"]

@@ -25,8 +25,8 @@ from .._names import as_names
 from ..design import Design
 from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles
-from ..varpart.result import VarPartResult
-from .genes import fit_stats, gene_names, response_stats
+from ..varpart.result import VarPartResult, gene_names
+from .genes import fit_stats, response_stats
 
 __all__ = ["check_gene_weights", "fit_gene_weights"]
 

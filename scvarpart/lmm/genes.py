@@ -36,7 +36,7 @@ from ..suffstats import DesignGram, ResponseStats, design_gram
 from ..suffstats.gram import centred_fixed, indicator_matrix
 from ..varpart import component_variances, fractions
 from ..varpart.fractions import check_roles
-from ..varpart.result import VarPartResult, assemble
+from ..varpart.result import VarPartResult, assemble, gene_names
 from .bootstrap import DesignFactor, simulate_statistics
 from .fitting import choose_engine, fit_lmm, make_engine, relative_covariances
 from .intervals import wald_intervals
@@ -257,14 +257,6 @@ def _design(
             "is each gene in turn. Write it as '~ ...'."
         )
     return build_design(parsed, obs, weights=weights, covariance=covariance)
-
-
-def gene_names(var_names: Sequence[str] | None, n_cols: int) -> pd.Index:
-    """The genes' names: ``var_names``, checked to name every column, or numbers."""
-    names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
-    if len(names) != n_cols:
-        raise ValueError(f"var_names has {len(names)} names for the {n_cols} columns of Y.")
-    return names
 
 
 def response_stats(

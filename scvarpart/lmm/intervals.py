@@ -58,6 +58,7 @@ import numpy as np
 from scipy import stats as st
 
 from ..suffstats import ResponseStats
+from ..varpart.fractions import logit_interval
 from .profiled import ProfiledDeviance
 from .roots import expand_bracket, illinois
 
@@ -265,14 +266,6 @@ def _residual_ray(eng, stats, fit, variances: VarianceFunction, base, crit):
         V_b = variances(theta, s_b, b_b)
         bounds[genes] = V_b[:, -1] / V_b.sum(axis=1)
     return low, high
-
-
-def logit_interval(f, se, z):
-    """Wald interval of a fraction ``f`` with standard error ``se`` on the logit scale."""
-    with np.errstate(all="ignore"):
-        lf = np.log(f) - np.log1p(-f)
-        half = z * se / (f * (1 - f))
-        return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))
 
 
 def wald_intervals(

@@ -20,7 +20,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["RESIDUAL", "check_roles", "component_variances", "fractions", "rho"]
+__all__ = [
+    "RESIDUAL",
+    "check_roles",
+    "component_variances",
+    "fractions",
+    "logit_interval",
+    "rho",
+]
 
 #: The name of the residual component, the last column of every table of components.
 RESIDUAL = "Residual"
@@ -162,3 +169,11 @@ def check_roles(
         raise ValueError(
             f"{sorted(set(batch) & set(signal))} are listed in both batch= and signal=."
         )
+
+
+def logit_interval(f, se, z):
+    """Wald interval of a fraction ``f`` with standard error ``se`` on the logit scale."""
+    with np.errstate(all="ignore"):
+        lf = np.log(f) - np.log1p(-f)
+        half = z * se / (f * (1 - f))
+        return 1 / (1 + np.exp(-(lf - half))), 1 / (1 + np.exp(-(lf + half)))

@@ -58,7 +58,13 @@ from .ranking import batch_dominated
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["PER_GENE_FIELDS", "VarPartResult", "component_order", "stored_keys"]
+__all__ = [
+    "PER_GENE_FIELDS",
+    "VarPartResult",
+    "component_order",
+    "gene_names",
+    "stored_keys",
+]
 
 # The per-gene fields in the order they are stored (rho only with batch and signal),
 # with their dtypes: a result read back from a file has exactly these.
@@ -755,3 +761,11 @@ def assemble(
         ),
         **dict(extra or {}),
     )
+
+
+def gene_names(var_names: Sequence[str] | None, n_cols: int) -> pd.Index:
+    """The genes' names: ``var_names``, checked to name every column, or numbers."""
+    names = pd.Index([str(j) for j in range(n_cols)] if var_names is None else var_names)
+    if len(names) != n_cols:
+        raise ValueError(f"var_names has {len(names)} names for the {n_cols} columns of Y.")
+    return names
