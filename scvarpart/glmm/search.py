@@ -180,14 +180,15 @@ def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, g: np.ndarray):
 
 def _minimise(
     problem: RowProblem, x0: np.ndarray, u0: np.ndarray, known: GeneFit | None = None
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float, np.ndarray]:
     """A compiled L-BFGS descent from ``x0`` (:mod:`._descent`); the modes warm-start each point.
 
     To moderate tolerances: Newton steps finish the optimum (:func:`_newton_polish`).
     ``known``: an optimum found already. A descent that comes within :data:`_NEAR` of it
     in every coordinate (``theta`` up to its sign), or into the region where its
     quadratic model holds, no lower, ends there: it would reach that optimum, and the
-    rest of its evaluations is saved.
+    rest of its evaluations is saved. Returns the optimum, its ``D`` and its modes (those
+    of ``theta`` by its size: ``D`` is even in it).
     """
     k = problem.n_terms
     # theta free of sign: D is even in each theta, so theta = 0 is always stationary and a
@@ -199,13 +200,15 @@ def _minimise(
         target = (np.empty(0), np.inf, np.empty(0), np.empty((0, 0)))
     else:
         target = (known.x, known.deviance, known.gradient, known.hessian)
+    u = u0.copy()
     x, D, _, _ = descend(
-        problem.kernel_arguments(), np.asarray(x0, dtype=float), u0.copy(), lo, hi, target,
+        problem.kernel_arguments(), np.asarray(x0, dtype=float), u, lo, hi, target,
         _NEAR, MODE_TOL, MODE_ITER, 1e-12, 1e-6, 1000,
     )  # fmt: skip
     x = x.copy()
+    u[x[problem.term] < 0] *= -1  # the modes of -theta are -u
     x[:k] = np.abs(x[:k])
-    return x, float(D)
+    return x, float(D), u
 
 
 def _box(problem: RowProblem) -> tuple[np.ndarray, np.ndarray]:
@@ -304,9 +307,12 @@ def _evaluate(problem: RowProblem, x: np.ndarray, u0: np.ndarray) -> _Point:
     return _Point(x, u, float(D), g, None, bool(converged))
 
 
-def _finish(problem: RowProblem, x: np.ndarray) -> GeneFit:
-    """Polish an optimum, put negligible variances at 0; with its gradient and Hessian."""
-    point = _newton_polish(problem, _evaluate(problem, x, np.zeros(len(problem.term))))
+def _finish(problem: RowProblem, x: np.ndarray, u0: np.ndarray) -> GeneFit:
+    """Polish an optimum, put negligible variances at 0; with its gradient and Hessian.
+
+    ``u0``: the modes at ``x`` found by the descent, where the modes' Newton steps start.
+    """
+    point = _newton_polish(problem, _evaluate(problem, x, u0))
     point = _snap_to_zero(problem, point)
     assert point.H is not None
     return GeneFit(
@@ -335,18 +341,18 @@ def fit_rows(
     fit = None
     for thetas in combos:  # each descent ends where it meets the best optimum so far
         x0 = np.concatenate([thetas, *tail])
-        x, D = _minimise(problem, x0, np.zeros(len(problem.term)), fit)
+        x, D, u = _minimise(problem, x0, np.zeros(len(problem.term)), fit)
         if fit is None or D < fit.deviance - _ROUNDING * (1 + abs(fit.deviance)):
-            candidate = _finish(problem, x)
+            candidate = _finish(problem, x, u)
             if fit is None or candidate.deviance < fit.deviance:
                 fit = candidate
     assert fit is not None
     for _ in range(k):
         better = None
         for x0 in _escape(problem, fit):
-            x, D = _minimise(problem, x0, fit.u, fit)
+            x, D, u = _minimise(problem, x0, fit.u, fit)
             if D < fit.deviance - _ROUNDING * (1 + abs(fit.deviance)):
-                candidate = _finish(problem, x)
+                candidate = _finish(problem, x, u)
                 if candidate.deviance < (better or fit).deviance:
                     better = candidate
         if better is None:
