@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import gammaln
 
 from scvarpart import glmm
 from scvarpart.design import build_design, parse_formula
@@ -371,6 +372,29 @@ def test_blups_are_the_conditional_modes():
     assert abs(b.mean()) < 0.5 * b.std()
     assert b.var() < result.variance["patient"].iloc[0] * 1.5
     assert (result.blup_var["patient"].iloc[0] > 0).all()
+
+
+def test_distinct_counts_are_numpy_unique():
+    """The tally by value (small whole counts) and the sort (others) give ``np.unique``'s answer."""
+    from scvarpart.glmm._laplace_kernel import ZEROS, distinct_counts
+
+    rng = np.random.default_rng(1)
+    cases = [
+        rng.poisson(3.0, 500), rng.poisson(300.0, 200), np.zeros(4), rng.poisson(3.0, 50) + 0.5,
+        np.array([1e9, 3.0, 3.0, 0.0]),
+    ]  # fmt: skip
+    for y in cases:
+        y = y.astype(float)
+        kind = np.zeros(len(y), np.int64)
+        kind[:2] = ZEROS  # a class's zeros are not counts
+        values, multiplicity, index, log_fact = distinct_counts(y, kind)
+        counted = (kind != ZEROS) & (y > 0)
+        v, inverse, m = np.unique(y[counted], return_inverse=True, return_counts=True)
+        np.testing.assert_array_equal(values, v)
+        np.testing.assert_array_equal(multiplicity, m)
+        np.testing.assert_array_equal(index[counted], inverse.ravel())
+        assert (index[~counted] == -1).all()
+        assert log_fact == pytest.approx(float(np.sum(gammaln(y[counted] + 1))), rel=1e-14)
 
 
 @pytest.mark.parametrize("phi", [0.05, 20.0, 4.8e8])

@@ -106,6 +106,8 @@ class _Context:
         self.fixed_terms = design.fixed_terms
         self.linear_mean = float(self.offset.mean())
         self.x_mean = design.X.mean(axis=0)
+        # each class's log sum of exp(offset): the offset of its Poisson total
+        self.class_log_e = np.log(self.rows.class_sums(np.exp(self.offset)))
         self.tables: ZeroTables | None = None
         if family == NB2 and self.rows.n_classes * _CELLS_PER_CLASS <= len(self.offset):
             r = self.rows
@@ -118,9 +120,10 @@ class _Context:
         non-zero counts and the classes' zeros (:mod:`._zero_tables`).
         """
         r = self.rows
-        yc, log_e, const = r.poisson_rows(y, self.offset)
-        beta0, log_phi0 = glm_start(yc, r.class_X, log_e)  # the cells' Poisson GLM
+        yc = r.class_sums(y)
+        beta0, log_phi0 = glm_start(yc, r.class_X, self.class_log_e)  # the cells' Poisson GLM
         if self.family == POISSON:
+            yc, log_e, const = r.poisson_rows(y, self.offset)
             problem = RowProblem(
                 POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms,
                 classes=np.arange(r.n_classes),

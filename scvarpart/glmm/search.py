@@ -143,8 +143,8 @@ def glm_start(y: np.ndarray, X: np.ndarray, off: np.ndarray) -> tuple[np.ndarray
     Iteratively reweighted least squares.
     """
     beta = np.zeros(X.shape[1])
-    beta[0] = np.log(max(y.sum(), 0.5) / np.exp(off).sum())
-    for _ in range(30):
+    beta[0] = np.log(max(y.sum(), 0.5) / np.exp(off).sum())  # the intercept-only GLM's
+    for _ in range(30 if X.shape[1] > 1 or not (X == 1).all() else 0):
         mu = np.exp(off + X @ beta)
         step = np.linalg.lstsq((X * mu[:, None]).T @ X, X.T @ (y - mu), rcond=None)[0]
         beta = beta + step
