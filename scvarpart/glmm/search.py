@@ -8,13 +8,15 @@ bounds: ``theta >= 0`` (a variance at 0 is a boundary optimum, as lme4's), and
 ``log phi`` within :data:`LOG_PHI_BOUNDS`.
 
 The criterion need not be convex in ``theta``: the search starts from two points
-(every standard deviation at 0.2, and at 1) and keeps the best optimum, then polishes it
-with Newton steps on the exact gradient (a finite-difference Hessian of it), which also
-gives the Hessian for standard errors, and restarts away from every variance at 0 along
-which ``D`` falls. Both starts are needed: on a reference gene of crossed patients and
-batches (``tests/data/glmm``, g19) the start at 1 alone stops 2.3 log-likelihood units
-short, at a second optimum that gives the batches more of the variance. The tests check
-the optimum against a grid of ``4^k`` starts on random designs.
+(every standard deviation at 0.2, and at 1) and keeps the best optimum. Each optimum is
+polished with Newton steps on the exact gradient (a finite-difference Hessian of it),
+which also gives the Hessian for standard errors; the second descent ends where it
+reaches the first optimum's neighbourhood or its basin (:func:`._descent._in_basin`).
+Then the search restarts away from every variance at 0 along which ``D`` falls. Both
+starts are needed: on a reference gene of crossed patients and batches
+(``tests/data/glmm``, g19) the start at 1 alone stops 2.3 log-likelihood units short, at
+a second optimum that gives the batches more of the variance. The tests check the
+optimum against a grid of ``4^k`` starts on random designs.
 """
 
 from __future__ import annotations
