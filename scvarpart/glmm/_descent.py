@@ -26,7 +26,7 @@ __all__ = ["CONVERGED", "KNOWN", "STALLED", "descend"]
 
 # How a descent ended.
 CONVERGED = 0  # a tolerance met
-KNOWN = 1  # within ``near`` of the known optimum and no lower: that optimum is returned
+KNOWN = 1  # near the known optimum or in its basin, no lower: that optimum is returned
 STALLED = 2  # no step lowered D, or the iterations ran out
 _MEMORY = 20  # correction pairs kept (scipy's maxcor as the search used it)
 _ARMIJO = 1e-4
