@@ -209,3 +209,43 @@ def test_tools_built_on_the_gaussian_fit_refuse_a_count_fit(fitted):
         svp.tl.diagnose(fitted)
     with pytest.raises(ValueError, match="count model"):
         svp.tl.remove_batch_effects(fitted)
+
+
+def test_gene_plot_of_a_count_fit_is_on_the_log_scale(cells, fitted):
+    """``svp.pl.gene`` of a count fit: log rates, less the count model's effects.
+
+    The adjusted panel of the gene's largest term, averaged by its levels, follows its
+    conditional modes from the fit with BLUPs, and the marginal panels are
+    ``log((y + 1/2) / size factor)``, not the counts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scvarpart.design import build_design
+    from scvarpart.pl._partial import count_partial_residuals, log_rates
+
+    with_blups = cells.copy()
+    svp.tl.variance_partition(
+        with_blups, FORMULA, family="nb", layer="counts", offset="log_sf",
+        store_blups=True, **ROLES,
+    )  # fmt: skip
+    res = svp.get.result(with_blups)
+    gene = res.variance["patient"].idxmax()
+    design = build_design(FORMULA, cells.obs)
+    y = np.asarray(cells[:, gene].layers["counts"].todense(), dtype=float).ravel()[design.keep]
+    offset = cells.obs["log_sf"].to_numpy()[design.keep]
+    panels = count_partial_residuals(design, y, offset, "nb")
+    patient = design.factors[0]  # the gene's largest term (log rates of sparse counts
+    # are noisy: a term of three levels and a small variance need not show its modes)
+    means = pd.Series(panels["patient"]).groupby(patient.codes).mean()
+    modes = res.blups["patient"].loc[gene].to_numpy()[means.index]
+    assert np.corrcoef(means, modes)[0, 1] > 0.9
+    axes = svp.pl.gene(fitted, gene, show=False)
+    assert all(a.get_ylabel() == f"{gene}, log rate, adjusted" for a in axes)
+    marginal = svp.pl.gene(fitted, gene, adjusted=False, show=False)
+    means = [line.get_ydata()[0] for line in marginal[0].lines if line.get_gid() == "level-mean"]
+    z = pd.Series(log_rates(y, offset)).groupby(design.factors[0].codes).mean()
+    np.testing.assert_allclose(sorted(means), sorted(z), rtol=1e-12)
+    plt.close("all")

@@ -14,10 +14,11 @@ from matplotlib.axes import Axes
 from .._docs import doc_adata_fitted, doc_key, doc_layer_use_raw_fitted, doc_params, doc_show_save
 from ..design import Design
 from ..get import result
+from ..storage.select import select_expression
 from ..varpart import VarPartResult
 from ._common import axes_or_none, component_colors, finish
 from ._fitted import fitted_design, gene_values
-from ._partial import partial_residuals
+from ._partial import count_partial_residuals, log_rates, partial_residuals
 
 __all__ = ["gene"]
 
@@ -29,12 +30,21 @@ _VIEWS = {
 
 
 def _panel_values(
-    res: VarPartResult, dz: Design, y: np.ndarray, gene: str, adjusted: bool
+    res: VarPartResult,
+    dz: Design,
+    y: np.ndarray,
+    gene: str,
+    adjusted: bool,
+    offset: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The values drawn in each term's panel: partial residuals, or ``y`` itself."""
+    """The values drawn in each term's panel: partial residuals, or ``y`` itself.
+
+    ``offset``: a count fit's offset per observation; its panels are on the log scale of
+    the model (:func:`._partial.log_rates`).
+    """
     terms = [f.name for f in dz.factors] + list(dz.fixed_terms)
     if not adjusted:
-        return dict.fromkeys(terms, y)
+        return dict.fromkeys(terms, y if offset is None else log_rates(y, offset))
     variances = res.variance.loc[gene]
     if variances.isna().any():
         reason = res.errors["reason"].get(gene, "no estimates")
@@ -42,7 +52,20 @@ def _panel_values(
             f"{gene!r} has no variance estimates ({reason}), so its other terms' effects "
             "cannot be removed; draw the raw expression with adjusted=False."
         )
+    if offset is not None:
+        family, approximation = res.params["family"], res.params.get("approximation")
+        return count_partial_residuals(dz, y, offset, family, approximation or "lognormal")
     return partial_residuals(dz, y, variances)
+
+
+def _count_offset(adata: AnnData, params, dz: Design, layer, use_raw: bool) -> np.ndarray:
+    """A count fit's offset per observation it kept: its column, or the log library size."""
+    if params.get("offset"):
+        return adata.obs[str(params["offset"])].to_numpy(dtype=float)[dz.keep]
+    from ..tl._counts import library_offset  # as the fit computed it
+
+    matrix = select_expression(adata, layer, use_raw).matrix
+    return library_offset(matrix)[dz.keep]
 
 
 def _draw_levels(ax, values, groups, color, max_levels, sample, rng) -> None:
@@ -136,6 +159,11 @@ def gene(
     another factor. ``adjusted=False`` draws the raw expression (the marginal view),
     in which a factor also shows the effects of any factor confounded with it.
 
+    For a count fit (``family="nb"`` or ``"poisson"``) both views are on the model's
+    log scale: each cell's ``log((count + 1/2) / size factor)`` (the fit's offset), and
+    the other terms' effects are the count model's (the gene fitted again, with its
+    conditional modes).
+
     Parameters
     ----------
     {doc_adata}
@@ -178,7 +206,9 @@ def gene(
         warnings.simplefilter("ignore", UserWarning)
         dz = fitted_design(adata, key)
     y = gene_values(adata, gene, layer, bool(use_raw))[dz.keep]
-    panels = _panel_values(res, dz, y, gene, adjusted)
+    count_fit = params.get("family", "gaussian") != "gaussian"
+    offset = _count_offset(adata, params, dz, layer, bool(use_raw)) if count_fit else None
+    panels = _panel_values(res, dz, y, gene, adjusted, offset)
     terms = list(panels)
     axes = axes_or_none(ax, len(terms), "svp.pl.gene", "one per term: " + ", ".join(terms))
     if axes is None:
@@ -196,6 +226,8 @@ def gene(
     sample = np.linspace(0, len(y) - 1, min(len(y), _MAX_POINTS)).astype(int)
     rng = np.random.default_rng(0)
     ylabel = f"{gene}, adjusted" if adjusted else f"{gene} expression"
+    if count_fit:  # the count model's scale: log((count + 1/2) / size factor)
+        ylabel = f"{gene}, log rate" + (", adjusted" if adjusted else "")
     for a, term in zip(axes, terms, strict=True):
         a.set_title(f"{term}: {frac.get(term, np.nan):.1%} of variance", fontsize="small")
         a.spines[["top", "right"]].set_visible(False)

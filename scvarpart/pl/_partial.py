@@ -30,7 +30,7 @@ import scipy.sparse.linalg as spla
 from ..design import Design
 from ..suffstats.gram import centred_fixed, indicator_matrix
 
-__all__ = ["conditional_effects", "partial_residuals"]
+__all__ = ["conditional_effects", "count_partial_residuals", "log_rates", "partial_residuals"]
 
 
 def conditional_effects(
@@ -100,3 +100,50 @@ def partial_residuals(
     effects |= {t: Xc[:, cols] @ beta[cols] for t, cols in design.fixed_terms.items()}
     total = sum(effects.values(), np.zeros_like(y, dtype=float))
     return {term: y - (total - effect) for term, effect in effects.items()}
+
+
+def log_rates(counts: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """A count model's working values: ``log((y + 1/2) / exp(offset))``, per observation.
+
+    The log of each observation's rate on the scale of the model's linear predictor, with
+    half a count added so that zeros are drawn.
+    """
+    return np.log(counts + 0.5) - offset
+
+
+def count_partial_residuals(
+    design: Design,
+    counts: np.ndarray,
+    offset: np.ndarray,
+    family: str,
+    approximation: str = "lognormal",
+) -> dict[str, np.ndarray]:
+    """For every term, a count gene's :func:`log_rates` minus the other terms' fitted effects.
+
+    The effects are the count model's on the log scale: each random term's conditional
+    modes and the fixed effects (columns centred, the intercept kept, as
+    :func:`partial_residuals`), from the gene fitted again
+    (:func:`scvarpart.glmm.fit_counts` with its BLUPs). ``counts`` and ``offset`` hold
+    one value per observation the design keeps.
+    """
+    from ..glmm import fit_counts  # the count engine, only for count fits
+
+    Y = np.zeros((len(design.keep), 1))
+    Y[design.keep, 0] = counts
+    full_offset = np.zeros(len(design.keep))
+    full_offset[design.keep] = offset
+    fit = fit_counts(
+        design, Y, family=family, offset=full_offset, approximation=approximation,
+        store_blups=True, ci=None, var_names=["gene"],
+    )  # fmt: skip
+    reason = fit.errors["reason"].get("gene") if len(fit.errors) else None
+    if reason:
+        raise ValueError(f"The gene's count model has no estimates ({reason}).")
+    assert fit.blups is not None and fit.beta is not None
+    beta = fit.beta.iloc[0].to_numpy()
+    Xc, _ = centred_fixed(design)
+    effects = {f.name: fit.blups[f.name].iloc[0].to_numpy()[f.codes] for f in design.factors}
+    effects |= {t: Xc[:, cols] @ beta[cols] for t, cols in design.fixed_terms.items()}
+    z = log_rates(counts, offset)
+    total = sum(effects.values(), np.zeros_like(z))
+    return {term: z - (total - effect) for term, effect in effects.items()}
