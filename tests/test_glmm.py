@@ -591,22 +591,35 @@ def test_blocked_factor_is_the_dense_one(seed):
     np.testing.assert_allclose(r, np.take_along_axis(A @ Hinv, codes, 1), rtol=1e-10)
 
 
+def _crossed_nb_genes(seed, layout, library, log_means, n_genes, size):
+    """NB genes of donors crossed with batches: ``(design, offset, Y)``.
+
+    ``layout``: donors, batches, and the batches of each donor (drawn at random);
+    ``library``: the library sizes' median and log-scale spread; ``log_means``: the range
+    of the genes' log rates; donor sd 0.5, batch sd 0.3, NB size ``size``.
+    """
+    rng = np.random.default_rng(seed)
+    donors, batches, per_donor = layout
+    obs = pd.DataFrame(
+        [(d, b) for d in range(donors) for b in rng.choice(batches, per_donor, replace=False)],
+        columns=["donor", "batch"],
+    ).astype(str)
+    design = build_design(parse_formula("~ (1|donor) + (1|batch)"), obs)
+    offset = rng.normal(np.log(library[0]), library[1], len(obs))
+    codes = [f.codes for f in design.factors]
+    eta = offset[:, None] + rng.uniform(*log_means, n_genes)
+    eta = eta + rng.normal(0, 0.5, (donors, n_genes))[codes[0]]
+    eta = eta + rng.normal(0, 0.3, (batches, n_genes))[codes[1]]
+    Y = rng.negative_binomial(size, size / (size + np.exp(eta))).astype(float)
+    return design, offset, Y
+
+
 def test_highly_expressed_genes_converge():
     """Counts in the thousands: the log-likelihood's terms (near 2e4) and its constant
     cancel, and the modes' tolerance must follow the terms' rounding, not their sum
     (4 of 20,000 such pseudobulk genes once reported modes not converged, and a
     log-likelihood 2e-6 above the modes')."""
-    rng = np.random.default_rng(3)
-    obs = pd.DataFrame(
-        [(d, b) for d in range(40) for b in rng.choice(10, 5, replace=False)],
-        columns=["donor", "batch"],
-    ).astype(str)
-    design = build_design(parse_formula("~ (1|donor) + (1|batch)"), obs)
-    offset = rng.normal(np.log(2e5), 0.5, len(obs))
-    codes = [f.codes for f in design.factors]
-    eta = offset[:, None] + rng.uniform(-5, -4, 12)
-    eta = eta + rng.normal(0, 0.5, (40, 12))[codes[0]] + rng.normal(0, 0.3, (10, 12))[codes[1]]
-    Y = rng.negative_binomial(20, 20 / (20 + np.exp(eta))).astype(float)
+    design, offset, Y = _crossed_nb_genes(3, (40, 10, 5), (2e5, 0.5), (-5, -4), 12, 20)
     result = glmm.fit_counts(design, Y, family="nb", offset=offset, ci=None)
     assert result.per_gene["converged"].all()
     rows = row_design(design)
@@ -633,18 +646,8 @@ def test_compiled_descent_ends_where_scipys_lbfgsb_does():
 
     from scvarpart.glmm import search
 
-    rng = np.random.default_rng(11)
-    obs = pd.DataFrame(
-        [(d, b) for d in range(20) for b in rng.choice(6, 3, replace=False)],
-        columns=["donor", "batch"],
-    ).astype(str)
-    design = build_design(parse_formula("~ (1|donor) + (1|batch)"), obs)
+    design, offset, Y = _crossed_nb_genes(11, (20, 6, 3), (1e4, 0.3), (-8, -5), 8, 10)
     rows = row_design(design)
-    offset = rng.normal(np.log(1e4), 0.3, len(obs))
-    codes = [f.codes for f in design.factors]
-    eta = offset[:, None] + rng.uniform(-8, -5, 8)
-    eta = eta + rng.normal(0, 0.5, (20, 8))[codes[0]] + rng.normal(0, 0.3, (6, 8))[codes[1]]
-    Y = rng.negative_binomial(10, 10 / (10 + np.exp(eta))).astype(float)
     for j in range(Y.shape[1]):
         problem = RowProblem(1, Y[:, j], design.X, offset, rows.codes, rows.term, 2)
         beta0, log_phi0 = search.glm_start(problem.y, problem.X, problem.offset)
