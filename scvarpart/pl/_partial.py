@@ -94,12 +94,23 @@ def partial_residuals(
     residuals stay on the scale of ``y`` (around its mean).
     """
     beta, modes = conditional_effects(design, y, variances)
+    return _less_other_terms(design, np.asarray(y, dtype=float), modes, beta)
+
+
+def _less_other_terms(
+    design: Design, values: np.ndarray, modes: Mapping[str, np.ndarray], beta: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per term, ``values`` minus the other terms' effects: modes by level, ``X beta``.
+
+    The fixed terms' columns are centred (:func:`~scvarpart.suffstats.gram.centred_fixed`),
+    so the result stays around the values' mean.
+    """
     Xc, _ = centred_fixed(design)
     # in the order of the components: random terms, then fixed terms
     effects = {f.name: modes[f.name][f.codes] for f in design.factors}
     effects |= {t: Xc[:, cols] @ beta[cols] for t, cols in design.fixed_terms.items()}
-    total = sum(effects.values(), np.zeros_like(y, dtype=float))
-    return {term: y - (total - effect) for term, effect in effects.items()}
+    total = sum(effects.values(), np.zeros_like(values))
+    return {term: values - (total - effect) for term, effect in effects.items()}
 
 
 def log_rates(counts: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -140,10 +151,5 @@ def count_partial_residuals(
     if reason:
         raise ValueError(f"The gene's count model has no estimates ({reason}).")
     assert fit.blups is not None and fit.beta is not None
-    beta = fit.beta.iloc[0].to_numpy()
-    Xc, _ = centred_fixed(design)
-    effects = {f.name: fit.blups[f.name].iloc[0].to_numpy()[f.codes] for f in design.factors}
-    effects |= {t: Xc[:, cols] @ beta[cols] for t, cols in design.fixed_terms.items()}
-    z = log_rates(counts, offset)
-    total = sum(effects.values(), np.zeros_like(z))
-    return {term: z - (total - effect) for term, effect in effects.items()}
+    modes = {term: table.iloc[0].to_numpy() for term, table in fit.blups.items()}
+    return _less_other_terms(design, log_rates(counts, offset), modes, fit.beta.iloc[0].to_numpy())
