@@ -403,11 +403,12 @@ def test_nb_row_terms_hold_every_digit(phi):
 
     Against 50-digit decimal arithmetic: the one logarithm per row must not lose digits
     near the Poisson limit (``mu << phi``) nor for a highly expressed gene (``mu >> phi``),
-    where a log-likelihood of 1e7 is judged by its changes of 1e-9.
+    where a log-likelihood of 1e7 is judged by its changes of 1e-9. The pass at the modes
+    (``_row_terms``, with the gradient's derivatives) gives the same three, to the bit.
     """
     from decimal import Decimal, localcontext
 
-    from scvarpart.glmm._laplace_kernel import DIFFERENCE, OBSERVATION, _row_lgh
+    from scvarpart.glmm._laplace_kernel import DIFFERENCE, OBSERVATION, _row_lgh, _row_terms
 
     for mu in (1e-8, 0.3, 40.0, 1e4, 1e7):
         for y in (0.0, 3.0, round(mu) + 2.0):
@@ -422,12 +423,16 @@ def test_nb_row_terms_hold_every_digit(phi):
                 # the rounding of its terms: p l1, and y times eta, log phi and l1
                 scale = p * log_ratio + yy * (abs(Decimal(eta)) + abs(p.ln()) + log_ratio)
             ll, g, h = _row_lgh(1, OBSERVATION, y, eta, phi, float(np.log(phi)))
+            terms = _row_terms(1, OBSERVATION, y, eta, phi, float(np.log(phi)), 0.0)
+            assert terms[:3] == (ll, g, h)
             assert abs(ll - float(exact)) <= 1e-15 * float(scale)
             # (y - mu cancels: exp's last digit of mu bounds g's accuracy)
             assert g == pytest.approx(float(exact_g), rel=1e-13, abs=1e-15 * (y + mu))
             assert h == pytest.approx(float(exact_h), rel=1e-13)
             if y > 0:  # a non-zero count less its zero: y (eta - log(phi + mu))
                 ll, g, h = _row_lgh(1, DIFFERENCE, y, eta, phi, float(np.log(phi)))
+                terms = _row_terms(1, DIFFERENCE, y, eta, phi, float(np.log(phi)), 0.0)
+                assert terms[:3] == (ll, g, h)
                 with localcontext() as ctx:
                     ctx.prec = 50
                     exact = yy * (Decimal(eta) - (p + m).ln())

@@ -157,21 +157,53 @@ def distinct_counts(y: np.ndarray, kind: np.ndarray) -> tuple:
     each, each row's value's position (``-1`` for a zero or a class's zeros), and
     ``sum log y_i!``, free of every parameter (:func:`_row_constants`).
     """
+    tallied = _tally(y, kind)
+    if tallied[0]:
+        return tallied[1:]
     counted = (kind != ZEROS) & (y > 0)
-    found = y[counted]
-    whole = found.astype(np.int64)
-    if len(found) and (whole == found).all() and whole.max() <= 4 * len(found) + 64:
-        # counts: tallied by value, three times faster than sorting them
-        tally = np.bincount(whole)
-        values = np.flatnonzero(tally)
-        multiplicity = tally[values]
-        inverse = (np.cumsum(tally > 0) - 1)[whole]
-    else:
-        values, inverse, multiplicity = np.unique(found, return_inverse=True, return_counts=True)
+    values, inverse, multiplicity = np.unique(y[counted], return_inverse=True, return_counts=True)
     index = np.full(len(y), -1, np.int64)
     index[counted] = inverse.ravel()
     log_fact = float(np.dot(multiplicity, special.gammaln(values + 1.0)))
     return values.astype(float), multiplicity.astype(float), index, log_fact
+
+
+@nb.njit(cache=True, nogil=True)
+def _tally(y, kind):
+    """:func:`distinct_counts` by a tally of the values: ``(done, values, multiplicity, ...)``.
+
+    Done only where the counts are whole and at most ``4 n + 64`` (``n`` of them): then
+    three times faster than sorting them, and one compiled call.
+    """
+    n = top = 0
+    for i in range(len(y)):
+        if kind[i] != ZEROS and y[i] > 0:
+            if y[i] != math.floor(y[i]) or y[i] > 1e15:
+                top = -1
+                break
+            n += 1
+            top = max(top, int(y[i]))
+    none = (False, np.zeros(0), np.zeros(0), np.zeros(0, np.int64), 0.0)
+    if top < 0 or top > 4 * n + 64:
+        return none
+    tally = np.zeros(top + 1, np.int64)
+    for i in range(len(y)):
+        if kind[i] != ZEROS and y[i] > 0:
+            tally[int(y[i])] += 1
+    position = np.full(top + 1, -1, np.int64)
+    values, multiplicity = [], []
+    log_fact = 0.0
+    for v in range(1, top + 1):
+        if tally[v] > 0:
+            position[v] = len(values)
+            values.append(float(v))
+            multiplicity.append(float(tally[v]))
+            log_fact += tally[v] * math.lgamma(v + 1.0)
+    index = np.full(len(y), -1, np.int64)
+    for i in range(len(y)):
+        if kind[i] != ZEROS and y[i] > 0:
+            index[i] = position[int(y[i])]
+    return True, np.array(values), np.array(multiplicity), index, log_fact
 
 
 @nb.njit(cache=True, nogil=True)
@@ -212,25 +244,31 @@ def _row_lgh(family, kind, y, eta, phi, log_phi):
 
 
 @nb.njit(cache=True, nogil=True)
-def _row_terms(family, kind, y, eta, phi, dg):
-    """An observation's derivatives for the gradient: ``(g, h, h1, l_p, g_p, h_p)``.
+def _row_terms(family, kind, y, eta, phi, log_phi, dg):
+    """An observation's ``log f`` and every derivative: ``(l, g, h, h1, l_p, g_p, h_p)``.
 
-    ``h1 = dh/deta``, and the derivatives of ``l``, ``g`` and ``h`` in ``log phi`` (0 for
-    Poisson); ``dg`` is the row's digamma difference (:func:`_row_constants`).
+    :func:`_row_lgh`'s three, then ``h1 = dh/deta`` and the derivatives of ``l``, ``g``
+    and ``h`` in ``log phi`` (0 for Poisson), from the same ``mu``, ``q`` and ``m``;
+    ``dg`` is the row's digamma difference (:func:`_row_constants`).
     """
     mu = math.exp(eta)
     if family == POISSON:
-        return y - mu, mu, mu, 0.0, 0.0, 0.0
+        return y * eta - mu, y - mu, mu, mu, 0.0, 0.0, 0.0
     inv = 1.0 / (phi + mu)  # q and m as in _row_lgh
     q, m = phi * inv, mu * inv
+    l1 = _log_ratio(q, m)
     if kind == DIFFERENCE:
         h = y * q * m  # (and g_p: the same)
-        return q * y, h, h * (q - m), phi * dg - y * q, h, h * (m - q)
+        ll = y * (eta - log_phi - l1)
+        return ll, q * y, h, h * (q - m), phi * dg - y * q, h, h * (m - q)
+    ll = -phi * l1
+    if y > 0.0:
+        ll += y * (eta - log_phi - l1)
     h = (y + phi) * q * m
-    l_p = phi * (dg - _log_ratio(q, m)) + q * (mu - y)
+    l_p = phi * (dg - l1) + q * (mu - y)
     g_p = (y - mu) * q * m
     h_p = q * m * (2.0 * phi * m - y * q + y * m)
-    return q * (y - mu), h, h * (q - m), l_p, g_p, h_p
+    return ll, q * (y - mu), h, h * (q - m), l_p, g_p, h_p
 
 
 @nb.njit(cache=True, nogil=True)
@@ -346,35 +384,29 @@ def _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta):
 
 
 @nb.njit(cache=True, nogil=True)
-def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const):
-    """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
+def _newton(family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta):
+    """The modes' Newton steps, ``u`` updated in place: ``(finite, converged)``.
 
-    Newton steps (halved where the whole step does not improve), until the Newton
-    decrement ``grad' H^-1 grad`` is below ``tol (1 + |f| + |const|)``: ``f`` the
-    penalised log-likelihood less ``const``, whose rounding grows with the magnitude of
-    its terms, not with their sum (a highly expressed gene's ``f`` and ``const`` are both
-    near 2e4 and cancel to 1.5e3: a tolerance of the sum had the steps judged by
-    rounding). A whole step is judged by the pass that also assembles ``H`` there: one
-    pass over the rows per step. Returns ``(converged, eta, factor, loglik)``: the factor
-    of ``H`` at the modes (:mod:`._blocked`) and the sum of ``log f(y | u)`` there less
-    ``const`` (the part free of ``eta``, :func:`_row_constants`), ``NaN`` where there are
-    no modes (``mu`` overflowed).
+    Steps (halved where the whole step does not improve) until the Newton decrement
+    ``grad' H^-1 grad`` is below ``tol (1 + |f| + |const|)``: ``f`` the penalised
+    log-likelihood less ``const``, whose rounding grows with the magnitude of its terms,
+    not with their sum (a highly expressed gene's ``f`` and ``const`` are both near 2e4
+    and cancel to 1.5e3: a tolerance of the sum had the steps judged by rounding). A
+    whole step is judged by the pass that also assembles ``H`` there: one pass over the
+    rows per step. The last step is taken without a pass at its end: the caller's pass
+    there (:func:`conditional_modes`, :func:`laplace`) gives ``H`` and ``log f``.
     """
-    factor = empty_factor(term)
-    eta = np.empty(len(y))
     grad = np.empty(len(u))
     _linear_predictor(base, theta, layout, u, eta)
     f = _system(family, y, eta, phi, u, theta, layout, aux, factor, grad) - 0.5 * (u @ u)
     if not math.isfinite(f) or not factorise(factor):
-        return False, eta, factor, np.nan
-    converged = False
+        return False, False
     for _ in range(max_iter):
         step = _direction(factor, grad)
         decrement = grad @ step
         if decrement < tol * (1.0 + abs(f) + abs(const)):  # below f's rounding: take it whole
             u += step
-            converged = True
-            break
+            return True, True
         trial = u + step
         _linear_predictor(base, theta, layout, trial, eta)
         f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
@@ -382,17 +414,35 @@ def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, ma
         if not f_new >= f:
             found, trial = _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta)
             if not found:  # no step improves f: rounding, or a flat direction
-                converged = decrement < _STALL
-                break
+                return True, decrement < _STALL
             _linear_predictor(base, theta, layout, trial, eta)
             f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
             f_new -= 0.5 * (trial @ trial)
         u[:] = trial
         f = f_new
         if not math.isfinite(f) or not factorise(factor):
-            return False, eta, factor, np.nan
+            return False, False
+    return True, False
+
+
+@nb.njit(cache=True, nogil=True)
+def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const):
+    """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
+
+    Newton steps (:func:`_newton`), then a pass at the modes. Returns ``(converged, eta,
+    factor, loglik)``: the factor of ``H`` at the modes (:mod:`._blocked`) and the sum of
+    ``log f(y | u)`` there less ``const`` (the part free of ``eta``,
+    :func:`_row_constants`), ``NaN`` where there are no modes (``mu`` overflowed).
+    """
+    factor = empty_factor(term)
+    eta = np.empty(len(y))
+    finite, converged = _newton(
+        family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta
+    )
+    if not finite:
+        return False, eta, factor, np.nan
     _linear_predictor(base, theta, layout, u, eta)
-    ll = _system(family, y, eta, phi, u, theta, layout, aux, factor, grad)
+    ll = _system(family, y, eta, phi, u, theta, layout, aux, factor, np.empty(len(u)))
     if not math.isfinite(ll) or not factorise(factor):
         return False, eta, factor, np.nan
     return converged, eta, factor, ll
@@ -417,79 +467,113 @@ def laplace(
     phi = math.exp(log_phi)
     base = offset + X @ beta
     const, dg = _row_constants(family, counts, phi, gradient)
-    converged, eta, factor, ll = conditional_modes(
-        family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const
+    if not gradient:
+        converged, eta, factor, ll = conditional_modes(
+            family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const
+        )
+        if not math.isfinite(ll):
+            return np.inf, np.zeros(n_par), False
+        return u @ u - 2.0 * (ll + const) + logdet(factor), np.zeros(n_par), converged
+    factor = empty_factor(term)
+    eta = np.empty(len(y))
+    finite, converged = _newton(
+        family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta
     )
-    if not math.isfinite(ll):
+    if not finite:
+        return np.inf, np.zeros(n_par), False
+    _linear_predictor(base, theta, layout, u, eta)
+    # the pass at the modes gives H, log f and every sum the gradient needs at once
+    ll, sums, hX, h1X, direct = _terms_pass(family, y, X, layout, aux, phi, dg, counts[2], eta)
+    assemble(factor, layout[1], theta, sums[1])
+    if not math.isfinite(ll) or not factorise(factor):
         return np.inf, np.zeros(n_par), False
     D = u @ u - 2.0 * (ll + const) + logdet(factor)
-    if not gradient:
-        return D, np.zeros(n_par), converged
-    grad = _gradient(family, y, X, layout, aux, theta, phi, dg, counts[2], u, eta, factor)
+    grad = _gradient(family, layout[1], theta, u, factor, sums, hX, h1X, direct)
     return D, grad, converged
 
 
 @nb.njit(cache=True, nogil=True)
-def _gradient(family, y, X, layout, aux, theta, phi, dg, index, u, eta, factor):
+def _terms_pass(family, y, X, layout, aux, phi, dg, index, eta):
+    """``sum log f`` at ``eta`` and, per class, the sums of every row term.
+
+    Returns ``(loglik, sums, hX, h1X, direct)``: ``sums`` (rows) per class of ``g``, ``h``,
+    ``h1``, ``g_p``, ``h_p`` (:func:`_row_terms`); ``hX``, ``h1X`` per class the sums of
+    ``h x_i`` and ``h1 x_i``; ``direct`` the sums of ``g x_i`` and of ``l_p``.
+    ``dg[index[i]]``: row ``i``'s digamma difference. Nothing here needs ``H``: the
+    leverages are applied per class afterwards (:func:`_gradient`).
+    """
+    cls, class_codes = layout
+    m, p = class_codes.shape[0], X.shape[1]
+    kind = aux[0]
+    log_phi = math.log(phi)
+    sums = np.zeros((5, m))
+    hX = np.zeros((m, p))
+    h1X = np.zeros((m, p))
+    direct = np.zeros(p + 1)
+    total = carry = 0.0
+    for i in range(len(y)):
+        if kind[i] == ZEROS:
+            ll, g, h, h1, l_p, g_p, h_p = _zeros(eta[i], phi, i, aux)
+        else:
+            d = dg[index[i]] if index[i] >= 0 and dg.size else 0.0
+            ll, g, h, h1, l_p, g_p, h_p = _row_terms(family, kind[i], y[i], eta[i], phi, log_phi, d)
+        total, carry = _add(total, carry, ll)
+        c = cls[i]
+        for j in range(p):
+            hX[c, j] += h * X[i, j]
+            h1X[c, j] += h1 * X[i, j]
+            direct[j] += g * X[i, j]
+        direct[p] += l_p
+        sums[0, c] += g
+        sums[1, c] += h
+        sums[2, c] += h1
+        sums[3, c] += g_p
+        sums[4, c] += h_p
+    return total + carry, sums, hX, h1X, direct
+
+
+@nb.njit(cache=True, nogil=True)
+def _gradient(family, class_codes, theta, u, factor, sums, hX, h1X, direct):
     """``dD/dpar`` by the implicit function theorem (see the module's documentation).
 
     For each parameter: its direct effect on ``-2 log f`` (the modes held), and on
     ``log det H`` through ``W`` and ``Lambda``, with ``eta`` moving with the modes
-    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation). One
-    pass over the rows for every parameter at once (:func:`_row_pass`); the modes'
-    part is then a product over the columns of ``u``.
+    (``du/dpar = H^-1 dF/dpar``, ``F = Lambda Z' g - u`` the modes' equation). The
+    effect through ``W`` of parameter ``j`` is ``sum_i lev_i h1_i (d eta_i / d par_j)``,
+    ``lev`` each class's leverage: from the classes' sums of :func:`_terms_pass`; the
+    part through the modes is ``sum_c weight_c du_cj`` over the columns of ``u``.
     """
-    lev, r = leverages(factor, layout[1], theta)  # per class: its rows share a_i
-    out, dF, weight = _row_pass(family, y, X, layout, aux, theta, phi, dg, index, u, eta, lev, r)
+    k, p = len(theta), hX.shape[1]
+    n_par = k + p + (1 if family == NB2 else 0)
+    lev, r = leverages(factor, class_codes, theta)  # per class: its rows share a_i
+    out = np.zeros(n_par)
+    for j in range(p):  # the fixed effects and the dispersion, the modes held
+        out[k + j] = -2.0 * direct[j] + (lev * h1X[:, j]).sum()
+    if family == NB2:
+        out[n_par - 1] = -2.0 * direct[p] + (lev * sums[4]).sum()
+    dF, weight = _mode_equation(class_codes, theta, u, lev, r, sums, hX, n_par, family, out)
     du = solve(factor, dF)
     for c in range(len(u)):  # sum_i w_i (Z Lambda du)_i, by columns of u
-        for j in range(len(out)):
+        for j in range(n_par):
             out[j] += weight[c] * du[c, j]
     return out
 
 
 @nb.njit(cache=True, nogil=True)
-def _row_pass(family, y, X, layout, aux, theta, phi, dg, index, u, eta, lev, r):
-    """The direct effects, ``dF/dpar``, and what the modes' effects need.
+def _mode_equation(class_codes, theta, u, lev, r, sums, hX, n_par, family, out):
+    """``dF/dpar`` (columns of ``u`` x parameters) and the weights of ``du`` in the gradient.
 
-    ``lev``, ``r``: each class's leverage and ``H^-1 a`` at its columns
-    (:func:`._blocked.leverages`); ``dg[index[i]]``: row ``i``'s digamma difference.
-    The effect through the modes of parameter ``j`` is
-    ``sum_i lev_i h1_i (d eta_i / d par_j)``; its part with the modes held is added here,
-    and its part through them is ``sum_c weight_c du_cj``, ``weight`` returned. The rows
-    add their terms to their class's sums; the columns of ``u`` are reached per class.
+    Adds the variances' effects with the modes held to ``out``: ``theta_t`` scales the
+    modes of its term's columns. Per class, from its sums (:func:`_terms_pass`).
     """
-    cls, class_codes = layout
     m, k = class_codes.shape
-    p = X.shape[1]
-    n_par = k + p + (1 if family == NB2 else 0)
+    p = hX.shape[1]
     last = n_par - 1 if family == NB2 else -1  # the dispersion's index
-    out = np.zeros(n_par)
-    sums = np.zeros((m, 4))  # per class: g, h, h1, g_p
-    hX = np.zeros((m, p))  # per class: sum h_i x_i
-    kind = aux[0]
-    for i in range(len(y)):
-        if kind[i] == ZEROS:
-            g, h, h1, l_p, g_p, h_p = _zeros(eta[i], phi, i, aux)[1:]
-        else:
-            d = dg[index[i]] if index[i] >= 0 and dg.size else 0.0
-            g, h, h1, l_p, g_p, h_p = _row_terms(family, kind[i], y[i], eta[i], phi, d)
-        c = cls[i]
-        w = lev[c] * h1
-        for j in range(p):
-            out[k + j] += (w - 2.0 * g) * X[i, j]
-            hX[c, j] += h * X[i, j]
-        if last >= 0:
-            out[last] += lev[c] * h_p - 2.0 * l_p
-        sums[c, 0] += g
-        sums[c, 1] += h
-        sums[c, 2] += h1
-        sums[c, 3] += g_p
     dF = np.zeros((len(u), n_par))
     weight = np.zeros(len(u))
     for c in range(m):
-        g, h, w, g_p = sums[c, 0], sums[c, 1], lev[c] * sums[c, 2], sums[c, 3]
-        for t in range(k):  # theta_t scales the modes of its term's columns
+        g, h, w, g_p = sums[0, c], sums[1, c], lev[c] * sums[2, c], sums[3, c]
+        for t in range(k):
             col = class_codes[c, t]
             out[t] += 2.0 * h * r[c, t] + (w - 2.0 * g) * u[col]
             dF[col, t] += g
@@ -502,4 +586,4 @@ def _row_pass(family, y, X, layout, aux, theta, phi, dg, index, u, eta, lev, r):
                 dF[col, k + j] -= theta[s] * hX[c, j]
             if last >= 0:
                 dF[col, last] += theta[s] * g_p
-    return out, dF, weight
+    return dF, weight
