@@ -22,6 +22,7 @@ optimum against a grid of ``4^k`` starts on random designs.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ __all__ = [
     "GeneFit",
     "RowProblem",
     "fit_rows",
+    "glm_beta",
     "glm_start",
     "moment_log_phi",
 ]
@@ -53,6 +55,7 @@ _SNAP_BELOW = 1e-3  # a theta this small is tried at 0 (:func:`_snap_to_zero`)
 _ROUNDING = 1e-13  # relative rounding of the criterion's evaluation
 _STEP = 1e-6  # relative step of the Hessian's differences
 _POLISHED = 1e-6  # a projected gradient below this needs no Newton step
+_MOVED = 1e-4  # a polishing step this large (relative) takes the Hessian again
 _NEAR = 1e-2  # a descent this close to a known optimum, in every coordinate, reaches it
 
 
@@ -64,7 +67,9 @@ class RowProblem:
     ``t`` contiguous), ``term`` the term of each column of ``u``; ``aux`` what kind of
     row each is (:func:`.rows.observation_rows` for observations, the default);
     ``classes`` groups rows with the same ``codes`` (by default the distinct rows of
-    ``codes``; :func:`._laplace_kernel.row_layout`).
+    ``codes``; :func:`._laplace_kernel.row_layout`); ``layout``, if given, is their
+    :func:`~._laplace_kernel.row_layout` (the same for every gene fitted on the
+    observations: computed once).
     """
 
     family: int
@@ -76,14 +81,15 @@ class RowProblem:
     n_terms: int
     aux: tuple = ()
     classes: np.ndarray | None = None
-    layout: tuple = field(init=False)
+    layout: tuple = ()
     counts: tuple = field(init=False)
 
     def __post_init__(self) -> None:
         """Rows that are all observations unless ``aux`` says otherwise; the kernel's layout."""
         if not self.aux:
             object.__setattr__(self, "aux", observation_rows(len(self.y)))
-        object.__setattr__(self, "layout", row_layout(self.codes, self.classes))
+        if not self.layout:
+            object.__setattr__(self, "layout", row_layout(self.codes, self.classes))
         object.__setattr__(self, "counts", distinct_counts(self.y, self.aux[0]))
 
     @property
@@ -141,8 +147,17 @@ class GeneFit:
 def glm_start(y: np.ndarray, X: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, float]:
     """The Poisson GLM's fixed effects (no random effects), and a moment estimate of ``log phi``.
 
-    Of observations (or of Poisson class totals, which give the same fixed effects).
-    Iteratively reweighted least squares.
+    Of observations (:func:`glm_beta`, :func:`moment_log_phi`).
+    """
+    beta = glm_beta(y, X, off)
+    return beta, moment_log_phi(y, np.exp(off + X @ beta))
+
+
+def glm_beta(y: np.ndarray, X: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """The Poisson GLM's fixed effects (no random effects).
+
+    Of observations, or of Poisson class totals, which give the same fixed effects: in
+    closed form for an intercept alone, else iteratively reweighted least squares.
     """
     beta = np.zeros(X.shape[1])
     beta[0] = np.log(max(y.sum(), 0.5) / np.exp(off).sum())  # the intercept-only GLM's
@@ -152,16 +167,17 @@ def glm_start(y: np.ndarray, X: np.ndarray, off: np.ndarray) -> tuple[np.ndarray
         beta = beta + step
         if np.abs(step).max() < 1e-8:
             break
-    return beta, moment_log_phi(y, np.exp(off + X @ beta))
+    return beta
 
 
 def moment_log_phi(y: np.ndarray, mu: np.ndarray) -> float:
     """``log phi`` from ``Var y = mu + mu^2 / phi``, inside the bounds."""
-    excess = ((y - mu) ** 2 - mu).sum()
+    d = y - mu
+    excess = d @ d - mu.sum()
     lo, hi = LOG_PHI_BOUNDS
     if not excess > 0:
         return hi - 1
-    return float(np.clip(np.log((mu**2).sum() / excess), lo + 1, hi - 1))
+    return min(max(math.log(mu @ mu / excess), lo + 1), hi - 1)
 
 
 def _hessian(problem: RowProblem, x: np.ndarray, u: np.ndarray, g: np.ndarray):
@@ -224,11 +240,13 @@ def _box(problem: RowProblem) -> tuple[np.ndarray, np.ndarray]:
 def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) -> _Point:
     """Projected Newton steps from ``point`` while they lower ``D``; ``held``: a coordinate kept.
 
-    Each step takes the Hessian at its start, except at the end: the point returned
-    carries the Hessian of the last step's start when that step polished the gradient.
-    The step was then of the order of the gradient (below 1e-5), and so is the
-    Hessian's relative change: far below what Newton steps and standard errors need,
-    and a Hessian (one gradient per parameter) saved per gene.
+    Near an optimum ``D`` changes by less than its rounding (``1e-14`` relative): a step
+    that leaves ``D`` within :data:`_ROUNDING` of where it was and shrinks the gradient
+    is taken, not halved away. The Hessian is taken again only after a step of more than
+    :data:`_MOVED` (relative) in some coordinate: near an optimum the steps are of the
+    order of the gradient (below 1e-5), and so is the Hessian's relative change, far
+    below what Newton steps and standard errors need. The point returned carries the
+    Hessian last taken.
     """
     lo, hi = _box(problem)
     x, u, D, g, H, converged = point
@@ -246,23 +264,39 @@ def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) 
             break
         if g[free] @ step >= 0:
             break
-        t = 1.0
-        while t > 1e-6:
-            trial = x.copy()
-            trial[free] = np.clip(x[free] + t * step, lo[free], hi[free])
-            ut = u.copy()
-            Dt, gt, ct = problem.criterion(trial, ut)
-            if Dt <= D:
-                break
-            t *= 0.5
-        if not (Dt <= D):
+        trial, ut, (Dt, gt, ct) = _newton_step(problem, x, u, D, g, free, step, lo, hi)
+        if trial is None:
             break
+        moved = np.abs(trial - x) > _MOVED * np.maximum(1.0, np.abs(x))
+        polished = np.abs(gt[free]).max() < _POLISHED
         improved = D - Dt
         x, u, D, g, converged = trial, ut, Dt, gt, ct
-        if improved < 1e-12 * (1 + abs(D)) or np.abs(g[free]).max() < _POLISHED:
+        if polished or (improved < 1e-12 * (1 + abs(D)) and not moved.any()):
             break
-        H = _hessian(problem, x, u, g)
+        if moved.any():
+            H = _hessian(problem, x, u, g)
     return _Point(x, u, D, g, H, converged)
+
+
+def _newton_step(problem: RowProblem, x, u, D, g, free, step, lo, hi):
+    """The Newton step from ``x``, halved until it lowers ``D``: ``(x, modes, criterion)``.
+
+    Also taken: a step that leaves ``D`` within its rounding and shrinks the gradient.
+    ``(None, None, None)`` where no step of at least ``1e-6`` of it does either.
+    """
+    within = D + _ROUNDING * (1 + abs(D))
+    g_free = np.abs(g[free]).max()
+    t = 1.0
+    while t > 1e-6:
+        trial = x.copy()
+        trial[free] = np.clip(x[free] + t * step, lo[free], hi[free])
+        ut = u.copy()
+        out = problem.criterion(trial, ut)
+        Dt, gt = out[0], out[1]
+        if Dt <= D or (Dt <= within and np.abs(gt[free]).max() < g_free):
+            return trial, ut, out
+        t *= 0.5
+    return None, None, None
 
 
 def _snap_to_zero(problem: RowProblem, point: _Point) -> _Point:
