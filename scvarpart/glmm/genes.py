@@ -13,6 +13,7 @@ the search, and with the cube of the levels of every term but the largest
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,11 @@ from ..storage.matrix import column_block, map_column_blocks, row_bounds
 from ..varpart.fractions import check_roles, component_variances
 from ..varpart.result import VarPartResult, gene_names
 from ._blocked import diagonal_inverse
-from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes
+from ._laplace_kernel import DIFFERENCE, NB2, POISSON, ZEROS, conditional_modes, row_layout
 from ._zero_tables import ZeroTables, zero_tables
 from .intervals import covariance, intervals
 from .latent import APPROXIMATIONS, distribution_variance, mean_count
-from .rows import RowDesign, row_design
+from .rows import RowDesign, observation_rows, row_design
 from .search import (
     LOG_PHI_BOUNDS,
     MODE_ITER,
@@ -37,7 +38,7 @@ from .search import (
     GeneFit,
     RowProblem,
     fit_rows,
-    glm_start,
+    glm_beta,
     moment_log_phi,
 )
 from .tables import collect
@@ -108,6 +109,9 @@ class _Context:
         self.x_mean = design.X.mean(axis=0)
         # each class's log sum of exp(offset): the offset of its Poisson total
         self.class_log_e = np.log(self.rows.class_sums(np.exp(self.offset)))
+        # the observations as the kernel's rows: the same for every gene
+        self.observations = observation_rows(len(self.offset))
+        self.layout = row_layout(self.rows.codes, self.rows.classes)
         self.tables: ZeroTables | None = None
         if family == NB2 and self.rows.n_classes * _CELLS_PER_CLASS <= len(self.offset):
             r = self.rows
@@ -121,19 +125,20 @@ class _Context:
         """
         r = self.rows
         yc = r.class_sums(y)
-        beta0, log_phi0 = glm_start(yc, r.class_X, self.class_log_e)  # the cells' Poisson GLM
+        beta0 = glm_beta(yc, r.class_X, self.class_log_e)  # the observations' Poisson GLM
         if self.family == POISSON:
             yc, log_e, const = r.poisson_rows(y, self.offset)
             problem = RowProblem(
                 POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms,
                 classes=np.arange(r.n_classes),
             )  # fmt: skip
-            return problem, const, (beta0, log_phi0)
+            return problem, const, (beta0, 0.0)
         log_phi0 = moment_log_phi(y, np.exp(self.offset + self.X @ beta0))
         if self.tables is None:
             problem = RowProblem(
-                NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms, classes=r.classes
-            )
+                NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms, self.observations,
+                r.classes, self.layout,
+            )  # fmt: skip
             return problem, 0.0, (beta0, log_phi0)
         return self._aggregated(y), 0.0, (beta0, log_phi0)
 
@@ -153,24 +158,18 @@ class _Context:
             classes=np.concatenate([r.classes[nz], np.arange(m)]),
         )  # fmt: skip
 
-    def variances(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """Every component's variance at parameters ``x``, and the latent quantities."""
-        lam, inv_size = self._latent(x[None])
-        dist = {a: float(distribution_variance(lam, inv_size, a)[0]) for a in APPROXIMATIONS}
-        return self.components(x[None])[0], {"lambda": float(lam[0]), **dist}
-
     def components(self, xs: np.ndarray) -> np.ndarray:
         """Every component's variance at each row of parameters ``xs`` (the chosen residual).
 
         Vectorised over the rows: the intervals' Jacobian takes all its differences at once.
         """
         k, p = self.rows.n_terms, self.X.shape[1]
-        residual = distribution_variance(*self._latent(xs), self.approximation)
+        residual = distribution_variance(*self.latent(xs), self.approximation)
         return component_variances(
             xs[:, :k] ** 2, residual, xs[:, k : k + p], self.x_cov, self.fixed_terms
         )
 
-    def _latent(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def latent(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``lambda`` (Nakagawa 2017) and ``1 / phi`` (0 for Poisson) at each row of ``xs``."""
         k, p = self.rows.n_terms, self.X.shape[1]
         lam = mean_count(self.linear_mean + xs[:, k : k + p] @ self.x_mean, (xs[:, :k] ** 2).sum(1))
@@ -194,68 +193,83 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     return scale * u, scale**2 * diagonal_inverse(factor)
 
 
-def _fit_gene(ctx: _Context, y: np.ndarray, roles) -> dict:
-    """One gene: its estimates, or the reason it has none."""
+class _Searched(NamedTuple):
+    """A gene's optimum, its log-likelihood, and the rows it was fitted on."""
+
+    fit: GeneFit
+    loglik: float
+    problem: RowProblem
+
+
+def _search(ctx: _Context, y: np.ndarray) -> _Searched | str:
+    """One gene's optimum, or the reason it has none."""
     n_nonzero = int((y > 0).sum())
     if n_nonzero == 0:
-        return {"error": "every count is 0: no variance to partition"}
+        return "every count is 0: no variance to partition"
     if n_nonzero < ctx.min_cells:
-        return {
-            "error": f"filtered: non-zero in {n_nonzero} cells, fewer than "
-            f"min_cells={ctx.min_cells}"
-        }
+        return f"filtered: non-zero in {n_nonzero} cells, fewer than min_cells={ctx.min_cells}"
     problem, const, start = ctx.problem(y)
     fit = fit_rows(problem, start=start)
     k, p = ctx.rows.n_terms, ctx.X.shape[1]
     if not np.isfinite(fit.deviance):
-        return {"error": "no finite optimum of the Laplace criterion (counts too extreme)"}
+        return "no finite optimum of the Laplace criterion (counts too extreme)"
     if ctx.family == NB2 and fit.x[k + p] <= LOG_PHI_BOUNDS[0] + _AT_BOUND:
-        return {
-            "error": "the NB dispersion is at its bound (size "
+        return (
+            "the NB dispersion is at its bound (size "
             f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
-        }
-    V, latent = ctx.variances(fit.x)
-    delta = covariance(fit, k, ctx.family == NB2)
-    free, cov, _ = delta
-    beta_se = np.full(p, np.nan)
-    if cov is not None:  # a Hessian not positive definite there: some variances below 0
-        beta = np.diag(cov)[int(free[:k].sum()) :][:p]
-        beta_se[beta > 0] = np.sqrt(beta[beta > 0])
-    out = {
-        "error": "",
-        "theta": fit.x[:k],
-        "beta": fit.x[k : k + p],
-        "beta_se": beta_se,
-        "variance": V,
-        "loglik": -0.5 * fit.deviance + const,
-        "converged": fit.converged,
-        "dispersion": float(np.exp(fit.x[k + p])) if ctx.family == NB2 else np.inf,
-        "gradient": fit.gradient[:k],
-        "hessian": fit.hessian[:k, :k].ravel(),
-        **latent,
-    }
-    if ctx.level is not None:
-        out["intervals"] = intervals(
-            ctx.components,
-            fit,
-            k,
-            ctx.level,
-            roles,
-            dispersion=ctx.family == NB2,
-            delta=delta,
         )
-    if ctx.store_blups:
-        out["blups"] = _blups(ctx, problem, fit)
+    return _Searched(fit, -0.5 * fit.deviance + const, problem)
+
+
+def _records(ctx: _Context, found: list[_Searched], roles) -> list[dict]:
+    """The records of a block's fitted genes: estimates, latent quantities, intervals.
+
+    All the genes at once (:mod:`.intervals`): the variances and their derivatives are
+    a few small products per gene.
+    """
+    if not found:
+        return []
+    k, p = ctx.rows.n_terms, ctx.X.shape[1]
+    xs = np.stack([s.fit.x for s in found])
+    hessians = np.stack([s.fit.hessian for s in found])
+    V = ctx.components(xs)
+    lam, inv_size = ctx.latent(xs)
+    dist = {a: distribution_variance(lam, inv_size, a) for a in APPROXIMATIONS}
+    delta = covariance(xs, hessians, k, ctx.family == NB2)
+    beta_var = np.diagonal(delta[1], axis1=1, axis2=2)[:, k : k + p]
+    with np.errstate(invalid="ignore"):  # NaN where H is singular
+        beta_se = np.where(beta_var > 0, np.sqrt(np.abs(beta_var)), np.nan)
+    iv = None
+    if ctx.level is not None:
+        iv = intervals(ctx.components, xs, hessians, k, ctx.level, roles, delta)
+    out = []
+    for g, (fit, loglik, problem) in enumerate(found):
+        record = {
+            "error": "", "theta": fit.x[:k], "beta": fit.x[k : k + p], "beta_se": beta_se[g],
+            "variance": V[g], "loglik": loglik, "converged": fit.converged,
+            "dispersion": float(np.exp(fit.x[k + p])) if ctx.family == NB2 else np.inf,
+            "gradient": fit.gradient[:k], "hessian": fit.hessian[:k, :k].ravel(),
+            "lambda": float(lam[g]), **{a: float(v[g]) for a, v in dist.items()},
+        }  # fmt: skip
+        if iv is not None:
+            record["intervals"] = {name: v[g] for name, v in iv.items()}
+        if ctx.store_blups:
+            record["blups"] = _blups(ctx, problem, fit)
+        out.append(record)
     return out
 
 
 def _fit_block(ctx: _Context, Y: np.ndarray, roles) -> list[dict]:
-    """The genes of a block, each with its mean count."""
+    """The records of a block's genes (each with its mean count): estimates or the reason."""
     Y = np.asfortranarray(Y, dtype=float)  # each gene's counts contiguous
     with one_blas_thread():
-        return [
-            {**_fit_gene(ctx, Y[:, j], roles), "mean": Y[:, j].mean()} for j in range(Y.shape[1])
-        ]
+        searched = [_search(ctx, Y[:, j]) for j in range(Y.shape[1])]
+        found = _records(ctx, [s for s in searched if not isinstance(s, str)], roles)
+    fitted = iter(found)
+    return [
+        {**({"error": s} if isinstance(s, str) else next(fitted)), "mean": Y[:, j].mean()}
+        for j, s in enumerate(searched)
+    ]
 
 
 def fit_counts(

@@ -1,11 +1,15 @@
-"""Delta-method standard errors and intervals of a count model's fractions and rho.
+"""Delta-method standard errors and intervals of count models' fractions and rho.
 
-From the Hessian of the Laplace criterion in every parameter at the optimum
+From the Hessian of the Laplace criterion in every parameter at each gene's optimum
 (:mod:`.search`): ``Cov = 2 H^-1`` over the parameters off the boundary, and the
 Jacobian of the components' variances, by central differences of the function that
 computes them from the parameters (:mod:`.latent` through the fit's context). Fractions
 are Wald intervals on the logit scale, as the Gaussian model's first step
 (:func:`scvarpart.lmm.intervals.logit_interval`).
+
+Every function takes a block of genes at once (parameters ``x`` of shape ``genes x m``,
+Hessians ``genes x m x m``): per gene, the same few small products would cost more in
+NumPy's per-call overhead than in arithmetic.
 """
 
 from __future__ import annotations
@@ -17,67 +21,75 @@ import numpy as np
 from scipy.special import ndtri  # the normal quantile, without scipy.stats' overhead per call
 
 from ..varpart.fractions import logit_interval
-from .search import LOG_PHI_BOUNDS, GeneFit
+from .search import LOG_PHI_BOUNDS
 
 __all__ = ["covariance", "free_parameters", "intervals", "jacobian"]
 
 
 def jacobian(fn, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Central differences of ``fn`` in the ``free`` coordinates of ``x``.
+    """Central differences of ``fn`` in the ``free`` coordinates of each row of ``x``.
 
     ``fn`` maps a stack of parameter vectors (rows) to a stack of results: every
-    difference is taken in one call.
+    difference of every gene is taken in one call. Returns ``genes x results x m``, 0 in
+    the columns that are not free.
     """
-    cols = np.flatnonzero(free)
-    if not len(cols):
-        return np.zeros((fn(x[None]).shape[1], 0))
-    step = 1e-6 * np.maximum(1.0, np.abs(x[cols]))
-    points = np.repeat(x[None], 2 * len(cols), axis=0)
-    points[np.arange(len(cols)), cols] += step
-    points[len(cols) + np.arange(len(cols)), cols] -= step
-    values = fn(points)
-    return ((values[: len(cols)] - values[len(cols) :]) / (2 * step[:, None])).T
+    G, m = x.shape
+    step = 1e-6 * np.maximum(1.0, np.abs(x))  # (G, m)
+    shift = np.eye(m)[None] * step[:, None, :]  # (G, m, m): row j moves coordinate j
+    points = np.concatenate([x[:, None] + shift, x[:, None] - shift], axis=1)
+    values = fn(points.reshape(2 * G * m, m)).reshape(G, 2 * m, -1)
+    J = (values[:, :m] - values[:, m:]) / (2 * step[:, :, None])  # (G, m, results)
+    return np.swapaxes(J * free[:, :, None], 1, 2)
 
 
 def free_parameters(x: np.ndarray, k: int, dispersion: bool) -> np.ndarray:
     """The parameters off their bounds: all but a variance at 0 and ``log phi`` at a bound.
 
-    ``x`` of a count fit: ``k`` variances first, ``log phi`` last with ``dispersion``.
-    Those at a bound have no sampling variance in the delta method's ``2 H^-1``.
+    ``x`` (genes x parameters) of count fits: ``k`` variances first, ``log phi`` last
+    with ``dispersion``. Those at a bound have no sampling variance in the delta
+    method's ``2 H^-1``.
     """
-    free = np.ones(len(x), bool)
-    free[:k] = x[:k] > 0
-    if dispersion and x[-1] in LOG_PHI_BOUNDS:
-        free[-1] = False
+    free = np.ones(x.shape, bool)
+    free[:, :k] = x[:, :k] > 0
+    if dispersion:
+        free[:, -1] = ~np.isin(x[:, -1], LOG_PHI_BOUNDS)
     return free
 
 
-def covariance(fit: GeneFit, k: int, dispersion: bool):
+def covariance(x: np.ndarray, hessian: np.ndarray, k: int, dispersion: bool):
     """``(free, Cov, positive)``: the delta method's ``Cov = 2 H^-1`` over the free parameters.
 
-    ``free`` from :func:`free_parameters`; ``Cov`` is ``None`` where ``H`` on them is
-    singular; ``positive``: whether it is positive definite there.
+    Per gene: ``free`` from :func:`free_parameters`; ``Cov`` (genes x m x m) is 0 in the
+    rows and columns of the parameters held at a bound, and NaN where ``H`` on the free
+    ones is singular; ``positive``: whether ``H`` is positive definite there.
     """
-    free = free_parameters(fit.x, k, dispersion)
-    H = fit.hessian[np.ix_(free, free)]
+    free = free_parameters(x, k, dispersion)
+    both = free[:, :, None] & free[:, None, :]
+    eye = np.broadcast_to(np.eye(x.shape[1]), hessian.shape)
+    H = np.where(both, hessian, eye)  # the held parameters' rows and columns: the identity
+    cov = np.full(H.shape, np.nan)
+    positive = np.zeros(len(x), bool)
     try:
-        cov = 2 * np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        return free, None, False
-    try:
-        return free, cov, bool(np.all(np.linalg.eigvalsh(H) > 0))
-    except np.linalg.LinAlgError:
-        return free, cov, False
+        cov[:] = 2 * np.linalg.inv(H)
+        positive[:] = (np.linalg.eigvalsh(H) > 0).all(axis=1)
+    except np.linalg.LinAlgError:  # some gene's H is singular: gene by gene
+        for g in range(len(x)):
+            try:
+                cov[g] = 2 * np.linalg.inv(H[g])
+                positive[g] = bool((np.linalg.eigvalsh(H[g]) > 0).all())
+            except np.linalg.LinAlgError:
+                pass
+    return free, np.where(both, cov, 0.0), positive
 
 
 def intervals(
     variances: Callable[[np.ndarray], np.ndarray],
-    fit: GeneFit,
+    x: np.ndarray,
+    hessian: np.ndarray,
     k: int,
     level: float,
     roles,
-    dispersion: bool = False,
-    delta: tuple | None = None,
+    delta: tuple,
 ) -> dict[str, Any]:
     """Delta-method standard errors and intervals, one-sided for a variance at 0.
 
@@ -87,41 +99,53 @@ def intervals(
     the boundary). Rho: Wald on the log scale, ``[0, u]`` when its batch variance is 0.
 
     ``variances``: the components' variances at each row of a stack of parameters
-    (``theta`` first, ``k`` of them; ``log phi`` last with ``dispersion``); ``roles``:
-    boolean masks of the batch and signal components, or ``None``; ``delta``:
-    :func:`covariance` of the fit, if taken already.
+    (``theta`` first, ``k`` of them); ``x``, ``hessian``: each gene's optimum and the
+    criterion's Hessian there; ``roles``: boolean masks of the batch and signal
+    components, or ``None``; ``delta``: :func:`covariance` of the genes. Returns per gene
+    (rows) ``variance_se``, ``ci_low``, ``ci_high`` and ``rho`` (its two bounds), NaN
+    where the Hessian is not positive definite.
     """
-    x = fit.x
-    at_zero = np.zeros(len(x), bool)
-    at_zero[:k] = x[:k] == 0
-    free, cov, ok = delta or covariance(fit, k, dispersion)
-    V = variances(x[None])[0]
-    C = len(V)
-    if not ok:
-        nan = np.full(C, np.nan)
-        return {"variance_se": nan, "ci_low": nan, "ci_high": nan, "rho": (np.nan, np.nan)}
-    JV = jacobian(variances, x, free)
-    JF = (JV - (V / V.sum())[:, None] * JV.sum(axis=0)) / V.sum()  # of V / sum V
-    se_v = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JV, cov, JV), 0))
-    se_f = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", JF, cov, JF), 0))
-    f = V / V.sum()
+    free, cov, ok = delta
+    V = variances(x)
+    total = V.sum(axis=1, keepdims=True)
+    JV = jacobian(variances, x, free)  # (G, C, m)
+    JF = (JV - (V / total)[:, :, None] * JV.sum(axis=1, keepdims=True)) / total[:, :, None]
+    se_v = np.sqrt(np.maximum(np.einsum("gij,gjk,gik->gi", JV, cov, JV), 0))
+    se_f = np.sqrt(np.maximum(np.einsum("gij,gjk,gik->gi", JF, cov, JF), 0))
     z2 = ndtri(0.5 + level / 2)
-    low, high = logit_interval(f, se_f, z2)
+    low, high = logit_interval(V / total, se_f, z2)
+    # a variance at 0: one-sided, up to theta = z sqrt(2 / D''(0))
+    at_zero = x[:, :k] == 0
+    curvature = np.diagonal(hessian, axis1=1, axis2=2)[:, :k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta_u = np.where(curvature > 0, ndtri(level) * np.sqrt(2 / curvature), np.nan)
     V_up = V.copy()
-    for j in np.flatnonzero(at_zero[:k]):
-        se_v[j] = np.nan
-        curvature = fit.hessian[j, j]
-        theta_u = ndtri(level) * np.sqrt(2 / curvature) if curvature > 0 else np.nan
-        V_up[j] = theta_u**2
-        low[j], high[j] = 0.0, V_up[j] / (V_up[j] + V.sum() - V[j])
-    rho_ci = (np.nan, np.nan)
-    if roles is not None:
-        batch, signal = roles
-        b, s = V[batch].sum(), V[signal].sum()
-        if b > 0 and s > 0:
-            g = (JV[batch].sum(axis=0) / b) - (JV[signal].sum(axis=0) / s)
-            se = np.sqrt(max(g @ cov @ g, 0))
-            rho_ci = (b / s * np.exp(-z2 * se), b / s * np.exp(z2 * se))
-        elif b == 0 and s > 0:
-            rho_ci = (0.0, V_up[batch].sum() / s)
-    return {"variance_se": se_v, "ci_low": low, "ci_high": high, "rho": rho_ci}
+    V_up[:, :k] = np.where(at_zero, theta_u**2, V[:, :k])
+    se_v[:, :k][at_zero] = np.nan
+    low[:, :k][at_zero] = 0.0
+    with np.errstate(invalid="ignore"):
+        one_sided = V_up[:, :k] / (V_up[:, :k] + total - V[:, :k])
+    high[:, :k] = np.where(at_zero, one_sided, high[:, :k])
+    rho = _rho_bounds(V, V_up, JV, cov, roles, z2)
+    for a in (se_v, low, high, rho):
+        a[~ok] = np.nan
+    return {"variance_se": se_v, "ci_low": low, "ci_high": high, "rho": rho}
+
+
+def _rho_bounds(V, V_up, JV, cov, roles, z2) -> np.ndarray:
+    """Per gene, rho's interval: Wald on the log scale; ``[0, u]`` with no batch variance."""
+    out = np.full((len(V), 2), np.nan)
+    if roles is None:
+        return out
+    batch, signal = roles
+    b, s = V[:, batch].sum(axis=1), V[:, signal].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = JV[:, batch].sum(axis=1) / b[:, None] - JV[:, signal].sum(axis=1) / s[:, None]
+        se = np.sqrt(np.maximum(np.einsum("gi,gij,gj->g", g, cov, g), 0))
+        wald = (b > 0) & (s > 0)
+        ratio = b / s
+        out[wald] = (ratio[:, None] * np.exp(np.multiply.outer(se, [-z2, z2])))[wald]
+        none = (b == 0) & (s > 0)
+        out[none, 0] = 0.0
+        out[none, 1] = (V_up[:, batch].sum(axis=1) / s)[none]
+    return out
