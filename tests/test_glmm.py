@@ -668,3 +668,26 @@ def test_compiled_descent_ends_where_scipys_lbfgsb_does():
         assert D <= theirs.fun + 1e-9 * abs(theirs.fun)
         best = fit_rows(problem).deviance
         assert D == pytest.approx(best, rel=1e-9) and theirs.fun == pytest.approx(best, rel=1e-9)
+
+
+def test_a_polish_that_finds_no_lower_point_keeps_its_start(monkeypatch):
+    """Where no Newton step lowers ``D`` (at the criterion's rounding, as on genes of
+    tens of thousands of counts per sample), the polish returns the point it started
+    from, its gradient and Hessian unchanged."""
+    from scvarpart.glmm import search
+
+    design, offset, Y = _crossed_nb_genes(11, (20, 6, 3), (1e4, 0.3), (-8, -5), 1, 10)
+    rows = row_design(design)
+    problem = RowProblem(1, Y[:, 0], design.X, offset, rows.codes, rows.term, 2)
+    fit = fit_rows(problem)
+    start = search._Point(fit.x, fit.u, fit.deviance, fit.gradient + 1e-4, fit.hessian, True)
+    exact = search.RowProblem.criterion
+
+    def higher(self, x, u, gradient=True):  # every trial point above the start
+        D, g, converged = exact(self, x, u, gradient)
+        return D + 1.0, g, converged
+
+    monkeypatch.setattr(search.RowProblem, "criterion", higher)
+    polished = search._newton_polish(problem, start)
+    assert polished.x is start.x and polished.D == start.D and polished.g is start.g
+    assert polished.H is start.H

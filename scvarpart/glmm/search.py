@@ -264,9 +264,10 @@ def _newton_polish(problem: RowProblem, point: _Point, held: int | None = None) 
             break
         if g[free] @ step >= 0:
             break
-        trial, ut, (Dt, gt, ct) = _newton_step(problem, x, u, D, g, free, step, lo, hi)
-        if trial is None:
+        taken = _newton_step(problem, x, u, D, g, free, step, lo, hi)
+        if taken is None:
             break
+        trial, ut, (Dt, gt, ct) = taken
         moved = np.abs(trial - x) > _MOVED * np.maximum(1.0, np.abs(x))
         polished = np.abs(gt[free]).max() < _POLISHED
         improved = D - Dt
@@ -282,7 +283,7 @@ def _newton_step(problem: RowProblem, x, u, D, g, free, step, lo, hi):
     """The Newton step from ``x``, halved until it lowers ``D``: ``(x, modes, criterion)``.
 
     Also taken: a step that leaves ``D`` within its rounding and shrinks the gradient.
-    ``(None, None, None)`` where no step of at least ``1e-6`` of it does either.
+    ``None`` where no step of at least ``1e-6`` of it does either.
     """
     within = D + _ROUNDING * (1 + abs(D))
     g_free = np.abs(g[free]).max()
@@ -296,7 +297,7 @@ def _newton_step(problem: RowProblem, x, u, D, g, free, step, lo, hi):
         if Dt <= D or (Dt <= within and np.abs(gt[free]).max() < g_free):
             return trial, ut, out
         t *= 0.5
-    return None, None, None
+    return None
 
 
 def _snap_to_zero(problem: RowProblem, point: _Point) -> _Point:
