@@ -124,15 +124,15 @@ class _Context:
         non-zero counts and the classes' zeros (:mod:`._zero_tables`).
         """
         r = self.rows
-        yc = r.class_sums(y)
-        beta0 = glm_beta(yc, r.class_X, self.class_log_e)  # the observations' Poisson GLM
         if self.family == POISSON:
-            yc, log_e, const = r.poisson_rows(y, self.offset)
+            yc, log_e, const = r.poisson_rows(y, self.offset, self.class_log_e)
             problem = RowProblem(
                 POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms,
                 classes=np.arange(r.n_classes),
             )  # fmt: skip
-            return problem, const, (beta0, 0.0)
+            # the observations' Poisson GLM: the classes' totals give its fixed effects
+            return problem, const, (glm_beta(yc, r.class_X, log_e), 0.0)
+        beta0 = glm_beta(r.class_sums(y), r.class_X, self.class_log_e)
         log_phi0 = moment_log_phi(y, np.exp(self.offset + self.X @ beta0))
         if self.tables is None:
             problem = RowProblem(

@@ -64,10 +64,15 @@ class RowDesign:
         """Per class, the sum of ``values`` (one per observation)."""
         return np.bincount(self.classes, weights=values, minlength=self.n_classes)
 
-    def poisson_rows(self, y: np.ndarray, offset: np.ndarray):
-        """The class totals, their offsets ``log E_c`` and the log-likelihood's constant."""
+    def poisson_rows(self, y: np.ndarray, offset: np.ndarray, log_e: np.ndarray | None = None):
+        """The class totals, their offsets ``log E_c`` and the log-likelihood's constant.
+
+        ``log_e``: the classes' offsets, if computed already (they are the same for every
+        gene: a pass over the observations saved per gene).
+        """
         yc = self.class_sums(y)
-        log_e = np.log(self.class_sums(np.exp(offset)))
+        if log_e is None:
+            log_e = np.log(self.class_sums(np.exp(offset)))
         nz = y > 0
         const = (y[nz] * offset[nz]).sum() - special.gammaln(y[nz] + 1).sum()
         pos = yc > 0
