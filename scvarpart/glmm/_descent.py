@@ -46,7 +46,7 @@ def _criterion(problem, x, u, tol, max_iter):
     beta = np.ascontiguousarray(x[k : k + p])
     D, g, _ = laplace(
         family, y, X, offset, layout, term, aux, counts, theta, beta, log_phi, u, tol,
-        max_iter, True,
+        max_iter, np.bool_(True),
     )  # fmt: skip
     if not math.isfinite(D):
         return math.inf, np.zeros(len(x))
@@ -150,8 +150,9 @@ def descend(problem, x0, u, lo, hi, known, near, tol, max_iter, ftol, gtol, max_
     S = np.zeros((_MEMORY, m))
     Y = np.zeros((_MEMORY, m))
     rho = np.zeros(_MEMORY)
-    n_pairs = 0
-    newest = -1
+    # (typed values, not literals: a literal argument compiles a callee once more)
+    n_pairs = np.int64(0)
+    newest = np.int64(-1)
     u_kept = u.copy()
     has_known = len(known[0]) > 0
     if not math.isfinite(D):
@@ -163,7 +164,7 @@ def descend(problem, x0, u, lo, hi, known, near, tol, max_iter, ftol, gtol, max_
         d = _direction(g, free, S, Y, rho, n_pairs, newest)
         slope = (g * d).sum()
         if not slope < 0:  # the memory misleads: start it again from steepest descent
-            n_pairs = 0
+            n_pairs = np.int64(0)
             d = -np.where(free, g, 0.0)
             slope = (g * d).sum()
         t = 1.0 if n_pairs > 0 else min(1.0, 1.0 / np.abs(d).max())

@@ -548,7 +548,7 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
                 vals[i] = f
     order = np.argsort(vals[:n], kind="mergesort")
     best = np.inf
-    converged = False
+    converged = np.bool_(False)
     n_iter = 0
     descents = 0
     n_known = np.int64(0)
@@ -576,7 +576,7 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     starts = swap_starts_among(centre, _one_coefficient(opt))
     hopt = _held_options(opt)
     faces, face_of, near = face_buffers(starts, known)
-    n_faces = 0
+    n_faces = np.int64(0)
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         face = zeroed(centre, trial)
@@ -600,7 +600,9 @@ def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, know
 
     Returns (best criterion, its convergence, number of optima known, iterations).
     """
-    f, conv, it, abandoned = minimise_gene(trial, zy, xy, ss, dz, w, sc, opt, known, n_known, -1)
+    f, conv, it, abandoned = minimise_gene(
+        trial, zy, xy, ss, dz, w, sc, opt, known, n_known, np.int64(-1)
+    )
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
     known[n_known] = trial
@@ -683,7 +685,7 @@ def run_batch(task, X0, gene_starts, fixed_starts, ZtY, XtY, ss, dz, opt, thorou
         if task == MINIMISE:
             x[:] = X0[g]
             f, out.converged[g], out.n_iter[g], _ = minimise_gene(
-                x, zy, xy, s_, dz, w, sc, opt, none, np.int64(0), -1
+                x, zy, xy, s_, dz, w, sc, opt, none, np.int64(0), np.int64(-1)
             )
             out.descents[g] = 1
             if not np.isfinite(f):

@@ -1009,7 +1009,7 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
         x[:] = gf.gamma[i0]
         first = i0
     best, converged, n_iter, _, fresh = minimise_gene(
-        x, ss, dz, w, opt, grad, hess, known, np.int64(0), -1
+        x, ss, dz, w, opt, grad, hess, known, np.int64(0), np.int64(-1), np.nan
     )
     if not np.isfinite(best):
         best = np.inf
@@ -1026,8 +1026,9 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
             continue
         trial[:] = gf.gamma[i]
         best, converged, held, n_known, it = _further_descent(
-            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x
-        )
+            trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x,
+            np.nan,
+        )  # fmt: skip
         n_iter += it
         descents += 1
     # the faces next to the optimum, each descended on, then left (:func:`.search._swap_faces`)
@@ -1035,13 +1036,13 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     starts = swap_starts(centre)
     faces, face_of, near = face_buffers(starts, known)
     hopt = held_options(opt)
-    n_faces = 0
+    n_faces = np.int64(0)
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         face = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, face, near)
         f, _, it, abandoned, fresh = minimise_gene(
-            trial, ss, dz, w, hopt, grad, hess, near, m, face
+            trial, ss, dz, w, hopt, grad, hess, near, m, face, np.nan
         )
         n_iter += it
         if abandoned or not np.isfinite(f):
@@ -1066,7 +1067,7 @@ def _further_descent(
     ``at_x`` holds its derivatives, number of optima known, iterations).
     """
     f, conv, it, abandoned, fresh = minimise_gene(
-        trial, ss, dz, w, opt, grad, hess, known, n_known, -1, f0
+        trial, ss, dz, w, opt, grad, hess, known, n_known, np.int64(-1), f0
     )
     if abandoned or not np.isfinite(f):
         return best, converged, held, n_known, it
@@ -1159,7 +1160,7 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     for g in range(G):
         _gene(ZtY[g], XtY[g], dz, w)
         _, converged[g], n_iter[g], _, fresh = minimise_gene(
-            X[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), -1
+            X[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), np.int64(-1), np.nan
         )
         if fresh:
             grads[g], hessians[g] = grad, hess

@@ -536,8 +536,9 @@ def minimise_batch(X0, ZtY, XtY, ss, dz, opt):
     none = np.empty((0, k))
     for g in range(G):
         _, converged[g], n_iter[g], _, _ = _minimise_gene(
-            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0), -1
-        )
+            X[g], ZtY[g], XtY[g], ss[g], dz, w, opt, grad, hess, none, np.int64(0),
+            np.int64(-1), np.nan, np.int64(UNKNOWN),
+        )  # fmt: skip
         estimates_at(X[g], ZtY[g], XtY[g], ss[g], dz, w, dev, r2, beta, g)
     return X, dev, r2, beta, converged, n_iter
 

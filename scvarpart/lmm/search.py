@@ -328,8 +328,9 @@ def _search_gene(
         x[:] = gf.gamma[i0]
         first = i0
     best, converged, n_iter, _, _ = _minimise_gene(
-        x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0), -1
-    )
+        x, zy, xy, ss, dz, w, opt, grad, hess, known, np.int64(0), np.int64(-1), np.nan,
+        np.int64(UNKNOWN),
+    )  # fmt: skip
     if not np.isfinite(best):
         best = np.inf
     descents = 1
@@ -349,8 +350,9 @@ def _search_gene(
             continue
         trial[:] = gf.gamma[i]
         best, converged, n_known, it = _further_descent(
-            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known
-        )
+            trial, x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, known, n_known,
+            np.nan, np.int64(UNKNOWN),
+        )  # fmt: skip
         n_iter += it
         descents += 1
     best, converged, it, d = _swap_faces(
@@ -422,13 +424,13 @@ def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, k
     starts = swap_starts(centre)
     faces, face_of, near = face_buffers(starts, known)
     hopt = held_options(opt)
-    n_iter = n_faces = 0
+    n_iter, n_faces = 0, np.int64(0)
     for s in range(starts.shape[0]):
         trial[:] = starts[s]
         held = zeroed(centre, trial)
         m = face_known(known, n_known, faces, face_of, n_faces, held, near)
         f, _, it, abandoned, left = _minimise_gene(
-            trial, zy, xy, ss, dz, w, hopt, grad, hess, near, m, held
+            trial, zy, xy, ss, dz, w, hopt, grad, hess, near, m, held, np.nan, np.int64(UNKNOWN)
         )
         n_iter += it
         if abandoned or not np.isfinite(f):
@@ -507,7 +509,7 @@ def _further_descent(
     Returns (best deviance, its convergence, number of optima known, iterations).
     """
     f, conv, it, abandoned, _ = _minimise_gene(
-        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, -1, f0, left
+        trial, zy, xy, ss, dz, w, opt, grad, hess, known, n_known, np.int64(-1), f0, left
     )
     if abandoned or not np.isfinite(f):
         return best, converged, n_known, it
