@@ -194,11 +194,15 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
 
 
 class _Searched(NamedTuple):
-    """A gene's optimum, its log-likelihood, and the rows it was fitted on."""
+    """A gene's optimum, its log-likelihood, and the rows it was fitted on (for its BLUPs).
+
+    The rows are kept only with ``store_blups``: at cell level a gene's rows take
+    megabytes, and a block holds its genes' optima until their tables are made.
+    """
 
     fit: GeneFit
     loglik: float
-    problem: RowProblem
+    problem: RowProblem | None
 
 
 def _search(ctx: _Context, y: np.ndarray) -> _Searched | str:
@@ -218,7 +222,7 @@ def _search(ctx: _Context, y: np.ndarray) -> _Searched | str:
             "the NB dispersion is at its bound (size "
             f"{np.exp(LOG_PHI_BOUNDS[0]):.2g}): overdispersion too large to estimate"
         )
-    return _Searched(fit, -0.5 * fit.deviance + const, problem)
+    return _Searched(fit, -0.5 * fit.deviance + const, problem if ctx.store_blups else None)
 
 
 def _records(ctx: _Context, found: list[_Searched], roles) -> list[dict]:
@@ -253,7 +257,7 @@ def _records(ctx: _Context, found: list[_Searched], roles) -> list[dict]:
         }  # fmt: skip
         if iv is not None:
             record["intervals"] = {name: v[g] for name, v in iv.items()}
-        if ctx.store_blups:
+        if problem is not None:
             record["blups"] = _blups(ctx, problem, fit)
         out.append(record)
     return out
