@@ -106,8 +106,9 @@ doc_covariance = """covariance
     Known covariances between the levels of random intercepts, e.g.
     ``{"donor": K}`` with ``K`` a donors x donors kinship (genetic relationship)
     DataFrame indexed by donor: the donor effects are ``b ~ N(0, sigma_d^2 K)``,
-    lme4qtl's ``relmatLmer`` model. ``K`` must be symmetric, positive
-    semi-definite and have every modelled level."""
+    lme4qtl's ``relmatLmer`` model (``relmatGlmer``'s for a count family). ``K`` must be
+    symmetric, positive semi-definite (positive definite for a count family) and have
+    every modelled level."""
 
 doc_method = """\
 method
@@ -119,7 +120,8 @@ family
     ``"poisson"``: a negative binomial (glmmTMB's ``nbinom2``, its dispersion estimated
     per gene) or Poisson mixed model of the raw counts (pass ``layer="counts"``), log
     link, fitted by the Laplace approximation of the likelihood (lme4's ``glmer`` with
-    ``nAGQ = 1``, glmmTMB); random intercepts only. The components are then on the
+    ``nAGQ = 1``, glmmTMB); random intercepts, with independent levels or a known
+    covariance between them (``covariance=``), no slopes. The components are then on the
     latent (log) scale (Nakagawa & Schielzeth 2010, 2017): each random term's variance,
     each fixed term's, and as ``"Residual"`` the distribution-specific variance of
     ``approximation`` (:mod:`scvarpart.glmm.latent`).

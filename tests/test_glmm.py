@@ -118,7 +118,7 @@ def RowDesign_from(problem: RowProblem):
     _, first, classes = np.unique(key, axis=0, return_index=True, return_inverse=True)
     return RowDesign(
         problem.codes, problem.term, problem.n_terms, classes.ravel(), problem.X[first],
-        problem.codes[first],
+        problem.codes[first], problem.prior, np.ones(problem.n_terms),
     )  # fmt: skip
 
 
@@ -565,10 +565,11 @@ def test_never_beaten_by_a_grid_of_starts_on_400_designs():
     assert tested >= 300 and not beaten, beaten
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_blocked_factor_is_the_dense_one(seed):
     """The blocked factor of H (the largest term eliminated) gives the dense algebra's
-    log-determinant, solves, leverages and diagonal of the inverse."""
+    log-determinant, solves, leverages and diagonal of the inverse; with terms of a known
+    covariance (seeds 6-11: a dense block of P, never eliminated; every term at seed 6)."""
     from scvarpart.glmm import _blocked
 
     rng = np.random.default_rng(seed)
@@ -582,9 +583,20 @@ def test_blocked_factor_is_the_dense_one(seed):
     A = np.zeros((n, starts[-1]))
     for t in range(k):
         A[np.arange(n), codes[:, t]] = theta[t]
-    H = A.T @ (h[:, None] * A) + np.eye(starts[-1])
-    factor = _blocked.empty_factor(term)
-    _blocked.assemble(factor, codes, theta, h)
+    P = np.eye(starts[-1])
+    kinship = np.zeros(k, bool) if seed < 6 else rng.random(k) < 0.5
+    kinship[0] |= seed == 6
+    spans = [np.arange(starts[t], starts[t + 1]) for t in np.flatnonzero(kinship)]
+    for span in spans:
+        G = rng.normal(size=(len(span), len(span) + 2))
+        P[np.ix_(span, span)] = G @ G.T / G.shape[1] + 0.1 * np.eye(len(span))
+    cols = np.concatenate([*spans, np.zeros(0, int)])
+    sizes = np.where(kinship, -1, levels)
+    first = int(np.argmax(sizes)) if sizes.max() >= 0 else -1
+    prior = (first, cols.astype(np.int64), np.ascontiguousarray(P[np.ix_(cols, cols)]), 0.0)
+    H = A.T @ (h[:, None] * A) + P
+    factor = _blocked.empty_factor(term, first)
+    _blocked.assemble(factor, codes, theta, h, prior)
     assert _blocked.factorise(factor)
     assert _blocked.logdet(factor) == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-12)
     b = rng.normal(size=(starts[-1], 3))

@@ -1,7 +1,9 @@
-"""``H = Lambda Z'WZ Lambda + I`` of crossed random intercepts, factored by blocks.
+"""``H = Lambda Z'WZ Lambda + P`` of crossed random intercepts, factored by blocks.
 
 An observation has one level of each term, so each term's diagonal block of ``Z'WZ``
-is diagonal. With the term of most levels first,
+is diagonal. ``P``, the precision of the modes' prior, is the identity but for the
+blocks of terms with a known covariance ``K`` between their levels (``K^-1``, dense).
+With the term of most levels first among those without one,
 
     H = [[D, A], [A', H22]],    D diagonal (q1 levels),    H22 the other q2 levels,
 
@@ -14,7 +16,8 @@ gradient needs (those of two columns that share an observation) in the same orde
 A factor is the tuple ``(lo, rest, d, A, B, L)``: the first column of the eliminated
 term (its columns are contiguous), each column's position among the others (``-1``
 for the eliminated ones), ``D``'s diagonal, ``A``, ``B`` and the lower Cholesky factor
-``L`` of ``S``. ``S`` is positive definite with ``H``: ``D >= 1``.
+``L`` of ``S``. ``S`` is positive definite with ``H``: ``D >= 1``. Where every term
+has a known covariance none is eliminated (``q1 = 0``) and ``S = H``.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ __all__ = [
 
 
 @nb.njit(cache=True, nogil=True)
-def empty_factor(term):
-    """A factor for the columns of ``term``, set to ``H = I``: the largest term eliminated."""
-    counts = np.bincount(term)
-    first = int(np.argmax(counts))
-    q1 = counts[first]
+def empty_factor(term, first):
+    """A factor for the columns of ``term``, set to ``H = I``, term ``first`` eliminated.
+
+    ``first`` is ``-1`` where no term is eliminated (every term has a known covariance
+    between its levels: ``H`` is then the dense ``H22``).
+    """
     rest = np.empty(len(term), np.int64)
     lo = -1
     j = 0
@@ -53,15 +57,17 @@ def empty_factor(term):
         else:
             rest[c] = j
             j += 1
-    q2 = len(term) - q1
-    return (lo, rest, np.ones(q1), np.zeros((q1, q2)), np.zeros((q1, q2)), np.eye(q2))
+    q1 = len(term) - j
+    return (lo, rest, np.ones(q1), np.zeros((q1, j)), np.zeros((q1, j)), np.eye(j))
 
 
 @nb.njit(cache=True, nogil=True)
-def assemble(factor, codes, scale, h):
-    """Set the blocks to ``I + sum_i h_i a_i a_i'`` (``L`` holds ``H22`` until :func:`factorise`).
+def assemble(factor, codes, scale, h, prior):
+    """Set the blocks to ``P + sum_i h_i a_i a_i'`` (``L`` holds ``H22`` until :func:`factorise`).
 
-    ``a_i`` is ``scale[t]`` at column ``codes[i, t]`` for each term ``t``. One call for all
+    ``a_i`` is ``scale[t]`` at column ``codes[i, t]`` for each term ``t``; ``P`` the
+    precision of the modes' prior (:func:`._laplace_kernel.laplace`): the identity but
+    for the blocks of terms with a known covariance, never eliminated. One call for all
     the rows: a call per row would copy the factor's arrays each time.
     """
     lo, rest, d, A, _, H22 = factor
@@ -84,11 +90,27 @@ def assemble(factor, codes, scale, h):
             if rs < 0:
                 continue
             hs = h[i] * scale[s]
-            A[c1, rs] += hs * s1
+            if c1 >= 0:
+                A[c1, rs] += hs * s1
             for t in range(k):
                 rt = rest[codes[i, t]]
                 if rt >= 0 and rt <= rs:
                     H22[rs, rt] += hs * scale[t]
+    _add_precision(H22, rest, prior[1], prior[2])
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_precision(H22, rest, cols, precision):
+    """``H22 += precision - I`` at ``cols`` (the lower triangle): the prior's dense blocks."""
+    for a in range(len(cols)):
+        ra = rest[cols[a]]
+        for b in range(a + 1):
+            rb = rest[cols[b]]
+            v = precision[a, b] - (1.0 if a == b else 0.0)
+            if rb <= ra:
+                H22[ra, rb] += v
+            else:
+                H22[rb, ra] += v
 
 
 @nb.njit(cache=True, nogil=True)

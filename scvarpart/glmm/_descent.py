@@ -39,14 +39,14 @@ _BASIN = 1.0
 @nb.njit(cache=True, nogil=True)
 def _criterion(problem, x, u, tol, max_iter):
     """``(D, grad)`` of :func:`._laplace_kernel.laplace` at ``x``; ``D = inf`` without modes."""
-    family, y, X, offset, layout, term, aux, counts, k = problem
+    family, y, X, offset, layout, term, prior, aux, counts, k = problem
     p = X.shape[1]
     log_phi = x[k + p] if family == NB2 else 0.0
     theta = np.ascontiguousarray(x[:k])
     beta = np.ascontiguousarray(x[k : k + p])
     D, g, _ = laplace(
-        family, y, X, offset, layout, term, aux, counts, theta, beta, log_phi, u, tol,
-        max_iter, np.bool_(True),
+        family, y, X, offset, layout, term, prior, aux, counts, theta, beta, log_phi, u,
+        tol, max_iter, np.bool_(True),
     )  # fmt: skip
     if not math.isfinite(D):
         return math.inf, np.zeros(len(x))
@@ -134,7 +134,7 @@ def _free(x, g, lo, hi):
 def descend(problem, x0, u, lo, hi, known, near, tol, max_iter, ftol, gtol, max_steps):
     """Minimise ``D`` from ``x0`` within ``[lo, hi]``; ``u`` warm-starts the modes, updated.
 
-    ``problem``: ``(family, y, X, offset, layout, term, aux, counts, k)``, the kernel's
+    ``problem``: ``(family, y, X, offset, layout, term, prior, aux, counts, k)``, the kernel's
     arguments. ``known``: a polished optimum ``(x, D, gradient, Hessian)`` (``x`` empty:
     none). A descent ends there when an evaluation, no lower than it, comes within
     ``near`` of it in every coordinate, or into its basin (:func:`_in_basin`).
@@ -142,7 +142,7 @@ def descend(problem, x0, u, lo, hi, known, near, tol, max_iter, ftol, gtol, max_
     evaluations)`` (:data:`CONVERGED`, :data:`KNOWN`, :data:`STALLED`), ``u`` the modes
     at ``x``.
     """
-    k = problem[8]
+    k = problem[9]
     m = len(x0)
     x = np.minimum(np.maximum(x0, lo), hi)
     D, g = _criterion(problem, x, u, tol, max_iter)

@@ -2,23 +2,35 @@
 
 One gene, random intercepts (any number of crossed terms), log link. The model is
 
-    eta = offset + X beta + Z Lambda u,    u ~ N(0, I),    y_i | u ~ f(mu_i = exp(eta_i))
+    eta = offset + X beta + Z Lambda u,    u ~ N(0, P^-1),    y_i | u ~ f(mu_i = exp(eta_i))
 
 with ``Lambda`` diagonal, ``theta_t`` on the levels of term ``t`` (lme4's
-parameterisation). ``f`` is Poisson (``family = 0``) or the negative binomial with
-size ``phi`` (``family = 1``; variance ``mu + mu^2 / phi``, glmmTMB's ``nbinom2``).
+parameterisation). ``P`` is the identity but for a term with a known covariance ``K``
+between its levels (a kinship matrix: lme4qtl's ``relmatGlmer``), whose block is
+``K^-1``: ``Z`` stays an indicator and the prior carries ``K``. lme4qtl writes the
+term's modes as ``R v`` with ``K = R R'`` and ``v ~ N(0, I)`` on the columns ``Z R``: the
+same model, and the criterion below equals its (``|v|^2 = u' P u``, and with ``M =
+Lambda Z' W Z Lambda``, ``log det(I + R' M R) = log det K + log det(M + P)``). ``f`` is
+Poisson (``family = 0``) or the negative binomial with size ``phi`` (``family = 1``;
+variance ``mu + mu^2 / phi``, glmmTMB's ``nbinom2``).
 
-The conditional modes ``u_hat`` maximise ``sum log f(y | u) - |u|^2 / 2`` (penalised
+The conditional modes ``u_hat`` maximise ``sum log f(y | u) - u'Pu / 2`` (penalised
 iteratively reweighted least squares: Newton on ``u`` with step halving). With
-``H = Lambda Z' W Z Lambda + I`` (``W`` the observed information of each ``eta_i``),
+``H = Lambda Z' W Z Lambda + P`` (``W`` the observed information of each ``eta_i``),
 the Laplace approximation of ``-2 log p(y)`` is
 
-    D = -2 sum log f(y | u_hat) + |u_hat|^2 + log det H,
+    D = -2 sum log f(y | u_hat) + u_hat' P u_hat + log det H + log det K,
 
 lme4's ``glmer(nAGQ = 1)`` and glmmTMB's criterion. Its exact gradient in ``theta``,
 ``beta`` and ``log phi`` follows from the implicit function theorem: the first two
 terms are stationary in ``u`` at ``u_hat``, and ``log det H`` moves with ``u_hat``
-through ``W``, which needs the third derivative of ``log f`` in ``eta``.
+through ``W``, which needs the third derivative of ``log f`` in ``eta`` (``P`` is
+constant: the gradient's formulas do not see it).
+
+The prior is the tuple ``(first, cols, precision, logdet_K)``: the term eliminated
+first in ``H``'s factor (:mod:`._blocked`; ``-1``: none), the columns of ``u`` of the
+terms with a known covariance, ``P``'s block over them (block diagonal, one block per
+such term) and the sum of their ``log det K`` (:func:`scvarpart.glmm.rows.row_prior`).
 
 Rows may be observations or classes of observations that share everything but the
 response (:mod:`scvarpart.glmm.rows`): the kernel only sees rows.
@@ -316,6 +328,26 @@ def _add(total, carry, value):
 
 
 @nb.njit(cache=True, nogil=True)
+def _penalty(u, prior):
+    """``u' P u``: ``|u|^2`` but over the columns with a known covariance."""
+    out = u @ u
+    cols, precision = prior[1], prior[2]
+    if len(cols):
+        uk = u[cols]
+        out += uk @ (precision @ uk) - uk @ uk
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _prior_slope(u, prior, out):
+    """``out = -P u``, the prior's part of the modes' gradient."""
+    out[:] = -u
+    cols, precision = prior[1], prior[2]
+    if len(cols):
+        out[cols] = -(precision @ u[cols])
+
+
+@nb.njit(cache=True, nogil=True)
 def _loglik(family, y, eta, phi, aux):
     """``sum log f(y | u)`` at ``eta``, less the constant."""
     kind = aux[0]  # (the rows' kinds read here: aux passed to a call per row is slow)
@@ -331,8 +363,8 @@ def _loglik(family, y, eta, phi, aux):
 
 
 @nb.njit(cache=True, nogil=True)
-def _system(family, y, eta, phi, u, theta, layout, aux, factor, grad):
-    """The blocks of ``H`` (:mod:`._blocked`, not yet factored) and ``grad = Lambda Z' g - u``.
+def _system(family, y, eta, phi, u, theta, layout, prior, aux, factor, grad):
+    """The blocks of ``H`` (:mod:`._blocked`, not yet factored) and ``grad = Lambda Z' g - Pu``.
 
     Both from the classes' sums of ``g`` and ``h`` (the rows of a class share their
     columns of ``u``): per row only its own terms and two additions. Returns
@@ -353,11 +385,11 @@ def _system(family, y, eta, phi, u, theta, layout, aux, factor, grad):
         total, carry = _add(total, carry, ll)
         g_sum[cls[i]] += g
         h_sum[cls[i]] += h
-    grad[:] = -u
+    _prior_slope(u, prior, grad)
     for c in range(m):
         for s in range(k):
             grad[class_codes[c, s]] += theta[s] * g_sum[c]
-    assemble(factor, class_codes, theta, h_sum)
+    assemble(factor, class_codes, theta, h_sum, prior)
     return total + carry
 
 
@@ -368,7 +400,7 @@ def _direction(factor, grad):
 
 
 @nb.njit(cache=True, nogil=True)
-def _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta):
+def _halve(family, y, base, phi, theta, layout, prior, aux, u, step, f, eta):
     """Halve ``step`` until ``u + t step`` is no worse than ``f``: ``(found, point)``."""
     t = 0.5
     trial = u.copy()
@@ -377,14 +409,14 @@ def _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta):
         if (trial == u).all():  # the step is below u's rounding
             break
         _linear_predictor(base, theta, layout, trial, eta)
-        if _loglik(family, y, eta, phi, aux) - 0.5 * (trial @ trial) >= f:
+        if _loglik(family, y, eta, phi, aux) - 0.5 * _penalty(trial, prior) >= f:
             return True, trial
         t *= 0.5
     return False, trial
 
 
 @nb.njit(cache=True, nogil=True)
-def _newton(family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta):
+def _newton(family, y, base, phi, theta, layout, prior, aux, u, tol, max_iter, const, factor, eta):
     """The modes' Newton steps, ``u`` updated in place: ``(finite, converged)``.
 
     Steps (halved where the whole step does not improve) until the Newton decrement
@@ -398,7 +430,8 @@ def _newton(family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, f
     """
     grad = np.empty(len(u))
     _linear_predictor(base, theta, layout, u, eta)
-    f = _system(family, y, eta, phi, u, theta, layout, aux, factor, grad) - 0.5 * (u @ u)
+    f = _system(family, y, eta, phi, u, theta, layout, prior, aux, factor, grad)
+    f -= 0.5 * _penalty(u, prior)
     if not math.isfinite(f) or not factorise(factor):
         return False, False
     for _ in range(max_iter):
@@ -409,15 +442,15 @@ def _newton(family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, f
             return True, True
         trial = u + step
         _linear_predictor(base, theta, layout, trial, eta)
-        f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
-        f_new -= 0.5 * (trial @ trial)
+        f_new = _system(family, y, eta, phi, trial, theta, layout, prior, aux, factor, grad)
+        f_new -= 0.5 * _penalty(trial, prior)
         if not f_new >= f:
-            found, trial = _halve(family, y, base, phi, theta, layout, aux, u, step, f, eta)
+            found, trial = _halve(family, y, base, phi, theta, layout, prior, aux, u, step, f, eta)
             if not found:  # no step improves f: rounding, or a flat direction
                 return True, decrement < _STALL
             _linear_predictor(base, theta, layout, trial, eta)
-            f_new = _system(family, y, eta, phi, trial, theta, layout, aux, factor, grad)
-            f_new -= 0.5 * (trial @ trial)
+            f_new = _system(family, y, eta, phi, trial, theta, layout, prior, aux, factor, grad)
+            f_new -= 0.5 * _penalty(trial, prior)
         u[:] = trial
         f = f_new
         if not math.isfinite(f) or not factorise(factor):
@@ -426,7 +459,9 @@ def _newton(family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, f
 
 
 @nb.njit(cache=True, nogil=True)
-def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const):
+def conditional_modes(
+    family, y, base, phi, theta, layout, term, prior, aux, u, tol, max_iter, const
+):
     """Maximise the penalised log-likelihood in ``u`` in place, from ``u``'s values.
 
     Newton steps (:func:`_newton`), then a pass at the modes. Returns ``(converged, eta,
@@ -434,15 +469,15 @@ def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, ma
     ``log f(y | u)`` there less ``const`` (the part free of ``eta``,
     :func:`_row_constants`), ``NaN`` where there are no modes (``mu`` overflowed).
     """
-    factor = empty_factor(term)
+    factor = empty_factor(term, prior[0])
     eta = np.empty(len(y))
     finite, converged = _newton(
-        family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta
+        family, y, base, phi, theta, layout, prior, aux, u, tol, max_iter, const, factor, eta
     )
     if not finite:
         return False, eta, factor, np.nan
     _linear_predictor(base, theta, layout, u, eta)
-    ll = _system(family, y, eta, phi, u, theta, layout, aux, factor, np.empty(len(u)))
+    ll = _system(family, y, eta, phi, u, theta, layout, prior, aux, factor, np.empty(len(u)))
     if not math.isfinite(ll) or not factorise(factor):
         return False, eta, factor, np.nan
     return converged, eta, factor, ll
@@ -450,18 +485,19 @@ def conditional_modes(family, y, base, phi, theta, layout, term, aux, u, tol, ma
 
 @nb.njit(cache=True, nogil=True)
 def laplace(
-    family, y, X, offset, layout, term, aux, counts, theta, beta, log_phi, u, tol, max_iter,
-    gradient,
+    family, y, X, offset, layout, term, prior, aux, counts, theta, beta, log_phi, u, tol,
+    max_iter, gradient,
 ):  # fmt: skip
     """The Laplace criterion ``D`` and, with ``gradient``, its exact gradient.
 
-    Parameters are ``theta`` (one per term; column ``t`` of ``layout``'s codes is term
-    ``t``'s), ``beta`` and, for NB2, ``log_phi``; the gradient is in that order
-    (``log_phi`` last, only for NB2). ``layout`` is ``(cls, class_codes)``: each row's
-    class and each class's column of ``u`` per term (rows of a class share them;
-    :func:`row_layout`). ``aux`` describes the rows (:func:`_zeros`); ``counts`` their
-    :func:`distinct_counts`. ``u`` holds the starting modes and is overwritten with the
-    modes found. Returns ``(D, grad, converged)``.
+        Parameters are ``theta`` (one per term; column ``t`` of ``layout``'s codes is term
+        ``t``'s), ``beta`` and, for NB2, ``log_phi``; the gradient is in that order
+        (``log_phi`` last, only for NB2). ``layout`` is ``(cls, class_codes)``: each row's
+        class and each class's column of ``u`` per term (rows of a class share them;
+        :func:`row_layout`); ``term`` is each column's term, ``prior`` the modes' prior
+    (see the module's documentation). ``aux`` describes the rows (:func:`_zeros`); ``counts`` their
+        :func:`distinct_counts`. ``u`` holds the starting modes and is overwritten with the
+        modes found. Returns ``(D, grad, converged)``.
     """
     n_par = len(theta) + X.shape[1] + (1 if family == NB2 else 0)
     phi = math.exp(log_phi)
@@ -469,25 +505,26 @@ def laplace(
     const, dg = _row_constants(family, counts, phi, gradient)
     if not gradient:
         converged, eta, factor, ll = conditional_modes(
-            family, y, base, phi, theta, layout, term, aux, u, tol, max_iter, const
+            family, y, base, phi, theta, layout, term, prior, aux, u, tol, max_iter, const
         )
         if not math.isfinite(ll):
             return np.inf, np.zeros(n_par), False
-        return u @ u - 2.0 * (ll + const) + logdet(factor), np.zeros(n_par), converged
-    factor = empty_factor(term)
+        D = _penalty(u, prior) - 2.0 * (ll + const) + logdet(factor) + prior[3]
+        return D, np.zeros(n_par), converged
+    factor = empty_factor(term, prior[0])
     eta = np.empty(len(y))
     finite, converged = _newton(
-        family, y, base, phi, theta, layout, aux, u, tol, max_iter, const, factor, eta
+        family, y, base, phi, theta, layout, prior, aux, u, tol, max_iter, const, factor, eta
     )
     if not finite:
         return np.inf, np.zeros(n_par), False
     _linear_predictor(base, theta, layout, u, eta)
     # the pass at the modes gives H, log f and every sum the gradient needs at once
     ll, sums, hX, h1X, direct = _terms_pass(family, y, X, layout, aux, phi, dg, counts[2], eta)
-    assemble(factor, layout[1], theta, sums[1])
+    assemble(factor, layout[1], theta, sums[1], prior)
     if not math.isfinite(ll) or not factorise(factor):
         return np.inf, np.zeros(n_par), False
-    D = u @ u - 2.0 * (ll + const) + logdet(factor)
+    D = _penalty(u, prior) - 2.0 * (ll + const) + logdet(factor) + prior[3]
     grad = _gradient(family, layout[1], theta, u, factor, sums, hX, h1X, direct)
     return D, grad, converged
 

@@ -128,7 +128,7 @@ class _Context:
             yc, log_e, const = r.poisson_rows(y, self.offset, self.class_log_e)
             problem = RowProblem(
                 POISSON, yc, r.class_X, log_e, r.class_codes, r.term, r.n_terms,
-                classes=np.arange(r.n_classes),
+                classes=np.arange(r.n_classes), prior=r.prior,
             )  # fmt: skip
             # the observations' Poisson GLM: the classes' totals give its fixed effects
             return problem, const, (glm_beta(yc, r.class_X, log_e), 0.0)
@@ -137,7 +137,7 @@ class _Context:
         if self.tables is None:
             problem = RowProblem(
                 NB2, y, self.X, self.offset, r.codes, r.term, r.n_terms, self.observations,
-                r.classes, self.layout,
+                r.classes, self.layout, r.prior,
             )  # fmt: skip
             return problem, 0.0, (beta0, log_phi0)
         return self._aggregated(y), 0.0, (beta0, log_phi0)
@@ -155,7 +155,7 @@ class _Context:
             np.concatenate([self.offset[nz], np.zeros(m)]),
             np.concatenate([r.codes[nz], r.class_codes]), r.term, r.n_terms,
             (kind, cls, T.start, T.n_segments, T.coef, T.tails),
-            classes=np.concatenate([r.classes[nz], np.arange(m)]),
+            classes=np.concatenate([r.classes[nz], np.arange(m)]), prior=r.prior,
         )  # fmt: skip
 
     def components(self, xs: np.ndarray) -> np.ndarray:
@@ -166,13 +166,19 @@ class _Context:
         k, p = self.rows.n_terms, self.X.shape[1]
         residual = distribution_variance(*self.latent(xs), self.approximation)
         return component_variances(
-            xs[:, :k] ** 2, residual, xs[:, k : k + p], self.x_cov, self.fixed_terms
+            self._random_variances(xs), residual, xs[:, k : k + p], self.x_cov, self.fixed_terms
         )
+
+    def _random_variances(self, xs: np.ndarray) -> np.ndarray:
+        """Each term's variance over the observations: ``theta^2``, times ``mean K[l, l]``."""
+        return xs[:, : self.rows.n_terms] ** 2 * self.rows.moment
 
     def latent(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``lambda`` (Nakagawa 2017) and ``1 / phi`` (0 for Poisson) at each row of ``xs``."""
         k, p = self.rows.n_terms, self.X.shape[1]
-        lam = mean_count(self.linear_mean + xs[:, k : k + p] @ self.x_mean, (xs[:, :k] ** 2).sum(1))
+        lam = mean_count(
+            self.linear_mean + xs[:, k : k + p] @ self.x_mean, self._random_variances(xs).sum(1)
+        )
         if self.family == NB2:
             return lam, np.exp(-xs[:, k + p])
         return lam, np.zeros(len(xs))
@@ -186,8 +192,8 @@ def _blups(ctx: _Context, problem: RowProblem, fit: GeneFit):
     u = fit.u.copy()
     base = problem.offset + problem.X @ beta
     _, _, factor, _ = conditional_modes(
-        problem.family, problem.y, base, phi, theta, problem.layout, problem.term, problem.aux,
-        u, MODE_TOL, MODE_ITER, 0.0,
+        problem.family, problem.y, base, phi, theta, problem.layout, problem.term,
+        problem.prior, problem.aux, u, MODE_TOL, MODE_ITER, 0.0,
     )  # fmt: skip
     scale = theta[problem.term]
     return scale * u, scale**2 * diagonal_inverse(factor)

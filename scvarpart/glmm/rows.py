@@ -1,7 +1,9 @@
 """The rows the Laplace kernel sees: observations, or classes of them for Poisson.
 
 Every observation's random-effect columns come from the design's grouping factors
-(random intercepts: one column per level of each term). For a Poisson model the
+(random intercepts: one column per level of each term). A term with a known covariance
+``K`` between its levels keeps its indicator columns; its prior carries ``K``
+(:func:`row_prior`). For a Poisson model the
 likelihood of the observations that share their fixed-effect row and their levels (a
 *class*) depends on their counts only through the class's total ``y_c``, and on their
 offsets only through ``E_c = sum exp(offset)``:
@@ -23,11 +25,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 from scipy import special
 
 from ..design import Design
 
-__all__ = ["RowDesign", "check_intercepts", "observation_rows", "row_design"]
+__all__ = [
+    "RowDesign",
+    "check_intercepts",
+    "independent_prior",
+    "observation_rows",
+    "row_design",
+    "row_prior",
+]
+
+# A known covariance whose smallest eigenvalue is below this, relative to its largest, is
+# refused: the prior's precision K^-1 would be dominated by rounding.
+_SINGULAR = 1e-10
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,12 @@ class RowDesign:
         Each observation's class (rows with equal fixed-effect row and levels).
     class_X, class_codes
         The fixed-effect row and the columns of ``u`` of each class.
+    prior
+        The modes' prior as the kernel takes it (:func:`row_prior`).
+    moment
+        Per term, the mean over the observations of ``K[l_i, l_i]`` (1 without a known
+        covariance): the term's variance over the observations is ``theta^2`` times it,
+        as for a Gaussian fit (:class:`scvarpart.lmm.random_terms.TermInfo`).
     """
 
     codes: np.ndarray
@@ -54,6 +74,8 @@ class RowDesign:
     classes: np.ndarray
     class_X: np.ndarray
     class_codes: np.ndarray
+    prior: tuple
+    moment: np.ndarray
 
     @property
     def n_classes(self) -> int:
@@ -89,30 +111,75 @@ def observation_rows(n: int) -> tuple:
 
 
 def check_intercepts(design: Design) -> None:
-    """Refuse random slopes and known covariances, which the count models do not support.
+    """Refuse random slopes, and known covariances that are singular.
 
     Raises
     ------
     ValueError
-        Naming the term.
+        Naming the term and the fix.
     """
     for f in design.factors:
-        if not f.scalar:
+        if f.values is not None or f.n_coef != 1:
             raise ValueError(
-                f"The random term {f.name!r} is not a random intercept with independent "
-                "levels: count models (family='poisson' or 'nb') support terms (1|g) only. "
-                "Fit slopes and known covariances with family='gaussian' on "
-                "log-normalised values."
+                f"The random term {f.name!r} has random slopes: count models "
+                "(family='poisson' or 'nb') support random intercepts (1|g), with "
+                "independent levels or a known covariance between them. Fit slopes with "
+                "family='gaussian' on log-normalised values."
             )
+        if f.relfac is not None:
+            _check_definite(f.name, f.relfac @ f.relfac.T)
+
+
+def _check_definite(name: str, K: np.ndarray) -> None:
+    eig = np.linalg.eigvalsh(K)
+    if not eig[0] > _SINGULAR * eig[-1]:
+        raise ValueError(
+            f"covariance[{name!r}] is singular or nearly so over the levels with "
+            f"observations (smallest eigenvalue {eig[0]:.3g}, largest {eig[-1]:.3g}): count "
+            "models need it positive definite, as their prior's precision is its inverse. "
+            "Add a small ridge, K + 1e-6 * np.eye(len(K)) (relative to its diagonal), or "
+            "drop the levels that duplicate others."
+        )
+
+
+def independent_prior(term: np.ndarray) -> tuple:
+    """The prior of modes with independent levels: ``P = I``, the largest term eliminated."""
+    return (
+        int(np.argmax(np.bincount(term))), np.zeros(0, np.int64), np.zeros((0, 0)), 0.0
+    )  # fmt: skip
+
+
+def row_prior(design: Design, starts: np.ndarray) -> tuple:
+    """The kernel's prior ``(first, cols, precision, logdet_K)`` of a design's modes.
+
+    ``first``: the term of most levels among those without a known covariance (``-1``:
+    none), eliminated first in ``H``'s factor; ``cols``: the columns of ``u`` (from
+    ``starts``, each term's first) of the terms with one; ``precision``: ``K^-1`` of each,
+    block diagonal over ``cols``; ``logdet_K``: the sum of their ``log det K``.
+    """
+    sizes = [f.n_levels if f.relfac is None else -1 for f in design.factors]
+    first = int(np.argmax(sizes)) if max(sizes) >= 0 else -1
+    cols, blocks, logdet = [], [], 0.0
+    for t, f in enumerate(design.factors):
+        if f.relfac is None:
+            continue
+        chol = scipy.linalg.cho_factor(f.relfac @ f.relfac.T, lower=True)
+        cols.append(starts[t] + np.arange(f.n_levels))
+        blocks.append(scipy.linalg.cho_solve(chol, np.eye(f.n_levels)))
+        logdet += 2.0 * float(np.log(np.diag(chol[0])).sum())
+    if not cols:
+        return (first, np.zeros(0, np.int64), np.zeros((0, 0)), 0.0)
+    precision = scipy.linalg.block_diag(*blocks)
+    return (first, np.concatenate(cols).astype(np.int64), np.ascontiguousarray(precision), logdet)
 
 
 def row_design(design: Design) -> RowDesign:
-    """The layout of a design of random intercepts with independent levels.
+    """The layout of a design of random intercepts.
 
     Raises
     ------
     ValueError
-        For random slopes or a known covariance between levels (:func:`check_intercepts`).
+        For random slopes or a singular known covariance (:func:`check_intercepts`).
     """
     check_intercepts(design)
     starts = np.cumsum([0] + [f.n_levels for f in design.factors])
@@ -129,4 +196,14 @@ def row_design(design: Design) -> RowDesign:
         classes=classes.ravel().astype(np.int64),
         class_X=np.ascontiguousarray(design.X[first]),
         class_codes=np.ascontiguousarray(codes[first]),
+        prior=row_prior(design, starts),
+        moment=np.array([_moment(f) for f in design.factors]),
     )
+
+
+def _moment(factor) -> float:
+    """``mean_i K[l_i, l_i]`` over the observations (1 for independent levels)."""
+    if factor.relfac is None:
+        return 1.0
+    diagonal = np.einsum("ij,ij->i", factor.relfac, factor.relfac)
+    return float(diagonal[factor.codes].mean())

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._descent import descend
 from ._laplace_kernel import NB2, distinct_counts, laplace, row_layout
-from .rows import observation_rows
+from .rows import independent_prior, observation_rows
 
 __all__ = [
     "LOG_PHI_BOUNDS",
@@ -69,7 +69,8 @@ class RowProblem:
     ``classes`` groups rows with the same ``codes`` (by default the distinct rows of
     ``codes``; :func:`._laplace_kernel.row_layout`); ``layout``, if given, is their
     :func:`~._laplace_kernel.row_layout` (the same for every gene fitted on the
-    observations: computed once).
+    observations: computed once); ``prior`` the modes' prior (:func:`.rows.row_prior`;
+    by default independent levels).
     """
 
     family: int
@@ -82,6 +83,7 @@ class RowProblem:
     aux: tuple = ()
     classes: np.ndarray | None = None
     layout: tuple = ()
+    prior: tuple = ()
     counts: tuple = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +92,8 @@ class RowProblem:
             object.__setattr__(self, "aux", observation_rows(len(self.y)))
         if not self.layout:
             object.__setattr__(self, "layout", row_layout(self.codes, self.classes))
+        if not self.prior:
+            object.__setattr__(self, "prior", independent_prior(self.term))
         object.__setattr__(self, "counts", distinct_counts(self.y, self.aux[0]))
 
     @property
@@ -102,16 +106,16 @@ class RowProblem:
         k, p = self.n_terms, self.X.shape[1]
         log_phi = x[k + p] if self.family == NB2 else 0.0
         return laplace(
-            self.family, self.y, self.X, self.offset, self.layout, self.term, self.aux,
-            self.counts, np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]),
+            self.family, self.y, self.X, self.offset, self.layout, self.term, self.prior,
+            self.aux, self.counts, np.ascontiguousarray(x[:k]), np.ascontiguousarray(x[k:k + p]),
             log_phi, u, MODE_TOL, MODE_ITER, gradient,
         )  # fmt: skip
 
     def kernel_arguments(self) -> tuple:
         """The problem as the compiled descent takes it (:func:`._descent.descend`)."""
         return (
-            self.family, self.y, self.X, self.offset, self.layout, self.term, self.aux,
-            self.counts, self.n_terms,
+            self.family, self.y, self.X, self.offset, self.layout, self.term, self.prior,
+            self.aux, self.counts, self.n_terms,
         )  # fmt: skip
 
     def bounds(self) -> list[tuple[float | None, float | None]]:

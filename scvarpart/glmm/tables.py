@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..design import Design
-from ..varpart.fractions import RESIDUAL, fractions
+from ..varpart.fractions import RESIDUAL, fractions, heritability
 from ..varpart.result import VarPartResult, assemble
 from .latent import APPROXIMATIONS
 
@@ -71,16 +71,21 @@ def blup_tables(records: Records, design: Design, genes: pd.Index):
 
 
 def random_tables(records: Records, design: Design, genes: pd.Index, V: np.ndarray):
-    """lme4's ``VarCorr``, ``theta`` and the criterion's derivatives in ``theta``."""
+    """lme4's ``VarCorr``, ``theta`` and the criterion's derivatives in ``theta``.
+
+    ``VarCorr`` holds each term's ``theta^2`` (for a term with a known covariance ``K``,
+    the variance that ``K`` multiplies, as lme4qtl's) and the residual component.
+    """
     k = design.n_random
     names = [f.name for f in design.factors]
     theta_cols = [f"{n}.(Intercept)" for n in names]
+    theta = records.stack("theta", k)
     return {
         "varcorr": pd.DataFrame(
-            np.column_stack([V[:, :k], V[:, -1]]), index=genes,
+            np.column_stack([theta**2, V[:, -1]]), index=genes,
             columns=[f"{n}|(Intercept)" for n in names] + [RESIDUAL],
         ),
-        "theta": pd.DataFrame(records.stack("theta", k), index=genes, columns=theta_cols),
+        "theta": pd.DataFrame(theta, index=genes, columns=theta_cols),
         "gradient": pd.DataFrame(records.stack("gradient", k), index=genes, columns=theta_cols),
         "hessian": pd.DataFrame(
             records.stack("hessian", k * k), index=genes,
@@ -119,6 +124,11 @@ def collect(
             fields.update(rho_bounds)
     if store_blups:
         extra.update(blup_tables(records, design, genes))
+    kinship = {f.name: t for t, f in enumerate(design.factors) if f.relfac is not None}
+    if kinship:  # the terms' variances are the first columns of V, in the factors' order
+        extra["heritability"] = pd.DataFrame(
+            {n: heritability(V[:, t], V[:, -1]) for n, t in kinship.items()}, index=genes
+        )
     error = np.array([r["error"] for r in parts], dtype=object)
     return assemble(
         genes, comps, V, fractions(V), fields, error, beta=records.stack("beta", design.n_fixed),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..suffstats import DesignGram, ResponseStats
+from ..varpart.fractions import RESIDUAL, heritability
 from .fitting import LMMFit
 from .lrt import variance_tests
 from .modes import conditional_modes
@@ -113,22 +114,17 @@ def blup_tables(
 
 
 def heritability_table(variance: pd.DataFrame, infos: Sequence[TermInfo]) -> pd.DataFrame | None:
-    """Per term with a known covariance, ``V_term / (V_term + V_residual)``.
+    """Per term with a known covariance, its :func:`~scvarpart.varpart.fractions.heritability`.
 
-    ``V_term`` is the variance the term contributes over the observations
-    (``sigma_K^2`` times the mean of ``K``'s diagonal over them) and ``V_residual`` the
-    residual component: with a kinship matrix, the expression heritability of GCTA
-    (Yang et al. 2011) and lme4qtl (Ziyatdinov et al. 2018), the other terms left
-    out. ``None`` without such terms.
+    ``None`` without such terms.
     """
     names = [i.term.name for i in infos if i.relfac is not None]
     if not names:
         return None
-    residual = variance["Residual"].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return pd.DataFrame(
-            {n: variance[n] / (variance[n] + residual) for n in names}, index=variance.index
-        )
+    residual = variance[RESIDUAL].to_numpy()
+    return pd.DataFrame(
+        {n: heritability(variance[n].to_numpy(), residual) for n in names}, index=variance.index
+    )
 
 
 def lrt_tables(

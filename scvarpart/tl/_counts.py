@@ -47,14 +47,13 @@ def check_count_options(
     obs: pd.DataFrame,
     method: str,
     weights,
-    covariance,
     test,
     n_boot: int,
 ) -> CountModel | None:
     """The count model asked for (``None`` for ``"gaussian"``), its options checked.
 
-    What only the linear mixed model has (REML, weights, a known covariance, tests and
-    the bootstrap) is refused for a count family, with what to do instead.
+    What only the linear mixed model has (REML, weights, tests and the bootstrap) is
+    refused for a count family, with what to do instead.
     """
     if family == "gaussian":
         if offset is not None:
@@ -67,7 +66,6 @@ def check_count_options(
     refused = {
         "method='REML'": str(method).upper() == "REML",
         "weights=": weights is not None,
-        "covariance=": bool(covariance),
         "test='lrt'": test is not None,
         "n_boot=": bool(n_boot),
     }
@@ -76,8 +74,8 @@ def check_count_options(
         raise ValueError(
             f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not available for "
             f"family={family!r}: count models are fitted by the Laplace approximation of "
-            "the likelihood (as glmer and glmmTMB), without weights, known covariances, "
-            "tests or bootstrap. Leave them out, or use family='gaussian' on "
+            "the likelihood (as glmer and glmmTMB), without weights, tests or "
+            "bootstrap. Leave them out, or use family='gaussian' on "
             "log-normalised values."
         )
     if offset is not None:
@@ -98,7 +96,7 @@ def _check_offset(obs: pd.DataFrame, column: str) -> None:
 
 
 def check_count_design(design: Design, family: str) -> None:
-    """Refuse terms the count models do not support (slopes, known covariances)."""
+    """Refuse terms the count models do not support (slopes, singular known covariances)."""
     if family in FAMILIES:
         check_intercepts(design)
 

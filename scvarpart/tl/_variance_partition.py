@@ -272,7 +272,7 @@ def _prepare(
     c = dict(counts or {})
     family = c.pop("family", "gaussian")
     count = check_count_options(
-        family, obs=obs, method=method, weights=weights, covariance=covariance,
+        family, obs=obs, method=method, weights=weights,
         **{"offset": None, "approximation": "lognormal", "test": None, "n_boot": 0, **c},
     )  # fmt: skip
     kind = _weights_kind(weights, obs, layers)

@@ -25,6 +25,7 @@ __all__ = [
     "check_roles",
     "component_variances",
     "fractions",
+    "heritability",
     "logit_interval",
     "rho",
 ]
@@ -104,6 +105,26 @@ def fractions(variances: np.ndarray) -> np.ndarray:
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         return variances / variances.sum(axis=1, keepdims=True)
+
+
+def heritability(term: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """``V_term / (V_term + V_residual)``, per gene.
+
+    For a term with a known covariance between its levels (a kinship matrix), ``V_term``
+    the variance it contributes over the observations: the expression heritability of
+    GCTA (Yang et al. 2011) and lme4qtl (Ziyatdinov et al. 2018), the other terms left
+    out. For a count model, on the latent scale: ``V_residual`` is the
+    distribution-specific variance (Nakagawa & Schielzeth 2010). ``NaN`` where both are 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scvarpart.varpart.fractions import heritability
+    >>> heritability(np.array([1.0, 0.0]), np.array([3.0, 2.0]))
+    array([0.25, 0.  ])
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return term / (term + residual)
 
 
 def rho(
