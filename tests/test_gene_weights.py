@@ -125,8 +125,8 @@ def _never_beaten(seeds) -> tuple[int, list[str]]:
 
 
 def test_gene_weights_never_beaten_by_an_exhaustive_search():
-    designs, problems = _never_beaten(range(30))
-    assert designs >= 22
+    designs, problems = _never_beaten(range(10))  # 520 in the slow suite
+    assert designs >= 7
     assert not problems, "\n".join(problems)
 
 

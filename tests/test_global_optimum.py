@@ -86,8 +86,8 @@ def _run(seeds, genes, n_jobs=2):
 
 
 def test_never_beaten_by_an_exhaustive_search():
-    designs, problems = _run(range(150), genes=2)
-    assert designs >= 120
+    designs, problems = _run(range(50), genes=2)  # 2,600 in the slow suite
+    assert designs >= 40
     assert not problems, "\n".join(problems)
 
 

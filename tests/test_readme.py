@@ -86,6 +86,8 @@ def test_readme_blocks_are_found():
     assert len(setup) == 2
 
 
+# every snippet, about 80 s: in the slow suite (.ci/run runs it on every change)
+@pytest.mark.slow
 def test_readme_runs_as_written(tmp_path, monkeypatch, capsys):
     import scanpy as sc
 

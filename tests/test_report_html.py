@@ -108,6 +108,7 @@ def test_a_fit_without_roles_or_metrics_reports_what_it_has(tmp_path):
     svp.pl.report(adata, path, force=True)
 
 
+@pytest.mark.slow
 def test_the_command_line_writes_the_page(fitted, tmp_path):
     result = tmp_path / "fitted.h5ad"
     fitted.write_h5ad(result)

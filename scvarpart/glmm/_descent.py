@@ -36,7 +36,7 @@ _BACKTRACKS = 30
 _BASIN = 1.0
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _criterion(problem, x, u, tol, max_iter):
     """``(D, grad)`` of :func:`._laplace_kernel.laplace` at ``x``; ``D = inf`` without modes."""
     family, y, X, offset, layout, term, prior, aux, counts, k = problem

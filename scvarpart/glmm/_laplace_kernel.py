@@ -399,7 +399,7 @@ def _direction(factor, grad):
     return np.ascontiguousarray(solve(factor, grad.reshape((len(grad), 1)))[:, 0])
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _halve(family, y, base, phi, theta, layout, prior, aux, u, step, f, eta):
     """Halve ``step`` until ``u + t step`` is no worse than ``f``: ``(found, point)``."""
     t = 0.5
@@ -458,7 +458,7 @@ def _newton(family, y, base, phi, theta, layout, prior, aux, u, tol, max_iter, c
     return True, False
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def conditional_modes(
     family, y, base, phi, theta, layout, term, prior, aux, u, tol, max_iter, const
 ):
@@ -529,7 +529,7 @@ def laplace(
     return D, grad, converged
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _terms_pass(family, y, X, layout, aux, phi, dg, index, eta):
     """``sum log f`` at ``eta`` and, per class, the sums of every row term.
 
@@ -569,7 +569,7 @@ def _terms_pass(family, y, X, layout, aux, phi, dg, index, eta):
     return total + carry, sums, hX, h1X, direct
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _gradient(family, class_codes, theta, u, factor, sums, hX, h1X, direct):
     """``dD/dpar`` by the implicit function theorem (see the module's documentation).
 
@@ -596,7 +596,7 @@ def _gradient(family, class_codes, theta, u, factor, sums, hX, h1X, direct):
     return out
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _mode_equation(class_codes, theta, u, lev, r, sums, hX, n_par, family, out):
     """``dF/dpar`` (columns of ``u`` x parameters) and the weights of ``du`` in the gradient.
 

@@ -87,7 +87,12 @@ class RowProblem:
     counts: tuple = field(init=False)
 
     def __post_init__(self) -> None:
-        """Rows that are all observations unless ``aux`` says otherwise; the kernel's layout."""
+        """Rows that are all observations unless ``aux`` says otherwise; the kernel's layout.
+
+        ``y`` is made contiguous: a gene's column of a block is strided, and the compiled
+        kernel would be compiled once more for that layout (minutes on a fresh install).
+        """
+        object.__setattr__(self, "y", np.ascontiguousarray(self.y, dtype=float))
         if not self.aux:
             object.__setattr__(self, "aux", observation_rows(len(self.y)))
         if not self.layout:

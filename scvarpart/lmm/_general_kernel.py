@@ -1064,7 +1064,7 @@ def _second(V, KV, YV, SQ, SU, dr2, slot, pa, pb, square, nu, r2, hess):
             hess[m, j] = h
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def evaluate_gene(theta, zy, xy, ss, mode, dz, w, grad, hess, beta):
     """Criterion and ``r2`` of one gene at ``theta`` (NaN where undefined).
 
@@ -1083,7 +1083,7 @@ def evaluate_gene(theta, zy, xy, ss, mode, dz, w, grad, hess, beta):
     return f, r2
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def fixed_factor_gene(theta, dz, w, out):
     """Lower Cholesky factor of ``X'V^-1 X`` at ``theta`` into ``out`` (``p x p``).
 

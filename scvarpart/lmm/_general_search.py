@@ -213,7 +213,7 @@ def _near(x, y, opt):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _value_derivatives(x, zy, xy, ss, dz, w, sc, opt):
     """Criterion with gradient and Hessian; NaN if any of them is not finite."""
     f, r2 = factorise(x, zy, xy, ss, dz, w)
@@ -222,7 +222,7 @@ def _value_derivatives(x, zy, xy, ss, dz, w, sc, opt):
     return _derivatives_at(x, dz, w, f, r2, sc, opt)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _derivatives_at(x, dz, w, f, r2, sc, opt):
     """Derivatives in the mixed coordinates at ``x`` (factorised in ``w``)."""
     _choose_modes(x, sc, opt)
@@ -378,7 +378,7 @@ def _trial_point(x, t, sc):
     return predicted, cut
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _line_search(x, f, zy, xy, ss, dz, w, sc, opt):
     """Armijo backtracking along the projection arc.
 
@@ -449,7 +449,7 @@ def minimise_gene(x, zy, xy, ss, dz, w, sc, opt, known, n_known, held):  # noqa:
     return f, False, opt.max_iter, False
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def estimates_at(x, zy, xy, ss, dz, w, dev, r2, beta, g):
     """Criterion, ``r2`` and fixed effects of gene ``g`` at ``x`` (NaN where not finite)."""
     if not np.all(np.isfinite(x)):
@@ -526,7 +526,7 @@ def _degenerate(x, opt):
     return False
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough, buf, x):
     """The best optimum of one gene over its candidate starts, into ``x``.
 
@@ -594,7 +594,7 @@ def _search_gene(gene_starts, fixed_starts, zy, xy, ss, dz, w, sc, opt, thorough
     return best, converged, n_iter, descents + starts.shape[0]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _further_descent(trial, x, best, converged, zy, xy, ss, dz, w, sc, opt, known, n_known):
     """A descent from ``trial``; its optimum replaces ``x`` if lower (or the first).
 

@@ -865,7 +865,7 @@ def derivatives(gamma, dz, w, r2, grad, hess):
 # -- Newton's method and the global search ------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _value_and_derivatives(x, ss, dz, w, grad, hess):
     """Criterion with gradient and average information; NaN if any is not finite."""
     f, r2 = solve(x, ss, dz, w)
@@ -874,7 +874,7 @@ def _value_and_derivatives(x, ss, dz, w, grad, hess):
     return _derivatives_at(x, dz, w, f, r2, grad, hess)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _derivatives_at(x, dz, w, f, r2, grad, hess):
     derivatives(x, dz, w, r2, grad, hess)
     if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
@@ -989,7 +989,7 @@ def _screen(gf, ss, dz, w, values):
                 values[p] = ld + const + nu * math.log(r2)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, known, at_x):
     """Global search for the gene loaded in ``w`` (as :func:`.search._search_gene`).
 
@@ -1057,7 +1057,7 @@ def _search_gene(gf, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bou
     return converged, n_iter, descents + starts.shape[0], held
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _further_descent(
     trial, x, best, converged, held, ss, dz, w, opt, grad, hess, known, n_known, at_x, f0=np.nan
 ):
@@ -1080,7 +1080,7 @@ def _further_descent(
     return best, converged, held, n_known + 1, it
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _hold(grad, hess, at_x):
     """Copy ``grad`` and ``hess`` into ``at_x`` (``k + k * k``); returns True."""
     k = grad.shape[0]
@@ -1089,7 +1089,7 @@ def _hold(grad, hess, at_x):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _derivatives_into(x, ss, dz, w, grad, hess):
     """Gradient and average information at ``x`` (unchanged where no criterion)."""
     if not np.all(np.isfinite(x)):
@@ -1099,7 +1099,7 @@ def _derivatives_into(x, ss, dz, w, grad, hess):
         derivatives(x, dz, w, r2, grad, hess)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _estimates_at(x, ss, dz, w, dev, r2, beta, g):
     if not np.all(np.isfinite(x)):
         return

@@ -392,7 +392,7 @@ def _final_step(x, trial, t, positive, decrement, pending_bound, opt):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
     """Objective with gradient and Hessian; NaN if any of them is not finite."""
     f, r2 = factorise(x, zy, xy, ss, dz, w)
@@ -401,7 +401,7 @@ def _value_and_derivatives(x, zy, xy, ss, dz, w, grad, hess):
     return _derivatives_at(x, zy, dz, w, f, r2, grad, hess)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _derivatives_at(x, zy, dz, w, f, r2, grad, hess):
     """Gradient and Hessian from the factorisation at ``x`` held in ``w``.
 
@@ -430,7 +430,7 @@ def _near(x, y, threshold):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _start_values(x, zy, xy, ss, dz, w, grad, hess, f0, left):
     """The objective at a descent's start ``x``, with its gradient and Hessian.
 

@@ -307,7 +307,7 @@ def candidate_bounds(face, edge, nb_ptr, nb_idx, values, skip, thorough, bound):
             bound[i] = vi - (SPREAD_CAP if edge[i] else min(2.0 * spread, SPREAD_CAP))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _search_gene(
     gf, zy, xy, ss, dz, w, opt, grad, hess, values, x, f_moment, trial, bound, cand, known
 ):
@@ -406,7 +406,7 @@ def swap_starts_among(centre: np.ndarray, among: np.ndarray) -> np.ndarray:
     return out[:n]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _swap_faces(x, best, converged, zy, xy, ss, dz, w, opt, grad, hess, trial, known, n_known):
     """Descents on the faces next to the optimum ``x``; a better optimum replaces it.
 
@@ -482,7 +482,7 @@ def zeroed(centre: np.ndarray, start: np.ndarray) -> int:
     return -1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _further_descent(
     trial,
     x,
