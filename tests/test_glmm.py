@@ -50,8 +50,12 @@ def _fits(family: str):
     )  # fmt: skip
 
 
-def _problem(family: int, seed: int, slope: bool):
-    """A random design of three crossed terms (and a covariate), and NB counts."""
+def _random_problem(family: int, seed: int, slope: bool, kinship: bool = False):
+    """A random design of three crossed terms (and a covariate), and NB counts.
+
+    ``kinship``: the first term with a random known covariance between its levels.
+    Returns ``(problem, design, rng)``.
+    """
     rng = np.random.default_rng(seed)
     n = 150
     obs = pd.DataFrame(
@@ -62,21 +66,37 @@ def _problem(family: int, seed: int, slope: bool):
             "x": rng.normal(size=n),
         }
     )
+    covariance = None
+    if kinship:
+        levels = sorted(set(obs["a"]))
+        G = rng.normal(size=(len(levels), len(levels) + 3))
+        K = G @ G.T / G.shape[1] + 0.05 * np.eye(len(levels))
+        covariance = {"a": pd.DataFrame(K, index=levels, columns=levels)}
     formula = "~ x + (1|a) + (1|b) + (1|c)" if slope else "~ (1|a) + (1|b) + (1|c)"
-    design = build_design(parse_formula(formula), obs)
+    design = build_design(parse_formula(formula), obs, covariance=covariance)
     rows = row_design(design)
     offset = rng.normal(0, 0.3, n)
     mu = np.exp(0.5 + offset + rng.normal(0, 0.7, 6)[design.factors[0].codes])
     y = rng.negative_binomial(3.0, 3.0 / (3.0 + mu)).astype(float)
-    problem = RowProblem(family, y, design.X, offset, rows.codes, rows.term, rows.n_terms)
+    problem = RowProblem(
+        family, y, design.X, offset, rows.codes, rows.term, rows.n_terms, prior=rows.prior
+    )
+    return problem, design, rng
+
+
+def _problem(family: int, seed: int, slope: bool):
+    """:func:`_random_problem` without a known covariance: ``(problem, rng)``."""
+    problem, _, rng = _random_problem(family, seed, slope)
     return problem, rng
 
 
+@pytest.mark.parametrize("kinship", [False, True], ids=["independent", "kinship"])
 @pytest.mark.parametrize("family", [0, 1])
 @pytest.mark.parametrize("seed", range(4))
-def test_gradient_is_the_criterions(family, seed):
-    """The exact gradient (implicit function theorem) equals central differences of D."""
-    problem, rng = _problem(family, seed, slope=True)
+def test_gradient_is_the_criterions(family, seed, kinship):
+    """The exact gradient (implicit function theorem) equals central differences of D,
+    also with a known covariance between the first term's levels."""
+    problem, _, rng = _random_problem(family, seed, slope=True, kinship=kinship)
     x = np.concatenate(
         [rng.uniform(0.05, 1.2, 3), rng.normal(0, 0.3, problem.X.shape[1])]
         + ([[rng.uniform(-1, 3)]] if family else [])

@@ -3,9 +3,9 @@
 The kernel keeps ``Z`` an indicator and puts ``K^-1`` in the modes' prior; lme4qtl's
 ``relmatGlmer`` multiplies ``Z`` by a factor of ``K`` instead. The tests check the two
 agree: the criterion against a dense Laplace approximation on ``Z R`` written here in
-numpy, the gradient against differences, ``K = I`` and ``K = c I`` against the fit
-without a covariance, and the optima against lme4 (tests/data/glmm,
-``make_kinship_reference.R``).
+numpy (the gradient against differences is in ``test_glmm.py``), ``K = I`` and
+``K = c I`` against the fit without a covariance, and the optima against lme4 and
+glmmTMB (tests/data/glmm, ``make_kinship_reference.R``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_glmm import _random_problem
 
 import scvarpart as svp
 from scvarpart import glmm
 from scvarpart.design import build_design, parse_formula
-from scvarpart.glmm.rows import row_design
 from scvarpart.glmm.search import RowProblem
 
 DATA = Path(__file__).parent / "data"
@@ -41,36 +41,6 @@ def _kinship_data():
 @cache
 def _reference():
     return json.loads((DATA / "glmm" / "kinship_reference.json").read_text())
-
-
-def _random_kinship(rng, levels) -> pd.DataFrame:
-    G = rng.normal(size=(len(levels), len(levels) + 3))
-    K = G @ G.T / G.shape[1] + 0.05 * np.eye(len(levels))
-    return pd.DataFrame(K, index=levels, columns=levels)
-
-
-def _problem(family: int, seed: int):
-    """A random design of three crossed terms, the first with a random ``K``; NB counts."""
-    rng = np.random.default_rng(seed)
-    n = 150
-    obs = pd.DataFrame(
-        {
-            "a": rng.choice(list("abcdef"), n),
-            "b": rng.choice(list("uvw"), n),
-            "c": rng.choice(list("pqrstxyz"), n),
-            "x": rng.normal(size=n),
-        }
-    )
-    K = _random_kinship(rng, sorted(set(obs["a"])))
-    design = build_design(parse_formula("~ x + (1|a) + (1|b) + (1|c)"), obs, covariance={"a": K})
-    rows = row_design(design)
-    offset = rng.normal(0, 0.3, n)
-    mu = np.exp(0.5 + offset + rng.normal(0, 0.7, 6)[design.factors[0].codes])
-    y = rng.negative_binomial(3.0, 3.0 / (3.0 + mu)).astype(float)
-    problem = RowProblem(
-        family, y, design.X, offset, rows.codes, rows.term, rows.n_terms, prior=rows.prior
-    )
-    return problem, design, rng
 
 
 def _dense_laplace(problem: RowProblem, design, x: np.ndarray) -> float:
@@ -122,7 +92,7 @@ def _dense_laplace(problem: RowProblem, design, x: np.ndarray) -> float:
 @pytest.mark.parametrize("seed", range(4))
 def test_criterion_is_the_dense_laplace_on_z_r(family, seed):
     """D with ``K^-1`` in the prior is lme4qtl's Laplace criterion on ``Z R``."""
-    problem, design, rng = _problem(family, seed)
+    problem, design, rng = _random_problem(family, seed, slope=True, kinship=True)
     for _ in range(3):
         x = np.concatenate(
             [rng.uniform(0.05, 1.2, 3), rng.normal(0, 0.3, problem.X.shape[1])]
@@ -131,28 +101,6 @@ def test_criterion_is_the_dense_laplace_on_z_r(family, seed):
         D, _, converged = problem.criterion(x, np.zeros(len(problem.term)), gradient=False)
         assert converged
         assert D == pytest.approx(_dense_laplace(problem, design, x), rel=1e-10)
-
-
-@pytest.mark.parametrize("family", [0, 1])
-@pytest.mark.parametrize("seed", range(4))
-def test_gradient_is_the_criterions_with_a_known_covariance(family, seed):
-    """The exact gradient equals central differences of D with a kinship term."""
-    problem, _, rng = _problem(family, seed)
-    x = np.concatenate(
-        [rng.uniform(0.05, 1.2, 3), rng.normal(0, 0.3, problem.X.shape[1])]
-        + ([[rng.uniform(-1, 3)]] if family else [])
-    )
-    D, grad, converged = problem.criterion(x, np.zeros(len(problem.term)))
-    assert converged
-    h = 1e-5
-    numeric = []
-    for j in range(len(x)):
-        e = np.zeros_like(x)
-        e[j] = h
-        up = problem.criterion(x + e, np.zeros(len(problem.term)), gradient=False)[0]
-        down = problem.criterion(x - e, np.zeros(len(problem.term)), gradient=False)[0]
-        numeric.append((up - down) / (2 * h))
-    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5 * (1 + abs(D)) ** 0.5)
 
 
 def _fit(family: str, K: pd.DataFrame | None, genes=("k3", "k4", "k6")):

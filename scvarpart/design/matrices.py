@@ -83,6 +83,17 @@ class GroupingFactor:
         return self.values is None and self.relfac is None
 
     @property
+    def mean_relatedness(self) -> float:
+        """``mean_i K[l_i, l_i]`` over the observations (1 without a known covariance).
+
+        A term's variance over the observations is its variance parameter times this.
+        """
+        if self.relfac is None:
+            return 1.0
+        diagonal = np.einsum("ij,ij->i", self.relfac, self.relfac)
+        return float(diagonal[self.codes].mean())
+
+    @property
     def counts(self) -> np.ndarray:
         """Observations per level."""
         return np.bincount(self.codes, minlength=self.n_levels)

@@ -197,13 +197,5 @@ def row_design(design: Design) -> RowDesign:
         class_X=np.ascontiguousarray(design.X[first]),
         class_codes=np.ascontiguousarray(codes[first]),
         prior=row_prior(design, starts),
-        moment=np.array([_moment(f) for f in design.factors]),
+        moment=np.array([f.mean_relatedness for f in design.factors]),
     )
-
-
-def _moment(factor) -> float:
-    """``mean_i K[l_i, l_i]`` over the observations (1 for independent levels)."""
-    if factor.relfac is None:
-        return 1.0
-    diagonal = np.einsum("ij,ij->i", factor.relfac, factor.relfac)
-    return float(diagonal[factor.codes].mean())

@@ -53,8 +53,7 @@ def term_infos(design: Design) -> tuple[TermInfo, ...]:
     out = []
     for f in design.factors:
         if f.relfac is not None:
-            K_diag = np.einsum("ij,ij->i", f.relfac, f.relfac)
-            moment = np.array([[K_diag[f.codes].mean()]])
+            moment = np.array([[f.mean_relatedness]])
         elif f.values is None:
             moment = np.ones((1, 1))
         else:
