@@ -490,14 +490,14 @@ def laplace(
 ):  # fmt: skip
     """The Laplace criterion ``D`` and, with ``gradient``, its exact gradient.
 
-        Parameters are ``theta`` (one per term; column ``t`` of ``layout``'s codes is term
-        ``t``'s), ``beta`` and, for NB2, ``log_phi``; the gradient is in that order
-        (``log_phi`` last, only for NB2). ``layout`` is ``(cls, class_codes)``: each row's
-        class and each class's column of ``u`` per term (rows of a class share them;
-        :func:`row_layout`); ``term`` is each column's term, ``prior`` the modes' prior
-    (see the module's documentation). ``aux`` describes the rows (:func:`_zeros`); ``counts`` their
-        :func:`distinct_counts`. ``u`` holds the starting modes and is overwritten with the
-        modes found. Returns ``(D, grad, converged)``.
+    Parameters are ``theta`` (one per term; column ``t`` of ``layout``'s codes is term
+    ``t``'s), ``beta`` and, for NB2, ``log_phi``; the gradient is in that order
+    (``log_phi`` last, only for NB2). ``layout`` is ``(cls, class_codes)``: each row's
+    class and each class's column of ``u`` per term (rows of a class share them;
+    :func:`row_layout`); ``term`` is each column's term, ``prior`` the modes' prior (see
+    the module's documentation). ``aux`` describes the rows (:func:`_zeros`); ``counts``
+    their :func:`distinct_counts`. ``u`` holds the starting modes and is overwritten with
+    the modes found. Returns ``(D, grad, converged)``.
     """
     n_par = len(theta) + X.shape[1] + (1 if family == NB2 else 0)
     phi = math.exp(log_phi)
